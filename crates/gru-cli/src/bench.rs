@@ -1,0 +1,245 @@
+//! `gru bench`: median / min / max milliseconds per forward on seeded random weights and inputs,
+//! GFLOP/s and peak memory, for this crate's kernels or candle-nn's GRU as a baseline.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::bail;
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+use gru_core::{Gru, GruConfig, Kernel};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    input_size: usize,
+    #[arg(long)]
+    hidden_size: usize,
+    #[arg(long, default_value_t = 1)]
+    num_layers: usize,
+    #[arg(long)]
+    bidirectional: bool,
+    #[arg(long)]
+    seq_len: usize,
+    #[arg(long)]
+    batch: usize,
+    /// Lengths drawn uniformly in [T/2, T] (packed input).
+    #[arg(long)]
+    varlen: bool,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Threads for the matmuls (sets RAYON_NUM_THREADS); default: all cores.
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// ours (fused kernel), ours-ops (candle-ops recurrence) or candle-nn (its rnn::GRU, layers
+    /// stacked by hand; unidirectional, fixed length).
+    #[arg(long = "impl", default_value = "ours")]
+    implementation: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+/// xorshift64*: reproducible without a dependency, uniform in [-1, 1).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((v >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn tensor(&mut self, shape: &[usize], scale: f32) -> candle_core::Result<Tensor> {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.next() * scale).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+}
+
+/// PyTorch's initialisation, U(-1/sqrt(H), 1/sqrt(H)), under PyTorch's names.
+fn random_state_dict(c: &GruConfig, rng: &mut Rng) -> candle_core::Result<HashMap<String, Tensor>> {
+    let k = 1.0 / (c.hidden_size as f32).sqrt();
+    let g = c.gate_size();
+    let mut m = HashMap::new();
+    for l in 0..c.num_layers {
+        for sfx in if c.bidirectional {
+            vec!["", "_reverse"]
+        } else {
+            vec![""]
+        } {
+            m.insert(
+                format!("weight_ih_l{l}{sfx}"),
+                rng.tensor(&[g, c.layer_input_size(l)], k)?,
+            );
+            m.insert(
+                format!("weight_hh_l{l}{sfx}"),
+                rng.tensor(&[g, c.hidden_size], k)?,
+            );
+            m.insert(format!("bias_ih_l{l}{sfx}"), rng.tensor(&[g], k)?);
+            m.insert(format!("bias_hh_l{l}{sfx}"), rng.tensor(&[g], k)?);
+        }
+    }
+    Ok(m)
+}
+
+fn peak_rss_reset() {
+    // Writing 5 resets the peak-RSS counter (VmHWM) on Linux; elsewhere the number is cumulative.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    if let Some(n) = a.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // Read by candle's matmul and by rayon's global pool, which starts lazily after this.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    if a.seq_len == 0 || a.batch == 0 || a.iters == 0 {
+        bail!("--seq-len, --batch and --iters must be at least 1");
+    }
+    let device = crate::parse_device(&a.device)?;
+    let dtype = crate::parse_dtype(&a.dtype)?;
+    let config = GruConfig {
+        input_size: a.input_size,
+        hidden_size: a.hidden_size,
+        num_layers: a.num_layers,
+        bidirectional: a.bidirectional,
+        ..GruConfig::default()
+    };
+    config.validate()?;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ a.seed.wrapping_mul(0x1000_0001));
+    let sd = random_state_dict(&config, &mut rng)?;
+    let x = rng
+        .tensor(&[a.seq_len, a.batch, a.input_size], 1.0)?
+        .to_dtype(dtype)?
+        .to_device(&device)?;
+    let lengths: Option<Vec<usize>> = a.varlen.then(|| {
+        let lo = a.seq_len.div_ceil(2).max(1);
+        (0..a.batch)
+            .map(|_| {
+                let u = (rng.next() + 1.0) / 2.0;
+                (lo + (u * (a.seq_len - lo + 1) as f32) as usize).min(a.seq_len)
+            })
+            .collect()
+    });
+
+    let mut forward: Box<dyn FnMut() -> anyhow::Result<()>> = match a.implementation.as_str() {
+        "ours" | "ours-ops" => {
+            let vb = VarBuilder::from_tensors(sd, dtype, &device);
+            let kernel = if a.implementation == "ours" {
+                Kernel::Auto
+            } else {
+                Kernel::CandleOps
+            };
+            let gru = Gru::new(config, vb)?.with_kernel(kernel);
+            let lengths = lengths.clone();
+            Box::new(move || {
+                let (out, _) = match &lengths {
+                    Some(l) => gru.forward_with_lengths(&x, l, None)?,
+                    None => gru.forward(&x, None)?,
+                };
+                out.device().synchronize()?;
+                Ok(())
+            })
+        }
+        "candle-nn" => {
+            if a.bidirectional || a.varlen {
+                bail!("candle-nn's GRU has no bidirectional or variable-length mode");
+            }
+            // candle-nn's GRU reads only the `_l0` names: give each layer its own renamed map.
+            let layers = (0..a.num_layers)
+                .map(|l| {
+                    let m: HashMap<String, Tensor> =
+                        ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+                            .iter()
+                            .map(|n| (format!("{n}_l0"), sd[&format!("{n}_l{l}")].clone()))
+                            .collect();
+                    let vb = VarBuilder::from_tensors(m, dtype, &device);
+                    candle_nn::rnn::gru(
+                        config.layer_input_size(l),
+                        a.hidden_size,
+                        candle_nn::rnn::GRUConfig::default(),
+                        vb,
+                    )
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            // candle-nn's GRU wants (batch, seq, features).
+            let xb = x.transpose(0, 1)?.contiguous()?;
+            Box::new(move || {
+                use candle_nn::rnn::RNN;
+                let mut input = xb.clone();
+                for layer in &layers {
+                    let states = layer.seq(&input)?;
+                    input = layer.states_to_tensor(&states)?;
+                }
+                input.device().synchronize()?;
+                Ok(())
+            })
+        }
+        other => bail!("--impl `{other}`: expected ours, ours-ops or candle-nn"),
+    };
+
+    for _ in 0..a.warmup {
+        forward()?;
+    }
+    peak_rss_reset();
+    let mut times = Vec::with_capacity(a.iters);
+    for _ in 0..a.iters {
+        let t0 = Instant::now();
+        forward()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let flops: f64 = (0..a.num_layers)
+        .map(|l| {
+            let d = config.num_directions() as f64;
+            d * 2.0
+                * (a.seq_len * a.batch * config.gate_size()) as f64
+                * (config.layer_input_size(l) + a.hidden_size) as f64
+        })
+        .sum();
+    let gflops = flops / (median * 1e-3) / 1e9;
+    let threads = candle_core::utils::get_num_threads();
+    let peak = peak_rss_mb();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "impl": a.implementation,
+                "input_size": a.input_size, "hidden_size": a.hidden_size,
+                "num_layers": a.num_layers, "bidirectional": a.bidirectional,
+                "seq_len": a.seq_len, "batch": a.batch, "varlen": a.varlen,
+                "device": gru_core::device_name(&device), "dtype": a.dtype, "threads": threads,
+                "iters": a.iters,
+                "median_ms": median, "min_ms": times[0], "max_ms": times[times.len() - 1],
+                "gflops": gflops, "peak_mem_mb": peak,
+            })
+        );
+    } else {
+        println!(
+            "{} I={} H={} L={} bi={} T={} B={} varlen={} {} {} threads={}: median {:.3} ms (min {:.3}, max {:.3}), {:.1} GFLOP/s, peak RSS {}",
+            a.implementation, a.input_size, a.hidden_size, a.num_layers, a.bidirectional,
+            a.seq_len, a.batch, a.varlen, gru_core::device_name(&device), a.dtype, threads,
+            median, times[0], times[times.len() - 1], gflops,
+            peak.map(|p| format!("{p:.1} MB")).unwrap_or("n/a".into())
+        );
+    }
+    Ok(())
+}

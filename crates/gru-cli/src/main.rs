@@ -1,0 +1,75 @@
+//! `gru`: verify PyTorch parity, inspect weight files, run a GRU on saved inputs, benchmark.
+
+mod bench;
+mod inspect;
+mod run;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "gru",
+    version,
+    about = "PyTorch-trained GRUs on candle: verify, inspect, run, bench"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check reference cases (files or folders of *.case.safetensors) against PyTorch's outputs.
+    Verify(verify::Args),
+    /// List every GRU / GRUCell in a .safetensors or .pt file.
+    Inspect(inspect::Args),
+    /// Run a GRU from a weight file on an input tensor and write output and h_n.
+    Run(run::Args),
+    /// Time the forward pass on random weights and inputs.
+    Bench(bench::Args),
+}
+
+/// Exit code 2: a case or a command could not run (bad input, missing file, ...).
+pub const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Verify(a) => verify::main(a),
+        Command::Inspect(a) => inspect::main(a).map(|()| ExitCode::SUCCESS),
+        Command::Run(a) => run::main(a).map(|()| ExitCode::SUCCESS),
+        Command::Bench(a) => bench::main(a).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line, no backtrace: the chain of contexts, outermost first.
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("error: {msg}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Parses `--dtype`.
+pub fn parse_dtype(s: &str) -> anyhow::Result<candle_core::DType> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" | "float32" | "float" => candle_core::DType::F32,
+        "f64" | "float64" | "double" => candle_core::DType::F64,
+        "f16" | "float16" | "half" => candle_core::DType::F16,
+        "bf16" | "bfloat16" => candle_core::DType::BF16,
+        other => anyhow::bail!("--dtype `{other}`: expected f32, f64, f16 or bf16"),
+    })
+}
+
+/// Parses `--device`.
+pub fn parse_device(s: &str) -> anyhow::Result<candle_core::Device> {
+    Ok(gru_core::device(s)?)
+}

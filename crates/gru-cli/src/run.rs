@@ -1,0 +1,144 @@
+//! `gru run`: a GRU from a weight file on an input from safetensors or .npy; writes `output` and
+//! `h_n` to a safetensors file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use gru_weights::WeightFile;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Weights: a .safetensors state_dict or a .pt/.pth checkpoint.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Module path of the GRU in the weights (needed when the file holds several).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Input: a .npy file, or a safetensors file holding `input` (or a single tensor).
+    #[arg(long)]
+    input: PathBuf,
+    /// Initial state h0, same formats (tensor `h0` in safetensors).
+    #[arg(long)]
+    h0: Option<PathBuf>,
+    /// Lengths of a padded variable-length batch, comma-separated (one per batch element).
+    #[arg(long, value_delimiter = ',')]
+    lengths: Option<Vec<usize>>,
+    /// Where to write `output` and `h_n` (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype (f32, f64, f16, bf16); default: the dtype of the weights.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// The input is (batch, seq, feature), as with nn.GRU(batch_first=True).
+    #[arg(long)]
+    batch_first: bool,
+}
+
+/// Reads one tensor from a .npy file or a safetensors file (by `name`, or its only tensor).
+fn read_tensor(path: &Path, name: &str, arg: &str) -> anyhow::Result<Tensor> {
+    let is_npy = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    if is_npy {
+        return Tensor::read_npy(path).with_context(|| format!("--{arg} {}", path.display()));
+    }
+    let file = WeightFile::open(path).with_context(|| format!("--{arg}"))?;
+    let chosen = match file.info(name) {
+        Some(_) => name.to_string(),
+        None if file.tensors().len() == 1 => file.tensors()[0].name.clone(),
+        None => bail!(
+            "--{arg} {}: no tensor `{name}` and more than one tensor in the file",
+            path.display()
+        ),
+    };
+    Ok(file.load(&chosen, &Device::Cpu)?)
+}
+
+/// NaN or Inf in the input gives NaN outputs; refuse it by name instead (padding excepted).
+fn check_finite(
+    t: &Tensor,
+    name: &str,
+    valid_steps: Option<(&[usize], bool)>,
+) -> anyhow::Result<()> {
+    let t64 = t.to_dtype(DType::F64)?;
+    let bad = match (valid_steps, t.rank()) {
+        (Some((lengths, batch_first)), 3) => {
+            let mut found = None;
+            for (b, &len) in lengths.iter().enumerate() {
+                let seq = if batch_first {
+                    t64.get(b)?
+                } else {
+                    t64.narrow(1, b, 1)?.squeeze(1)?
+                };
+                let n = len.min(seq.dim(0)?);
+                let v = seq.narrow(0, 0, n)?.flatten_all()?.to_vec1::<f64>()?;
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    found = Some(format!("batch {b}, valid step {}", i / seq.dim(1)?));
+                    break;
+                }
+            }
+            found
+        }
+        _ => t64
+            .flatten_all()?
+            .to_vec1::<f64>()?
+            .iter()
+            .position(|x| !x.is_finite())
+            .map(|i| format!("flat index {i}")),
+    };
+    match bad {
+        Some(at) => bail!("--{name}: holds NaN or Inf at {at}"),
+        None => Ok(()),
+    }
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    let device = crate::parse_device(&a.device)?;
+    let dtype = a.dtype.as_deref().map(crate::parse_dtype).transpose()?;
+    let file = WeightFile::open(&a.weights)?;
+    let (gru, report) = file.gru(a.prefix.as_deref(), dtype, &device)?;
+    let gru = gru.with_batch_first(a.batch_first);
+    if !report.unused_under_prefix.is_empty() {
+        eprintln!(
+            "warning: tensors under `{}` not used by the GRU: {}",
+            report.prefix,
+            report.unused_under_prefix.join(", ")
+        );
+    }
+    let input = read_tensor(&a.input, "input", "input")?;
+    check_finite(
+        &input,
+        "input",
+        a.lengths.as_deref().map(|l| (l, a.batch_first)),
+    )?;
+    let input = input.to_dtype(gru.dtype())?.to_device(&device)?;
+    let h0 = match &a.h0 {
+        Some(p) => {
+            let h = read_tensor(p, "h0", "h0")?;
+            check_finite(&h, "h0", None)?;
+            Some(h.to_dtype(gru.dtype())?.to_device(&device)?)
+        }
+        None => None,
+    };
+    let (output, h_n) = match &a.lengths {
+        Some(l) => gru.forward_with_lengths(&input, l, h0.as_ref())?,
+        None => gru.forward(&input, h0.as_ref())?,
+    };
+    let map = HashMap::from([
+        ("output".to_string(), output.to_device(&Device::Cpu)?),
+        ("h_n".to_string(), h_n.to_device(&Device::Cpu)?),
+    ]);
+    candle_core::safetensors::save(&map, &a.out)
+        .with_context(|| format!("--out {}", a.out.display()))?;
+    println!(
+        "wrote {}: output {:?}, h_n {:?}",
+        a.out.display(),
+        map["output"].dims(),
+        map["h_n"].dims()
+    );
+    Ok(())
+}

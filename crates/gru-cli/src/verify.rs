@@ -1,0 +1,182 @@
+//! `gru verify`: run reference cases and print a table (or JSON).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use gru_verify::{find_cases, run_case, Case, CaseReport, RunOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Case files or folders (every *.case.safetensors beneath them).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Weights file to use instead of the one each case names.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Module path of the GRU in the weights file (overrides the case's).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// cpu, cuda, cuda:N, metal, metal:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Run in this dtype (f32, f64, f16, bf16); default: the dtype of each case's input.
+    #[arg(long)]
+    dtype: Option<String>,
+    #[arg(long)]
+    atol: Option<f64>,
+    #[arg(long)]
+    rtol: Option<f64>,
+    /// Print one JSON object per case instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+enum Outcome {
+    Ran(Box<CaseReport>),
+    Failed { path: String, error: String },
+}
+
+pub fn main(a: Args) -> anyhow::Result<ExitCode> {
+    let opts = RunOptions {
+        weights: a.weights,
+        prefix: a.prefix,
+        device: crate::parse_device(&a.device)?,
+        dtype: a.dtype.as_deref().map(crate::parse_dtype).transpose()?,
+        atol: a.atol,
+        rtol: a.rtol,
+        ..RunOptions::default()
+    };
+    let cases = find_cases(&a.paths);
+    if cases.is_empty() {
+        anyhow::bail!("no *.case.safetensors found in {:?}", a.paths);
+    }
+    let outcomes: Vec<Outcome> = cases
+        .iter()
+        .map(|p| match Case::load(p).and_then(|c| run_case(&c, &opts)) {
+            Ok(r) => Outcome::Ran(Box::new(r)),
+            Err(e) => Outcome::Failed {
+                path: p.display().to_string(),
+                error: e.to_string(),
+            },
+        })
+        .collect();
+    if a.json {
+        for o in &outcomes {
+            let v = match o {
+                Outcome::Ran(r) => serde_json::to_value(r)?,
+                Outcome::Failed { path, error } => {
+                    serde_json::json!({"path": path, "error": error, "passed": false})
+                }
+            };
+            println!("{v}");
+        }
+    } else {
+        print_table(&outcomes);
+    }
+    let errors = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Failed { .. }))
+        .count();
+    let failed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Ran(r) if !r.passed))
+        .count();
+    if !a.json {
+        println!(
+            "{} cases: {} passed, {} failed, {} could not run",
+            outcomes.len(),
+            outcomes.len() - errors - failed,
+            failed,
+            errors
+        );
+    }
+    Ok(if errors > 0 {
+        ExitCode::from(crate::EXIT_ERROR)
+    } else if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_table(outcomes: &[Outcome]) {
+    let mut rows = vec![[
+        "case".to_string(),
+        "model".to_string(),
+        "dtype".to_string(),
+        "device".to_string(),
+        "max|d| output".to_string(),
+        "max|d| h_n".to_string(),
+        "result".to_string(),
+    ]];
+    let mut notes = Vec::new();
+    for o in outcomes {
+        match o {
+            Outcome::Ran(r) => {
+                rows.push([
+                    r.name.clone(),
+                    r.config.clone(),
+                    r.dtype.clone(),
+                    r.device.clone(),
+                    format!("{:.2e}", r.output.max_abs),
+                    r.h_n
+                        .as_ref()
+                        .map(|h| format!("{:.2e}", h.max_abs))
+                        .unwrap_or("-".into()),
+                    if r.passed {
+                        "PASS".into()
+                    } else {
+                        "FAIL".into()
+                    },
+                ]);
+                if let Some(d) = &r.divergence {
+                    notes.push(format!("{}: {d}", r.name));
+                }
+            }
+            Outcome::Failed { path, error } => {
+                let name = std::path::Path::new(path)
+                    .file_name()
+                    .map(|n| {
+                        n.to_string_lossy()
+                            .trim_end_matches(".case.safetensors")
+                            .to_string()
+                    })
+                    .unwrap_or_else(|| path.clone());
+                rows.push([
+                    name.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "ERROR".into(),
+                ]);
+                notes.push(format!("{name}: {error}"));
+            }
+        }
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for (i, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(s, w)| format!("{s:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+        if i == 0 {
+            println!(
+                "{}",
+                widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            );
+        }
+    }
+    for n in notes {
+        println!("  {n}");
+    }
+}

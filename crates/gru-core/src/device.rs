@@ -1,0 +1,172 @@
+//! Device selection: `cpu`, `cuda[:N]`, `metal[:N]` or `auto`, parsed from a string (the CLI's
+//! `--device`) and turned into a candle `Device`. A backend that was not compiled in gives an error
+//! that names the cargo feature to enable.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Device;
+
+use crate::error::{GruError, Result};
+
+/// Which device to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+    /// A Metal GPU by ordinal (`metal` is `metal:0`).
+    Metal(usize),
+    /// The first GPU that is compiled in and present (CUDA, then Metal), else the CPU.
+    Auto,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = GruError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        let (kind, ordinal) = match lower.split_once(':') {
+            Some((kind, n)) => {
+                let n = n.parse::<usize>().map_err(|_| GruError::Device {
+                    device: s.to_string(),
+                    reason: format!("`{n}` is not a device ordinal (expected e.g. cuda:0)"),
+                })?;
+                (kind, Some(n))
+            }
+            None => (lower.as_str(), None),
+        };
+        match (kind, ordinal) {
+            ("cpu", None) => Ok(DeviceSpec::Cpu),
+            ("auto", None) => Ok(DeviceSpec::Auto),
+            ("cuda", n) => Ok(DeviceSpec::Cuda(n.unwrap_or(0))),
+            ("metal", n) => Ok(DeviceSpec::Metal(n.unwrap_or(0))),
+            _ => Err(GruError::Device {
+                device: s.to_string(),
+                reason: "unknown device; expected cpu, cuda, cuda:N, metal, metal:N or auto".into(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceSpec::Metal(n) => write!(f, "metal:{n}"),
+            DeviceSpec::Auto => write!(f, "auto"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device. Never panics: a backend that is not compiled in, or a GPU that is not
+    /// present, is an error that says what to do.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) => open_cuda(n),
+            DeviceSpec::Metal(n) => open_metal(n),
+            DeviceSpec::Auto => {
+                if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                    if let Ok(dev) = open_cuda(0) {
+                        return Ok(dev);
+                    }
+                }
+                if cfg!(feature = "metal") && candle_core::utils::metal_is_available() {
+                    if let Ok(dev) = open_metal(0) {
+                        return Ok(dev);
+                    }
+                }
+                Ok(Device::Cpu)
+            }
+        }
+    }
+}
+
+/// Parses and opens a device in one call: `gru_core::device("cuda:1")`.
+pub fn device(spec: &str) -> Result<Device> {
+    spec.parse::<DeviceSpec>()?.device()
+}
+
+/// A short name of a device for reports: `cpu`, `cuda:0`, `metal:0`.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+fn open_cuda(ordinal: usize) -> Result<Device> {
+    let name = format!("cuda:{ordinal}");
+    if !cfg!(feature = "cuda") {
+        return Err(GruError::Device {
+            device: name,
+            reason: "this build has no CUDA support; rebuild with `--features cuda`".into(),
+        });
+    }
+    Device::new_cuda(ordinal).map_err(|e| GruError::Device {
+        device: name,
+        reason: format!("cannot open: {e}"),
+    })
+}
+
+fn open_metal(ordinal: usize) -> Result<Device> {
+    let name = format!("metal:{ordinal}");
+    if !cfg!(feature = "metal") {
+        return Err(GruError::Device {
+            device: name,
+            reason: "this build has no Metal support; rebuild with `--features metal`".into(),
+        });
+    }
+    Device::new_metal(ordinal).map_err(|e| GruError::Device {
+        device: name,
+        reason: format!("cannot open: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("CUDA".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert_eq!("metal".parse::<DeviceSpec>().unwrap(), DeviceSpec::Metal(0));
+        assert_eq!(
+            "metal:1".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Metal(1)
+        );
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert!("cpu:1".parse::<DeviceSpec>().is_err());
+        for s in ["cpu", "cuda:2", "metal:0", "auto"] {
+            assert_eq!(s.parse::<DeviceSpec>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn auto_always_opens_something() {
+        assert!(DeviceSpec::Auto.device().is_ok());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_feature_names_the_feature() {
+        let err = DeviceSpec::Cuda(0).device().unwrap_err().to_string();
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+
+    #[cfg(not(feature = "metal"))]
+    #[test]
+    fn metal_without_feature_names_the_feature() {
+        let err = DeviceSpec::Metal(0).device().unwrap_err().to_string();
+        assert!(err.contains("--features metal"), "{err}");
+    }
+}

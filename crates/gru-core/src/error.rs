@@ -1,0 +1,63 @@
+//! The error type of gru-core: every variant names the argument or tensor at fault.
+
+use candle_core::DType;
+
+/// Errors from building or running a GRU.
+#[derive(Debug, thiserror::Error)]
+pub enum GruError {
+    /// A configuration value PyTorch would reject too.
+    #[error("invalid GRU config: {field} {reason}")]
+    Config { field: &'static str, reason: String },
+
+    /// A tensor (weight, input, h0) whose shape is not the one required.
+    #[error("`{name}`: expected shape {expected:?}, found {found:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    /// A tensor whose dtype is not the one required.
+    #[error("`{name}`: expected dtype {expected:?}, found {found:?}{hint}")]
+    DType {
+        name: String,
+        expected: DType,
+        found: DType,
+        hint: &'static str,
+    },
+
+    /// An argument that is malformed in a way a shape or dtype does not describe.
+    #[error("`{name}`: {reason}")]
+    Argument { name: String, reason: String },
+
+    /// Variable-length batch lengths that PyTorch's `pack_padded_sequence` rejects too.
+    #[error("`lengths`: {0}")]
+    Lengths(String),
+
+    /// A device that cannot be used: not compiled in, not present, or not parsable.
+    #[error("device `{device}`: {reason}")]
+    Device { device: String, reason: String },
+
+    /// An error from candle itself.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, GruError>;
+
+impl GruError {
+    pub(crate) fn arg(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        GruError::Argument {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn shape(name: impl Into<String>, expected: &[usize], found: &[usize]) -> Self {
+        GruError::Shape {
+            name: name.into(),
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! `Gru`: PyTorch's `nn.GRU` (any layers, directions, bias, batch_first; variable-length batches).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::GruConfig;
+use crate::error::{GruError, Result};
+use crate::layer::{compute_dtype, Kernel, Layer};
+use crate::packing::LengthPlan;
+use crate::params::{DirectionParams, ParamNames};
+
+/// A multi-layer GRU with PyTorch's parameters, semantics and tensor layouts.
+///
+/// ```no_run
+/// # fn main() -> anyhow::Result<()> {
+/// use candle_core::{DType, Device, Tensor};
+/// use gru_core::{Gru, GruConfig};
+/// let vb = unsafe {
+///     candle_nn::VarBuilder::from_mmaped_safetensors(&["gru.safetensors"], DType::F32, &Device::Cpu)?
+/// };
+/// let gru = Gru::new(GruConfig::new(8, 16).with_num_layers(2), vb.pp("encoder.rnn"))?;
+/// let x = Tensor::zeros((5, 3, 8), DType::F32, &Device::Cpu)?; // (seq_len, batch, input_size)
+/// let (output, h_n) = gru.forward(&x, None)?; // (5, 3, 16), (2, 3, 16)
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Gru {
+    config: GruConfig,
+    layers: Vec<Layer>,
+    dtype: DType,
+    device: Device,
+    kernel: Kernel,
+}
+
+impl Gru {
+    /// Builds the GRU from `vb` (at the GRU's own prefix), reading PyTorch's names:
+    /// `weight_ih_l{k}` `(3H, in_k)`, `weight_hh_l{k}` `(3H, H)`, `bias_ih_l{k}` and `bias_hh_l{k}`
+    /// `(3H)` (when `config.bias`), with the suffix `_reverse` for the backward direction. Every
+    /// shape is checked; the model's dtype and device are the `VarBuilder`'s.
+    pub fn new(config: GruConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for k in 0..config.num_layers {
+            let params = (0..config.num_directions())
+                .map(|d| {
+                    DirectionParams::load(
+                        &vb,
+                        &ParamNames::gru(k, d),
+                        config.layer_input_size(k),
+                        config.hidden_size,
+                        config.bias,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            layers.push(Layer::new(params, config.hidden_size)?);
+        }
+        Ok(Self {
+            config,
+            layers,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+            kernel: Kernel::Auto,
+        })
+    }
+
+    pub fn config(&self) -> &GruConfig {
+        &self.config
+    }
+
+    /// The dtype of the weights; inputs and `h0` must have it too.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Chooses the implementation of the recurrence (default: `Kernel::Auto`).
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// `batch_first` is not stored in a state_dict: set it as the PyTorch model had it.
+    pub fn with_batch_first(mut self, batch_first: bool) -> Self {
+        self.config.batch_first = batch_first;
+        self
+    }
+
+    /// Number of scalar parameters (as `sum(p.numel() for p in gru.parameters())`).
+    pub fn num_parameters(&self) -> usize {
+        self.named_tensors()
+            .iter()
+            .map(|(_, t)| t.elem_count())
+            .sum()
+    }
+
+    /// The parameters under PyTorch's names (`weight_ih_l0`, ...), in the model's dtype: what
+    /// `gru.state_dict()` holds.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = Vec::new();
+        for (k, layer) in self.layers.iter().enumerate() {
+            for (d, p) in layer.params.iter().enumerate() {
+                v.extend(p.named(&ParamNames::gru(k, d)));
+            }
+        }
+        v
+    }
+
+    /// Runs the GRU as `nn.GRU.forward(input, h0)` does.
+    ///
+    /// - `input`: `(T, B, input_size)`, or `(B, T, input_size)` with `batch_first`, or unbatched
+    ///   `(T, input_size)`.
+    /// - `h0`: `(L * D, B, H)` (`(L * D, H)` for unbatched input); zeros when `None`.
+    ///
+    /// Returns `output` `(T, B, D * H)` (batch-first when configured; forward half then backward
+    /// half) and `h_n` `(L * D, B, H)` indexed `layer * D + direction`.
+    pub fn forward(&self, input: &Tensor, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        self.run(input, h0, None)
+    }
+
+    /// Runs a padded variable-length batch, giving what PyTorch gives for
+    /// `pad_packed_sequence(gru(pack_padded_sequence(x, lengths, enforce_sorted=False), h0),
+    /// total_length=T)`: each sequence stops at its own length (the reverse direction starts at
+    /// its last valid step), `output` is zero past each length, `h_n` holds each sequence's last
+    /// state. Values in padded positions are never read. `lengths`: one per batch element, each
+    /// in `1..=T`, in any order.
+    pub fn forward_with_lengths(
+        &self,
+        input: &Tensor,
+        lengths: &[usize],
+        h0: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        self.run(input, h0, Some(lengths))
+    }
+
+    fn run(
+        &self,
+        input: &Tensor,
+        h0: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+    ) -> Result<(Tensor, Tensor)> {
+        let cfg = &self.config;
+        let (x, batched) = self.time_major_input(input)?;
+        let (t_len, batch, _) = x.dims3()?;
+        let n_dirs = cfg.num_directions();
+        let h0 = match h0 {
+            Some(h0) => self.check_h0(h0, batched, batch)?,
+            None => Tensor::zeros(
+                (cfg.num_layers * n_dirs, batch, cfg.hidden_size),
+                compute_dtype(self.dtype),
+                &self.device,
+            )?,
+        };
+        let plan = match lengths {
+            None => LengthPlan::full(batch, t_len),
+            Some(_) if !batched => {
+                return Err(GruError::arg(
+                    "lengths",
+                    "need a batched 3-D input, as pack_padded_sequence does",
+                ))
+            }
+            Some(l) => LengthPlan::new(l, batch, t_len)?,
+        };
+
+        let mut x = x;
+        let mut h_n = Vec::with_capacity(cfg.num_layers);
+        for (k, layer) in self.layers.iter().enumerate() {
+            let h0_k = h0.narrow(0, k * n_dirs, n_dirs)?;
+            let (out, hn) = layer.forward(&x, &h0_k, &plan, self.kernel)?;
+            h_n.push(hn);
+            x = out;
+        }
+        let mut output = x;
+        let mut h_n = Tensor::cat(&h_n, 0)?;
+        if cfg.batch_first && batched {
+            output = output.transpose(0, 1)?.contiguous()?;
+        }
+        if !batched {
+            output = output.squeeze(1)?;
+            h_n = h_n.squeeze(1)?;
+        }
+        Ok((output.to_dtype(self.dtype)?, h_n.to_dtype(self.dtype)?))
+    }
+
+    /// Checks `input` as PyTorch's `RNNBase.check_input` does and returns it as `(T, B, I)` in
+    /// compute dtype, with whether it was batched.
+    fn time_major_input(&self, input: &Tensor) -> Result<(Tensor, bool)> {
+        self.check_tensor("input", input)?;
+        let cfg = &self.config;
+        let batched = match input.rank() {
+            3 => true,
+            2 => false,
+            r => {
+                return Err(GruError::arg(
+                    "input",
+                    format!(
+                        "expected a 2-D (unbatched) or 3-D (batched) tensor, got {r}-D shape {:?}",
+                        input.dims()
+                    ),
+                ))
+            }
+        };
+        let last = input.dim(candle_core::D::Minus1)?;
+        if last != cfg.input_size {
+            return Err(GruError::arg(
+                "input",
+                format!(
+                    "input.size(-1) must be equal to input_size. Expected {}, got {last} (shape {:?})",
+                    cfg.input_size,
+                    input.dims()
+                ),
+            ));
+        }
+        if input.elem_count() == 0 {
+            return Err(GruError::arg(
+                "input",
+                format!(
+                    "has an empty dimension (shape {:?}): need at least one step and one sequence",
+                    input.dims()
+                ),
+            ));
+        }
+        let x = if !batched {
+            input.unsqueeze(1)?
+        } else if cfg.batch_first {
+            input.transpose(0, 1)?
+        } else {
+            input.clone()
+        };
+        Ok((
+            x.to_dtype(compute_dtype(self.dtype))?.contiguous()?,
+            batched,
+        ))
+    }
+
+    fn check_h0(&self, h0: &Tensor, batched: bool, batch: usize) -> Result<Tensor> {
+        self.check_tensor("h0", h0)?;
+        let cfg = &self.config;
+        let ld = cfg.num_layers * cfg.num_directions();
+        let expected: Vec<usize> = if batched {
+            vec![ld, batch, cfg.hidden_size]
+        } else {
+            vec![ld, cfg.hidden_size]
+        };
+        if h0.dims() != expected.as_slice() {
+            return Err(GruError::shape("h0", &expected, h0.dims()));
+        }
+        let h0 = if batched {
+            h0.clone()
+        } else {
+            h0.unsqueeze(1)?
+        };
+        Ok(h0.to_dtype(compute_dtype(self.dtype))?.contiguous()?)
+    }
+
+    fn check_tensor(&self, name: &str, t: &Tensor) -> Result<()> {
+        if t.dtype() != self.dtype {
+            return Err(GruError::DType {
+                name: name.into(),
+                expected: self.dtype,
+                found: t.dtype(),
+                hint: " (the GRU's weights have the expected dtype; PyTorch rejects a mix too)",
+            });
+        }
+        if !t.device().same_device(&self.device) {
+            return Err(GruError::arg(
+                name,
+                format!(
+                    "is on {} but the GRU is on {}",
+                    crate::device::device_name(t.device()),
+                    crate::device::device_name(&self.device)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

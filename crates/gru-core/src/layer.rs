@@ -1,0 +1,194 @@
+//! One GRU layer (one or two directions): its parameters as loaded, the same in compute layout
+//! (transposed once, biases folded), and the dispatch to the CPU kernel or the candle-ops path.
+
+use candle_core::{DType, Device, Storage, Tensor, WithDType};
+
+use crate::activation::Real;
+use crate::error::{GruError, Result};
+use crate::kernel_cpu::{self, Dims, DirSlices, LayerSlices};
+use crate::kernel_ops;
+use crate::packing::LengthPlan;
+use crate::params::DirectionParams;
+
+/// Which implementation runs the recurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernel {
+    /// The fused slice kernel on the CPU, candle ops on other devices.
+    #[default]
+    Auto,
+    /// candle tensor ops on every device (the path GPUs take today); for testing and comparison.
+    CandleOps,
+}
+
+/// The dtype the recurrence computes in: half types compute in f32 (and round once at the end).
+pub(crate) fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    /// As loaded, in the model's dtype: what `named_tensors` returns.
+    pub params: Vec<DirectionParams>,
+    /// `(in, D * 3H)`: `W_ih^T` of each direction side by side.
+    w_ih_t: Tensor,
+    /// `(D * 3H)`: `b_ih + [b_hr, b_hz, 0]` per direction.
+    bias: Tensor,
+    /// Per direction `(H, 3H)`.
+    w_hh_t: Vec<Tensor>,
+    /// Per direction `(H)`.
+    b_hn: Vec<Tensor>,
+    hidden: usize,
+}
+
+impl Layer {
+    pub fn new(params: Vec<DirectionParams>, hidden: usize) -> Result<Self> {
+        let first = &params[0].w_ih;
+        let dtype = compute_dtype(first.dtype());
+        let device = first.device().clone();
+        let zeros_h = Tensor::zeros(hidden, dtype, &device)?;
+        let mut w_ih_t = Vec::with_capacity(params.len());
+        let mut bias = Vec::with_capacity(params.len());
+        let mut w_hh_t = Vec::with_capacity(params.len());
+        let mut b_hn = Vec::with_capacity(params.len());
+        for p in &params {
+            w_ih_t.push(p.w_ih.to_dtype(dtype)?.t()?);
+            w_hh_t.push(p.w_hh.to_dtype(dtype)?.t()?.contiguous()?);
+            match (&p.b_ih, &p.b_hh) {
+                (Some(bi), Some(bh)) => {
+                    let bi = bi.to_dtype(dtype)?;
+                    let bh = bh.to_dtype(dtype)?;
+                    let folded = Tensor::cat(&[&bh.narrow(0, 0, 2 * hidden)?, &zeros_h], 0)?;
+                    bias.push((bi + folded)?);
+                    b_hn.push(bh.narrow(0, 2 * hidden, hidden)?.contiguous()?);
+                }
+                _ => {
+                    bias.push(Tensor::zeros(3 * hidden, dtype, &device)?);
+                    b_hn.push(zeros_h.clone());
+                }
+            }
+        }
+        Ok(Self {
+            w_ih_t: Tensor::cat(&w_ih_t, 1)?.contiguous()?,
+            bias: Tensor::cat(&bias, 0)?.contiguous()?,
+            w_hh_t,
+            b_hn,
+            params,
+            hidden,
+        })
+    }
+
+    pub fn num_directions(&self) -> usize {
+        self.params.len()
+    }
+
+    /// `x` `(T, B, in)` and `h0` `(D, B, H)`, both in compute dtype on this layer's device.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        h0: &Tensor,
+        plan: &LengthPlan,
+        kernel: Kernel,
+    ) -> Result<(Tensor, Tensor)> {
+        if kernel == Kernel::Auto && x.device().is_cpu() {
+            return match x.dtype() {
+                DType::F32 => self.forward_cpu::<f32>(x, h0, plan),
+                DType::F64 => self.forward_cpu::<f64>(x, h0, plan),
+                other => Err(GruError::arg(
+                    "input",
+                    format!("internal: no CPU kernel for {other:?}"),
+                )),
+            };
+        }
+        kernel_ops::layer_forward(
+            x,
+            &self.w_ih_t,
+            &self.bias,
+            &self.w_hh_t,
+            &self.b_hn,
+            h0,
+            plan,
+        )
+    }
+
+    fn forward_cpu<T: Real>(
+        &self,
+        x: &Tensor,
+        h0: &Tensor,
+        plan: &LengthPlan,
+    ) -> Result<(Tensor, Tensor)> {
+        let (seq_len, batch, input) = x.dims3()?;
+        let hidden = self.hidden;
+        let x = x.contiguous()?;
+        let h0 = h0.contiguous()?;
+        let views = CpuViews::new(
+            [&x, &h0, &self.w_ih_t, &self.bias]
+                .into_iter()
+                .chain(&self.w_hh_t)
+                .chain(&self.b_hn),
+        )?;
+        let n = self.num_directions();
+        let dirs = (0..n)
+            .map(|d| {
+                Ok(DirSlices {
+                    w_hh_t: views.slice::<T>(4 + d)?,
+                    b_hn: views.slice::<T>(4 + n + d)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let layer = LayerSlices {
+            w_ih_t: views.slice::<T>(2)?,
+            bias: views.slice::<T>(3)?,
+            dirs,
+        };
+        let dims = Dims {
+            seq_len,
+            batch,
+            input,
+            hidden,
+        };
+        let threads = candle_core::utils::get_num_threads();
+        let (out, hn) = kernel_cpu::layer_forward(
+            views.slice::<T>(0)?,
+            dims,
+            &layer,
+            views.slice::<T>(1)?,
+            plan,
+            threads,
+        );
+        Ok((
+            Tensor::from_vec(out, (seq_len, batch, n * hidden), &Device::Cpu)?,
+            Tensor::from_vec(hn, (n, batch, hidden), &Device::Cpu)?,
+        ))
+    }
+}
+
+/// Read access to the CPU storage of contiguous tensors, held for the duration of a kernel call.
+struct CpuViews<'a> {
+    views: Vec<(candle_core::StorageRef<'a>, usize, usize)>,
+}
+
+impl<'a> CpuViews<'a> {
+    fn new(tensors: impl Iterator<Item = &'a Tensor>) -> Result<Self> {
+        let views = tensors
+            .map(|t| {
+                let (storage, layout) = t.storage_and_layout();
+                let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+                    GruError::arg("tensor", "internal: expected a contiguous tensor")
+                })?;
+                Ok((storage, start, end))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { views })
+    }
+
+    fn slice<T: WithDType>(&self, i: usize) -> Result<&[T]> {
+        let (storage, start, end) = &self.views[i];
+        match &**storage {
+            Storage::Cpu(cpu) => Ok(&cpu.as_slice::<T>()?[*start..*end]),
+            _ => Err(GruError::arg("tensor", "internal: expected CPU storage")),
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! PyTorch-exact `nn.GRU` and `nn.GRUCell` on candle tensors.
+//!
+//! - [`Gru`]: any `input_size`, `hidden_size`, `num_layers`, `bias`, `batch_first`,
+//!   `bidirectional`; optional `h0`; unbatched input; variable-length batches
+//!   ([`Gru::forward_with_lengths`]); streaming ([`Gru::forward_chunk`]).
+//! - [`GruCell`]: one step, batched or not.
+//! - [`DeviceSpec`]: `cpu`, `cuda[:N]`, `metal[:N]`, `auto`.
+//!
+//! Weights carry PyTorch's names and layouts (gates r|z|n, reset gate applied to `W_hn h + b_hn`),
+//! so a `state_dict` saved with `safetensors` loads as it is. f32, f64, f16 and bf16 weights are
+//! supported; half types compute in f32 and round the results once.
+
+mod activation;
+mod cell;
+mod config;
+mod device;
+mod error;
+mod gru;
+mod kernel_cpu;
+mod kernel_ops;
+mod layer;
+mod packing;
+mod params;
+mod stream;
+
+pub use cell::GruCell;
+pub use config::GruConfig;
+pub use device::{device, device_name, DeviceSpec};
+pub use error::{GruError, Result};
+pub use gru::Gru;
+pub use layer::Kernel;
+pub use packing::lengths_from_tensor;
+pub use stream::GruState;

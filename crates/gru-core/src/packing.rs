@@ -1,0 +1,150 @@
+//! Variable-length batches, as PyTorch's `pack_padded_sequence(x, lengths, enforce_sorted=False)`
+//! followed by `pad_packed_sequence(..., total_length=T)` treats them.
+//!
+//! The batch is ordered by decreasing length once (`perm`), so that at every time step the active
+//! sequences are a prefix of that order (`active[t]` of them): the recurrent matmul then runs on
+//! exactly the rows that still have data, as PyTorch's packed batches do.
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{GruError, Result};
+
+/// Validated lengths of a batch and the order in which the kernel visits it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LengthPlan {
+    /// `lengths[b]`: valid steps of batch element `b`, in `1..=seq_len`.
+    pub lengths: Vec<usize>,
+    /// Batch indices sorted by decreasing length (stable).
+    pub perm: Vec<usize>,
+    /// `active[t]`: how many sequences have a step `t`.
+    pub active: Vec<usize>,
+}
+
+impl LengthPlan {
+    /// All `batch` sequences run for all `seq_len` steps.
+    pub fn full(batch: usize, seq_len: usize) -> Self {
+        Self {
+            lengths: vec![seq_len; batch],
+            perm: (0..batch).collect(),
+            active: vec![batch; seq_len],
+        }
+    }
+
+    /// Checks `lengths` as PyTorch does: one per batch element, each in `1..=seq_len`.
+    pub fn new(lengths: &[usize], batch: usize, seq_len: usize) -> Result<Self> {
+        if lengths.len() != batch {
+            return Err(GruError::Lengths(format!(
+                "expected {batch} lengths (one per batch element), got {}",
+                lengths.len()
+            )));
+        }
+        for (i, &len) in lengths.iter().enumerate() {
+            if len == 0 {
+                return Err(GruError::Lengths(format!(
+                    "lengths[{i}] is 0: every sequence needs at least one step \
+                     (PyTorch: 'Length of all samples has to be greater than 0')"
+                )));
+            }
+            if len > seq_len {
+                return Err(GruError::Lengths(format!(
+                    "lengths[{i}] = {len} exceeds the sequence length {seq_len} of the input"
+                )));
+            }
+        }
+        let mut perm: Vec<usize> = (0..batch).collect();
+        perm.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
+        let active = (0..seq_len)
+            .map(|t| lengths.iter().filter(|&&l| l > t).count())
+            .collect();
+        Ok(Self {
+            lengths: lengths.to_vec(),
+            perm,
+            active,
+        })
+    }
+
+    /// Whether every sequence runs the full length (no masking needed).
+    pub fn is_full(&self) -> bool {
+        self.active.iter().all(|&a| a == self.perm.len())
+    }
+
+    /// `(seq_len, batch, 1)` u8 mask, 1 where step `t` of element `b` is valid: the ops path
+    /// selects with it (`where_cond`, so NaN in padding cannot leak).
+    pub fn mask(&self, device: &Device) -> Result<Tensor> {
+        let t_len = self.active.len();
+        let batch = self.lengths.len();
+        let mut m = vec![0u8; t_len * batch];
+        for t in 0..t_len {
+            for b in 0..batch {
+                m[t * batch + b] = u8::from(self.lengths[b] > t);
+            }
+        }
+        Ok(Tensor::from_vec(m, (t_len, batch, 1), device)?)
+    }
+}
+
+/// Converts lengths given as a tensor (PyTorch's int64 `lengths`) to `usize`, rejecting negative
+/// values and non-integer dtypes with an error that names the tensor.
+pub fn lengths_from_tensor(lengths: &Tensor) -> Result<Vec<usize>> {
+    use candle_core::DType;
+    if lengths.rank() != 1 {
+        return Err(GruError::arg(
+            "lengths",
+            format!("must be 1-D, got shape {:?}", lengths.dims()),
+        ));
+    }
+    let values: Vec<i64> = match lengths.dtype() {
+        DType::I64 => lengths.to_vec1::<i64>()?,
+        DType::U32 | DType::U8 | DType::I32 | DType::I16 => {
+            lengths.to_dtype(DType::I64)?.to_vec1::<i64>()?
+        }
+        other => {
+            return Err(GruError::arg(
+                "lengths",
+                format!("must hold integers (int64 as PyTorch writes it), got {other:?}"),
+            ))
+        }
+    };
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            usize::try_from(v)
+                .map_err(|_| GruError::Lengths(format!("lengths[{i}] = {v} is negative")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_orders_by_length() {
+        let p = LengthPlan::new(&[2, 5, 1, 5], 4, 5).unwrap();
+        assert_eq!(p.perm, vec![1, 3, 0, 2]);
+        assert_eq!(p.active, vec![4, 3, 2, 2, 2]);
+        assert!(!p.is_full());
+        assert!(LengthPlan::new(&[3, 3], 2, 3).unwrap().is_full());
+    }
+
+    #[test]
+    fn rejects_what_pytorch_rejects() {
+        let e = LengthPlan::new(&[2, 0], 2, 3).unwrap_err().to_string();
+        assert!(e.contains("lengths[1] is 0"), "{e}");
+        let e = LengthPlan::new(&[4, 1], 2, 3).unwrap_err().to_string();
+        assert!(e.contains("exceeds"), "{e}");
+        let e = LengthPlan::new(&[1], 2, 3).unwrap_err().to_string();
+        assert!(e.contains("expected 2 lengths"), "{e}");
+    }
+
+    #[test]
+    fn lengths_tensor_conversion() {
+        let t = Tensor::new(&[3i64, 1], &Device::Cpu).unwrap();
+        assert_eq!(lengths_from_tensor(&t).unwrap(), vec![3, 1]);
+        let t = Tensor::new(&[3i64, -1], &Device::Cpu).unwrap();
+        assert!(lengths_from_tensor(&t).is_err());
+        let t = Tensor::new(&[3f32], &Device::Cpu).unwrap();
+        assert!(lengths_from_tensor(&t).is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! Loading one direction's parameters from a `VarBuilder` under PyTorch's names, with each shape
+//! checked and a missing tensor named in full (`encoder.rnn.weight_hh_l1_reverse`).
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::error::{GruError, Result};
+
+/// One direction's parameters as PyTorch stores them (dtype of the `VarBuilder`).
+#[derive(Debug, Clone)]
+pub(crate) struct DirectionParams {
+    /// `(3H, in)`, gates r|z|n.
+    pub w_ih: Tensor,
+    /// `(3H, H)`.
+    pub w_hh: Tensor,
+    /// `(3H)` each, present together or not at all.
+    pub b_ih: Option<Tensor>,
+    pub b_hh: Option<Tensor>,
+}
+
+/// The PyTorch names of one direction's four tensors.
+pub(crate) struct ParamNames {
+    pub w_ih: String,
+    pub w_hh: String,
+    pub b_ih: String,
+    pub b_hh: String,
+}
+
+impl ParamNames {
+    /// `nn.GRU` names of layer `layer`, direction `dir` (1 = `_reverse`).
+    pub fn gru(layer: usize, dir: usize) -> Self {
+        let sfx = if dir == 1 { "_reverse" } else { "" };
+        Self {
+            w_ih: format!("weight_ih_l{layer}{sfx}"),
+            w_hh: format!("weight_hh_l{layer}{sfx}"),
+            b_ih: format!("bias_ih_l{layer}{sfx}"),
+            b_hh: format!("bias_hh_l{layer}{sfx}"),
+        }
+    }
+
+    /// `nn.GRUCell` names.
+    pub fn cell() -> Self {
+        Self {
+            w_ih: "weight_ih".into(),
+            w_hh: "weight_hh".into(),
+            b_ih: "bias_ih".into(),
+            b_hh: "bias_hh".into(),
+        }
+    }
+}
+
+fn full_name(vb: &VarBuilder, name: &str) -> String {
+    let prefix = vb.prefix();
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Gets `name` with exactly `shape`, or an error naming the tensor.
+pub(crate) fn get_checked(vb: &VarBuilder, name: &str, shape: &[usize]) -> Result<Tensor> {
+    let full = full_name(vb, name);
+    if !vb.contains_tensor(name) {
+        return Err(GruError::arg(full, "is missing from the weights"));
+    }
+    let t = vb
+        .get_unchecked(name)
+        .map_err(|e| GruError::arg(full.clone(), format!("cannot be read: {e}")))?;
+    if t.dims() != shape {
+        return Err(GruError::shape(full, shape, t.dims()));
+    }
+    if !t.dtype().is_float() {
+        return Err(GruError::DType {
+            name: full,
+            expected: DType::F32,
+            found: t.dtype(),
+            hint: " (weights must be floating point)",
+        });
+    }
+    Ok(t)
+}
+
+impl DirectionParams {
+    /// Loads and checks one direction: `weight_ih` `(3H, input)`, `weight_hh` `(3H, H)`, and with
+    /// `bias` both `bias_ih` and `bias_hh` `(3H)`.
+    pub fn load(
+        vb: &VarBuilder,
+        names: &ParamNames,
+        input: usize,
+        hidden: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let g = 3 * hidden;
+        let w_ih = get_checked(vb, &names.w_ih, &[g, input])?;
+        let w_hh = get_checked(vb, &names.w_hh, &[g, hidden])?;
+        let (b_ih, b_hh) = if bias {
+            (
+                Some(get_checked(vb, &names.b_ih, &[g])?),
+                Some(get_checked(vb, &names.b_hh, &[g])?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+        })
+    }
+
+    /// The tensors under their PyTorch names, for saving.
+    pub fn named(&self, names: &ParamNames) -> Vec<(String, Tensor)> {
+        let mut v = vec![
+            (names.w_ih.clone(), self.w_ih.clone()),
+            (names.w_hh.clone(), self.w_hh.clone()),
+        ];
+        if let (Some(bi), Some(bh)) = (&self.b_ih, &self.b_hh) {
+            v.push((names.b_ih.clone(), bi.clone()));
+            v.push((names.b_hh.clone(), bh.clone()));
+        }
+        v
+    }
+}

@@ -1,0 +1,52 @@
+//! Streaming: feed a unidirectional GRU a sequence in chunks of any sizes and get the same output
+//! and `h_n` as one call over the whole sequence (real-time audio, sensors).
+
+use candle_core::Tensor;
+
+use crate::error::{GruError, Result};
+use crate::gru::Gru;
+
+/// The hidden state carried between chunks: `(L, B, H)`, or `(L, H)` for unbatched chunks.
+#[derive(Debug, Clone, Default)]
+pub struct GruState {
+    h: Option<Tensor>,
+}
+
+impl GruState {
+    /// A fresh state: the first chunk starts from zeros, as `forward(x, None)` does.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A state that starts from `h0` (same shape rules as `Gru::forward`'s `h0`).
+    pub fn with_h0(h0: Tensor) -> Self {
+        Self { h: Some(h0) }
+    }
+
+    /// The state after the last chunk (`h_n` of everything fed so far); `None` before any chunk.
+    pub fn h(&self) -> Option<&Tensor> {
+        self.h.as_ref()
+    }
+
+    /// Forgets the state: the next chunk starts a new sequence.
+    pub fn reset(&mut self) {
+        self.h = None;
+    }
+}
+
+impl Gru {
+    /// Runs one chunk (`(T_chunk, B, I)`, batch-first or unbatched as configured) continuing
+    /// from `state`, updates the state, and returns the chunk's output. Only unidirectional
+    /// GRUs can stream: a reverse direction needs the whole sequence.
+    pub fn forward_chunk(&self, chunk: &Tensor, state: &mut GruState) -> Result<Tensor> {
+        if self.config().bidirectional {
+            return Err(GruError::arg(
+                "chunk",
+                "a bidirectional GRU cannot stream: its reverse direction needs the whole sequence",
+            ));
+        }
+        let (output, h_n) = self.forward(chunk, state.h.as_ref())?;
+        state.h = Some(h_n);
+        Ok(output)
+    }
+}

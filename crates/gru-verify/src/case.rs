@@ -1,0 +1,410 @@
+//! Reference cases (`NAME.case.safetensors`, written by `scripts/export_reference.py`) and running
+//! one against the Rust model.
+//!
+//! Format: tensors `input`, `output`, `h_n`, optional `h0` and `lengths` (int64); string metadata
+//! `weights` (path relative to the case file), `batch_first` ("true"/"false", default "false"),
+//! `prefix` (module path of the GRU in the weights file; optional when it holds one GRU), optional
+//! `atol`, `rtol`, and `kind` = "cell" for GRUCell cases.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use gru_core::{lengths_from_tensor, Kernel};
+use gru_weights::WeightFile;
+use serde::Serialize;
+
+use crate::error::{Result, VerifyError};
+use crate::tolerance::{compare, Comparison, Tolerance};
+
+/// `nn.GRU` or `nn.GRUCell`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaseKind {
+    Gru,
+    Cell,
+}
+
+/// One reference case, read from disk.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub path: PathBuf,
+    pub name: String,
+    pub kind: CaseKind,
+    pub weights: PathBuf,
+    pub prefix: Option<String>,
+    pub batch_first: bool,
+    pub atol: Option<f64>,
+    pub rtol: Option<f64>,
+    pub input: Tensor,
+    pub output: Tensor,
+    pub h_n: Option<Tensor>,
+    pub h0: Option<Tensor>,
+    pub lengths: Option<Vec<usize>>,
+}
+
+fn case_err(path: &Path, reason: impl Into<String>) -> VerifyError {
+    VerifyError::Case {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl Case {
+    /// Reads and checks a case file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = WeightFile::open(path)?;
+        let meta = file.metadata();
+        let get = |name: &str| -> Result<Option<Tensor>> {
+            match file.info(name) {
+                Some(_) => Ok(Some(file.load(name, &Device::Cpu)?)),
+                None => Ok(None),
+            }
+        };
+        let need = |name: &str| -> Result<Tensor> {
+            get(name)?.ok_or_else(|| case_err(path, format!("missing tensor `{name}`")))
+        };
+        let float = |name: &str, v: Option<&String>| -> Result<Option<f64>> {
+            v.map(|s| {
+                s.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .ok_or_else(|| {
+                        case_err(
+                            path,
+                            format!("metadata `{name}` = {s:?} is not a tolerance"),
+                        )
+                    })
+            })
+            .transpose()
+        };
+        let batch_first = match meta
+            .get("batch_first")
+            .map(|s| s.trim().to_ascii_lowercase())
+        {
+            None => false,
+            Some(s) if s == "true" || s == "1" => true,
+            Some(s) if s == "false" || s == "0" => false,
+            Some(s) => {
+                return Err(case_err(
+                    path,
+                    format!("metadata `batch_first` = {s:?}: expected true or false"),
+                ))
+            }
+        };
+        let kind = match meta.get("kind").map(String::as_str) {
+            None | Some("gru") => CaseKind::Gru,
+            Some("cell") => CaseKind::Cell,
+            Some(k) => {
+                return Err(case_err(
+                    path,
+                    format!("metadata `kind` = {k:?}: expected gru or cell"),
+                ))
+            }
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let weights = match meta.get("weights") {
+            Some(w) => dir.join(w),
+            None => {
+                return Err(case_err(
+                    path,
+                    "missing metadata `weights` (path of the weights file)",
+                ))
+            }
+        };
+        let lengths = match get("lengths")? {
+            Some(t) => Some(lengths_from_tensor(&t).map_err(|e| case_err(path, e.to_string()))?),
+            None => None,
+        };
+        let name = path
+            .file_name()
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_end_matches(".case.safetensors")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            path: path.to_path_buf(),
+            name,
+            kind,
+            weights,
+            prefix: meta.get("prefix").filter(|p| !p.is_empty()).cloned(),
+            batch_first,
+            atol: float("atol", meta.get("atol"))?,
+            rtol: float("rtol", meta.get("rtol"))?,
+            input: need("input")?,
+            output: need("output")?,
+            h_n: get("h_n")?,
+            h0: get("h0")?,
+            lengths,
+        })
+    }
+}
+
+/// How to run cases; every field overrides what the case file says.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub weights: Option<PathBuf>,
+    pub prefix: Option<String>,
+    pub device: Device,
+    /// Run the model in this dtype (default: the dtype of the case's `input`).
+    pub dtype: Option<DType>,
+    pub atol: Option<f64>,
+    pub rtol: Option<f64>,
+    pub kernel: Kernel,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            weights: None,
+            prefix: None,
+            device: Device::Cpu,
+            dtype: None,
+            atol: None,
+            rtol: None,
+            kernel: Kernel::Auto,
+        }
+    }
+}
+
+/// The result of one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseReport {
+    pub name: String,
+    pub path: String,
+    pub kind: CaseKind,
+    /// e.g. `GRU(4, 5, num_layers=2, bidirectional=True)`.
+    pub config: String,
+    pub dtype: String,
+    pub device: String,
+    pub tolerance: Tolerance,
+    pub output: Comparison,
+    pub h_n: Option<Comparison>,
+    pub passed: bool,
+    /// For a failing case: where the output first leaves the tolerance.
+    pub divergence: Option<String>,
+}
+
+/// Runs `case` and compares with its references.
+pub fn run_case(case: &Case, opts: &RunOptions) -> Result<CaseReport> {
+    let weights_path = opts.weights.clone().unwrap_or_else(|| case.weights.clone());
+    let file = WeightFile::open(&weights_path)?;
+    let dtype = opts.dtype.unwrap_or(case.input.dtype());
+    let dev = &opts.device;
+    let prefix = opts.prefix.as_deref().or(case.prefix.as_deref());
+    let input = case.input.to_dtype(dtype)?.to_device(dev)?;
+    let h0 = match &case.h0 {
+        Some(h) => Some(h.to_dtype(dtype)?.to_device(dev)?),
+        None => None,
+    };
+    let (config, output, h_n) = match case.kind {
+        CaseKind::Cell => {
+            let (cell, _) = file.gru_cell(prefix, Some(dtype), dev)?;
+            let cell = cell.with_kernel(opts.kernel);
+            let out = cell.forward(&input, h0.as_ref())?;
+            let config = format!(
+                "GRUCell({}, {}{})",
+                cell.input_size(),
+                cell.hidden_size(),
+                if cell.bias() { "" } else { ", bias=False" }
+            );
+            (config, out.clone(), out)
+        }
+        CaseKind::Gru => {
+            let (gru, _) = file.gru(prefix, Some(dtype), dev)?;
+            let gru = gru
+                .with_batch_first(case.batch_first)
+                .with_kernel(opts.kernel);
+            let (out, h_n) = match &case.lengths {
+                Some(l) => gru.forward_with_lengths(&input, l, h0.as_ref())?,
+                None => gru.forward(&input, h0.as_ref())?,
+            };
+            (describe(gru.config()), out, h_n)
+        }
+    };
+    let base = Tolerance::for_dtype(dtype);
+    let tol = Tolerance::new(
+        opts.atol.or(case.atol).unwrap_or(base.atol),
+        opts.rtol.or(case.rtol).unwrap_or(base.rtol),
+    );
+    let out_cmp = compare("output", &output, &case.output, tol)?;
+    let hn_cmp = match &case.h_n {
+        Some(r) => Some(compare("h_n", &h_n, r, tol)?),
+        None => None,
+    };
+    let passed = out_cmp.passed && hn_cmp.as_ref().is_none_or(|c| c.passed);
+    let divergence = if passed {
+        None
+    } else {
+        Some(divergence(case, &output, &out_cmp, hn_cmp.as_ref(), tol)?)
+    };
+    Ok(CaseReport {
+        name: case.name.clone(),
+        path: case.path.display().to_string(),
+        kind: case.kind,
+        config,
+        dtype: format!("{dtype:?}").to_lowercase(),
+        device: gru_core::device_name(dev),
+        tolerance: tol,
+        output: out_cmp,
+        h_n: hn_cmp,
+        passed,
+        divergence,
+    })
+}
+
+fn describe(c: &gru_core::GruConfig) -> String {
+    let mut s = format!("GRU({}, {}", c.input_size, c.hidden_size);
+    if c.num_layers != 1 {
+        s += &format!(", num_layers={}", c.num_layers);
+    }
+    if !c.bias {
+        s += ", bias=False";
+    }
+    if c.batch_first {
+        s += ", batch_first=True";
+    }
+    if c.bidirectional {
+        s += ", bidirectional=True";
+    }
+    s + ")"
+}
+
+/// Says where a failing case departs: the earliest time step at which `output` leaves the
+/// tolerance (with batch element and direction), and the layer/direction of failing `h_n` rows.
+fn divergence(
+    case: &Case,
+    output: &Tensor,
+    out_cmp: &Comparison,
+    hn_cmp: Option<&Comparison>,
+    tol: Tolerance,
+) -> Result<String> {
+    let mut parts = Vec::new();
+    if out_cmp.shape != out_cmp.expected_shape {
+        parts.push(format!(
+            "output shape {:?} != reference {:?}",
+            out_cmp.shape, out_cmp.expected_shape
+        ));
+    } else if !out_cmp.passed {
+        let dims = output.dims().to_vec();
+        let a = output
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let b = case
+            .output
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let (time_axis, batch_axis) = match (case.kind, dims.len(), case.batch_first) {
+            (CaseKind::Cell, _, _) => (None, Some(0)),
+            (_, 2, _) => (Some(0), None),
+            (_, _, true) => (Some(1), Some(0)),
+            _ => (Some(0), Some(1)),
+        };
+        let features = *dims.last().unwrap_or(&1);
+        let hidden = case
+            .h_n
+            .as_ref()
+            .and_then(|h| h.dims().last().copied())
+            .unwrap_or(features);
+        let mut best: Option<Vec<usize>> = None;
+        for i in 0..a.len() {
+            if tol.accepts(a[i], b[i]) {
+                continue;
+            }
+            let mut idx = vec![0; dims.len()];
+            let mut f = i;
+            for d in (0..dims.len()).rev() {
+                idx[d] = f % dims[d];
+                f /= dims[d];
+            }
+            let key = |v: &Vec<usize>| time_axis.map(|t| v[t]).unwrap_or(0);
+            if best.as_ref().is_none_or(|bst| key(&idx) < key(bst)) {
+                best = Some(idx);
+            }
+        }
+        if let Some(idx) = best {
+            let mut s = String::from("output leaves the tolerance");
+            if let Some(t) = time_axis {
+                s += &format!(" first at time step t={}", idx[t]);
+            }
+            if let Some(bx) = batch_axis {
+                s += &format!(", batch {}", idx[bx]);
+            }
+            let feat = idx[idx.len() - 1];
+            let dir = if features > hidden && feat >= hidden {
+                "reverse"
+            } else {
+                "forward"
+            };
+            s += &format!(", feature {feat} ({dir} direction of the last layer)");
+            let i = idx.iter().zip(&dims).fold(0, |acc, (x, d)| acc * d + x);
+            s += &format!(": got {:.6e}, expected {:.6e}", a[i], b[i]);
+            parts.push(s);
+        }
+    }
+    if let Some(h) = hn_cmp.filter(|h| !h.passed) {
+        match &h.first_mismatch {
+            Some(idx) if h.shape.len() >= 2 && h.shape == h.expected_shape => {
+                let out_features = out_cmp.shape.last().copied().unwrap_or(1);
+                let hidden = h.shape.last().copied().unwrap_or(1);
+                let dirs = (out_features / hidden.max(1)).max(1);
+                let row = idx[0];
+                if case.kind == CaseKind::Gru {
+                    parts.push(format!(
+                        "h_n first differs at row {row} (layer {}, {} direction)",
+                        row / dirs,
+                        if row % dirs == 1 {
+                            "reverse"
+                        } else {
+                            "forward"
+                        }
+                    ));
+                } else {
+                    parts.push(format!("h_n first differs at {idx:?}"));
+                }
+            }
+            _ => parts.push(format!(
+                "h_n shape {:?} vs reference {:?}",
+                h.shape, h.expected_shape
+            )),
+        }
+    }
+    Ok(parts.join("; "))
+}
+
+/// Every `*.case.safetensors` under `paths` (files are taken as given), sorted.
+pub fn find_cases(paths: &[PathBuf]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(".case.safetensors"))
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found);
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}

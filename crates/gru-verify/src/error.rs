@@ -1,0 +1,21 @@
+//! The error type of gru-verify.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// A case file that is unreadable or breaks the reference case format.
+    #[error("{}: {reason}", path.display())]
+    Case { path: PathBuf, reason: String },
+
+    #[error(transparent)]
+    Weights(#[from] gru_weights::WeightsError),
+
+    #[error(transparent)]
+    Gru(#[from] gru_core::GruError),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, VerifyError>;

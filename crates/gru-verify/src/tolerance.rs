@@ -1,0 +1,163 @@
+//! `Tolerance` and the element-wise comparison of two tensors.
+
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+
+use crate::error::Result;
+
+/// Pass iff `|a - b| <= atol + rtol * |b|` for every element (`b` the reference). NaN or Inf on
+/// one side where the other is finite never passes; the same NaN/Inf on both sides does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Tolerance {
+    pub atol: f64,
+    pub rtol: f64,
+}
+
+impl Tolerance {
+    pub fn new(atol: f64, rtol: f64) -> Self {
+        Self { atol, rtol }
+    }
+
+    /// Defaults per dtype: f64 1e-10/1e-8, f32 1e-5/1e-4, f16 1e-2/1e-2, bf16 5e-2/5e-2.
+    pub fn for_dtype(dtype: DType) -> Self {
+        match dtype {
+            DType::F64 => Self::new(1e-10, 1e-8),
+            DType::F16 => Self::new(1e-2, 1e-2),
+            DType::BF16 => Self::new(5e-2, 5e-2),
+            _ => Self::new(1e-5, 1e-4),
+        }
+    }
+
+    /// Whether `actual` matches `expected`.
+    pub fn accepts(&self, actual: f64, expected: f64) -> bool {
+        if actual.is_finite() && expected.is_finite() {
+            (actual - expected).abs() <= self.atol + self.rtol * expected.abs()
+        } else if actual.is_nan() || expected.is_nan() {
+            actual.is_nan() && expected.is_nan()
+        } else {
+            actual == expected
+        }
+    }
+}
+
+/// The outcome of comparing one tensor with its reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub expected_shape: Vec<usize>,
+    /// Largest `|a - b|` over finite pairs.
+    pub max_abs: f64,
+    /// Largest `|a - b| / |b|` over finite pairs with `b != 0`.
+    pub max_rel: f64,
+    /// Index of the element with the largest `|a - b|`.
+    pub worst_index: Vec<usize>,
+    /// Index of the first element (row-major) outside the tolerance.
+    pub first_mismatch: Option<Vec<usize>>,
+    pub mismatches: usize,
+    pub passed: bool,
+}
+
+fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        idx[d] = flat % shape[d].max(1);
+        flat /= shape[d].max(1);
+    }
+    idx
+}
+
+/// Compares `actual` with `expected` element-wise in f64. A shape mismatch is a failure that
+/// names both shapes.
+pub fn compare(
+    name: &str,
+    actual: &Tensor,
+    expected: &Tensor,
+    tol: Tolerance,
+) -> Result<Comparison> {
+    let shape = actual.dims().to_vec();
+    let expected_shape = expected.dims().to_vec();
+    let mut c = Comparison {
+        name: name.to_string(),
+        shape: shape.clone(),
+        expected_shape: expected_shape.clone(),
+        max_abs: 0.0,
+        max_rel: 0.0,
+        worst_index: vec![],
+        first_mismatch: None,
+        mismatches: 0,
+        passed: false,
+    };
+    if shape != expected_shape {
+        c.mismatches = expected.elem_count().max(actual.elem_count());
+        return Ok(c);
+    }
+    let a = actual
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let b = expected
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let mut worst = None;
+    for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
+        if x.is_finite() && y.is_finite() {
+            let d = (x - y).abs();
+            if worst.is_none() || d > c.max_abs {
+                c.max_abs = d;
+                worst = Some(i);
+            }
+            if y != 0.0 {
+                c.max_rel = c.max_rel.max(d / y.abs());
+            }
+        }
+        if !tol.accepts(x, y) {
+            c.mismatches += 1;
+            if c.first_mismatch.is_none() {
+                c.first_mismatch = Some(unravel(i, &shape));
+            }
+            if !(x.is_finite() && y.is_finite()) {
+                c.max_abs = f64::INFINITY;
+                worst = Some(i);
+            }
+        }
+    }
+    c.worst_index = worst.map(|i| unravel(i, &shape)).unwrap_or_default();
+    c.passed = c.mismatches == 0;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn rule_and_nan() {
+        let t = Tolerance::new(1e-5, 1e-4);
+        assert!(t.accepts(1.0 + 1e-5, 1.0));
+        assert!(!t.accepts(1.0 + 2e-4, 1.0));
+        assert!(!t.accepts(f64::NAN, 1.0));
+        assert!(!t.accepts(1.0, f64::NAN));
+        assert!(!t.accepts(f64::INFINITY, 1.0));
+        assert!(t.accepts(f64::NAN, f64::NAN));
+    }
+
+    #[test]
+    fn compare_finds_first_and_worst() {
+        let e = Tensor::new(&[[0f32, 1.0], [2.0, 3.0]], &Device::Cpu).unwrap();
+        let a = Tensor::new(&[[0f32, 1.0], [2.5, 3.9]], &Device::Cpu).unwrap();
+        let c = compare("x", &a, &e, Tolerance::for_dtype(DType::F32)).unwrap();
+        assert!(!c.passed);
+        assert_eq!(c.first_mismatch, Some(vec![1, 0]));
+        assert_eq!(c.worst_index, vec![1, 1]);
+        assert_eq!(c.mismatches, 2);
+        let s = Tensor::new(&[0f32, 1.0], &Device::Cpu).unwrap();
+        assert!(
+            !compare("x", &s, &e, Tolerance::for_dtype(DType::F32))
+                .unwrap()
+                .passed
+        );
+    }
+}

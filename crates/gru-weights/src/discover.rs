@@ -1,0 +1,460 @@
+//! Finding the GRUs and GRUCells in a state_dict from tensor names and shapes alone, inferring
+//! their configuration, and checking every tensor of each against it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::DType;
+use gru_core::GruConfig;
+
+use crate::error::{Result, WeightsError};
+use crate::file::TensorInfo;
+
+/// What kind of module a prefix holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// `nn.GRU`: `weight_ih_l{k}[_reverse]`, ...
+    Gru,
+    /// `nn.GRUCell`: `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`.
+    GruCell,
+}
+
+impl std::fmt::Display for ModuleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModuleKind::Gru => "GRU",
+            ModuleKind::GruCell => "GRUCell",
+        })
+    }
+}
+
+/// A GRU or GRUCell found in a file, with the configuration its shapes imply.
+#[derive(Debug, Clone)]
+pub struct GruInfo {
+    /// Module path (`encoder.rnn`), empty for a GRU at the root of the file.
+    pub prefix: String,
+    pub kind: ModuleKind,
+    /// Inferred: input_size, hidden_size, num_layers, bias, bidirectional. `batch_first` and
+    /// `dropout` are not stored in a state_dict and stay at their defaults.
+    pub config: GruConfig,
+    /// dtype of the stored weights.
+    pub dtype: DType,
+    pub num_parameters: usize,
+    /// Full names of the tensors it is built from.
+    pub keys: Vec<String>,
+}
+
+/// Everything `discover` saw: valid modules, and candidates rejected with the reason.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    pub found: Vec<GruInfo>,
+    pub rejected: Vec<(String, WeightsError)>,
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Splits `weight_ih_l3_reverse` into `("weight_ih", 3, true)`.
+fn parse_gru_param(name: &str) -> Option<(&str, usize, bool)> {
+    let (stem, reverse) = match name.strip_suffix("_reverse") {
+        Some(s) => (s, true),
+        None => (name, false),
+    };
+    let (kind, layer) = stem.rsplit_once("_l")?;
+    if !matches!(kind, "weight_ih" | "weight_hh" | "bias_ih" | "bias_hh") {
+        return None;
+    }
+    if layer.is_empty() || !layer.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((kind, layer.parse().ok()?, reverse))
+}
+
+/// Splits a full name into (module prefix, parameter name).
+fn split_name(name: &str) -> (&str, &str) {
+    match name.rsplit_once('.') {
+        Some((p, n)) => (p, n),
+        None => ("", name),
+    }
+}
+
+/// Finds every GRU and GRUCell in `tensors`.
+pub fn discover(tensors: &[TensorInfo]) -> Discovery {
+    let by_name: HashMap<&str, &TensorInfo> =
+        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    // prefix -> parameter names under it that look like GRU / GRUCell parameters.
+    let mut gru_params: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut cell_prefixes: Vec<&str> = Vec::new();
+    for t in tensors {
+        let (prefix, param) = split_name(&t.name);
+        if parse_gru_param(param).is_some() {
+            gru_params.entry(prefix).or_default().push(param);
+        } else if param == "weight_hh" {
+            cell_prefixes.push(prefix);
+        }
+    }
+    let mut out = Discovery::default();
+    for (prefix, params) in gru_params {
+        match check_gru(prefix, &params, &by_name) {
+            Ok(info) => out.found.push(info),
+            Err(e) => out.rejected.push((prefix.to_string(), e)),
+        }
+    }
+    for prefix in cell_prefixes {
+        match check_cell(prefix, &by_name) {
+            Ok(info) => out.found.push(info),
+            Err(e) => out.rejected.push((prefix.to_string(), e)),
+        }
+    }
+    out.found.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    out
+}
+
+struct Checker<'a> {
+    prefix: &'a str,
+    by_name: &'a HashMap<&'a str, &'a TensorInfo>,
+    keys: Vec<String>,
+    params: usize,
+}
+
+impl Checker<'_> {
+    fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.by_name.get(join(self.prefix, name).as_str()).copied()
+    }
+
+    fn require(&mut self, name: &str, shape: &[usize], why_missing: &str) -> Result<()> {
+        let full = join(self.prefix, name);
+        let info = self.get(name).ok_or_else(|| WeightsError::Tensor {
+            name: full.clone(),
+            reason: format!("is missing: {why_missing}"),
+        })?;
+        if !info.dtype.is_float() {
+            return Err(WeightsError::DType {
+                name: full,
+                found: info.dtype,
+            });
+        }
+        if info.shape != shape {
+            return Err(WeightsError::Shape {
+                name: full,
+                expected: shape.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        self.params += info.shape.iter().product::<usize>();
+        self.keys.push(full);
+        Ok(())
+    }
+}
+
+/// Reads H from a `weight_hh` tensor that must be `(3H, H)`.
+fn hidden_from_weight_hh(full: &str, info: &TensorInfo) -> Result<usize> {
+    match info.shape.as_slice() {
+        &[rows, h] if h > 0 && rows == 3 * h => Ok(h),
+        &[rows, h] => Err(WeightsError::Shape {
+            name: full.to_string(),
+            expected: vec![3 * h, h],
+            found: vec![rows, h],
+        }),
+        other => Err(WeightsError::Tensor {
+            name: full.to_string(),
+            reason: format!("must be 2-D (3H, H), found shape {other:?}"),
+        }),
+    }
+}
+
+fn check_gru(
+    prefix: &str,
+    params: &[&str],
+    by_name: &HashMap<&str, &TensorInfo>,
+) -> Result<GruInfo> {
+    let mut layers = 0;
+    let mut bidirectional = false;
+    let mut bias = false;
+    for p in params {
+        let (kind, layer, reverse) = parse_gru_param(p).expect("filtered");
+        layers = layers.max(layer + 1);
+        bidirectional |= reverse;
+        bias |= kind.starts_with("bias");
+    }
+    let mut c = Checker {
+        prefix,
+        by_name,
+        keys: Vec::new(),
+        params: 0,
+    };
+    let whh0 = join(prefix, "weight_hh_l0");
+    let whh0_info = c.get("weight_hh_l0").ok_or_else(|| WeightsError::Tensor {
+        name: whh0.clone(),
+        reason: "is missing: a GRU needs layer 0".into(),
+    })?;
+    let hidden = hidden_from_weight_hh(&whh0, whh0_info)?;
+    let wih0 = c.get("weight_ih_l0").ok_or_else(|| WeightsError::Tensor {
+        name: join(prefix, "weight_ih_l0"),
+        reason: "is missing: a GRU needs layer 0".into(),
+    })?;
+    if wih0.shape.len() != 2 {
+        return Err(WeightsError::Tensor {
+            name: join(prefix, "weight_ih_l0"),
+            reason: format!("must be 2-D (3H, input_size), found shape {:?}", wih0.shape),
+        });
+    }
+    let input_size = wih0.shape[1];
+    let dtype = wih0.dtype;
+    let n_dirs = if bidirectional { 2 } else { 1 };
+    let g = 3 * hidden;
+    for k in 0..layers {
+        let in_k = if k == 0 { input_size } else { n_dirs * hidden };
+        for d in 0..n_dirs {
+            let sfx = if d == 1 { "_reverse" } else { "" };
+            let why = if k > 0 && c.get(&format!("weight_ih_l{}{sfx}", k - 1)).is_some() && d == 0 {
+                format!(
+                    "the layer numbers have a gap (layers up to {} exist)",
+                    layers - 1
+                )
+            } else if d == 1 {
+                "the reverse direction is present for some layers only".to_string()
+            } else {
+                format!("layers up to {} exist", layers - 1)
+            };
+            c.require(&format!("weight_ih_l{k}{sfx}"), &[g, in_k], &why)?;
+            c.require(&format!("weight_hh_l{k}{sfx}"), &[g, hidden], &why)?;
+            if bias {
+                let bi = format!("bias_ih_l{k}{sfx}");
+                let bh = format!("bias_hh_l{k}{sfx}");
+                let why_bi = format!("`{}` exists without it", join(prefix, &bh));
+                let why_bh = format!("`{}` exists without it", join(prefix, &bi));
+                if c.get(&bi).is_some() {
+                    c.require(&bh, &[g], &why_bh)?;
+                    c.require(&bi, &[g], &why_bi)?;
+                } else {
+                    c.require(&bi, &[g], &why_bi)?;
+                    c.require(&bh, &[g], &why_bh)?;
+                }
+            }
+        }
+    }
+    let config = GruConfig {
+        input_size,
+        hidden_size: hidden,
+        num_layers: layers,
+        bias,
+        bidirectional,
+        ..GruConfig::default()
+    };
+    config.validate()?;
+    Ok(GruInfo {
+        prefix: prefix.to_string(),
+        kind: ModuleKind::Gru,
+        config,
+        dtype,
+        num_parameters: c.params,
+        keys: c.keys,
+    })
+}
+
+fn check_cell(prefix: &str, by_name: &HashMap<&str, &TensorInfo>) -> Result<GruInfo> {
+    let mut c = Checker {
+        prefix,
+        by_name,
+        keys: Vec::new(),
+        params: 0,
+    };
+    let whh = join(prefix, "weight_hh");
+    let hidden = hidden_from_weight_hh(&whh, c.get("weight_hh").expect("found by discover"))?;
+    let wih = c.get("weight_ih").ok_or_else(|| WeightsError::Tensor {
+        name: join(prefix, "weight_ih"),
+        reason: format!("is missing: `{whh}` exists without it"),
+    })?;
+    if wih.shape.len() != 2 {
+        return Err(WeightsError::Tensor {
+            name: join(prefix, "weight_ih"),
+            reason: format!("must be 2-D (3H, input_size), found shape {:?}", wih.shape),
+        });
+    }
+    let input_size = wih.shape[1];
+    let dtype = wih.dtype;
+    let g = 3 * hidden;
+    c.require("weight_ih", &[g, input_size], "")?;
+    c.require("weight_hh", &[g, hidden], "")?;
+    let bias = c.get("bias_ih").is_some() || c.get("bias_hh").is_some();
+    if bias {
+        c.require(
+            "bias_ih",
+            &[g],
+            &format!("`{}` exists without it", join(prefix, "bias_hh")),
+        )?;
+        c.require(
+            "bias_hh",
+            &[g],
+            &format!("`{}` exists without it", join(prefix, "bias_ih")),
+        )?;
+    }
+    let config = GruConfig {
+        input_size,
+        hidden_size: hidden,
+        bias,
+        ..GruConfig::default()
+    };
+    config.validate()?;
+    Ok(GruInfo {
+        prefix: prefix.to_string(),
+        kind: ModuleKind::GruCell,
+        config,
+        dtype,
+        num_parameters: c.params,
+        keys: c.keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, shape: &[usize]) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+        }
+    }
+
+    fn gru_tensors(prefix: &str, i: usize, h: usize, layers: usize, bi: bool) -> Vec<TensorInfo> {
+        let mut v = Vec::new();
+        for k in 0..layers {
+            for sfx in if bi { vec!["", "_reverse"] } else { vec![""] } {
+                let in_k = if k == 0 {
+                    i
+                } else if bi {
+                    2 * h
+                } else {
+                    h
+                };
+                v.push(t(
+                    &join(prefix, &format!("weight_ih_l{k}{sfx}")),
+                    &[3 * h, in_k],
+                ));
+                v.push(t(
+                    &join(prefix, &format!("weight_hh_l{k}{sfx}")),
+                    &[3 * h, h],
+                ));
+                v.push(t(&join(prefix, &format!("bias_ih_l{k}{sfx}")), &[3 * h]));
+                v.push(t(&join(prefix, &format!("bias_hh_l{k}{sfx}")), &[3 * h]));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn parses_param_names() {
+        assert_eq!(
+            parse_gru_param("weight_ih_l12_reverse"),
+            Some(("weight_ih", 12, true))
+        );
+        assert_eq!(parse_gru_param("bias_hh_l0"), Some(("bias_hh", 0, false)));
+        assert_eq!(parse_gru_param("weight_ih_lx"), None);
+        assert_eq!(parse_gru_param("weight_l0"), None);
+    }
+
+    #[test]
+    fn infers_nested_bidirectional_config() {
+        let mut v = gru_tensors("encoder.rnn", 5, 7, 3, true);
+        v.push(t("embed.weight", &[10, 5]));
+        let d = discover(&v);
+        assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+        let g = &d.found[0];
+        assert_eq!(g.prefix, "encoder.rnn");
+        assert_eq!(
+            (
+                g.config.input_size,
+                g.config.hidden_size,
+                g.config.num_layers
+            ),
+            (5, 7, 3)
+        );
+        assert!(g.config.bidirectional && g.config.bias);
+        assert_eq!(g.keys.len(), 24);
+    }
+
+    #[test]
+    fn lstm_is_not_a_gru() {
+        let v = vec![
+            t("lstm.weight_ih_l0", &[16, 3]),
+            t("lstm.weight_hh_l0", &[16, 4]),
+        ];
+        let d = discover(&v);
+        assert!(d.found.is_empty());
+        assert!(matches!(d.rejected[0].1, WeightsError::Shape { .. }));
+    }
+
+    #[test]
+    fn each_inconsistency_names_the_tensor() {
+        // weight_hh of layer 1 with the wrong hidden size
+        let mut v = gru_tensors("", 3, 4, 2, false);
+        v.retain(|x| x.name != "weight_hh_l1");
+        v.push(t("weight_hh_l1", &[12, 5]));
+        let e = discover(&v).rejected.remove(0).1.to_string();
+        assert!(
+            e.contains("`weight_hh_l1`: expected shape [12, 4], found [12, 5]"),
+            "{e}"
+        );
+        // layer 1 input not D*H
+        let mut v = gru_tensors("m", 3, 4, 2, false);
+        v.retain(|x| x.name != "m.weight_ih_l1");
+        v.push(t("m.weight_ih_l1", &[12, 3]));
+        let e = discover(&v).rejected.remove(0).1.to_string();
+        assert!(
+            e.contains("`m.weight_ih_l1`: expected shape [12, 4]"),
+            "{e}"
+        );
+        // bias length
+        let mut v = gru_tensors("", 3, 4, 1, false);
+        v.retain(|x| x.name != "bias_ih_l0");
+        v.push(t("bias_ih_l0", &[11]));
+        let e = discover(&v).rejected.remove(0).1.to_string();
+        assert!(e.contains("`bias_ih_l0`: expected shape [12]"), "{e}");
+        // unpaired bias
+        let mut v = gru_tensors("", 3, 4, 1, false);
+        v.retain(|x| x.name != "bias_hh_l0");
+        let e = discover(&v).rejected.remove(0).1.to_string();
+        assert!(
+            e.contains("`bias_hh_l0`: is missing: `bias_ih_l0` exists without it"),
+            "{e}"
+        );
+        // reverse for some layers only
+        let mut v = gru_tensors("", 3, 4, 2, true);
+        v.retain(|x| !x.name.ends_with("l1_reverse"));
+        let e = discover(&v).rejected.remove(0).1.to_string();
+        assert!(
+            e.contains("weight_ih_l1_reverse") && e.contains("some layers only"),
+            "{e}"
+        );
+        // gap in layer numbers
+        let mut v = gru_tensors("", 3, 4, 3, false);
+        v.retain(|x| !x.name.contains("_l1"));
+        let e = discover(&v).rejected.remove(0).1.to_string();
+        assert!(e.contains("weight_ih_l1") && e.contains("gap"), "{e}");
+        // integer dtype
+        let mut v = gru_tensors("", 3, 4, 1, false);
+        v[0].dtype = DType::I64;
+        let e = discover(&v).rejected.remove(0).1.to_string();
+        assert!(e.contains("not a float type"), "{e}");
+    }
+
+    #[test]
+    fn finds_cells() {
+        let v = vec![
+            t("dec.cell.weight_ih", &[15, 2]),
+            t("dec.cell.weight_hh", &[15, 5]),
+            t("dec.cell.bias_ih", &[15]),
+            t("dec.cell.bias_hh", &[15]),
+        ];
+        let d = discover(&v);
+        assert_eq!(d.found[0].kind, ModuleKind::GruCell);
+        assert_eq!(d.found[0].config.hidden_size, 5);
+    }
+}

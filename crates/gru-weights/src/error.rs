@@ -1,0 +1,49 @@
+//! The error type of gru-weights: each variant names the file or the tensor at fault.
+
+use std::path::PathBuf;
+
+use candle_core::DType;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// The file cannot be read or is not a valid safetensors / PyTorch zip file.
+    #[error("{}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+
+    /// A GRU tensor whose shape does not fit the GRU it belongs to.
+    #[error("`{name}`: expected shape {expected:?}, found {found:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    /// A GRU tensor that is not a float tensor.
+    #[error("`{name}`: dtype {found:?} is not a float type (expected F32, F64, F16 or BF16)")]
+    DType { name: String, found: DType },
+
+    /// A GRU tensor that is missing, unpaired, or holds NaN/Inf.
+    #[error("`{name}`: {reason}")]
+    Tensor { name: String, reason: String },
+
+    /// No GRU, several GRUs and no prefix, or a prefix that matches nothing.
+    #[error("{0}")]
+    Select(String),
+
+    #[error(transparent)]
+    Gru(#[from] gru_core::GruError),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, WeightsError>;
+
+impl WeightsError {
+    pub(crate) fn file(path: &std::path::Path, reason: impl Into<String>) -> Self {
+        WeightsError::File {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}

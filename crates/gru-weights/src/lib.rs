@@ -1,0 +1,28 @@
+//! Load PyTorch GRU weights exactly as users export them.
+//!
+//! A whole model's `state_dict()` saved with `safetensors.torch.save_file` (or `torch.save` as a
+//! `.pt`/`.pth` zip, plain or inside a training checkpoint dict) is searched for `nn.GRU` and
+//! `nn.GRUCell` modules at any depth; their configuration is inferred from names and shapes and
+//! every tensor is checked against it.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let x = candle_core::Tensor::zeros((5, 1, 8), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+//! let file = gru_weights::WeightFile::open("checkpoint.pt")?;
+//! let (gru, report) = file.gru(Some("encoder.rnn"), None, &candle_core::Device::Cpu)?;
+//! let (output, h_n) = gru.forward(&x, None)?;
+//! # Ok(()) }
+//! ```
+
+mod discover;
+mod error;
+mod file;
+mod load;
+mod pth;
+mod save;
+
+pub use discover::{discover, Discovery, GruInfo, ModuleKind};
+pub use error::{Result, WeightsError};
+pub use file::{Format, TensorInfo, WeightFile};
+pub use load::{load_gru, LoadReport};
+pub use save::{save_gru, save_gru_cell};

@@ -1,0 +1,210 @@
+//! Building a `Gru` / `GruCell` from a weight file: choosing the module, converting the dtype,
+//! checking values, and reporting what was applied and what was left unused.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use gru_core::{Gru, GruCell, GruConfig};
+
+use crate::discover::{discover, Discovery, GruInfo, ModuleKind};
+use crate::error::{Result, WeightsError};
+use crate::file::WeightFile;
+
+/// What a load applied, so that a partial or mistaken load is never silent.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub prefix: String,
+    pub kind: ModuleKind,
+    pub config: GruConfig,
+    /// dtype in the file.
+    pub stored_dtype: DType,
+    /// dtype of the built model (differs from `stored_dtype` when a conversion was asked for;
+    /// narrowing conversions such as f32 -> f16/bf16 round and are lossy).
+    pub dtype: DType,
+    /// Full names of the tensors the model was built from.
+    pub applied: Vec<String>,
+    /// Tensors under the module's prefix that the model did not use (a sign of a wrong prefix or
+    /// of a module that is not a plain `nn.GRU`).
+    pub unused_under_prefix: Vec<String>,
+    /// Number of tensors elsewhere in the file (other modules of the model).
+    pub other_tensors: usize,
+}
+
+impl WeightFile {
+    /// Every GRU and GRUCell in the file, plus candidates that failed validation.
+    pub fn discover(&self) -> Discovery {
+        discover(self.tensors())
+    }
+
+    /// Picks the module of `kind` at `prefix`, or the only one when `prefix` is `None`.
+    pub fn select(&self, kind: ModuleKind, prefix: Option<&str>) -> Result<GruInfo> {
+        let d = self.discover();
+        let list = |d: &Discovery| -> String {
+            let mut v: Vec<String> = d
+                .found
+                .iter()
+                .map(|g| format!("`{}` ({})", g.prefix, g.kind))
+                .collect();
+            v.extend(
+                d.rejected
+                    .iter()
+                    .map(|(p, e)| format!("`{p}` (invalid: {e})")),
+            );
+            if v.is_empty() {
+                "none".into()
+            } else {
+                v.join(", ")
+            }
+        };
+        let prefix = prefix.map(|p| p.trim_end_matches('.'));
+        if let Some(p) = prefix {
+            if let Some(g) = d.found.iter().find(|g| g.prefix == p && g.kind == kind) {
+                return Ok(g.clone());
+            }
+            if let Some(pos) = d.rejected.iter().position(|(rp, _)| rp == p) {
+                let mut d = d;
+                return Err(d.rejected.swap_remove(pos).1);
+            }
+            return Err(WeightsError::Select(format!(
+                "{}: no {kind} at prefix `{p}`; the file holds: {}",
+                self.path().display(),
+                list(&d)
+            )));
+        }
+        let matching: Vec<&GruInfo> = d.found.iter().filter(|g| g.kind == kind).collect();
+        match matching.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => {
+                if let Some(pos) = d.rejected.iter().position(|_| true) {
+                    if d.found.is_empty() {
+                        let mut d = d;
+                        return Err(d.rejected.swap_remove(pos).1);
+                    }
+                }
+                Err(WeightsError::Select(format!(
+                    "{}: no {kind} found; the file holds: {}",
+                    self.path().display(),
+                    list(&d)
+                )))
+            }
+            many => Err(WeightsError::Select(format!(
+                "{}: {} {kind}s found, choose one with a prefix: {}",
+                self.path().display(),
+                many.len(),
+                many.iter()
+                    .map(|g| format!("`{}`", g.prefix))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Loads the module's tensors as a `VarBuilder` at its prefix, in `dtype` (default: stored).
+    fn var_builder(
+        &self,
+        info: &GruInfo,
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<(VarBuilder<'static>, LoadReport)> {
+        let dtype = dtype.unwrap_or(info.dtype);
+        let mut tensors = HashMap::with_capacity(info.keys.len());
+        for key in &info.keys {
+            let t = self.load(key, device)?;
+            check_finite(key, &t)?;
+            tensors.insert(key.clone(), t.to_dtype(dtype)?);
+        }
+        let prefix_dot = if info.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", info.prefix)
+        };
+        let unused_under_prefix: Vec<String> = self
+            .tensors()
+            .iter()
+            .filter(|t| t.name.starts_with(&prefix_dot) && !info.keys.contains(&t.name))
+            .filter(|t| info.prefix.is_empty() || !t.name[prefix_dot.len()..].contains('.'))
+            .map(|t| t.name.clone())
+            .collect();
+        let report = LoadReport {
+            prefix: info.prefix.clone(),
+            kind: info.kind,
+            config: info.config,
+            stored_dtype: info.dtype,
+            dtype,
+            applied: info.keys.clone(),
+            other_tensors: self.tensors().len() - info.keys.len() - unused_under_prefix.len(),
+            unused_under_prefix,
+        };
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        let vb = if info.prefix.is_empty() {
+            vb
+        } else {
+            vb.pp(&info.prefix)
+        };
+        Ok((vb, report))
+    }
+
+    /// Builds the `nn.GRU` at `prefix` (or the only one), in `dtype` (default: as stored).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let x = candle_core::Tensor::zeros((5, 1, 8), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    /// let file = gru_weights::WeightFile::open("checkpoint.safetensors")?;
+    /// let (gru, _report) = file.gru(Some("encoder.rnn"), None, &candle_core::Device::Cpu)?;
+    /// let (output, h_n) = gru.forward(&x, None)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn gru(
+        &self,
+        prefix: Option<&str>,
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<(Gru, LoadReport)> {
+        let info = self.select(ModuleKind::Gru, prefix)?;
+        let (vb, report) = self.var_builder(&info, dtype, device)?;
+        Ok((Gru::new(info.config, vb)?, report))
+    }
+
+    /// Builds the `nn.GRUCell` at `prefix` (or the only one).
+    pub fn gru_cell(
+        &self,
+        prefix: Option<&str>,
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<(GruCell, LoadReport)> {
+        let info = self.select(ModuleKind::GruCell, prefix)?;
+        let (vb, report) = self.var_builder(&info, dtype, device)?;
+        let c = &info.config;
+        Ok((
+            GruCell::new(c.input_size, c.hidden_size, c.bias, vb)?,
+            report,
+        ))
+    }
+}
+
+/// Weights holding NaN or Inf are a broken export: refuse them by name.
+fn check_finite(name: &str, t: &Tensor) -> Result<()> {
+    let bad = t
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?
+        .iter()
+        .position(|v| !v.is_finite());
+    match bad {
+        None => Ok(()),
+        Some(i) => Err(WeightsError::Tensor {
+            name: name.to_string(),
+            reason: format!("holds a non-finite value at flat index {i}"),
+        }),
+    }
+}
+
+/// Opens `path` and builds its GRU: `load_gru("model.safetensors", Some("encoder.rnn"), &dev)`.
+pub fn load_gru(
+    path: impl AsRef<std::path::Path>,
+    prefix: Option<&str>,
+    device: &Device,
+) -> Result<(Gru, LoadReport)> {
+    WeightFile::open(path)?.gru(prefix, None, device)
+}

@@ -1,0 +1,207 @@
+//! PyTorch zip checkpoints (`torch.save`, torch >= 1.6) read without Python, on candle's pickle
+//! reader: a plain state_dict, or a state_dict nested in a training checkpoint dict.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use candle_core::pickle::{Object, Stack, TensorInfo};
+use candle_core::Tensor;
+
+use crate::error::{Result, WeightsError};
+
+/// Keys under which training checkpoints commonly keep the model's state_dict, in the order
+/// they are tried when no key is given.
+const STATE_DICT_KEYS: &[&str] = &[
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "model_state",
+    "net",
+    "module",
+    "network",
+];
+
+#[derive(Debug, Clone)]
+pub(crate) struct PthTensor {
+    pub info: TensorInfo,
+}
+
+fn open_zip(path: &Path) -> Result<zip::ZipArchive<BufReader<std::fs::File>>> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| WeightsError::file(path, format!("cannot open: {e}")))?;
+    zip::ZipArchive::new(BufReader::new(f))
+        .map_err(|e| WeightsError::file(path, format!("not a readable PyTorch zip file: {e}")))
+}
+
+/// Reads `data.pkl` and finds the state_dict: the top-level dict if it holds tensors, else the
+/// entry `key`, else the first of `STATE_DICT_KEYS` present, else the first nested dict of tensors.
+/// Returns the tensors and the key they were found under.
+pub(crate) fn read_state_dict(
+    path: &Path,
+    key: Option<&str>,
+) -> Result<(HashMap<String, PthTensor>, Option<String>)> {
+    let mut zip = open_zip(path)?;
+    let pkl = zip
+        .file_names()
+        .filter_map(|f| f.ok().map(|f| f.into_owned()))
+        .find(|n| n.ends_with("data.pkl"))
+        .ok_or_else(|| {
+            WeightsError::file(path, "zip file without data.pkl: not a PyTorch checkpoint")
+        })?;
+    let dir = pkl.strip_suffix(".pkl").unwrap_or(&pkl).to_string();
+    let obj = {
+        let reader = zip
+            .by_name(&pkl)
+            .map_err(|e| WeightsError::file(path, format!("cannot read {pkl}: {e}")))?;
+        let mut reader = BufReader::new(reader);
+        let mut stack = Stack::empty();
+        stack
+            .read_loop(&mut reader)
+            .map_err(|e| WeightsError::file(path, format!("cannot unpickle {pkl}: {e}")))?;
+        stack
+            .finalize()
+            .map_err(|e| WeightsError::file(path, format!("cannot unpickle {pkl}: {e}")))?
+    };
+    if let Some(class) = pickled_module_class(&obj) {
+        return Err(WeightsError::file(
+            path,
+            format!(
+                "holds a whole pickled module ({class}), which needs your Python classes to load; \
+                 save its weights instead: torch.save(model.state_dict(), path) or \
+                 safetensors.torch.save_file(model.state_dict(), path)"
+            ),
+        ));
+    }
+    let Object::Dict(entries) = obj else {
+        return Err(WeightsError::file(
+            path,
+            "data.pkl does not hold a dict (state_dict or checkpoint)",
+        ));
+    };
+    let dir = Path::new(&dir);
+    if let Some(key) = key {
+        let value = entries
+            .into_iter()
+            .find(|(k, _)| matches!(k, Object::Unicode(s) if s == key))
+            .map(|(_, v)| v)
+            .ok_or_else(|| WeightsError::file(path, format!("checkpoint has no key `{key}`")))?;
+        let tensors = tensors_of(value, dir);
+        if tensors.is_empty() {
+            return Err(WeightsError::file(
+                path,
+                format!("checkpoint key `{key}` holds no tensors"),
+            ));
+        }
+        return Ok((tensors, Some(key.to_string())));
+    }
+    let top = tensors_of(Object::Dict(entries.clone()), dir);
+    if !top.is_empty() {
+        return Ok((top, None));
+    }
+    let mut nested: Vec<(String, Object)> = entries
+        .into_iter()
+        .filter_map(|(k, v)| match (k, &v) {
+            (Object::Unicode(k), Object::Dict(_)) => Some((k, v)),
+            _ => None,
+        })
+        .collect();
+    nested.sort_by_key(|(k, _)| {
+        STATE_DICT_KEYS
+            .iter()
+            .position(|c| c == k)
+            .unwrap_or(STATE_DICT_KEYS.len())
+    });
+    for (k, v) in nested {
+        let tensors = tensors_of(v, dir);
+        if !tensors.is_empty() {
+            return Ok((tensors, Some(k)));
+        }
+    }
+    Err(WeightsError::file(
+        path,
+        "found no dict of tensors (state_dict) in the checkpoint",
+    ))
+}
+
+/// The tensors directly inside a dict object.
+fn tensors_of(obj: Object, dir: &Path) -> HashMap<String, PthTensor> {
+    let Object::Dict(entries) = obj else {
+        return HashMap::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|(k, v)| match v.into_tensor_info(k, dir) {
+            Ok(Some(info)) => Some((info.name.clone(), PthTensor { info })),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `Some("module.Class")` when the pickle is an object of a user class (a whole `nn.Module`).
+fn pickled_module_class(obj: &Object) -> Option<String> {
+    let callable = match obj {
+        Object::Build { callable, .. } => callable.as_ref(),
+        Object::Reduce { .. } => obj,
+        _ => return None,
+    };
+    let class = match callable {
+        Object::Reduce { callable, .. } => callable.as_ref(),
+        other => other,
+    };
+    match class {
+        Object::Class {
+            module_name,
+            class_name,
+        } if module_name != "collections" => Some(format!("{module_name}.{class_name}")),
+        _ => None,
+    }
+}
+
+/// Reads one tensor's data from the zip (contiguous or Fortran-contiguous layouts).
+pub(crate) fn load_tensor(path: &Path, t: &PthTensor) -> Result<Tensor> {
+    let info = &t.info;
+    let bad = |reason: String| WeightsError::Tensor {
+        name: info.name.clone(),
+        reason: format!("{reason} (in {})", path.display()),
+    };
+    let mut zip = open_zip(path)?;
+    let mut reader = zip
+        .by_name(&info.path)
+        .map_err(|e| bad(format!("storage {} unreadable: {e}", info.path)))?;
+    let layout = &info.layout;
+    let fortran = layout.is_fortran_contiguous();
+    if !layout.is_contiguous() && !fortran {
+        return Err(bad("non-contiguous storage layout is not supported".into()));
+    }
+    let skip = layout.start_offset() as u64;
+    if skip > 0 {
+        std::io::copy(&mut reader.by_ref().take(skip), &mut std::io::sink())
+            .map_err(|e| bad(format!("cannot seek in storage: {e}")))?;
+    }
+    let n_bytes = layout
+        .shape()
+        .elem_count()
+        .checked_mul(info.dtype.size_in_bytes())
+        .ok_or_else(|| bad("tensor size overflows".into()))?;
+    let mut bytes = Vec::with_capacity(n_bytes.min(1 << 30));
+    reader
+        .take(n_bytes as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(format!("cannot read data: {e}")))?;
+    if bytes.len() != n_bytes {
+        return Err(bad(format!(
+            "storage holds {} bytes, the tensor needs {n_bytes}: truncated file",
+            bytes.len()
+        )));
+    }
+    let tensor =
+        Tensor::from_raw_buffer(&bytes, info.dtype, layout.dims(), &candle_core::Device::Cpu)?;
+    let rank = layout.dims().len();
+    if rank > 1 && fortran && !layout.is_contiguous() {
+        let rev: Vec<usize> = layout.dims().iter().rev().copied().collect();
+        let perm: Vec<usize> = (0..rank).rev().collect();
+        return Ok(tensor.reshape(rev)?.permute(perm)?.contiguous()?);
+    }
+    Ok(tensor)
+}

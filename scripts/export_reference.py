@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Export a PyTorch GRU (possibly nested in a larger model) and reference cases for `gru verify`.
+
+Reference case format (the contract `gru-verify` reads):
+  * weights: `safetensors.torch.save_file(model.state_dict(), path)`.
+  * `NAME.case.safetensors`: tensors `input`, `output`, `h_n`, optionally `h0` and `lengths`
+    (int64, one per batch element); string metadata `weights` (path relative to the case file),
+    `batch_first` ("true"/"false"), `prefix` (the GRU's module path in the weights file), optional
+    `atol`, `rtol`, and `kind` = "cell" for GRUCell cases. For variable-length cases `output` is
+    what `pad_packed_sequence(..., total_length=T)` returns.
+
+As a library:
+    from export_reference import save_weights, export_case
+    save_weights(model, "out/model.safetensors")
+    export_case("out", "case1", model, "encoder.rnn", x, h0=None, lengths=None)
+
+From the command line, for a fresh randomly initialised GRU:
+    python scripts/export_reference.py --out DIR --input-size 8 --hidden-size 16 \
+        --num-layers 2 --bidirectional --seq-len 10 --batch 3 [--lengths 10,4,7] [--h0]
+"""
+import argparse
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+def save_weights(model, path):
+    """Writes `model.state_dict()` exactly as a user would."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(sd, path)
+
+
+def get_module(model, prefix):
+    return model.get_submodule(prefix) if prefix else model
+
+
+@torch.inference_mode()
+def reference_outputs(gru, x, h0=None, lengths=None, compute_dtype=None):
+    """What PyTorch gives for `gru(x, h0)` (packed when `lengths` is given).
+
+    `compute_dtype` (e.g. torch.float32 for half weights) runs a copy of the module in that dtype
+    on the same (rounded) weights and inputs."""
+    if compute_dtype is not None:
+        gru = _copy_as(gru, compute_dtype)
+        x = x.to(compute_dtype)
+        h0 = None if h0 is None else h0.to(compute_dtype)
+    gru = gru.eval()
+    if isinstance(gru, torch.nn.GRUCell):
+        out = gru(x, h0)
+        return out, out.clone()
+    if lengths is None:
+        return gru(x, h0)
+    t_len = x.shape[1] if gru.batch_first else x.shape[0]
+    packed = pack_padded_sequence(x, lengths, batch_first=gru.batch_first, enforce_sorted=False)
+    out, h_n = gru(packed, h0)
+    out, _ = pad_packed_sequence(out, batch_first=gru.batch_first, total_length=t_len)
+    return out, h_n
+
+
+def _copy_as(module, dtype):
+    import copy
+
+    m = copy.deepcopy(module)
+    return m.to(dtype)
+
+
+def export_case(out_dir, name, model, prefix, x, h0=None, lengths=None, weights_file=None,
+                compute_dtype=None, atol=None, rtol=None, extra_meta=None):
+    """Writes `out_dir/NAME.case.safetensors` for the GRU at `prefix` inside `model`.
+
+    `weights_file`: path of the weights relative to `out_dir` (written by `save_weights`);
+    `input`, `h0` are stored in their own dtype; `output` and `h_n` in the dtype PyTorch computed
+    them in (float32 for half weights run with `compute_dtype=torch.float32`)."""
+    gru = get_module(model, prefix)
+    out, h_n = reference_outputs(gru, x, h0, lengths, compute_dtype)
+    tensors = {"input": x, "output": out, "h_n": h_n}
+    if h0 is not None:
+        tensors["h0"] = h0
+    if lengths is not None:
+        tensors["lengths"] = torch.as_tensor(lengths, dtype=torch.int64)
+    meta = {
+        "weights": weights_file or f"{name}.safetensors",
+        "batch_first": "true" if getattr(gru, "batch_first", False) else "false",
+        "prefix": prefix,
+        "torch_version": torch.__version__,
+    }
+    if isinstance(gru, torch.nn.GRUCell):
+        meta["kind"] = "cell"
+    if atol is not None:
+        meta["atol"] = repr(float(atol))
+    if rtol is not None:
+        meta["rtol"] = repr(float(rtol))
+    meta.update(extra_meta or {})
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.case.safetensors")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path, metadata=meta)
+    return path
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", default="gru")
+    p.add_argument("--input-size", type=int, required=True)
+    p.add_argument("--hidden-size", type=int, required=True)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--no-bias", action="store_true")
+    p.add_argument("--batch-first", action="store_true")
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--seq-len", type=int, default=10)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--lengths", help="comma-separated, one per batch element")
+    p.add_argument("--h0", action="store_true", help="pass a random h0")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    torch.manual_seed(a.seed)
+    dtype = getattr(torch, a.dtype)
+    gru = torch.nn.GRU(a.input_size, a.hidden_size, a.num_layers, bias=not a.no_bias,
+                       batch_first=a.batch_first, bidirectional=a.bidirectional).to(dtype)
+    shape = (a.batch, a.seq_len, a.input_size) if a.batch_first else (a.seq_len, a.batch, a.input_size)
+    x = torch.randn(shape).to(dtype)
+    d = 2 if a.bidirectional else 1
+    h0 = torch.randn(a.num_layers * d, a.batch, a.hidden_size).to(dtype) if a.h0 else None
+    lengths = [int(v) for v in a.lengths.split(",")] if a.lengths else None
+    half = dtype in (torch.float16, torch.bfloat16)
+    save_weights(gru, os.path.join(a.out, f"{a.name}.safetensors"))
+    path = export_case(a.out, a.name, gru, "", x, h0, lengths,
+                       compute_dtype=torch.float32 if half else None,
+                       extra_meta={"seed": str(a.seed)})
+    print(json.dumps({"case": path}))
+
+
+if __name__ == "__main__":
+    main()
