@@ -75,7 +75,7 @@ pub(crate) fn layer_forward<T: Real>(
         parallelism(threads),
     );
 
-    let run = |d: usize, par: Parallelism| {
+    let run = |d: usize, threads: usize| {
         let mut out = vec![T::zero(); rows * hidden];
         let mut hn = vec![T::zero(); batch * hidden];
         run_direction(
@@ -89,19 +89,19 @@ pub(crate) fn layer_forward<T: Real>(
             d == 1,
             &mut out,
             &mut hn,
-            par,
+            threads,
         );
         (out, hn)
     };
 
     if n_dirs == 1 {
-        return run(0, parallelism(threads));
+        return run(0, threads);
     }
     let ((out_f, hn_f), (out_b, hn_b)) = if threads > 1 {
-        let par = parallelism(threads / 2);
-        rayon::join(|| run(0, par), || run(1, par))
+        let per_dir = threads / 2;
+        rayon::join(|| run(0, per_dir), || run(1, per_dir))
     } else {
-        (run(0, Parallelism::None), run(1, Parallelism::None))
+        (run(0, 1), run(1, 1))
     };
     // Interleave to PyTorch's layout: forward half, then backward half, of every (t, b) row.
     let mut out = Vec::with_capacity(rows * 2 * hidden);
@@ -136,18 +136,43 @@ fn run_direction<T: Real>(
     reverse: bool,
     out: &mut [T],
     hn: &mut [T],
-    par: Parallelism,
+    threads: usize,
 ) {
+    run_direction_body(
+        gi, g, offset, dims, dir, h0, plan, reverse, out, hn, threads,
+    )
+}
+
+/// Everything one chunk needs to advance one time step.
+struct Step<'a, T> {
+    t: usize,
+    m: usize,
+    batch: usize,
+    hidden: usize,
+    g: usize,
+    offset: usize,
+    gi: &'a [T],
+    perm: &'a [usize],
+    dir: &'a DirSlices<'a, T>,
+    h_in: &'a [T],
+    h_out: SharedMut<T>,
+    out: SharedMut<T>,
+}
+
+/// One step of one chunk: its matmul, then the gate pass over its units of every active row.
+/// Compiled for the best SIMD level of the CPU (closures and generic code would otherwise get
+/// the baseline SSE2 build).
+fn advance<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
     #[cfg(target_arch = "x86_64")]
-    if simd::has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
-        unsafe {
-            return simd::run_direction_avx2(
-                gi, g, offset, dims, dir, h0, plan, reverse, out, hn, par,
-            );
+    {
+        match simd::level() {
+            // SAFETY: the CPU supports these features (checked at run time by `level`).
+            simd::Level::Avx512 => return unsafe { simd::advance_avx512(s, c) },
+            simd::Level::Avx2 => return unsafe { simd::advance_avx2(s, c) },
+            simd::Level::Baseline => {}
         }
     }
-    run_direction_body(gi, g, offset, dims, dir, h0, plan, reverse, out, hn, par)
+    advance_body(s, c)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -155,35 +180,150 @@ mod simd {
     use super::*;
     use std::sync::OnceLock;
 
-    pub(super) fn has_avx2_fma() -> bool {
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Level {
+        Baseline,
+        Avx2,
+        Avx512,
+    }
+
+    pub(super) fn level() -> Level {
+        static LEVEL: OnceLock<Level> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx2") && has!("fma") {
+                Level::Avx512
+            } else if has!("avx2") && has!("fma") {
+                Level::Avx2
+            } else {
+                Level::Baseline
+            }
         })
     }
 
-    /// The same loop compiled for AVX2: the gate pass and the small matmul vectorize 8 wide.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn advance_avx512<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
+        advance_body(s, c)
+    }
+
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn run_direction_avx2<T: Real>(
-        gi: &[T],
-        g: usize,
-        offset: usize,
-        dims: Dims,
-        dir: &DirSlices<'_, T>,
-        h0: &[T],
-        plan: &LengthPlan,
-        reverse: bool,
-        out: &mut [T],
-        hn: &mut [T],
-        par: Parallelism,
-    ) {
-        run_direction_body(gi, g, offset, dims, dir, h0, plan, reverse, out, hn, par)
+    pub(super) unsafe fn advance_avx2<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
+        advance_body(s, c)
     }
 }
 
 #[inline(always)]
+fn advance_body<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
+    let (hidden, m) = (s.hidden, s.m);
+    let w3 = 3 * c.w;
+    let w_t = if c.w_t.is_empty() {
+        s.dir.w_hh_t
+    } else {
+        &c.w_t
+    };
+    recurrent_matmul(
+        m,
+        hidden,
+        w3,
+        &s.h_in[..m * hidden],
+        w_t,
+        &mut c.gh[..m * w3],
+    );
+    for i in 0..m {
+        let b = s.perm[i];
+        let row = (s.t * s.batch + b) * s.g + s.offset;
+        let gi_row = &s.gi[row..row + 3 * hidden];
+        let h_row = i * hidden + c.u0;
+        let out_row = (s.t * s.batch + b) * hidden + c.u0;
+        // SAFETY: `h_row..h_row + w` and `out_row..out_row + w` lie inside `h_next` and `out`
+        // (sizes asserted by the caller; u0 + w <= hidden), and each chunk owns units
+        // `u0..u0 + w`, so no two threads write the same element; nothing reads these buffers
+        // during the step (`h_in` is the other buffer).
+        let (h_dst, o_dst) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(s.h_out.ptr().add(h_row), c.w),
+                std::slice::from_raw_parts_mut(s.out.ptr().add(out_row), c.w),
+            )
+        };
+        gate_update(
+            &gi_row[c.u0..c.u0 + c.w],
+            &gi_row[hidden + c.u0..hidden + c.u0 + c.w],
+            &gi_row[2 * hidden + c.u0..2 * hidden + c.u0 + c.w],
+            &c.gh[i * w3..(i + 1) * w3],
+            &s.dir.b_hn[c.u0..c.u0 + c.w],
+            &s.h_in[h_row..h_row + c.w],
+            h_dst,
+            o_dst,
+        );
+    }
+}
+
+/// Below this many multiply-adds per step, one thread runs the whole step: splitting would
+/// cost more in synchronisation than it saves.
+const SPLIT_WORK: usize = 1 << 20;
+
+/// A slice of the hidden units `[u0, u0 + w)` that one thread advances each step, with its own
+/// columns of `W_hh^T` (r, z, n of its units side by side) and its own `gh` buffer.
+struct Chunk<T> {
+    u0: usize,
+    w: usize,
+    /// `(H, 3w)`; empty when the chunk is all units (the layer's `W_hh^T` is used as it is).
+    w_t: Vec<T>,
+    gh: Vec<T>,
+}
+
+/// Splits the units so that every thread gets a share of both the matmul and the gate pass.
+fn chunks<T: Real>(w_hh_t: &[T], hidden: usize, batch: usize, threads: usize) -> Vec<Chunk<T>> {
+    let work = batch * hidden * 3 * hidden;
+    let n = if threads > 1 && work >= SPLIT_WORK {
+        threads.min(hidden / 16).max(1)
+    } else {
+        1
+    };
+    if n == 1 {
+        return vec![Chunk {
+            u0: 0,
+            w: hidden,
+            w_t: Vec::new(),
+            gh: vec![T::zero(); batch * 3 * hidden],
+        }];
+    }
+    let step = hidden.div_ceil(n).div_ceil(16) * 16;
+    (0..hidden)
+        .step_by(step)
+        .map(|u0| {
+            let w = step.min(hidden - u0);
+            let mut w_t = Vec::with_capacity(hidden * 3 * w);
+            for k in 0..hidden {
+                let row = &w_hh_t[k * 3 * hidden..(k + 1) * 3 * hidden];
+                for gate in 0..3 {
+                    w_t.extend_from_slice(&row[gate * hidden + u0..gate * hidden + u0 + w]);
+                }
+            }
+            Chunk {
+                u0,
+                w,
+                w_t,
+                gh: vec![T::zero(); batch * 3 * w],
+            }
+        })
+        .collect()
+}
+
+/// A pointer shared by the threads of one step, each writing a disjoint range through it.
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+// SAFETY: only used to write disjoint element ranges from different threads (see `advance`).
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// A method, not a field access, so that closures capture the `Sync` wrapper.
+    fn ptr(&self) -> *mut T {
+        self.0
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_direction_body<T: Real>(
     gi: &[T],
@@ -196,7 +336,7 @@ fn run_direction_body<T: Real>(
     reverse: bool,
     out: &mut [T],
     hn: &mut [T],
-    par: Parallelism,
+    threads: usize,
 ) {
     let Dims {
         seq_len,
@@ -204,64 +344,82 @@ fn run_direction_body<T: Real>(
         hidden,
         ..
     } = dims;
-    let g3 = 3 * hidden;
+    assert_eq!(out.len(), seq_len * batch * hidden);
+    assert_eq!(gi.len(), seq_len * batch * g);
     // State rows in `plan.perm` order, so that the active rows of every step are a prefix.
+    // Double-buffered: threads read all of `h` while writing their units of `h_next`.
     let mut h = vec![T::zero(); batch * hidden];
     for (i, &b) in plan.perm.iter().enumerate() {
         h[i * hidden..(i + 1) * hidden].copy_from_slice(&h0[b * hidden..(b + 1) * hidden]);
     }
-    let mut gh = vec![T::zero(); batch * g3];
+    let mut h_next = h.clone();
+    let mut chunks = chunks(dir.w_hh_t, hidden, batch, threads);
+    let mut prev_m = batch;
 
     for s in 0..seq_len {
         let t = if reverse { seq_len - 1 - s } else { s };
         let m = plan.active[t];
+        if m < prev_m {
+            // Rows that just finished keep their last state in both buffers.
+            h_next[m * hidden..prev_m * hidden].copy_from_slice(&h[m * hidden..prev_m * hidden]);
+        }
+        prev_m = m;
         if m == 0 {
             continue;
         }
-        matmul(
+        let step = Step {
+            t,
             m,
+            batch,
             hidden,
-            g3,
-            &h[..m * hidden],
-            dir.w_hh_t,
-            &mut gh[..m * g3],
-            false,
-            par,
-        );
-        for i in 0..m {
-            let b = plan.perm[i];
-            let row = (t * batch + b) * g + offset;
-            let out_row = (t * batch + b) * hidden;
-            gate_update(
-                &gi[row..row + g3],
-                &gh[i * g3..(i + 1) * g3],
-                dir.b_hn,
-                &mut h[i * hidden..(i + 1) * hidden],
-                &mut out[out_row..out_row + hidden],
-            );
+            g,
+            offset,
+            gi,
+            perm: &plan.perm,
+            dir,
+            h_in: &h,
+            h_out: SharedMut(h_next.as_mut_ptr()),
+            out: SharedMut(out.as_mut_ptr()),
+        };
+        if chunks.len() == 1 {
+            advance(&step, &mut chunks[0]);
+        } else {
+            use rayon::prelude::*;
+            chunks.par_iter_mut().for_each(|c| advance(&step, c));
         }
+        std::mem::swap(&mut h, &mut h_next);
     }
     for (i, &b) in plan.perm.iter().enumerate() {
         hn[b * hidden..(b + 1) * hidden].copy_from_slice(&h[i * hidden..(i + 1) * hidden]);
     }
 }
 
-/// PyTorch's GRU update for one row, in place:
+/// PyTorch's GRU update for one row of `w` units:
 /// r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + r * (gh_n + b_hn)), h' = (1 - z) n + z h.
-/// `gi` already holds `b_ih` and `b_hr`, `b_hz` (folded at load).
+/// `gi_*` already hold `b_ih` and `b_hr`, `b_hz` (folded at load); `gh` is `[gh_r | gh_z | gh_n]`.
 #[inline(always)]
-pub(crate) fn gate_update<T: Real>(gi: &[T], gh: &[T], b_hn: &[T], h: &mut [T], out: &mut [T]) {
-    let hs = h.len();
-    let (gi_r, gi_z, gi_n) = (&gi[..hs], &gi[hs..2 * hs], &gi[2 * hs..3 * hs]);
-    let (gh_r, gh_z, gh_n) = (&gh[..hs], &gh[hs..2 * hs], &gh[2 * hs..3 * hs]);
-    let b_hn = &b_hn[..hs];
-    let out = &mut out[..hs];
-    for j in 0..hs {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gate_update<T: Real>(
+    gi_r: &[T],
+    gi_z: &[T],
+    gi_n: &[T],
+    gh: &[T],
+    b_hn: &[T],
+    h: &[T],
+    h_out: &mut [T],
+    out: &mut [T],
+) {
+    let w = h.len();
+    let (gi_r, gi_z, gi_n) = (&gi_r[..w], &gi_z[..w], &gi_n[..w]);
+    let (gh_r, gh_z, gh_n) = (&gh[..w], &gh[w..2 * w], &gh[2 * w..3 * w]);
+    let b_hn = &b_hn[..w];
+    let (h_out, out) = (&mut h_out[..w], &mut out[..w]);
+    for j in 0..w {
         let r = (gi_r[j] + gh_r[j]).sigmoid();
         let z = (gi_z[j] + gh_z[j]).sigmoid();
         let n = (gi_n[j] + r * (gh_n[j] + b_hn[j])).tanh();
         let hj = n + z * (h[j] - n);
-        h[j] = hj;
+        h_out[j] = hj;
         out[j] = hj;
     }
 }
@@ -324,6 +482,45 @@ pub(crate) fn matmul<T: Real>(
     }
 }
 
+/// `gh = h @ w_t` for the recurrent step: `h` `(m, k)`, `w_t` `(k, n)`, `gh` `(m, n)`, row-major.
+///
+/// Large cases go to the GEMM library as the transposed product `gh^T = w_t^T @ h^T`: there the
+/// weights are a column-major left operand, which the library reads in place instead of packing
+/// them again at every time step.
+#[inline(always)]
+fn recurrent_matmul<T: Real>(m: usize, k: usize, n: usize, h: &[T], w_t: &[T], gh: &mut [T]) {
+    assert!(h.len() >= m * k && w_t.len() >= k * n && gh.len() >= m * n);
+    if m * k * n <= SMALL_MATMUL {
+        return matmul(m, k, n, h, w_t, gh, false, Parallelism::None);
+    }
+    // SAFETY: bounds asserted above. Column-major views: lhs `w_t^T` (n x k) with column stride
+    // n, rhs `h^T` (k x m) with column stride k, dst `gh^T` (n x m) with column stride n; `gh`
+    // aliases neither input.
+    unsafe {
+        gemm::gemm(
+            n,
+            m,
+            k,
+            gh.as_mut_ptr(),
+            n as isize,
+            1,
+            false,
+            w_t.as_ptr(),
+            n as isize,
+            1,
+            h.as_ptr(),
+            k as isize,
+            1,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +547,8 @@ mod tests {
                 assert!((x - (y + 1.0)).abs() < 1e-9);
             }
             matmul(m, k, n, &a, &b, &mut c, false, Parallelism::None);
+            assert_eq!(c, want);
+            recurrent_matmul(m, k, n, &a, &b, &mut c);
             assert_eq!(c, want);
         }
     }
