@@ -73,7 +73,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         );
     }
     for (p, e) in &d.rejected {
-        println!("invalid  prefix={p}: {e}");
+        println!("skipped  prefix={p} (not a valid GRU): {e}");
     }
     Ok(())
 }

@@ -100,14 +100,18 @@ impl WeightFile {
                 state_dict_key,
             });
         }
-        if mmap.first() == Some(&0x80) {
-            return Err(WeightsError::file(
-                path,
-                "a legacy (pre-1.6, non-zip) PyTorch pickle; re-save it with a current torch.save \
-                 or export safetensors (safetensors.torch.save_file(model.state_dict(), path))",
-            ));
-        }
-        let infos = safetensors_infos(path, &mmap)?;
+        let infos = match safetensors_infos(path, &mmap) {
+            Ok(infos) => infos,
+            // Pickle protocol 2+ opcode: a pre-1.6 torch.save file, not safetensors.
+            Err(_) if mmap.len() > 1 && mmap[0] == 0x80 && (2..=5).contains(&mmap[1]) && header_len_exceeds(&mmap) => {
+                return Err(WeightsError::file(
+                    path,
+                    "a legacy (pre-1.6, non-zip) PyTorch pickle; re-save it with a current \
+                     torch.save or export safetensors (safetensors.torch.save_file(model.state_dict(), path))",
+                ))
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Self {
             path: path.to_path_buf(),
             source: Source::Safetensors(mmap),
@@ -179,6 +183,11 @@ impl WeightFile {
             }
         }
     }
+}
+
+fn header_len_exceeds(bytes: &[u8]) -> bool {
+    bytes.len() < 8
+        || u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) > bytes.len() as u64
 }
 
 /// Validates the whole safetensors layout (header length, JSON, offsets) and lists the tensors.
