@@ -186,7 +186,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 let mut input = xb.clone();
                 for layer in &layers {
                     let states = layer.seq(&input)?;
-                    input = layer.states_to_tensor(&states)?;
+                    // states_to_tensor concatenates to (B, T * H) (candle issue #1723).
+                    let (b, t, _) = input.dims3()?;
+                    input = layer.states_to_tensor(&states)?.reshape((b, t, ()))?;
                 }
                 input.device().synchronize()?;
                 Ok(())

@@ -1,0 +1,296 @@
+//! The `gru` binary end to end: verify (exit codes, table, divergence report), inspect, run, and
+//! one-line errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+use gru_weights::WeightFile;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn gru(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gru"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// Rewrites a case file with `output` replaced, keeping its metadata and other tensors.
+fn write_case(src: &Path, dst: &Path, output: Option<Tensor>) {
+    let f = WeightFile::open(src).unwrap();
+    let mut meta = f.metadata();
+    let mut tensors: Vec<(String, Tensor)> = f
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), f.load(&t.name, &Device::Cpu).unwrap()))
+        .collect();
+    if let Some(o) = output {
+        tensors.iter_mut().find(|(n, _)| n == "output").unwrap().1 = o;
+    }
+    // Point at the weights next to the original case.
+    let w = src.parent().unwrap().join(&meta["weights"]);
+    meta.insert(
+        "weights".into(),
+        w.canonicalize().unwrap().display().to_string(),
+    );
+    let data: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let (bytes, dt) = match t.dtype() {
+                DType::F32 => (
+                    t.flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect(),
+                    safetensors::Dtype::F32,
+                ),
+                DType::I64 => (
+                    t.flatten_all()
+                        .unwrap()
+                        .to_vec1::<i64>()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect(),
+                    safetensors::Dtype::I64,
+                ),
+                other => panic!("unexpected dtype {other:?}"),
+            };
+            (n.clone(), bytes, t.dims().to_vec(), dt)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, b, s, dt)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, Some(meta), dst).unwrap();
+}
+
+#[test]
+fn verify_shipped_models_passes() {
+    let (code, out, _) = gru(&["verify", "models"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PASS") && !out.contains("FAIL"), "{out}");
+    assert!(out.contains("0 failed, 0 could not run"), "{out}");
+    let (code, out, _) = gru(&[
+        "verify",
+        "models/reference/uni_l1_h0.case.safetensors",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"passed\":true"), "{out}");
+}
+
+#[test]
+fn perturbed_output_fails_with_exit_1_and_points_at_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("models/reference/uni_l2_long_h0.case.safetensors");
+    let case = WeightFile::open(&src).unwrap();
+    let out = case.load("output", &Device::Cpu).unwrap(); // (40, 2, 8)
+    let mut v = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[(17 * 2 + 1) * 8 + 3] += 0.01; // t = 17, batch 1, feature 3
+    let bad = Tensor::from_vec(v, out.dims(), &Device::Cpu).unwrap();
+    let dst = dir.path().join("perturbed.case.safetensors");
+    write_case(&src, &dst, Some(bad));
+    let (code, stdout, _) = gru(&["verify", dst.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.contains("t=17, batch 1, feature 3"), "{stdout}");
+    // A looser tolerance from the command line overrides the default.
+    let (code, _, _) = gru(&["verify", dst.to_str().unwrap(), "--atol", "0.1"]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn corrupted_case_is_reported_with_exit_2_and_others_still_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("models/reference/uni_l1_h0.case.safetensors");
+    write_case(&src, &dir.path().join("good.case.safetensors"), None);
+    let bytes = std::fs::read(&src).unwrap();
+    std::fs::write(
+        dir.path().join("broken.case.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    let (code, out, _) = gru(&["verify", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("ERROR") && out.contains("PASS"), "{out}");
+    assert!(out.contains("1 passed, 0 failed, 1 could not run"), "{out}");
+}
+
+#[test]
+fn inspect_lists_modules() {
+    let (code, out, _) = gru(&["inspect", "models/fixtures/training_checkpoint.pt"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("model_state_dict") && out.contains("encoder.rnn") && out.contains("GRUCell"),
+        "{out}"
+    );
+    let (code, out, _) = gru(&[
+        "inspect",
+        "models/fixtures/nested_model.safetensors",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("\"prefix\":\"encoder.rnn\"") && out.contains("\"hidden_size\":6"),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_writes_pytorchs_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = root().join("models/reference/varlen_bi_l2_h0.case.safetensors");
+    let out = dir.path().join("out.safetensors");
+    let (code, stdout, stderr) = gru(&[
+        "run",
+        "--weights",
+        "models/reference/varlen_bi_l2_h0.safetensors",
+        "--input",
+        case.to_str().unwrap(),
+        "--h0",
+        dir.path().join("h0.npy").to_str().unwrap(),
+        "--lengths",
+        "3,7,1,7,5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    // h0.npy does not exist yet: a one-line error naming it, exit 2.
+    assert_eq!(code, 2, "{stdout}");
+    assert!(
+        stderr.contains("h0") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    let c = WeightFile::open(&case).unwrap();
+    c.load("h0", &Device::Cpu)
+        .unwrap()
+        .write_npy(dir.path().join("h0.npy"))
+        .unwrap();
+    let (code, stdout, stderr) = gru(&[
+        "run",
+        "--weights",
+        "models/reference/varlen_bi_l2_h0.safetensors",
+        "--input",
+        case.to_str().unwrap(),
+        "--h0",
+        dir.path().join("h0.npy").to_str().unwrap(),
+        "--lengths",
+        "3,7,1,7,5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let got = WeightFile::open(&out).unwrap();
+    let cmp = gru_verify::compare(
+        "output",
+        &got.load("output", &Device::Cpu).unwrap(),
+        &c.load("output", &Device::Cpu).unwrap(),
+        gru_verify::Tolerance::for_dtype(DType::F32),
+    )
+    .unwrap();
+    assert!(cmp.passed);
+    // NaN in a valid position is refused by name.
+    let (code, _, stderr) = gru(&[
+        "run",
+        "--weights",
+        "models/reference/varlen_bi_l2_h0.safetensors",
+        "--input",
+        case.to_str().unwrap(),
+        "--lengths",
+        "7,7,7,7,7",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--input") && stderr.contains("NaN"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_one_line_errors() {
+    for args in [
+        vec!["inspect", "models/does-not-exist.safetensors"],
+        vec!["verify", "models", "--device", "tpu"],
+        vec!["verify", "models", "--dtype", "int8"],
+        vec![
+            "run",
+            "--weights",
+            "models/fixtures/nested_model.safetensors",
+            "--input",
+            "x.npy",
+            "--out",
+            "/tmp/x",
+        ],
+        vec![
+            "bench",
+            "--input-size",
+            "4",
+            "--hidden-size",
+            "0",
+            "--seq-len",
+            "3",
+            "--batch",
+            "1",
+        ],
+    ] {
+        let (code, _, stderr) = gru(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.trim().lines().count() == 1,
+            "{args:?}: {stderr}"
+        );
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let (code, _, stderr) = gru(&["verify", "models/reference", "--device", "cuda"]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("--features cuda"), "{stderr}");
+    }
+}
+
+#[test]
+fn bench_runs_every_implementation() {
+    for imp in ["ours", "ours-ops", "candle-nn"] {
+        let (code, out, err) = gru(&[
+            "bench",
+            "--input-size",
+            "4",
+            "--hidden-size",
+            "8",
+            "--num-layers",
+            "2",
+            "--seq-len",
+            "5",
+            "--batch",
+            "2",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--impl",
+            imp,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{imp}: {err}");
+        assert!(out.contains("\"median_ms\""), "{out}");
+    }
+}
