@@ -86,6 +86,12 @@ fn candle_ops_path_matches_pytorch_too() {
 }
 
 #[test]
+fn fused_step_path_matches_pytorch_too() {
+    // The CUDA path's structure with the fused gate kernel's CPU twin.
+    run_all(Kernel::FusedStep);
+}
+
+#[test]
 fn reference_tolerance_can_fail() {
     // A perturbed reference must fail: the comparison is not vacuous.
     let case = reference_case("uni_l1_h0");
@@ -182,7 +188,7 @@ fn padding_is_never_read() {
     ] {
         let case = reference_case(name);
         let lengths = case.lengths.clone().unwrap();
-        for kernel in [Kernel::Auto, Kernel::CandleOps] {
+        for kernel in [Kernel::Auto, Kernel::CandleOps, Kernel::FusedStep] {
             let gru = load_gru(&case).with_kernel(kernel);
             let (o_ref, h_ref) = gru
                 .forward_with_lengths(&case.input, &lengths, case.h0.as_ref())

@@ -245,3 +245,44 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct SgemmArgs {
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn sgemm(a: SgemmArgs) -> anyhow::Result<()> {
+    if let Some(n) = a.threads {
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+    let n = a.size;
+    let x = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let y = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    x.matmul(&y)?;
+    let mut times = Vec::new();
+    for _ in 0..a.iters.max(1) {
+        let t0 = Instant::now();
+        std::hint::black_box(x.matmul(&y)?);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let gflops = 2.0 * (n * n * n) as f64 / (median * 1e-3) / 1e9;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"impl": "sgemm", "size": n, "median_ms": median, "gflops": gflops,
+                               "threads": candle_core::utils::get_num_threads()})
+        );
+    } else {
+        println!("sgemm {n}^3: median {median:.3} ms, {gflops:.1} GFLOP/s");
+    }
+    Ok(())
+}

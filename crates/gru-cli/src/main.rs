@@ -30,6 +30,8 @@ enum Command {
     Run(run::Args),
     /// Time the forward pass on random weights and inputs.
     Bench(bench::Args),
+    /// Time candle's matmul on SIZE x SIZE x SIZE (the yardstick for GFLOP/s figures).
+    Sgemm(bench::SgemmArgs),
 }
 
 /// Exit code 2: a case or a command could not run (bad input, missing file, ...).
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::main(a).map(|()| ExitCode::SUCCESS),
         Command::Run(a) => run::main(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(a) => bench::main(a).map(|()| ExitCode::SUCCESS),
+        Command::Sgemm(a) => bench::sgemm(a).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

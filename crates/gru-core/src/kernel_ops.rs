@@ -1,10 +1,13 @@
-//! The device-generic recurrence of one layer, written with candle tensor ops: it runs on every
-//! backend (CUDA, Metal, CPU). On the CPU the slice kernel (`kernel_cpu`) is used instead; this
-//! path stays tested on the CPU through `Kernel::CandleOps`.
+//! The device recurrence of one layer: the input projection in one matmul, then per step one
+//! matmul `h @ W_hh^T` and the gate update, either fused in one kernel (`GateStep`, CUDA) or
+//! composed from candle ops (every backend, Metal's path). On the CPU the slice kernel
+//! (`kernel_cpu`) runs instead; both variants here stay tested on the CPU through
+//! `Kernel::FusedStep` and `Kernel::CandleOps`.
 
 use candle_core::{Tensor, D};
 
 use crate::error::Result;
+use crate::gate_op::GateStep;
 use crate::packing::LengthPlan;
 
 /// One layer: `x` `(T, B, in)`, `h0` `(D, B, H)` -> `output` `(T, B, D * H)`, `h_n` `(D, B, H)`.
@@ -16,6 +19,7 @@ pub(crate) fn layer_forward(
     b_hn: &[Tensor],
     h0: &Tensor,
     plan: &LengthPlan,
+    fused: bool,
 ) -> Result<(Tensor, Tensor)> {
     let (t_len, batch, input) = x.dims3()?;
     let hidden = h0.dim(D::Minus1)?;
@@ -27,10 +31,16 @@ pub(crate) fn layer_forward(
         .matmul(w_ih_t)?
         .broadcast_add(bias)?
         .reshape((t_len, batch, n_dirs * g3))?;
-    let mask = if plan.is_full() {
+    let mask = if plan.is_full() || fused {
         None
     } else {
         Some(plan.mask(x.device())?)
+    };
+    let lengths = if fused {
+        let l: Vec<u32> = plan.lengths.iter().map(|&l| l as u32).collect();
+        Some(Tensor::from_vec(l, batch, x.device())?)
+    } else {
+        None
     };
     let zeros = Tensor::zeros((batch, hidden), x.dtype(), x.device())?;
 
@@ -43,6 +53,20 @@ pub(crate) fn layer_forward(
         for s in 0..t_len {
             let t = if d == 1 { t_len - 1 - s } else { s };
             let gh = h.matmul(&w_hh_t[d])?;
+            if let Some(lengths) = &lengths {
+                // Two launches per step: the matmul above and this kernel.
+                let step = GateStep {
+                    gi: &gi,
+                    t,
+                    offset: d * g3,
+                    b_hn: &b_hn[d],
+                    lengths,
+                };
+                let res = gh.apply_op2_no_bwd(&h, &step)?;
+                h = res.get(0)?;
+                steps[t] = Some(res.get(1)?);
+                continue;
+            }
             let h_new = gate_update(&gi_d.get(t)?, &gh, &b_hn[d], &h)?;
             let out_t = match &mask {
                 // where_cond, not a multiply: NaN computed from padding must not leak.

@@ -13,11 +13,14 @@ use crate::params::DirectionParams;
 /// Which implementation runs the recurrence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernel {
-    /// The fused slice kernel on the CPU, candle ops on other devices.
+    /// The slice kernel on the CPU, the fused step kernel on CUDA, candle ops on Metal.
     #[default]
     Auto,
-    /// candle tensor ops on every device (the path GPUs take today); for testing and comparison.
+    /// Per step a matmul and the gate update composed from candle ops (Metal's path), on any
+    /// device; for testing and comparison.
     CandleOps,
+    /// Per step a matmul and the fused gate kernel (CUDA's path; its CPU twin elsewhere).
+    FusedStep,
 }
 
 /// The dtype the recurrence computes in: half types compute in f32 (and round once at the end).
@@ -102,6 +105,11 @@ impl Layer {
                 )),
             };
         }
+        let fused = match kernel {
+            Kernel::FusedStep => true,
+            Kernel::CandleOps => false,
+            Kernel::Auto => !x.device().is_metal(),
+        };
         kernel_ops::layer_forward(
             x,
             &self.w_ih_t,
@@ -110,6 +118,7 @@ impl Layer {
             &self.b_hn,
             h0,
             plan,
+            fused,
         )
     }
 

@@ -15,6 +15,7 @@ mod cell;
 mod config;
 mod device;
 mod error;
+mod gate_op;
 mod gru;
 mod kernel_cpu;
 mod kernel_ops;

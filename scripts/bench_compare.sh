@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs the CPU-speed grid for candle-gru, PyTorch and candle-nn's GRU in one run, alternating
+# implementations within each round, then prints the table of medians and ratios and writes a plot.
+#
+#   scripts/bench_compare.sh [--rounds N] [--threads N] [--device cpu|cuda] [--out DIR]
+#
+# Needs: a release build of `gru` (built here if missing) and a Python with torch
+# (PYTHON=venv/bin/python by default, else python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=3
+THREADS=2
+DEVICE=cpu
+OUT=bench-out
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --threads) THREADS=$2; shift 2 ;;
+    --device) DEVICE=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+PYTHON=${PYTHON:-$( [ -x venv/bin/python ] && echo venv/bin/python || echo python3 )}
+GRU=${GRU:-target/release/gru}
+[ -x "$GRU" ] || cargo build --release -p gru-cli
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: > "$RESULTS"
+
+# name | gru bench arguments | iters | candle-nn can run it
+GRID=(
+  "small|--input-size 16 --hidden-size 32 --num-layers 1 --seq-len 50 --batch 1|200|yes"
+  "medium|--input-size 128 --hidden-size 256 --num-layers 2 --bidirectional --seq-len 100 --batch 32|10|no"
+  "large|--input-size 256 --hidden-size 512 --num-layers 2 --seq-len 200 --batch 64|5|yes"
+  "long|--input-size 64 --hidden-size 128 --num-layers 1 --seq-len 2000 --batch 8|10|yes"
+  "medium_varlen|--input-size 128 --hidden-size 256 --num-layers 2 --bidirectional --seq-len 100 --batch 32 --varlen|10|no"
+)
+
+tag() { sed "s/^{/{\"config\": \"$1\", \"round\": $2, /"; }
+
+for round in $(seq 1 "$ROUNDS"); do
+  for row in "${GRID[@]}"; do
+    IFS='|' read -r name args iters cnn <<<"$row"
+    common="$args --device $DEVICE --threads $THREADS --warmup 2 --iters $iters --json"
+    echo "round $round: $name" >&2
+    # shellcheck disable=SC2086
+    "$GRU" bench $common --impl ours | tag "$name" "$round" >>"$RESULTS"
+    # shellcheck disable=SC2086
+    "$PYTHON" scripts/bench_torch.py $common | tag "$name" "$round" >>"$RESULTS"
+    if [ "$cnn" = yes ]; then
+      # shellcheck disable=SC2086
+      "$GRU" bench $common --impl candle-nn | tag "$name" "$round" >>"$RESULTS"
+    fi
+  done
+done
+
+# candle's sgemm rate on SIZE^3 in the same run: the yardstick for the large config.
+"$GRU" sgemm --size 1024 --threads "$THREADS" --json | tag sgemm 0 >>"$RESULTS"
+"$PYTHON" scripts/bench_report.py "$RESULTS" --plot "$OUT/cpu_${DEVICE}.svg" | tee "$OUT/table.md"

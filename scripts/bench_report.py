@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Aggregates bench_compare.sh's results.jsonl: medians over rounds per (config, impl), a Markdown
+table with the ratios ours/PyTorch and ours/candle-nn, and an SVG bar chart of ms per config."""
+import argparse
+import collections
+import json
+import statistics
+
+ORDER = ["small", "medium", "large", "long", "medium_varlen"]
+IMPLS = ["ours", "pytorch", "candle-nn"]
+COLORS = {"ours": "#d9480f", "pytorch": "#1c7ed6", "candle-nn": "#868e96"}
+
+
+def load(path):
+    runs = collections.defaultdict(list)
+    extra = {}
+    for line in open(path):
+        line = line.strip()
+        if not line:
+            continue
+        r = json.loads(line)
+        if r.get("impl") == "sgemm":
+            extra["sgemm"] = r
+            continue
+        runs[(r["config"], r["impl"])].append(r)
+        if r["impl"] == "pytorch":
+            extra["torch_version"] = r.get("torch_version")
+    return runs, extra
+
+
+def med(rs, key):
+    return statistics.median(r[key] for r in rs)
+
+
+def table(runs, extra):
+    sg = extra.get("sgemm")
+    lines = ["| config | ours ms | PyTorch ms | candle-nn ms | ours/PyTorch | ours/candle-nn | ours GFLOP/s | ours peak MB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in ORDER:
+        o, p, n = (runs.get((c, i)) for i in IMPLS)
+        if not o:
+            continue
+        om = med(o, "median_ms")
+        pm = med(p, "median_ms") if p else None
+        nm = med(n, "median_ms") if n else None
+        gf = med(o, "gflops")
+        peak = max(r.get("peak_mem_mb") or 0 for r in o)
+        fmt = lambda v: f"{v:.3f}" if v is not None and v < 1 else (f"{v:.1f}" if v is not None else "-")
+        lines.append(
+            f"| {c} | {fmt(om)} | {fmt(pm)} | {fmt(nm)} | "
+            f"{(om / pm):.2f} | " if pm else f"| {c} | {fmt(om)} | - | {fmt(nm)} | - | ")
+        lines[-1] += (f"{(om / nm):.3f} | " if nm else "- | ") + f"{gf:.1f} | {peak:.0f} |"
+    out = "\n".join(lines)
+    if sg:
+        large = runs.get(("large", "ours"))
+        share = f"; large reaches {100 * med(large, 'gflops') / sg['gflops']:.0f} % of it" if large else ""
+        out += f"\n\ncandle sgemm {sg['size']}^3 in the same run: {sg['gflops']:.1f} GFLOP/s{share}."
+    if extra.get("torch_version"):
+        out += f" PyTorch {extra['torch_version']}."
+    return out
+
+
+def svg(runs, path):
+    configs = [c for c in ORDER if (c, "ours") in runs]
+    w, h, left, bottom, top = 760, 360, 60, 50, 30
+    bar_w = 22
+    group = (w - left - 20) / max(1, len(configs))
+    vals = [med(runs[(c, i)], "median_ms") for c in configs for i in IMPLS if (c, i) in runs]
+    import math
+    lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
+    y = lambda v: top + (h - top - bottom) * (1 - (math.log10(v) - lo) / max(1, hi - lo))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+             f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="14">GRU forward, ms (log scale, lower is better)</text>']
+    for e in range(lo, hi + 1):
+        yy = y(10 ** e)
+        parts.append(f'<line x1="{left}" x2="{w - 10}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end">{10 ** e:g}</text>')
+    for gi, c in enumerate(configs):
+        x0 = left + gi * group + group / 2 - 1.5 * bar_w
+        for ii, impl in enumerate(IMPLS):
+            if (c, impl) not in runs:
+                continue
+            v = med(runs[(c, impl)], "median_ms")
+            yy = y(v)
+            parts.append(f'<rect x="{x0 + ii * bar_w:.1f}" y="{yy:.1f}" width="{bar_w - 2}" '
+                         f'height="{h - bottom - yy:.1f}" fill="{COLORS[impl]}"><title>{impl} {v:.3f} ms</title></rect>')
+        parts.append(f'<text x="{left + gi * group + group / 2:.1f}" y="{h - bottom + 16}" text-anchor="middle">{c}</text>')
+    for ii, impl in enumerate(IMPLS):
+        parts.append(f'<rect x="{left + ii * 110}" y="{h - 22}" width="12" height="12" fill="{COLORS[impl]}"/>')
+        parts.append(f'<text x="{left + ii * 110 + 16}" y="{h - 12}">{impl}</text>')
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--plot")
+    a = ap.parse_args()
+    runs, extra = load(a.results)
+    print(table(runs, extra))
+    if a.plot:
+        svg(runs, a.plot)
+
+
+if __name__ == "__main__":
+    main()

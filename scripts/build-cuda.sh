@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Builds `gru` with `--features cuda` on a machine without a GPU or a CUDA install.
+#
+#   scripts/build-cuda.sh [--check]      # --check: `cargo check` only (what CI runs), no binary
+#
+# candle-core's `cuda` feature compiles its kernels to PTX with nvcc at build time and links (not
+# dlopens) libcuda.so.1, libcublas.so.13, libcurand.so.10, libcudart.so.13 (and NVRTC). This script
+# installs the CUDA 13.0 toolchain pieces from PyPI wheels into $CUDA_WHEELS_DIR (pinned: a newer
+# nvcc emits PTX that driver 580 cannot load), symlinks the unversioned .so names, generates a
+# link-time stub libcuda.so (SONAME libcuda.so.1) from the cu* names in cuda.h, and builds for
+# compute capability 9.0 (H100/H200) with an rpath to /usr/local/cuda/lib64, where the GPU machine
+# has the real libraries. The stub is never shipped: on the GPU machine the driver's libcuda.so.1
+# is found instead.
+#
+# Output: target/cuda/release/gru (stripped copy: target/cuda/gru). About 1.2 GiB of wheels and
+# 7-10 minutes on 2 cores the first time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODE=build
+[ "${1:-}" = "--check" ] && MODE=check
+PY=${PYTHON:-python3}
+WHEELS=${CUDA_WHEELS_DIR:-$PWD/target/cuda-toolkit}
+SITE="$WHEELS/site"
+PINS=(
+  nvidia-cuda-nvcc==13.0.88
+  nvidia-cuda-crt==13.0.88
+  nvidia-nvvm==13.0.88
+  nvidia-cuda-runtime==13.0.96
+  nvidia-cuda-cccl==13.0.85
+  nvidia-cuda-nvrtc==13.0.88
+  nvidia-cublas==13.1.0.3
+  nvidia-curand==10.4.0.35
+)
+
+if [ ! -f "$SITE/.complete" ]; then
+  echo "== installing CUDA 13.0 wheels into $SITE" >&2
+  rm -rf "$SITE"
+  "$PY" -m pip install --quiet --no-deps --no-compile --target "$SITE" "${PINS[@]}"
+  touch "$SITE/.complete"
+fi
+
+# The wheels put everything under nvidia/cu13 (or nvidia/<component>): gather one CUDA_HOME.
+CUDA_HOME="$WHEELS/cuda"
+if [ ! -f "$CUDA_HOME/.complete" ]; then
+  rm -rf "$CUDA_HOME"
+  mkdir -p "$CUDA_HOME/bin" "$CUDA_HOME/include" "$CUDA_HOME/lib64" "$CUDA_HOME/nvvm"
+  for d in "$SITE"/nvidia/*/; do
+    [ -d "$d/bin" ] && cp -rs "$d/bin/." "$CUDA_HOME/bin/" 2>/dev/null || true
+    [ -d "$d/include" ] && cp -rs "$d/include/." "$CUDA_HOME/include/" 2>/dev/null || true
+    for lib in lib lib64; do
+      [ -d "$d/$lib" ] && cp -rs "$d/$lib/." "$CUDA_HOME/lib64/" 2>/dev/null || true
+    done
+    [ -d "$d/nvvm" ] && cp -rs "$d/nvvm/." "$CUDA_HOME/nvvm/" 2>/dev/null || true
+  done
+  # Unversioned names for the linker.
+  for so in "$CUDA_HOME"/lib64/lib*.so.*; do
+    base=${so%%.so.*}.so
+    [ -e "$base" ] || ln -s "$(basename "$so")" "$base"
+  done
+  # nvcc looks for nvvm next to its bin directory.
+  [ -d "$CUDA_HOME/nvvm/bin" ] || { echo "nvvm not found in the wheels" >&2; exit 1; }
+  # Link-time stub of the driver API: every cu* function named in cuda.h, as empty symbols.
+  stub="$CUDA_HOME/stub"
+  mkdir -p "$stub"
+  grep -oE '\bcu[A-Z][A-Za-z0-9_]*\s*\(' "$CUDA_HOME/include/cuda.h" | tr -d ' (' | sort -u |
+    awk '{ printf "void %s(void) {}\n", $1 }' >"$stub/cuda_stub.c"
+  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so.1" "$stub/cuda_stub.c"
+  ln -sf libcuda.so.1 "$stub/libcuda.so"
+  chmod +x "$CUDA_HOME"/bin/* 2>/dev/null || true
+  touch "$CUDA_HOME/.complete"
+fi
+
+export CUDA_HOME CUDA_PATH="$CUDA_HOME" CUDA_ROOT="$CUDA_HOME"
+export CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
+export PATH="$CUDA_HOME/bin:$PATH"
+export LIBRARY_PATH="$CUDA_HOME/stub:$CUDA_HOME/lib64:${LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
+export RUSTFLAGS="${RUSTFLAGS:-} -L native=$CUDA_HOME/stub -L native=$CUDA_HOME/lib64 -C link-arg=-Wl,-rpath,/usr/local/cuda/lib64"
+export CARGO_TARGET_DIR="$PWD/target/cuda"
+nvcc --version | tail -2 >&2
+
+if [ "$MODE" = check ]; then
+  cargo check --workspace --all-targets --features cuda
+  exit 0
+fi
+cargo build --release -p gru-cli --features cuda
+cp target/cuda/release/gru target/cuda/gru
+strip target/cuda/gru
+ls -la target/cuda/gru
