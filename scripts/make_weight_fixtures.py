@@ -11,9 +11,13 @@
   dataparallel.safetensors   keys as nn.DataParallel saves them (module.gru.*)
   half_f16.safetensors, half_bf16.safetensors   a GRU stored in f16 / bf16
   nested_pt.case.safetensors a reference case whose weights are nested_model.pt
+  cuda_saved.pt              a state_dict as saved from CUDA tensors (storages tagged cuda:0);
+                             without a GPU it is written from CPU and retagged, which torch.load
+                             then treats as CUDA (checked); cuda_saved_reference.safetensors holds
+                             the same tensors
 
 Regenerate: python scripts/make_weight_fixtures.py (seed 4321; torch version in README/case files).
-A tensor saved from CUDA needs a GPU machine: `--cuda` adds cuda_saved.pt when one is present.
+`--cuda` writes cuda_saved.pt from real CUDA tensors when a GPU is present.
 """
 import argparse
 import os
@@ -100,8 +104,39 @@ def main():
     export_case(OUT, "nested_pt", model, "encoder.rnn", torch.randn(2, 5, 5),
                 h0=torch.randn(4, 2, 6), weights_file="nested_model.pt",
                 extra_meta={"seed": "4321", "generator": "scripts/make_weight_fixtures.py"})
+    # A state_dict as torch.save writes it from CUDA tensors. Without a GPU, write it from CPU and
+    # retag each storage's location 'cpu' -> 'cuda:0' in data.pkl: that string is the only thing
+    # CUDA changes in the file. torch itself then refuses it without map_location (checked below).
+    w = Wrapped()
     if args.cuda and torch.cuda.is_available():
-        torch.save(Wrapped().cuda().state_dict(), os.path.join(OUT, "cuda_saved.pt"))
+        torch.save(w.cuda().state_dict(), os.path.join(OUT, "cuda_saved.pt"))
+    else:
+        retag_as_cuda(w.state_dict(), os.path.join(OUT, "cuda_saved.pt"))
+    save_file(sd(w.cpu()), os.path.join(OUT, "cuda_saved_reference.safetensors"))
+    sd_back = torch.load(os.path.join(OUT, "cuda_saved.pt"), map_location="cpu")
+    assert all(torch.equal(sd_back[k], v) for k, v in w.state_dict().items())
+    if not torch.cuda.is_available():
+        try:
+            torch.load(os.path.join(OUT, "cuda_saved.pt"))
+            raise SystemExit("cuda_saved.pt is not tagged as CUDA")
+        except RuntimeError as e:
+            assert "CUDA" in str(e), e
+
+
+def retag_as_cuda(state_dict, path):
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                # BINUNICODE (protocol 2) "cpu" -> "cuda:0"
+                assert b"X\x03\x00\x00\x00cpu" in data
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            dst.writestr(info, data)
 
 
 if __name__ == "__main__":

@@ -294,3 +294,42 @@ fn bench_runs_every_implementation() {
         assert!(out.contains("\"median_ms\""), "{out}");
     }
 }
+
+#[test]
+fn convert_extracts_a_gru_with_pytorch_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("enc.safetensors");
+    let (code, _, err) = gru(&[
+        "convert",
+        "--weights",
+        "models/fixtures/training_checkpoint.pt",
+        "--prefix",
+        "encoder.rnn",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let src = WeightFile::open(root().join("models/fixtures/training_checkpoint.pt")).unwrap();
+    let dst = WeightFile::open(&out).unwrap();
+    assert_eq!(dst.tensors().len(), 16);
+    for t in dst.tensors() {
+        assert!(
+            !t.name.contains('.'),
+            "bare nn.GRU names expected, got {}",
+            t.name
+        );
+        let a = dst.load(&t.name, &Device::Cpu).unwrap();
+        let b = src
+            .load(&format!("encoder.rnn.{}", t.name), &Device::Cpu)
+            .unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{}", t.name);
+    }
+}

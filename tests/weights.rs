@@ -109,6 +109,23 @@ fn pt_files_hold_the_same_tensors_as_safetensors() {
 }
 
 #[test]
+fn state_dict_saved_from_cuda_loads_on_cpu() {
+    let pt = WeightFile::open(fixture("cuda_saved.pt")).unwrap();
+    let st = WeightFile::open(fixture("cuda_saved_reference.safetensors")).unwrap();
+    assert_eq!(pt.tensors(), st.tensors());
+    for t in st.tensors() {
+        let a = pt.load(&t.name, &Device::Cpu).unwrap();
+        assert!(
+            same(&a, &st.load(&t.name, &Device::Cpu).unwrap()),
+            "{}",
+            t.name
+        );
+    }
+    let (gru, _) = pt.gru(None, None, &Device::Cpu).unwrap();
+    assert_eq!(gru.config().num_layers, 2);
+}
+
+#[test]
 fn whole_pickled_module_is_refused_with_advice() {
     let e = WeightFile::open(fixture("whole_module.pt"))
         .unwrap_err()

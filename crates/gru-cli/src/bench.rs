@@ -45,6 +45,9 @@ pub struct Args {
     seed: u64,
     #[arg(long)]
     json: bool,
+    /// Let cuBLAS use TF32 for f32 matmuls (CUDA; off by default, as in PyTorch).
+    #[arg(long)]
+    allow_tf32: bool,
 }
 
 /// xorshift64*: reproducible without a dependency, uniform in [-1, 1).
@@ -103,6 +106,7 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
+    crate::set_allow_tf32(a.allow_tf32);
     if let Some(n) = a.threads {
         if n == 0 {
             bail!("--threads must be at least 1");

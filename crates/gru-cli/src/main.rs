@@ -1,6 +1,7 @@
 //! `gru`: verify PyTorch parity, inspect weight files, run a GRU on saved inputs, benchmark.
 
 mod bench;
+mod convert;
 mod inspect;
 mod run;
 mod verify;
@@ -28,6 +29,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Run a GRU from a weight file on an input tensor and write output and h_n.
     Run(run::Args),
+    /// Extract a GRU / GRUCell from a checkpoint into a safetensors file with PyTorch's names.
+    Convert(convert::Args),
     /// Time the forward pass on random weights and inputs.
     Bench(bench::Args),
     /// Time candle's matmul on SIZE x SIZE x SIZE (the yardstick for GFLOP/s figures).
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => verify::main(a),
         Command::Inspect(a) => inspect::main(a).map(|()| ExitCode::SUCCESS),
         Command::Run(a) => run::main(a).map(|()| ExitCode::SUCCESS),
+        Command::Convert(a) => convert::main(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(a) => bench::main(a).map(|()| ExitCode::SUCCESS),
         Command::Sgemm(a) => bench::sgemm(a).map(|()| ExitCode::SUCCESS),
     };
@@ -75,4 +79,13 @@ pub fn parse_dtype(s: &str) -> anyhow::Result<candle_core::DType> {
 /// Parses `--device`.
 pub fn parse_device(s: &str) -> anyhow::Result<candle_core::Device> {
     Ok(gru_core::device(s)?)
+}
+
+/// `--allow-tf32`: let cuBLAS use TF32 for f32 matmuls (faster on Ampere and later, ~1e-3
+/// relative error: f32 parity tolerances then fail). Off by default, as in PyTorch.
+pub fn set_allow_tf32(allow: bool) {
+    #[cfg(feature = "cuda")]
+    candle_core::cuda_backend::set_gemm_reduced_precision_f32(allow);
+    #[cfg(not(feature = "cuda"))]
+    let _ = allow;
 }

@@ -36,6 +36,9 @@ pub struct Args {
     /// The input is (batch, seq, feature), as with nn.GRU(batch_first=True).
     #[arg(long)]
     batch_first: bool,
+    /// Let cuBLAS use TF32 for f32 matmuls (CUDA; off by default, as in PyTorch).
+    #[arg(long)]
+    allow_tf32: bool,
 }
 
 /// Reads one tensor from a .npy file or a safetensors file (by `name`, or its only tensor).
@@ -97,6 +100,7 @@ fn check_finite(
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
+    crate::set_allow_tf32(a.allow_tf32);
     let device = crate::parse_device(&a.device)?;
     let dtype = a.dtype.as_deref().map(crate::parse_dtype).transpose()?;
     let file = WeightFile::open(&a.weights)?;

@@ -29,6 +29,9 @@ pub struct Args {
     /// Print one JSON object per case instead of the table.
     #[arg(long)]
     json: bool,
+    /// Let cuBLAS use TF32 for f32 matmuls (CUDA; off by default, as in PyTorch).
+    #[arg(long)]
+    allow_tf32: bool,
 }
 
 enum Outcome {
@@ -37,6 +40,7 @@ enum Outcome {
 }
 
 pub fn main(a: Args) -> anyhow::Result<ExitCode> {
+    crate::set_allow_tf32(a.allow_tf32);
     let opts = RunOptions {
         weights: a.weights,
         prefix: a.prefix,

@@ -1,0 +1,52 @@
+//! `gru convert`: extract one GRU / GRUCell from a checkpoint (.pt or safetensors) into a
+//! safetensors file with PyTorch's names, loadable by `nn.GRU.load_state_dict`.
+
+use std::path::PathBuf;
+
+use gru_weights::{save_gru, save_gru_cell, WeightFile};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A .safetensors state_dict or a .pt/.pth checkpoint.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Module path of the GRU in the input (needed when it holds several).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Take the GRUCell instead of the GRU.
+    #[arg(long)]
+    cell: bool,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Module path to write the tensors under (default: none, as `gru.state_dict()` has them).
+    #[arg(long, default_value = "")]
+    out_prefix: String,
+    /// Convert to f32, f64, f16 or bf16 (narrowing is lossy).
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    let dtype = a.dtype.as_deref().map(crate::parse_dtype).transpose()?;
+    let file = WeightFile::open(&a.weights)?;
+    let dev = candle_core::Device::Cpu;
+    let report = if a.cell {
+        let (cell, report) = file.gru_cell(a.prefix.as_deref(), dtype, &dev)?;
+        save_gru_cell(&cell, &a.out_prefix, &a.out)?;
+        report
+    } else {
+        let (gru, report) = file.gru(a.prefix.as_deref(), dtype, &dev)?;
+        save_gru(&gru, &a.out_prefix, &a.out)?;
+        report
+    };
+    println!(
+        "wrote {} ({} tensors of `{}`, {:?} -> {:?})",
+        a.out.display(),
+        report.applied.len(),
+        report.prefix,
+        report.stored_dtype,
+        report.dtype
+    );
+    Ok(())
+}
