@@ -123,17 +123,6 @@ impl GruCell {
     }
 
     fn check(&self, name: &str, t: &Tensor) -> Result<()> {
-        if t.dtype() != self.dtype {
-            return Err(GruError::DType {
-                name: name.into(),
-                expected: self.dtype,
-                found: t.dtype(),
-                hint: " (the cell's weights have the expected dtype)",
-            });
-        }
-        if !t.device().same_device(&self.device) {
-            return Err(GruError::arg(name, "is not on the cell's device"));
-        }
-        Ok(())
+        crate::error::check_dtype_device(name, t, self.dtype, &self.device)
     }
 }

@@ -256,24 +256,6 @@ impl Gru {
     }
 
     fn check_tensor(&self, name: &str, t: &Tensor) -> Result<()> {
-        if t.dtype() != self.dtype {
-            return Err(GruError::DType {
-                name: name.into(),
-                expected: self.dtype,
-                found: t.dtype(),
-                hint: " (the GRU's weights have the expected dtype; PyTorch rejects a mix too)",
-            });
-        }
-        if !t.device().same_device(&self.device) {
-            return Err(GruError::arg(
-                name,
-                format!(
-                    "is on {} but the GRU is on {}",
-                    crate::device::device_name(t.device()),
-                    crate::device::device_name(&self.device)
-                ),
-            ));
-        }
-        Ok(())
+        crate::error::check_dtype_device(name, t, self.dtype, &self.device)
     }
 }

@@ -122,27 +122,6 @@ fn parallelism(threads: usize) -> Parallelism {
     }
 }
 
-/// The time loop of one direction. `gi` rows have stride `g`; this direction's gates start at
-/// `offset`. `out` is `(T, B, H)` and must arrive zeroed; `hn` is `(B, H)`.
-#[allow(clippy::too_many_arguments)]
-fn run_direction<T: Real>(
-    gi: &[T],
-    g: usize,
-    offset: usize,
-    dims: Dims,
-    dir: &DirSlices<'_, T>,
-    h0: &[T],
-    plan: &LengthPlan,
-    reverse: bool,
-    out: &mut [T],
-    hn: &mut [T],
-    threads: usize,
-) {
-    run_direction_body(
-        gi, g, offset, dims, dir, h0, plan, reverse, out, hn, threads,
-    )
-}
-
 /// Everything one chunk needs to advance one time step.
 struct Step<'a, T> {
     t: usize,
@@ -324,8 +303,10 @@ impl<T> SharedMut<T> {
     }
 }
 
+/// The time loop of one direction. `gi` rows have stride `g`; this direction's gates start at
+/// `offset`. `out` is `(T, B, H)` and must arrive zeroed; `hn` is `(B, H)`.
 #[allow(clippy::too_many_arguments)]
-fn run_direction_body<T: Real>(
+fn run_direction<T: Real>(
     gi: &[T],
     g: usize,
     offset: usize,
