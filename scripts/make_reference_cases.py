@@ -125,6 +125,18 @@ def main():
     g = nn.GRU(4, 6, num_layers=2)
     case("saturating_inputs", g, 25.0 * r(8, 2, 4), h0=3.0 * r(2, 2, 6))
 
+    # Long enough that the CPU kernel projects the input in several blocks of steps.
+    g = nn.GRU(3, 5, num_layers=2, bidirectional=True)
+    lengths = [600, 350]
+    x = pad_with_garbage(r(600, 2, 3), lengths, batch_first=False)
+    case("long_varlen_bi", g, x, h0=r(4, 2, 5), lengths=lengths)
+
+    # Wide enough (B * H * 3H >= 2^20) that the CPU kernel splits each step across threads.
+    g = nn.GRU(4, 64)
+    lengths = [1 + (7 * b) % 4 for b in range(128)]
+    x = pad_with_garbage(r(4, 128, 4), lengths, batch_first=False)
+    case("wide_batch_varlen", g, x, h0=r(1, 128, 64), lengths=lengths)
+
 
 if __name__ == "__main__":
     main()

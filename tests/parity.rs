@@ -31,6 +31,8 @@ const EXPECTED: &[&str] = &[
     "cell_nobias_hx",
     "nested_encoder_rnn",
     "saturating_inputs",
+    "long_varlen_bi",
+    "wide_batch_varlen",
 ];
 
 fn reference_case(name: &str) -> Case {

@@ -54,36 +54,18 @@ pub(crate) fn layer_forward<T: Real>(
         hidden,
     } = dims;
     let n_dirs = layer.dirs.len();
-    let g = n_dirs * 3 * hidden;
     let rows = seq_len * batch;
     debug_assert_eq!(x.len(), rows * input);
     debug_assert_eq!(h0.len(), n_dirs * batch * hidden);
-
-    // Input projection of every step and both directions: gi = x @ W_ih^T + bias.
-    let mut gi = Vec::with_capacity(rows * g);
-    for _ in 0..rows {
-        gi.extend_from_slice(layer.bias);
-    }
-    matmul(
-        rows,
-        input,
-        g,
-        x,
-        layer.w_ih_t,
-        &mut gi,
-        true,
-        parallelism(threads),
-    );
 
     let run = |d: usize, threads: usize| {
         let mut out = vec![T::zero(); rows * hidden];
         let mut hn = vec![T::zero(); batch * hidden];
         run_direction(
-            &gi,
-            g,
-            d * 3 * hidden,
+            x,
+            layer,
+            d,
             dims,
-            &layer.dirs[d],
             &h0[d * batch * hidden..(d + 1) * batch * hidden],
             plan,
             d == 1,
@@ -125,11 +107,12 @@ fn parallelism(threads: usize) -> Parallelism {
 /// Everything one chunk needs to advance one time step.
 struct Step<'a, T> {
     t: usize,
+    /// First time step of the projected block `gi`.
+    t0: usize,
     m: usize,
     batch: usize,
     hidden: usize,
-    g: usize,
-    offset: usize,
+    /// `(n, B, 3H)` projected inputs of times `t0..t0 + n`.
     gi: &'a [T],
     perm: &'a [usize],
     dir: &'a DirSlices<'a, T>,
@@ -210,7 +193,7 @@ fn advance_body<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
     );
     for i in 0..m {
         let b = s.perm[i];
-        let row = (s.t * s.batch + b) * s.g + s.offset;
+        let row = ((s.t - s.t0) * s.batch + b) * 3 * hidden;
         let gi_row = &s.gi[row..row + 3 * hidden];
         let h_row = i * hidden + c.u0;
         let out_row = (s.t * s.batch + b) * hidden + c.u0;
@@ -303,15 +286,19 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// The time loop of one direction. `gi` rows have stride `g`; this direction's gates start at
-/// `offset`. `out` is `(T, B, H)` and must arrive zeroed; `hn` is `(B, H)`.
+/// Rows of input projected per GEMM: large enough for the GEMM to run at speed, small enough
+/// that the projected block stays in cache until its steps consume it.
+const PROJ_ROWS: usize = 512;
+
+/// The time loop of direction `d` (1 = reverse) of `layer` over `x` `(T, B, in)`. The input
+/// projection runs in blocks of steps, just ahead of the steps that read it. `out` is
+/// `(T, B, H)` and must arrive zeroed; `hn` is `(B, H)`.
 #[allow(clippy::too_many_arguments)]
 fn run_direction<T: Real>(
-    gi: &[T],
-    g: usize,
-    offset: usize,
+    x: &[T],
+    layer: &LayerSlices<'_, T>,
+    d: usize,
     dims: Dims,
-    dir: &DirSlices<'_, T>,
     h0: &[T],
     plan: &LengthPlan,
     reverse: bool,
@@ -322,11 +309,17 @@ fn run_direction<T: Real>(
     let Dims {
         seq_len,
         batch,
+        input,
         hidden,
-        ..
     } = dims;
+    let dir = &layer.dirs[d];
+    let g3 = 3 * hidden;
+    let g_all = layer.bias.len();
     assert_eq!(out.len(), seq_len * batch * hidden);
-    assert_eq!(gi.len(), seq_len * batch * g);
+    assert_eq!(x.len(), seq_len * batch * input);
+    let block = PROJ_ROWS.div_ceil(batch).clamp(1, seq_len);
+    let mut gi = vec![T::zero(); block * batch * g3];
+    let mut t0 = 0;
     // State rows in `plan.perm` order, so that the active rows of every step are a prefix.
     // Double-buffered: threads read all of `h` while writing their units of `h_next`.
     let mut h = vec![T::zero(); batch * hidden];
@@ -339,6 +332,23 @@ fn run_direction<T: Real>(
 
     for s in 0..seq_len {
         let t = if reverse { seq_len - 1 - s } else { s };
+        if s % block == 0 {
+            // Project the next block of steps (in this direction's order): times t0..t0 + n.
+            let n = block.min(seq_len - s);
+            t0 = if reverse { t + 1 - n } else { t };
+            let rows = n * batch;
+            project(
+                rows,
+                input,
+                g3,
+                &x[t0 * batch * input..(t0 + n) * batch * input],
+                &layer.w_ih_t[d * g3..],
+                g_all,
+                &layer.bias[d * g3..(d + 1) * g3],
+                &mut gi[..rows * g3],
+                parallelism(threads),
+            );
+        }
         let m = plan.active[t];
         if m < prev_m {
             // Rows that just finished keep their last state in both buffers.
@@ -350,12 +360,11 @@ fn run_direction<T: Real>(
         }
         let step = Step {
             t,
+            t0,
             m,
             batch,
             hidden,
-            g,
-            offset,
-            gi,
+            gi: &gi,
             perm: &plan.perm,
             dir,
             h_in: &h,
@@ -454,6 +463,65 @@ pub(crate) fn matmul<T: Real>(
             1,
             n as isize,
             if accumulate { T::one() } else { T::zero() },
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// `dst = x @ w + bias` (every row): `x` `(m, k)` row-major, `w` `(k, n)` with row stride
+/// `w_rs` (a column block of the layer's `[W_ih^T | W_ih_reverse^T]`), `dst` `(m, n)`.
+#[allow(clippy::too_many_arguments)]
+fn project<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    w_rs: usize,
+    bias: &[T],
+    dst: &mut [T],
+    par: Parallelism,
+) {
+    assert!(x.len() >= m * k && dst.len() >= m * n && bias.len() == n);
+    assert!(k == 0 || w.len() >= (k - 1) * w_rs + n);
+    for row in dst.chunks_exact_mut(n).take(m) {
+        row.copy_from_slice(bias);
+    }
+    if m * k * n <= SMALL_MATMUL {
+        for i in 0..m {
+            let d_row = &mut dst[i * n..(i + 1) * n];
+            for kk in 0..k {
+                let xv = x[i * k + kk];
+                let w_row = &w[kk * w_rs..kk * w_rs + n];
+                for j in 0..n {
+                    d_row[j] += xv * w_row[j];
+                }
+            }
+        }
+        return;
+    }
+    // SAFETY: bounds asserted above: `x` is m x k (row stride k), `w` k x n with row stride
+    // `w_rs`, `dst` m x n (row stride n) and aliases neither.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            w_rs as isize,
+            T::one(),
             T::one(),
             false,
             false,
