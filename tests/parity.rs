@@ -282,7 +282,12 @@ fn bad_inputs_are_named_errors() {
     assert!(e.contains("4-D"), "{e}");
 
     let empty = Tensor::zeros((0, 2, 4), DType::F32, &Device::Cpu).unwrap();
-    assert!(gru.forward(&empty, None).is_err());
+    let e = gru.forward(&empty, None).unwrap_err().to_string();
+    assert!(e.contains("sequence length to be larger than 0"), "{e}");
+    // An empty batch gives empty outputs, as in PyTorch.
+    let no_batch = Tensor::zeros((5, 0, 4), DType::F32, &Device::Cpu).unwrap();
+    let (o, h) = gru.forward(&no_batch, None).unwrap();
+    assert_eq!((o.dims(), h.dims()), (&[5, 0, 12][..], &[6, 0, 6][..]));
 
     for (lengths, needle) in [
         (vec![5, 0], "lengths[1] is 0"),

@@ -95,9 +95,6 @@ impl GruCell {
                 &[batch, features],
             ));
         }
-        if batch == 0 {
-            return Err(GruError::arg("input", "has an empty batch"));
-        }
         let cdt = compute_dtype(self.dtype);
         let h = match hx {
             Some(hx) => {
@@ -114,6 +111,14 @@ impl GruCell {
             }
             None => Tensor::zeros((1, batch, self.hidden_size), cdt, &self.device)?,
         };
+        if batch == 0 {
+            // PyTorch returns an empty (0, H) state for an empty batch.
+            return Ok(Tensor::zeros(
+                (0, self.hidden_size),
+                self.dtype,
+                &self.device,
+            )?);
+        }
         let x = x.unsqueeze(0)?.to_dtype(cdt)?.contiguous()?;
         let (_, h_n) = self
             .layer

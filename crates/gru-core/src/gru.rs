@@ -153,6 +153,21 @@ impl Gru {
                 &self.device,
             )?,
         };
+        if batch == 0 {
+            // PyTorch returns empty tensors for an empty batch.
+            let t = if cfg.batch_first {
+                (0, t_len, n_dirs * cfg.hidden_size)
+            } else {
+                (t_len, 0, n_dirs * cfg.hidden_size)
+            };
+            let out = Tensor::zeros(t, self.dtype, &self.device)?;
+            let h_n = Tensor::zeros(
+                (cfg.num_layers * n_dirs, 0, cfg.hidden_size),
+                self.dtype,
+                &self.device,
+            )?;
+            return Ok((out, h_n));
+        }
         let plan = match lengths {
             None => LengthPlan::full(batch, t_len),
             Some(_) if !batched => {
@@ -213,11 +228,12 @@ impl Gru {
                 ),
             ));
         }
-        if input.elem_count() == 0 {
+        let t_axis = if batched && cfg.batch_first { 1 } else { 0 };
+        if input.dim(t_axis)? == 0 {
             return Err(GruError::arg(
                 "input",
                 format!(
-                    "has an empty dimension (shape {:?}): need at least one step and one sequence",
+                    "Expected sequence length to be larger than 0 in RNN (shape {:?})",
                     input.dims()
                 ),
             ));
