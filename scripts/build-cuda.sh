@@ -60,16 +60,18 @@ if [ ! -f "$CUDA_HOME/.complete" ]; then
   done
   # nvcc looks for nvvm next to its bin directory.
   [ -d "$CUDA_HOME/nvvm/bin" ] || { echo "nvvm not found in the wheels" >&2; exit 1; }
-  # Link-time stub of the driver API: every cu* function named in cuda.h, as empty symbols.
-  stub="$CUDA_HOME/stub"
-  mkdir -p "$stub"
-  grep -oE '\bcu[A-Z][A-Za-z0-9_]*\s*\(' "$CUDA_HOME/include/cuda.h" | tr -d ' (' | sort -u |
-    awk '{ printf "void %s(void) {}\n", $1 }' >"$stub/cuda_stub.c"
-  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so.1" "$stub/cuda_stub.c"
-  ln -sf libcuda.so.1 "$stub/libcuda.so"
   chmod +x "$CUDA_HOME"/bin/* 2>/dev/null || true
   touch "$CUDA_HOME/.complete"
 fi
+
+# Link-time stub of the driver API: every cu* name in cuda.h (functions and the versioned names
+# such as cuMemAlloc_v2 that its macros map to), as empty symbols. Never shipped.
+stub="$CUDA_HOME/stub"
+mkdir -p "$stub"
+grep -oE '\bcu[A-Z][A-Za-z0-9_]*' "$CUDA_HOME/include/cuda.h" | sort -u |
+  awk '{ printf "void %s(void) {}\n", $1 }' >"$stub/cuda_stub.c"
+cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so.1" "$stub/cuda_stub.c"
+ln -sf libcuda.so.1 "$stub/libcuda.so"
 
 export CUDA_HOME CUDA_PATH="$CUDA_HOME" CUDA_ROOT="$CUDA_HOME"
 export CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
