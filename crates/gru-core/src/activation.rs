@@ -56,7 +56,11 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let y = p * (r * r) + r + 1.0;
-    let pow2n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the bits of n + 127 + 2^23 (an integer-valued float in [2^23, 2^24), whose low
+    // mantissa bits are n + 127): no float-to-int cast, whose saturating semantics do not
+    // vectorize. For NaN the result is NaN through `y`.
+    let biased = (n + 8_388_735.0).to_bits().wrapping_sub(0x4B00_0000);
+    let pow2n = f32::from_bits(biased << 23);
     y * pow2n
 }
 
