@@ -222,7 +222,7 @@ fn advance_body<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
 
 /// Below this many multiply-adds per step, one thread runs the whole step: splitting would
 /// cost more in synchronisation than it saves.
-const SPLIT_WORK: usize = 1 << 20;
+const SPLIT_WORK: usize = 1 << 17;
 
 /// A slice of the hidden units `[u0, u0 + w)` that one thread advances each step, with its own
 /// columns of `W_hh^T` (r, z, n of its units side by side) and its own `gh` buffer.
@@ -319,68 +319,178 @@ fn run_direction<T: Real>(
     assert_eq!(x.len(), seq_len * batch * input);
     let block = PROJ_ROWS.div_ceil(batch).clamp(1, seq_len);
     let mut gi = vec![T::zero(); block * batch * g3];
-    let mut t0 = 0;
     // State rows in `plan.perm` order, so that the active rows of every step are a prefix.
-    // Double-buffered: threads read all of `h` while writing their units of `h_next`.
+    // Double-buffered: members read all of one buffer while writing their units of the other.
     let mut h = vec![T::zero(); batch * hidden];
     for (i, &b) in plan.perm.iter().enumerate() {
         h[i * hidden..(i + 1) * hidden].copy_from_slice(&h0[b * hidden..(b + 1) * hidden]);
     }
     let mut h_next = h.clone();
     let mut chunks = chunks(dir.w_hh_t, hidden, batch, threads);
-    let mut prev_m = batch;
+    let members = chunks.len();
+    let barrier = SpinBarrier::new(members);
+    let gi_ptr = SharedMut(gi.as_mut_ptr());
+    let bufs = [SharedMut(h.as_mut_ptr()), SharedMut(h_next.as_mut_ptr())];
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let (gi_len, h_len) = (gi.len(), h.len());
 
-    for s in 0..seq_len {
-        let t = if reverse { seq_len - 1 - s } else { s };
-        if s % block == 0 {
-            // Project the next block of steps (in this direction's order): times t0..t0 + n.
-            let n = block.min(seq_len - s);
-            t0 = if reverse { t + 1 - n } else { t };
-            let rows = n * batch;
-            project(
-                rows,
-                input,
-                g3,
-                &x[t0 * batch * input..(t0 + n) * batch * input],
-                &layer.w_ih_t[d * g3..],
-                g_all,
-                &layer.bias[d * g3..(d + 1) * g3],
-                &mut gi[..rows * g3],
-                parallelism(threads),
-            );
+    // Every member runs this same loop over the steps, on its own chunk of hidden units and its
+    // share of each projected block, meeting the others at a barrier after each phase. Returns
+    // which buffer holds the final state.
+    let member = |id: usize, chunk: &mut Chunk<T>| -> usize {
+        let _poison = barrier.poison_on_panic();
+        let mut parity = 0;
+        let mut prev_m = batch;
+        let mut t0 = 0;
+        for s in 0..seq_len {
+            let t = if reverse { seq_len - 1 - s } else { s };
+            if s % block == 0 {
+                // The next block of steps (in this direction's order): times t0..t0 + n.
+                let n = block.min(seq_len - s);
+                t0 = if reverse { t + 1 - n } else { t };
+                let rows = n * batch;
+                let (lo, hi) = (rows * id / members, rows * (id + 1) / members);
+                // SAFETY: rows lo..hi of the block are this member's alone, inside `gi`
+                // (rows <= block * batch); nobody reads `gi` until the barrier below.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(gi_ptr.ptr().add(lo * g3), (hi - lo) * g3)
+                };
+                let x0 = t0 * batch;
+                project(
+                    hi - lo,
+                    input,
+                    g3,
+                    &x[(x0 + lo) * input..(x0 + hi) * input],
+                    &layer.w_ih_t[d * g3..],
+                    g_all,
+                    &layer.bias[d * g3..(d + 1) * g3],
+                    dst,
+                    if members == 1 {
+                        parallelism(threads)
+                    } else {
+                        Parallelism::None
+                    },
+                );
+                barrier.wait();
+            }
+            let m = plan.active[t];
+            let (h_in, h_out) = (bufs[parity], bufs[1 - parity]);
+            if m < prev_m && id == 0 {
+                // Rows that just finished keep their last state in both buffers. No member
+                // touches rows >= m during this step.
+                // SAFETY: rows m..prev_m of both buffers are in bounds and not otherwise
+                // accessed during this step.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        h_in.ptr().add(m * hidden),
+                        h_out.ptr().add(m * hidden),
+                        (prev_m - m) * hidden,
+                    );
+                }
+            }
+            prev_m = m;
+            if m == 0 {
+                continue;
+            }
+            // SAFETY: during a step `gi` and the input state buffer are only read; members
+            // write disjoint units of the other buffer and of `out` (see `advance_body`).
+            let step = unsafe {
+                Step {
+                    t,
+                    t0,
+                    m,
+                    batch,
+                    hidden,
+                    gi: std::slice::from_raw_parts(gi_ptr.ptr(), gi_len),
+                    perm: &plan.perm,
+                    dir,
+                    h_in: std::slice::from_raw_parts(h_in.ptr(), h_len),
+                    h_out,
+                    out: out_ptr,
+                }
+            };
+            advance(&step, chunk);
+            barrier.wait();
+            parity = 1 - parity;
         }
-        let m = plan.active[t];
-        if m < prev_m {
-            // Rows that just finished keep their last state in both buffers.
-            h_next[m * hidden..prev_m * hidden].copy_from_slice(&h[m * hidden..prev_m * hidden]);
-        }
-        prev_m = m;
-        if m == 0 {
-            continue;
-        }
-        let step = Step {
-            t,
-            t0,
-            m,
-            batch,
-            hidden,
-            gi: &gi,
-            perm: &plan.perm,
-            dir,
-            h_in: &h,
-            h_out: SharedMut(h_next.as_mut_ptr()),
-            out: SharedMut(out.as_mut_ptr()),
-        };
-        if chunks.len() == 1 {
-            advance(&step, &mut chunks[0]);
-        } else {
-            use rayon::prelude::*;
-            chunks.par_iter_mut().for_each(|c| advance(&step, c));
-        }
-        std::mem::swap(&mut h, &mut h_next);
-    }
+        parity
+    };
+    let parity = if members == 1 {
+        member(0, &mut chunks[0])
+    } else {
+        let member = &member;
+        std::thread::scope(|scope| {
+            let (first, rest) = chunks.split_first_mut().expect("at least one chunk");
+            for (i, c) in rest.iter_mut().enumerate() {
+                scope.spawn(move || member(i + 1, c));
+            }
+            member(0, first)
+        })
+    };
+    let h = if parity == 0 { &h } else { &h_next };
     for (i, &b) in plan.perm.iter().enumerate() {
         hn[b * hidden..(b + 1) * hidden].copy_from_slice(&h[i * hidden..(i + 1) * hidden]);
+    }
+}
+
+/// A barrier for the few threads of one direction, waited on twice per time step: it spins
+/// (a wake-up through the OS costs more than a step of a small GRU), then yields so that an
+/// oversubscribed machine still makes progress. A member that panics poisons it, and the others
+/// panic instead of waiting forever.
+struct SpinBarrier {
+    n: usize,
+    count: std::sync::atomic::AtomicUsize,
+    generation: std::sync::atomic::AtomicUsize,
+    poisoned: std::sync::atomic::AtomicBool,
+}
+
+impl SpinBarrier {
+    fn new(n: usize) -> Self {
+        Self {
+            n,
+            count: 0.into(),
+            generation: 0.into(),
+            poisoned: false.into(),
+        }
+    }
+
+    fn wait(&self) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+        if self.n == 1 {
+            return;
+        }
+        let gen = self.generation.load(Acquire);
+        if self.count.fetch_add(1, AcqRel) + 1 == self.n {
+            self.count.store(0, Relaxed);
+            self.generation.fetch_add(1, Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Acquire) == gen {
+            if self.poisoned.load(Relaxed) {
+                panic!("a GRU kernel thread panicked");
+            }
+            if spins < 20_000 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn poison_on_panic(&self) -> impl Drop + '_ {
+        struct Guard<'a>(&'a SpinBarrier);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0
+                        .poisoned
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        Guard(self)
     }
 }
 
