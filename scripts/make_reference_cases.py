@@ -137,6 +137,12 @@ def main():
     x = pad_with_garbage(r(4, 128, 4), lengths, batch_first=False)
     case("wide_batch_varlen", g, x, h0=r(1, 128, 64), lengths=lengths)
 
+    # Bidirectional and wide enough to split each direction's steps when >= 4 threads run.
+    g = nn.GRU(3, 64, bidirectional=True, batch_first=True)
+    lengths = [1 + (5 * b) % 6 for b in range(16)]
+    x = pad_with_garbage(r(16, 6, 3), lengths, batch_first=True)
+    case("wide_bi_varlen_bf", g, x, h0=r(2, 16, 64), lengths=lengths)
+
 
 if __name__ == "__main__":
     main()

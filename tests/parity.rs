@@ -33,6 +33,7 @@ const EXPECTED: &[&str] = &[
     "saturating_inputs",
     "long_varlen_bi",
     "wide_batch_varlen",
+    "wide_bi_varlen_bf",
 ];
 
 fn reference_case(name: &str) -> Case {
