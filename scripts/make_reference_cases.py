@@ -131,17 +131,18 @@ def main():
     x = pad_with_garbage(r(600, 2, 3), lengths, batch_first=False)
     case("long_varlen_bi", g, x, h0=r(4, 2, 5), lengths=lengths)
 
-    # Wide enough (B * H * 3H >= 2^20) that the CPU kernel splits each step across threads.
+    # Wide and long enough (B * H * 3H >= 2^17, T >= 16) that the CPU kernel splits each step
+    # across threads.
     g = nn.GRU(4, 64)
-    lengths = [1 + (7 * b) % 4 for b in range(128)]
-    x = pad_with_garbage(r(4, 128, 4), lengths, batch_first=False)
-    case("wide_batch_varlen", g, x, h0=r(1, 128, 64), lengths=lengths)
+    lengths = [1 + (7 * b) % 20 for b in range(12)]
+    x = pad_with_garbage(r(20, 12, 4), lengths, batch_first=False)
+    case("wide_batch_varlen", g, x, h0=r(1, 12, 64), lengths=lengths)
 
     # Bidirectional and wide enough to split each direction's steps when >= 4 threads run.
     g = nn.GRU(3, 64, bidirectional=True, batch_first=True)
-    lengths = [1 + (5 * b) % 6 for b in range(16)]
-    x = pad_with_garbage(r(16, 6, 3), lengths, batch_first=True)
-    case("wide_bi_varlen_bf", g, x, h0=r(2, 16, 64), lengths=lengths)
+    lengths = [1 + (5 * b) % 18 for b in range(12)]
+    x = pad_with_garbage(r(12, 18, 3), lengths, batch_first=True)
+    case("wide_bi_varlen_bf", g, x, h0=r(2, 12, 64), lengths=lengths)
 
 
 if __name__ == "__main__":

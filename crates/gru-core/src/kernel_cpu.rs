@@ -119,6 +119,8 @@ struct Step<'a, T> {
     h_in: &'a [T],
     h_out: SharedMut<T>,
     out: SharedMut<T>,
+    /// Threading of the recurrent matmul (`None` inside a team).
+    par: Parallelism,
 }
 
 /// One step of one chunk: its matmul, then the gate pass over its units of every active row.
@@ -184,6 +186,7 @@ fn advance_body<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
         &c.w_t
     };
     recurrent_matmul(
+        s.par,
         m,
         hidden,
         w3,
@@ -224,6 +227,9 @@ fn advance_body<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
 /// cost more in synchronisation than it saves.
 const SPLIT_WORK: usize = 1 << 17;
 
+/// Fewer steps than this run on one thread (with the GEMM library's own threading).
+const MIN_SPLIT_STEPS: usize = 16;
+
 /// A slice of the hidden units `[u0, u0 + w)` that one thread advances each step, with its own
 /// columns of `W_hh^T` (r, z, n of its units side by side) and its own `gh` buffer.
 struct Chunk<T> {
@@ -235,9 +241,17 @@ struct Chunk<T> {
 }
 
 /// Splits the units so that every thread gets a share of both the matmul and the gate pass.
-fn chunks<T: Real>(w_hh_t: &[T], hidden: usize, batch: usize, threads: usize) -> Vec<Chunk<T>> {
+fn chunks<T: Real>(
+    w_hh_t: &[T],
+    hidden: usize,
+    batch: usize,
+    seq_len: usize,
+    threads: usize,
+) -> Vec<Chunk<T>> {
     let work = batch * hidden * 3 * hidden;
-    let n = if threads > 1 && work >= SPLIT_WORK {
+    // Splitting costs a copy of W_hh^T and a thread start per call: worth it over many steps
+    // (a GRUCell or a short streamed chunk lets the GEMM library thread its matmul instead).
+    let n = if threads > 1 && work >= SPLIT_WORK && seq_len >= MIN_SPLIT_STEPS {
         threads.min(hidden / 16).max(1)
     } else {
         1
@@ -326,7 +340,13 @@ fn run_direction<T: Real>(
         h[i * hidden..(i + 1) * hidden].copy_from_slice(&h0[b * hidden..(b + 1) * hidden]);
     }
     let mut h_next = h.clone();
-    let mut chunks = chunks(dir.w_hh_t, hidden, batch, threads);
+    let mut chunks = chunks(dir.w_hh_t, hidden, batch, seq_len, threads);
+    // A lone member may let the GEMM library thread the recurrent matmul (it decides by size).
+    let step_par = if chunks.len() == 1 {
+        parallelism(threads)
+    } else {
+        Parallelism::None
+    };
     let members = chunks.len();
     let barrier = SpinBarrier::new(members);
     let gi_ptr = SharedMut(gi.as_mut_ptr());
@@ -407,6 +427,7 @@ fn run_direction<T: Real>(
                     h_in: std::slice::from_raw_parts(h_in.ptr(), h_len),
                     h_out,
                     out: out_ptr,
+                    par: step_par,
                 }
             };
             advance(&step, chunk);
@@ -647,7 +668,15 @@ fn project<T: Real>(
 /// weights are a column-major left operand, which the library reads in place instead of packing
 /// them again at every time step.
 #[inline(always)]
-fn recurrent_matmul<T: Real>(m: usize, k: usize, n: usize, h: &[T], w_t: &[T], gh: &mut [T]) {
+fn recurrent_matmul<T: Real>(
+    par: Parallelism,
+    m: usize,
+    k: usize,
+    n: usize,
+    h: &[T],
+    w_t: &[T],
+    gh: &mut [T],
+) {
     assert!(h.len() >= m * k && w_t.len() >= k * n && gh.len() >= m * n);
     if m * k * n <= SMALL_MATMUL {
         return matmul(m, k, n, h, w_t, gh, false, Parallelism::None);
@@ -675,7 +704,7 @@ fn recurrent_matmul<T: Real>(m: usize, k: usize, n: usize, h: &[T], w_t: &[T], g
             false,
             false,
             false,
-            Parallelism::None,
+            par,
         )
     }
 }
@@ -707,7 +736,7 @@ mod tests {
             }
             matmul(m, k, n, &a, &b, &mut c, false, Parallelism::None);
             assert_eq!(c, want);
-            recurrent_matmul(m, k, n, &a, &b, &mut c);
+            recurrent_matmul(Parallelism::None, m, k, n, &a, &b, &mut c);
             assert_eq!(c, want);
         }
     }
