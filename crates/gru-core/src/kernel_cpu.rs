@@ -1,7 +1,8 @@
-//! The CPU recurrence of one layer, on plain slices: the input projection of all steps in one GEMM,
-//! then per step one GEMM `h @ W_hh^T` into a reused buffer and one fused pass computing r, z, n and
-//! h' in place. No allocation happens inside the time loop; both directions of a bidirectional
-//! layer run concurrently on two threads.
+//! The CPU recurrence of one layer, on plain slices. Per direction: the input projection runs as
+//! one GEMM per block of steps, just ahead of the steps that read it; each step is one GEMM
+//! `h @ W_hh^T` into a reused buffer and one vectorized pass computing r, z, n and h'. Nothing is
+//! allocated inside the time loop. Both directions of a bidirectional layer run concurrently, and
+//! wide layers split their hidden units across a team of threads that meet at a spin barrier.
 
 use gemm::Parallelism;
 
