@@ -1,12 +1,14 @@
-//! The fused gate update of one time step as a candle `CustomOp2`, for the device path: one
-//! kernel computes r, z, n, h' and applies the length mask, given the step's input projection,
-//! `gh = h @ W_hh^T` and `h`. CPU twin (`cpu_fwd`, tested on every run) and CUDA kernel
+//! The fused gate update of one time step as a candle in-place op, for the device path: one
+//! kernel computes r, z, n, h' and applies the length mask, given the step's input projection and
+//! `gh = h @ W_hh^T`, writing straight into the direction's buffer. With the matmul that makes
+//! two launches per step and no copies. CPU twin (`cpu_fwd`, tested on every run) and CUDA kernel
 //! (`cuda_fwd`, compiled once with NVRTC); Metal takes the candle-ops composition instead.
 //!
-//! Output `(2, B, H)`: row 0 the next state (unchanged past a sequence's length), row 1 the
-//! step's output (zero past a sequence's length).
+//! The buffer is `(T + 2, B, H)`: rows `0..T` the outputs (zero past each sequence's length,
+//! as allocated), rows `T` and `T + 1` the state, double-buffered: step reads row `T + parity`
+//! and writes row `T + 1 - parity` (a row past its sequence's length keeps its state).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Storage, Tensor, WithDType};
 
 use crate::activation::Real;
 
@@ -20,6 +22,8 @@ pub(crate) struct GateStep<'a> {
     pub b_hn: &'a Tensor,
     /// `(B)` u32: step `t` of row `b` is valid iff `t < lengths[b]`.
     pub lengths: &'a Tensor,
+    /// Which state row of the buffer holds the current state (0: row T, 1: row T + 1).
+    pub parity: usize,
 }
 
 fn cpu_slice<'s, T: WithDType>(storage: &'s Storage, layout: &Layout) -> Result<&'s [T]> {
@@ -30,95 +34,104 @@ fn cpu_slice<'s, T: WithDType>(storage: &'s Storage, layout: &Layout) -> Result<
 }
 
 impl GateStep<'_> {
-    fn dims(&self, gh_l: &Layout, h_l: &Layout) -> Result<(usize, usize, usize)> {
-        let (b, h3) = gh_l.shape().dims2()?;
-        let (b2, hs) = h_l.shape().dims2()?;
-        let (_, b3, g) = self.gi.dims3()?;
-        if b != b2 || b != b3 || h3 != 3 * hs || self.offset + h3 > g {
+    /// `(T, B, H, g)` from the buffer `(T + 2, B, H)` and `gh` `(B, 3H)`, checked.
+    fn dims(&self, buf_l: &Layout, gh_l: &Layout) -> Result<(usize, usize, usize, usize)> {
+        let (t2, b, hs) = buf_l.shape().dims3()?;
+        let (b2, h3) = gh_l.shape().dims2()?;
+        let (t_len, b3, g) = self.gi.dims3()?;
+        if t2 != t_len + 2 || b != b2 || b != b3 || h3 != 3 * hs || self.offset + h3 > g {
             candle_core::bail!(
-                "gru gate step: inconsistent shapes gh {:?}, h {:?}",
+                "gru gate step: inconsistent shapes buffer {:?}, gh {:?}, gi {:?}",
+                buf_l.dims(),
                 gh_l.dims(),
-                h_l.dims()
+                self.gi.dims()
             );
         }
-        if !gh_l.is_contiguous() || !h_l.is_contiguous() || !self.gi.is_contiguous() {
+        if !buf_l.is_contiguous() || !gh_l.is_contiguous() || !self.gi.is_contiguous() {
             candle_core::bail!("gru gate step: expects contiguous tensors");
         }
-        Ok((b, hs, g))
+        Ok((t_len, b, hs, g))
     }
 
-    fn cpu<T: Real>(&self, gh: &[T], h: &[T], b: usize, hs: usize, g: usize) -> Result<Vec<T>> {
+    fn cpu<T: Real>(
+        &self,
+        buf: &mut [T],
+        gh: &[T],
+        dims: (usize, usize, usize, usize),
+    ) -> Result<()> {
+        let (t_len, b, hs, g) = dims;
         let (gi_s, gi_l) = self.gi.storage_and_layout();
         let (bh_s, bh_l) = self.b_hn.storage_and_layout();
         let (len_s, len_l) = self.lengths.storage_and_layout();
         let gi = cpu_slice::<T>(&gi_s, gi_l)?;
         let b_hn = &cpu_slice::<T>(&bh_s, bh_l)?[..hs];
         let lengths = &cpu_slice::<u32>(&len_s, len_l)?[..b];
-        let mut res = vec![T::zero(); 2 * b * hs];
-        let (state, out) = res.split_at_mut(b * hs);
+        let (outs, states) = buf.split_at_mut(t_len * b * hs);
+        let (s0, s1) = states.split_at_mut(b * hs);
+        let (h_in, h_out) = if self.parity == 0 {
+            (&*s0, s1)
+        } else {
+            (&*s1, s0)
+        };
+        let out = &mut outs[self.t * b * hs..(self.t + 1) * b * hs];
         for row in 0..b {
-            let base = (self.t * b + row) * g + self.offset;
-            let gi_row = &gi[base..base + 3 * hs];
-            let h_row = &h[row * hs..(row + 1) * hs];
-            let s_row = &mut state[row * hs..(row + 1) * hs];
-            let o_row = &mut out[row * hs..(row + 1) * hs];
+            let r = row * hs..(row + 1) * hs;
             if (self.t as u32) < lengths[row] {
+                let base = (self.t * b + row) * g + self.offset;
+                let gi_row = &gi[base..base + 3 * hs];
                 crate::kernel_cpu::gate_update(
                     &gi_row[..hs],
                     &gi_row[hs..2 * hs],
                     &gi_row[2 * hs..],
                     &gh[row * 3 * hs..(row + 1) * 3 * hs],
                     b_hn,
-                    h_row,
-                    s_row,
-                    o_row,
+                    &h_in[r.clone()],
+                    &mut h_out[r.clone()],
+                    &mut out[r],
                 );
             } else {
-                s_row.copy_from_slice(h_row);
+                h_out[r.clone()].copy_from_slice(&h_in[r]);
             }
         }
-        Ok(res)
+        Ok(())
     }
 }
 
-impl CustomOp2 for GateStep<'_> {
+impl InplaceOp2 for GateStep<'_> {
     fn name(&self) -> &'static str {
         "gru-gate-step"
     }
 
     fn cpu_fwd(
         &self,
+        buf_s: &mut CpuStorage,
+        buf_l: &Layout,
         gh_s: &CpuStorage,
         gh_l: &Layout,
-        h_s: &CpuStorage,
-        h_l: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, hs, g) = self.dims(gh_l, h_l)?;
-        let shape = Shape::from((2, b, hs));
-        let (o1, o2) = (gh_l.start_offset(), h_l.start_offset());
-        let out = match (gh_s, h_s) {
-            (CpuStorage::F32(gh), CpuStorage::F32(h)) => {
-                CpuStorage::F32(self.cpu(&gh[o1..], &h[o2..], b, hs, g)?)
+    ) -> Result<()> {
+        let dims = self.dims(buf_l, gh_l)?;
+        let (o1, o2) = (buf_l.start_offset(), gh_l.start_offset());
+        match (buf_s, gh_s) {
+            (CpuStorage::F32(buf), CpuStorage::F32(gh)) => {
+                self.cpu(&mut buf[o1..], &gh[o2..], dims)
             }
-            (CpuStorage::F64(gh), CpuStorage::F64(h)) => {
-                CpuStorage::F64(self.cpu(&gh[o1..], &h[o2..], b, hs, g)?)
+            (CpuStorage::F64(buf), CpuStorage::F64(gh)) => {
+                self.cpu(&mut buf[o1..], &gh[o2..], dims)
             }
             _ => candle_core::bail!("gru gate step: f32 or f64 expected"),
-        };
-        Ok((out, shape))
+        }
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
+        buf_s: &mut candle_core::CudaStorage,
+        buf_l: &Layout,
         gh_s: &candle_core::CudaStorage,
         gh_l: &Layout,
-        h_s: &candle_core::CudaStorage,
-        h_l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (b, hs, g) = self.dims(gh_l, h_l)?;
-        let out = cuda::launch(self, gh_s, gh_l, h_s, h_l, b, hs, g)?;
-        Ok((out, Shape::from((2, b, hs))))
+    ) -> Result<()> {
+        let dims = self.dims(buf_l, gh_l)?;
+        cuda::launch(self, buf_s, buf_l, gh_s, gh_l, dims)
     }
 }
 
@@ -138,31 +151,35 @@ mod cuda {
     const SOURCE: &str = r#"
 template <typename T> __device__ __forceinline__ T sigm(T x) { return T(1) / (T(1) + exp(-x)); }
 
+// buf: (T + 2, B, H); outputs in rows 0..T, state read from row T + p, written to row T + 1 - p.
 template <typename T>
-__device__ void gate(const T* gi, const T* gh, const T* b_hn, const T* h, const unsigned int* lengths,
-                     T* res, int B, int H, int G, int offset, int t) {
+__device__ void gate(const T* gi, const T* gh, const T* b_hn, const unsigned int* lengths, T* buf,
+                     int B, int H, int G, int offset, int t, int T_len, int p) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * H) return;
     int b = idx / H, j = idx - b * H;
-    T hp = h[idx];
-    if ((unsigned int)t >= lengths[b]) { res[idx] = hp; res[B * H + idx] = T(0); return; }
+    const long long BH = (long long)B * H;
+    const T* h_in = buf + (T_len + p) * BH;
+    T* h_out = buf + (T_len + 1 - p) * BH;
+    T hp = h_in[idx];
+    if ((unsigned int)t >= lengths[b]) { h_out[idx] = hp; return; }
     const T* gir = gi + ((long long)t * B + b) * G + offset;
     const T* ghr = gh + (long long)b * 3 * H;
     T r = sigm(gir[j] + ghr[j]);
     T z = sigm(gir[H + j] + ghr[H + j]);
     T n = tanh(gir[2 * H + j] + r * (ghr[2 * H + j] + b_hn[j]));
     T hn = n + z * (hp - n);
-    res[idx] = hn;
-    res[B * H + idx] = hn;
+    h_out[idx] = hn;
+    buf[t * BH + idx] = hn;
 }
 
-extern "C" __global__ void gru_gate_f32(const float* gi, const float* gh, const float* b_hn, const float* h,
-    const unsigned int* lengths, float* res, int B, int H, int G, int offset, int t) {
-    gate<float>(gi, gh, b_hn, h, lengths, res, B, H, G, offset, t);
+extern "C" __global__ void gru_gate_f32(const float* gi, const float* gh, const float* b_hn,
+    const unsigned int* lengths, float* buf, int B, int H, int G, int offset, int t, int T_len, int p) {
+    gate<float>(gi, gh, b_hn, lengths, buf, B, H, G, offset, t, T_len, p);
 }
-extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, const double* b_hn, const double* h,
-    const unsigned int* lengths, double* res, int B, int H, int G, int offset, int t) {
-    gate<double>(gi, gh, b_hn, h, lengths, res, B, H, G, offset, t);
+extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, const double* b_hn,
+    const unsigned int* lengths, double* buf, int B, int H, int G, int offset, int t, int T_len, int p) {
+    gate<double>(gi, gh, b_hn, lengths, buf, B, H, G, offset, t, T_len, p);
 }
 "#;
 
@@ -184,36 +201,30 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn launch(
         op: &GateStep<'_>,
+        buf_s: &mut CudaStorage,
+        buf_l: &Layout,
         gh_s: &CudaStorage,
         gh_l: &Layout,
-        h_s: &CudaStorage,
-        h_l: &Layout,
-        b: usize,
-        hs: usize,
-        g: usize,
-    ) -> Result<CudaStorage> {
+        dims: (usize, usize, usize, usize),
+    ) -> Result<()> {
         match gh_s.dtype() {
-            DType::F32 => typed::<f32>("gru_gate_f32", op, gh_s, gh_l, h_s, h_l, b, hs, g),
-            DType::F64 => typed::<f64>("gru_gate_f64", op, gh_s, gh_l, h_s, h_l, b, hs, g),
+            DType::F32 => typed::<f32>("gru_gate_f32", op, buf_s, buf_l, gh_s, gh_l, dims),
+            DType::F64 => typed::<f64>("gru_gate_f64", op, buf_s, buf_l, gh_s, gh_l, dims),
             other => candle_core::bail!("gru gate step: no CUDA kernel for {other:?}"),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn typed<T: CudaDType + DeviceRepr>(
         name: &str,
         op: &GateStep<'_>,
+        buf_s: &mut CudaStorage,
+        buf_l: &Layout,
         gh_s: &CudaStorage,
         gh_l: &Layout,
-        h_s: &CudaStorage,
-        h_l: &Layout,
-        b: usize,
-        hs: usize,
-        g: usize,
-    ) -> Result<CudaStorage> {
+        (t_len, b, hs, g): (usize, usize, usize, usize),
+    ) -> Result<()> {
         let dev = gh_s.device().clone();
         let (gi_g, gi_l) = op.gi.storage_and_layout();
         let (bh_g, bh_l) = op.b_hn.storage_and_layout();
@@ -228,28 +239,23 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
             .as_cuda_slice::<u32>()?
             .slice(len_l.start_offset()..);
         let gh = gh_s.as_cuda_slice::<T>()?.slice(gh_l.start_offset()..);
-        let h = h_s.as_cuda_slice::<T>()?.slice(h_l.start_offset()..);
-        // SAFETY: every element is written by the kernel (one thread per (row, unit), two
-        // outputs each).
-        let res = unsafe { dev.alloc::<T>(2 * b * hs)? };
+        let mut buf = buf_s
+            .as_cuda_slice_mut::<T>()?
+            .slice_mut(buf_l.start_offset()..);
         let func = dev.get_or_load_custom_func(name, "candle_gru_gate", ptx()?)?;
-        let (bi, hi, gi_stride, off, t) =
-            (b as i32, hs as i32, g as i32, op.offset as i32, op.t as i32);
+        let ints = [b, hs, g, op.offset, op.t, t_len, op.parity].map(|v| v as i32);
         let mut builder = func.builder();
         builder.arg(&gi);
         builder.arg(&gh);
         builder.arg(&b_hn);
-        builder.arg(&h);
         builder.arg(&lengths);
-        builder.arg(&res);
-        builder.arg(&bi);
-        builder.arg(&hi);
-        builder.arg(&gi_stride);
-        builder.arg(&off);
-        builder.arg(&t);
+        builder.arg(&mut buf);
+        for v in &ints {
+            builder.arg(v);
+        }
         // SAFETY: argument types and order match the kernel's signature; sizes were checked by
-        // `GateStep::dims`.
+        // `GateStep::dims`; each thread writes only its own (row, unit) elements.
         unsafe { builder.launch(LaunchConfig::for_num_elems((b * hs) as u32)) }.w()?;
-        Ok(CudaStorage::wrap_cuda_slice(res, dev))
+        Ok(())
     }
 }

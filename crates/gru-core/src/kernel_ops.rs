@@ -1,8 +1,8 @@
 //! The device recurrence of one layer: the input projection in one matmul, then per step one
-//! matmul `h @ W_hh^T` and the gate update, either fused in one kernel (`GateStep`, CUDA) or
-//! composed from candle ops (every backend, Metal's path). On the CPU the slice kernel
-//! (`kernel_cpu`) runs instead; both variants here stay tested on the CPU through
-//! `Kernel::FusedStep` and `Kernel::CandleOps`.
+//! matmul `h @ W_hh^T` and the gate update, either fused in one in-place kernel (`GateStep`,
+//! CUDA: two launches per step) or composed from candle ops (every backend, Metal's path). On the
+//! CPU the slice kernel (`kernel_cpu`) runs instead; both variants here stay tested on the CPU
+//! through `Kernel::FusedStep` and `Kernel::CandleOps`.
 
 use candle_core::{Tensor, D};
 
@@ -10,88 +10,127 @@ use crate::error::Result;
 use crate::gate_op::GateStep;
 use crate::packing::LengthPlan;
 
+/// One direction's recurrent weights, in compute layout.
+pub(crate) struct DirTensors<'a> {
+    /// `(H, 3H)`.
+    pub w_hh_t: &'a Tensor,
+    /// `(H)`.
+    pub b_hn: &'a Tensor,
+}
+
 /// One layer: `x` `(T, B, in)`, `h0` `(D, B, H)` -> `output` `(T, B, D * H)`, `h_n` `(D, B, H)`.
 pub(crate) fn layer_forward(
     x: &Tensor,
     w_ih_t: &Tensor,
     bias: &Tensor,
-    w_hh_t: &[Tensor],
-    b_hn: &[Tensor],
+    dirs: &[DirTensors<'_>],
     h0: &Tensor,
     plan: &LengthPlan,
     fused: bool,
 ) -> Result<(Tensor, Tensor)> {
     let (t_len, batch, input) = x.dims3()?;
-    let hidden = h0.dim(D::Minus1)?;
-    let g3 = 3 * hidden;
-    let n_dirs = w_hh_t.len();
+    let g3 = 3 * h0.dim(D::Minus1)?;
     // Input projection of every step and direction in one matmul.
     let gi = x
         .reshape((t_len * batch, input))?
         .matmul(w_ih_t)?
         .broadcast_add(bias)?
-        .reshape((t_len, batch, n_dirs * g3))?;
-    let mask = if plan.is_full() || fused {
-        None
-    } else {
-        Some(plan.mask(x.device())?)
-    };
-    let lengths = if fused {
-        let l: Vec<u32> = plan.lengths.iter().map(|&l| l as u32).collect();
-        Some(Tensor::from_vec(l, batch, x.device())?)
-    } else {
-        None
-    };
-    let zeros = Tensor::zeros((batch, hidden), x.dtype(), x.device())?;
-
-    let mut outs = Vec::with_capacity(n_dirs);
-    let mut hns = Vec::with_capacity(n_dirs);
-    for d in 0..n_dirs {
-        let gi_d = gi.narrow(2, d * g3, g3)?;
-        let mut h = h0.get(d)?.contiguous()?;
-        let mut steps: Vec<Option<Tensor>> = vec![None; t_len];
-        for s in 0..t_len {
-            let t = if d == 1 { t_len - 1 - s } else { s };
-            let gh = h.matmul(&w_hh_t[d])?;
-            if let Some(lengths) = &lengths {
-                // Two launches per step: the matmul above and this kernel.
-                let step = GateStep {
-                    gi: &gi,
-                    t,
-                    offset: d * g3,
-                    b_hn: &b_hn[d],
-                    lengths,
-                };
-                let res = gh.apply_op2_no_bwd(&h, &step)?;
-                h = res.get(0)?;
-                steps[t] = Some(res.get(1)?);
-                continue;
-            }
-            let h_new = gate_update(&gi_d.get(t)?, &gh, &b_hn[d], &h)?;
-            let out_t = match &mask {
-                // where_cond, not a multiply: NaN computed from padding must not leak.
-                Some(m) => {
-                    let m_t = m.get(t)?.broadcast_as((batch, hidden))?;
-                    h = m_t.where_cond(&h_new, &h)?;
-                    m_t.where_cond(&h_new, &zeros)?
-                }
-                None => {
-                    h = h_new;
-                    h.clone()
-                }
-            };
-            steps[t] = Some(out_t);
-        }
-        let steps: Vec<Tensor> = steps.into_iter().flatten().collect();
-        outs.push(Tensor::stack(&steps, 0)?);
-        hns.push(h);
+        .reshape((t_len, batch, dirs.len() * g3))?;
+    let mut outs = Vec::with_capacity(dirs.len());
+    let mut hns = Vec::with_capacity(dirs.len());
+    for (d, dir) in dirs.iter().enumerate() {
+        let h0_d = h0.get(d)?;
+        let (out, hn) = if fused {
+            fused_direction(&gi, d * g3, dir, &h0_d, plan, d == 1)?
+        } else {
+            composite_direction(&gi.narrow(2, d * g3, g3)?, dir, &h0_d, plan, d == 1)?
+        };
+        outs.push(out);
+        hns.push(hn);
     }
-    let output = if n_dirs == 1 {
+    let output = if outs.len() == 1 {
         outs.pop().expect("one direction")
     } else {
         Tensor::cat(&outs, 2)?
     };
     Ok((output, Tensor::stack(&hns, 0)?))
+}
+
+/// Per step: the matmul, then `GateStep` writes the state and the step's output in place into a
+/// `(T + 2, B, H)` buffer. Nothing else is launched or copied inside the loop.
+fn fused_direction(
+    gi: &Tensor,
+    offset: usize,
+    dir: &DirTensors<'_>,
+    h0: &Tensor,
+    plan: &LengthPlan,
+    reverse: bool,
+) -> Result<(Tensor, Tensor)> {
+    let (t_len, batch, _) = gi.dims3()?;
+    let hidden = h0.dim(D::Minus1)?;
+    let buf = Tensor::zeros((t_len + 2, batch, hidden), gi.dtype(), gi.device())?;
+    buf.slice_set(&h0.unsqueeze(0)?, 0, t_len)?;
+    let lengths: Vec<u32> = plan.lengths.iter().map(|&l| l as u32).collect();
+    let lengths = Tensor::from_vec(lengths, batch, gi.device())?;
+    let mut parity = 0;
+    for s in 0..t_len {
+        let t = if reverse { t_len - 1 - s } else { s };
+        let h = buf.get(t_len + parity)?;
+        let gh = h.matmul(dir.w_hh_t)?;
+        drop(h);
+        let step = GateStep {
+            gi,
+            t,
+            offset,
+            b_hn: dir.b_hn,
+            lengths: &lengths,
+            parity,
+        };
+        buf.inplace_op2(&gh, &step)?;
+        parity = 1 - parity;
+    }
+    Ok((buf.narrow(0, 0, t_len)?, buf.get(t_len + parity)?))
+}
+
+/// Per step: the matmul and the gate update as candle ops, masked with `where_cond` for
+/// variable lengths.
+fn composite_direction(
+    gi: &Tensor,
+    dir: &DirTensors<'_>,
+    h0: &Tensor,
+    plan: &LengthPlan,
+    reverse: bool,
+) -> Result<(Tensor, Tensor)> {
+    let (t_len, batch, _) = gi.dims3()?;
+    let hidden = h0.dim(D::Minus1)?;
+    let mask = if plan.is_full() {
+        None
+    } else {
+        Some(plan.mask(gi.device())?)
+    };
+    let zeros = Tensor::zeros((batch, hidden), gi.dtype(), gi.device())?;
+    let mut h = h0.contiguous()?;
+    let mut steps: Vec<Option<Tensor>> = vec![None; t_len];
+    for s in 0..t_len {
+        let t = if reverse { t_len - 1 - s } else { s };
+        let gh = h.matmul(dir.w_hh_t)?;
+        let h_new = gate_update(&gi.get(t)?, &gh, dir.b_hn, &h)?;
+        let out_t = match &mask {
+            // where_cond, not a multiply: NaN computed from padding must not leak.
+            Some(m) => {
+                let m_t = m.get(t)?.broadcast_as((batch, hidden))?;
+                h = m_t.where_cond(&h_new, &h)?;
+                m_t.where_cond(&h_new, &zeros)?
+            }
+            None => {
+                h = h_new;
+                h.clone()
+            }
+        };
+        steps[t] = Some(out_t);
+    }
+    let steps: Vec<Tensor> = steps.into_iter().flatten().collect();
+    Ok((Tensor::stack(&steps, 0)?, h))
 }
 
 /// PyTorch's gate update with candle ops: `gi` `(B, 3H)` holds `b_ih` and `b_hr`, `b_hz`;

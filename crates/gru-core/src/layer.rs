@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Storage, Tensor, WithDType};
 use crate::activation::Real;
 use crate::error::{GruError, Result};
 use crate::kernel_cpu::{self, Dims, DirSlices, LayerSlices};
-use crate::kernel_ops;
+use crate::kernel_ops::{self, DirTensors};
 use crate::packing::LengthPlan;
 use crate::params::DirectionParams;
 
@@ -110,16 +110,13 @@ impl Layer {
             Kernel::CandleOps => false,
             Kernel::Auto => !x.device().is_metal(),
         };
-        kernel_ops::layer_forward(
-            x,
-            &self.w_ih_t,
-            &self.bias,
-            &self.w_hh_t,
-            &self.b_hn,
-            h0,
-            plan,
-            fused,
-        )
+        let dirs: Vec<DirTensors<'_>> = self
+            .w_hh_t
+            .iter()
+            .zip(&self.b_hn)
+            .map(|(w_hh_t, b_hn)| DirTensors { w_hh_t, b_hn })
+            .collect();
+        kernel_ops::layer_forward(x, &self.w_ih_t, &self.bias, &dirs, h0, plan, fused)
     }
 
     fn forward_cpu<T: Real>(
