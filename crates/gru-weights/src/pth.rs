@@ -55,13 +55,26 @@ pub(crate) fn read_state_dict(
             .by_name(&pkl)
             .map_err(|e| WeightsError::file(path, format!("cannot read {pkl}: {e}")))?;
         let mut reader = BufReader::new(reader);
-        let mut stack = Stack::empty();
-        stack
-            .read_loop(&mut reader)
-            .map_err(|e| WeightsError::file(path, format!("cannot unpickle {pkl}: {e}")))?;
-        stack
-            .finalize()
-            .map_err(|e| WeightsError::file(path, format!("cannot unpickle {pkl}: {e}")))?
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut stack = Stack::empty();
+            stack.read_loop(&mut reader)?;
+            stack.finalize()
+        }));
+        match parsed {
+            Ok(Ok(obj)) => obj,
+            Ok(Err(e)) => {
+                return Err(WeightsError::file(
+                    path,
+                    format!("cannot unpickle {pkl}: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(WeightsError::file(
+                    path,
+                    format!("malformed pickle in {pkl}"),
+                ))
+            }
+        }
     };
     if let Some(class) = pickled_module_class(&obj) {
         return Err(WeightsError::file(
@@ -131,11 +144,56 @@ fn tensors_of(obj: Object, dir: &Path) -> HashMap<String, PthTensor> {
     };
     entries
         .into_iter()
-        .filter_map(|(k, v)| match v.into_tensor_info(k, dir) {
-            Ok(Some(info)) => Some((info.name.clone(), PthTensor { info })),
-            _ => None,
+        .filter(|(_, v)| well_formed(v))
+        .filter_map(|(k, v)| {
+            // Defence in depth: candle's reader indexes into the pickle's tuples.
+            let info = std::panic::catch_unwind(|| v.into_tensor_info(k, dir)).ok()?;
+            match info {
+                Ok(Some(info)) => Some((info.name.clone(), PthTensor { info })),
+                _ => None,
+            }
         })
         .collect()
+}
+
+/// Whether a tensor entry has the tuple sizes that candle's `into_tensor_info` indexes into
+/// (it panics on shorter ones, which a corrupted file can hold). Entries that are not tensors
+/// pass: `into_tensor_info` skips them without indexing.
+fn well_formed(v: &Object) -> bool {
+    let class = |o: &Object, module: &str, name: &str| matches!(o, Object::Class { module_name, class_name } if module_name == module && class_name == name);
+    let Object::Reduce { callable, args } = v else {
+        return true;
+    };
+    let (callable, args): (&Object, &Object) =
+        if class(callable, "torch._tensor", "_rebuild_from_type_v2") {
+            match args.as_ref() {
+                Object::Tuple(a) if a.len() >= 3 => (&a[0], &a[2]),
+                Object::Tuple(_) => return false,
+                _ => return true,
+            }
+        } else if class(callable, "torch._utils", "_rebuild_parameter") {
+            match args.as_ref() {
+                Object::Tuple(a) if !a.is_empty() => match &a[0] {
+                    Object::Reduce { callable, args } => (callable.as_ref(), args.as_ref()),
+                    _ => return true,
+                },
+                Object::Tuple(_) => return false,
+                _ => return true,
+            }
+        } else {
+            (callable.as_ref(), args.as_ref())
+        };
+    if !class(callable, "torch._utils", "_rebuild_tensor_v2") {
+        return true;
+    }
+    match args {
+        Object::Tuple(a) if a.len() >= 4 => match &a[0] {
+            Object::PersistentLoad(p) => !matches!(p.as_ref(), Object::Tuple(s) if s.len() < 5),
+            _ => true,
+        },
+        Object::Tuple(_) => false,
+        _ => true,
+    }
 }
 
 /// `Some("module.Class")` when the pickle is an object of a user class (a whole `nn.Module`).
