@@ -29,7 +29,7 @@ pub enum Format {
 
 enum Source {
     Safetensors(memmap2::Mmap),
-    PyTorch(HashMap<String, PthTensor>),
+    PyTorch(HashMap<String, PthTensor>, pth::Archive),
 }
 
 /// An opened weight file.
@@ -82,8 +82,7 @@ impl WeightFile {
         }
         let mmap = map(path, &file)?;
         if mmap.starts_with(b"PK\x03\x04") || mmap.starts_with(b"PK\x05\x06") {
-            drop(mmap);
-            let (tensors, state_dict_key) = pth::read_state_dict(path, key)?;
+            let (tensors, state_dict_key, archive) = pth::read_state_dict(path, mmap, key)?;
             let mut infos: Vec<TensorInfo> = tensors
                 .iter()
                 .map(|(name, t)| TensorInfo {
@@ -95,7 +94,7 @@ impl WeightFile {
             infos.sort_by(|a, b| a.name.cmp(&b.name));
             return Ok(Self {
                 path: path.to_path_buf(),
-                source: Source::PyTorch(tensors),
+                source: Source::PyTorch(tensors, archive),
                 infos,
                 state_dict_key,
             });
@@ -127,7 +126,7 @@ impl WeightFile {
     pub fn format(&self) -> Format {
         match self.source {
             Source::Safetensors(_) => Format::Safetensors,
-            Source::PyTorch(_) => Format::PyTorch,
+            Source::PyTorch(..) => Format::PyTorch,
         }
     }
 
@@ -155,7 +154,7 @@ impl WeightFile {
                 .ok()
                 .and_then(|(_, m)| m.metadata().clone())
                 .unwrap_or_default(),
-            Source::PyTorch(_) => HashMap::new(),
+            Source::PyTorch(..) => HashMap::new(),
         }
     }
 
@@ -177,9 +176,9 @@ impl WeightFile {
                     reason: format!("cannot be read from {}: {e}", self.path.display()),
                 })
             }
-            Source::PyTorch(tensors) => {
+            Source::PyTorch(tensors, archive) => {
                 let t = tensors.get(name).ok_or_else(missing)?;
-                Ok(pth::load_tensor(&self.path, t)?.to_device(device)?)
+                Ok(pth::load_tensor(&self.path, archive, t)?.to_device(device)?)
             }
         }
     }

@@ -2,7 +2,7 @@
 //! reader: a plain state_dict, or a state_dict nested in a training checkpoint dict.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Cursor, Read};
 use std::path::Path;
 
 use candle_core::pickle::{Object, Stack, TensorInfo};
@@ -27,21 +27,34 @@ pub(crate) struct PthTensor {
     pub info: TensorInfo,
 }
 
-fn open_zip(path: &Path) -> Result<zip::ZipArchive<BufReader<std::fs::File>>> {
-    let f = std::fs::File::open(path)
-        .map_err(|e| WeightsError::file(path, format!("cannot open: {e}")))?;
-    zip::ZipArchive::new(BufReader::new(f))
+/// The checkpoint's zip archive over the memory-mapped file: its directory is parsed once, and
+/// every tensor is read from the mapping.
+pub(crate) type Archive = zip::ZipArchive<Cursor<SharedMap>>;
+
+/// A cheaply clonable handle on the mapping, so that each read gets its own cursor.
+#[derive(Clone)]
+pub(crate) struct SharedMap(std::sync::Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for SharedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn open_zip(path: &Path, mmap: memmap2::Mmap) -> Result<Archive> {
+    zip::ZipArchive::new(Cursor::new(SharedMap(std::sync::Arc::new(mmap))))
         .map_err(|e| WeightsError::file(path, format!("not a readable PyTorch zip file: {e}")))
 }
 
 /// Reads `data.pkl` and finds the state_dict: the top-level dict if it holds tensors, else the
 /// entry `key`, else the first of `STATE_DICT_KEYS` present, else the first nested dict of tensors.
-/// Returns the tensors and the key they were found under.
+/// Returns the tensors, the key they were found under, and the archive to read them from.
 pub(crate) fn read_state_dict(
     path: &Path,
+    mmap: memmap2::Mmap,
     key: Option<&str>,
-) -> Result<(HashMap<String, PthTensor>, Option<String>)> {
-    let mut zip = open_zip(path)?;
+) -> Result<(HashMap<String, PthTensor>, Option<String>, Archive)> {
+    let mut zip = open_zip(path, mmap)?;
     let pkl = zip
         .file_names()
         .filter_map(|f| f.ok().map(|f| f.into_owned()))
@@ -106,11 +119,11 @@ pub(crate) fn read_state_dict(
                 format!("checkpoint key `{key}` holds no tensors"),
             ));
         }
-        return Ok((tensors, Some(key.to_string())));
+        return Ok((tensors, Some(key.to_string()), zip));
     }
     let top = tensors_of(Object::Dict(entries.clone()), dir);
     if !top.is_empty() {
-        return Ok((top, None));
+        return Ok((top, None, zip));
     }
     let mut nested: Vec<(String, Object)> = entries
         .into_iter()
@@ -128,7 +141,7 @@ pub(crate) fn read_state_dict(
     for (k, v) in nested {
         let tensors = tensors_of(v, dir);
         if !tensors.is_empty() {
-            return Ok((tensors, Some(k)));
+            return Ok((tensors, Some(k), zip));
         }
     }
     Err(WeightsError::file(
@@ -217,13 +230,14 @@ fn pickled_module_class(obj: &Object) -> Option<String> {
 }
 
 /// Reads one tensor's data from the zip (contiguous or Fortran-contiguous layouts).
-pub(crate) fn load_tensor(path: &Path, t: &PthTensor) -> Result<Tensor> {
+pub(crate) fn load_tensor(path: &Path, archive: &Archive, t: &PthTensor) -> Result<Tensor> {
     let info = &t.info;
     let bad = |reason: String| WeightsError::Tensor {
         name: info.name.clone(),
         reason: format!("{reason} (in {})", path.display()),
     };
-    let mut zip = open_zip(path)?;
+    // A clone shares the parsed directory and the mapping; it only has its own read position.
+    let mut zip = archive.clone();
     let mut reader = zip
         .by_name(&info.path)
         .map_err(|e| bad(format!("storage {} unreadable: {e}", info.path)))?;
