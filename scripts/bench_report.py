@@ -56,7 +56,7 @@ def table(runs, extra):
         share = f"; large reaches {100 * med(large, 'gflops') / sg['gflops']:.0f} % of it" if large else ""
         out += f"\n\ncandle sgemm {sg['size']}^3 in the same run: {sg['gflops']:.1f} GFLOP/s{share}."
     if extra.get("torch_version"):
-        out += f" PyTorch {extra['torch_version']}."
+        out += f"\n\nPyTorch {extra['torch_version']}."
     return out
 
 
