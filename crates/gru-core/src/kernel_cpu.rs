@@ -546,8 +546,8 @@ pub(crate) fn gate_update<T: Real>(
     }
 }
 
-/// `c = a @ b` (or `c += a @ b` with `accumulate`), all row-major: `a` `(m, k)`, `b` `(k, n)`,
-/// `c` `(m, n)`.
+/// `c = a @ b` (or `c += a @ b` with `accumulate`), all row-major: `a` `(m, k)`, `b` `(k, n)`
+/// with row stride `b_rs` (>= n: a column block of a wider matrix), `c` `(m, n)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul<T: Real>(
@@ -556,11 +556,13 @@ pub(crate) fn matmul<T: Real>(
     n: usize,
     a: &[T],
     b: &[T],
+    b_rs: usize,
     c: &mut [T],
     accumulate: bool,
     par: Parallelism,
 ) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    assert!(a.len() >= m * k && c.len() >= m * n && b_rs >= n);
+    assert!(k == 0 || b.len() >= (k - 1) * b_rs + n);
     if m * k * n <= SMALL_MATMUL {
         for i in 0..m {
             let c_row = &mut c[i * n..(i + 1) * n];
@@ -569,7 +571,7 @@ pub(crate) fn matmul<T: Real>(
             }
             for kk in 0..k {
                 let av = a[i * k + kk];
-                let b_row = &b[kk * n..(kk + 1) * n];
+                let b_row = &b[kk * b_rs..kk * b_rs + n];
                 for j in 0..n {
                     c_row[j] += av * b_row[j];
                 }
@@ -577,8 +579,8 @@ pub(crate) fn matmul<T: Real>(
         }
         return;
     }
-    // SAFETY: the asserts above bound every access: `a` is m x k, `b` k x n and `c` m x n, all
-    // row-major (row stride = columns, column stride 1), and `c` does not alias `a` or `b`.
+    // SAFETY: the asserts above bound every access: `a` is m x k (row stride k), `b` k x n (row
+    // stride b_rs), `c` m x n (row stride n), column strides 1; `c` aliases neither input.
     unsafe {
         gemm::gemm(
             m,
@@ -593,7 +595,7 @@ pub(crate) fn matmul<T: Real>(
             k as isize,
             b.as_ptr(),
             1,
-            n as isize,
+            b_rs as isize,
             if accumulate { T::one() } else { T::zero() },
             T::one(),
             false,
@@ -618,49 +620,11 @@ fn project<T: Real>(
     dst: &mut [T],
     par: Parallelism,
 ) {
-    assert!(x.len() >= m * k && dst.len() >= m * n && bias.len() == n);
-    assert!(k == 0 || w.len() >= (k - 1) * w_rs + n);
+    assert!(dst.len() >= m * n && bias.len() == n);
     for row in dst.chunks_exact_mut(n).take(m) {
         row.copy_from_slice(bias);
     }
-    if m * k * n <= SMALL_MATMUL {
-        for i in 0..m {
-            let d_row = &mut dst[i * n..(i + 1) * n];
-            for kk in 0..k {
-                let xv = x[i * k + kk];
-                let w_row = &w[kk * w_rs..kk * w_rs + n];
-                for j in 0..n {
-                    d_row[j] += xv * w_row[j];
-                }
-            }
-        }
-        return;
-    }
-    // SAFETY: bounds asserted above: `x` is m x k (row stride k), `w` k x n with row stride
-    // `w_rs`, `dst` m x n (row stride n) and aliases neither.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            1,
-            w_rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    matmul(m, k, n, x, w, w_rs, dst, true, par);
 }
 
 /// `gh = h @ w_t` for the recurrent step: `h` `(m, k)`, `w_t` `(k, n)`, `gh` `(m, n)`, row-major.
@@ -680,7 +644,7 @@ fn recurrent_matmul<T: Real>(
 ) {
     assert!(h.len() >= m * k && w_t.len() >= k * n && gh.len() >= m * n);
     if m * k * n <= SMALL_MATMUL {
-        return matmul(m, k, n, h, w_t, gh, false, Parallelism::None);
+        return matmul(m, k, n, h, w_t, n, gh, false, Parallelism::None);
     }
     // SAFETY: bounds asserted above. Column-major views: lhs `w_t^T` (n x k) with column stride
     // n, rhs `h^T` (k x m) with column stride k, dst `gh^T` (n x m) with column stride n; `gh`
@@ -731,11 +695,11 @@ mod tests {
             let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 11) as f64) * 0.5).collect();
             let want = naive(m, k, n, &a, &b);
             let mut c = vec![1.0; m * n];
-            matmul(m, k, n, &a, &b, &mut c, true, Parallelism::None);
+            matmul(m, k, n, &a, &b, n, &mut c, true, Parallelism::None);
             for (x, y) in c.iter().zip(&want) {
                 assert!((x - (y + 1.0)).abs() < 1e-9);
             }
-            matmul(m, k, n, &a, &b, &mut c, false, Parallelism::None);
+            matmul(m, k, n, &a, &b, n, &mut c, false, Parallelism::None);
             assert_eq!(c, want);
             recurrent_matmul(Parallelism::None, m, k, n, &a, &b, &mut c);
             assert_eq!(c, want);
