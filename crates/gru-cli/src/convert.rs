@@ -7,12 +7,8 @@ use gru_weights::{save_gru, save_gru_cell, WeightFile};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .safetensors state_dict or a .pt/.pth checkpoint.
-    #[arg(long)]
-    weights: PathBuf,
-    /// Module path of the GRU in the input (needed when it holds several).
-    #[arg(long)]
-    prefix: Option<String>,
+    #[command(flatten)]
+    source: crate::WeightsArgs,
     /// Take the GRUCell instead of the GRU.
     #[arg(long)]
     cell: bool,
@@ -29,14 +25,14 @@ pub struct Args {
 
 pub fn main(a: Args) -> anyhow::Result<()> {
     let dtype = a.dtype.as_deref().map(crate::parse_dtype).transpose()?;
-    let file = WeightFile::open(&a.weights)?;
+    let file = WeightFile::open(&a.source.weights)?;
     let dev = candle_core::Device::Cpu;
     let report = if a.cell {
-        let (cell, report) = file.gru_cell(a.prefix.as_deref(), dtype, &dev)?;
+        let (cell, report) = file.gru_cell(a.source.prefix.as_deref(), dtype, &dev)?;
         save_gru_cell(&cell, &a.out_prefix, &a.out)?;
         report
     } else {
-        let (gru, report) = file.gru(a.prefix.as_deref(), dtype, &dev)?;
+        let (gru, report) = file.gru(a.source.prefix.as_deref(), dtype, &dev)?;
         save_gru(&gru, &a.out_prefix, &a.out)?;
         report
     };

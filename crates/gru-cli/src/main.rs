@@ -37,6 +37,17 @@ enum Command {
     Sgemm(bench::SgemmArgs),
 }
 
+/// Where a command takes its GRU from.
+#[derive(clap::Args)]
+pub struct WeightsArgs {
+    /// A .safetensors state_dict or a .pt/.pth checkpoint (plain or a training checkpoint dict).
+    #[arg(long)]
+    weights: std::path::PathBuf,
+    /// Module path of the GRU in the file (needed when it holds several), e.g. `encoder.rnn`.
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
 /// Exit code 2: a case or a command could not run (bad input, missing file, ...).
 pub const EXIT_ERROR: u8 = 2;
 

@@ -10,12 +10,8 @@ use gru_weights::WeightFile;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Weights: a .safetensors state_dict or a .pt/.pth checkpoint.
-    #[arg(long)]
-    weights: PathBuf,
-    /// Module path of the GRU in the weights (needed when the file holds several).
-    #[arg(long)]
-    prefix: Option<String>,
+    #[command(flatten)]
+    source: crate::WeightsArgs,
     /// Input: a .npy file, or a safetensors file holding `input` (or a single tensor).
     #[arg(long)]
     input: PathBuf,
@@ -103,8 +99,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     crate::set_allow_tf32(a.allow_tf32);
     let device = crate::parse_device(&a.device)?;
     let dtype = a.dtype.as_deref().map(crate::parse_dtype).transpose()?;
-    let file = WeightFile::open(&a.weights)?;
-    let (gru, report) = file.gru(a.prefix.as_deref(), dtype, &device)?;
+    let file = WeightFile::open(&a.source.weights)?;
+    let (gru, report) = file.gru(a.source.prefix.as_deref(), dtype, &device)?;
     let gru = gru.with_batch_first(a.batch_first);
     if !report.unused_under_prefix.is_empty() {
         eprintln!(
