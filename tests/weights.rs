@@ -356,3 +356,34 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn load_report_names_unused_tensors_under_the_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = WeightFile::open(fixture("dataparallel.safetensors")).unwrap();
+    let mut map = std::collections::HashMap::new();
+    for t in f.tensors() {
+        map.insert(t.name.clone(), f.load(&t.name, &Device::Cpu).unwrap());
+    }
+    // A parameter nn.GRU does not have (as a projection would add) and an unrelated head.
+    map.insert(
+        "module.gru.weight_hr_l0".into(),
+        Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap(),
+    );
+    map.insert(
+        "module.head.weight".into(),
+        Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let p = dir.path().join("extra.safetensors");
+    candle_core::safetensors::save(&map, &p).unwrap();
+    let (_, report) = WeightFile::open(&p)
+        .unwrap()
+        .gru(None, None, &Device::Cpu)
+        .unwrap();
+    assert_eq!(
+        report.unused_under_prefix,
+        vec!["module.gru.weight_hr_l0".to_string()]
+    );
+    assert_eq!(report.applied.len(), 8);
+    assert_eq!(report.other_tensors, 1);
+}
