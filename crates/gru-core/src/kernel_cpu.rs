@@ -228,6 +228,9 @@ fn advance_body<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
 /// cost more in synchronisation than it saves.
 const SPLIT_WORK: usize = 1 << 17;
 
+/// Most threads one direction's steps are split across.
+const MAX_TEAM: usize = 8;
+
 /// Fewer steps than this run on one thread (with the GEMM library's own threading).
 const MIN_SPLIT_STEPS: usize = 16;
 
@@ -253,7 +256,8 @@ fn chunks<T: Real>(
     // Splitting costs a copy of W_hh^T and a thread start per call: worth it over many steps
     // (a GRUCell or a short streamed chunk lets the GEMM library thread its matmul instead).
     let n = if threads > 1 && work >= SPLIT_WORK && seq_len >= MIN_SPLIT_STEPS {
-        threads.min(hidden / 16).max(1)
+        // At least 32 units per member, and few enough members that the barrier stays cheap.
+        threads.min(hidden / 32).min(MAX_TEAM).max(1)
     } else {
         1
     };
