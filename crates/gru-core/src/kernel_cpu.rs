@@ -257,7 +257,7 @@ fn chunks<T: Real>(
     // (a GRUCell or a short streamed chunk lets the GEMM library thread its matmul instead).
     let n = if threads > 1 && work >= SPLIT_WORK && seq_len >= MIN_SPLIT_STEPS {
         // At least 32 units per member, and few enough members that the barrier stays cheap.
-        threads.min(hidden / 32).min(MAX_TEAM).max(1)
+        threads.min(hidden / 32).clamp(1, MAX_TEAM)
     } else {
         1
     };
