@@ -159,19 +159,21 @@ fn run_writes_pytorchs_output() {
     let dir = tempfile::tempdir().unwrap();
     let case = root().join("models/reference/varlen_bi_l2_h0.case.safetensors");
     let out = dir.path().join("out.safetensors");
-    let (code, stdout, stderr) = gru(&[
+    let h0 = dir.path().join("h0.npy");
+    let args = [
         "run",
         "--weights",
         "models/reference/varlen_bi_l2_h0.safetensors",
         "--input",
         case.to_str().unwrap(),
         "--h0",
-        dir.path().join("h0.npy").to_str().unwrap(),
+        h0.to_str().unwrap(),
         "--lengths",
         "3,7,1,7,5",
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    let (code, stdout, stderr) = gru(&args);
     // h0.npy does not exist yet: a one-line error naming it, exit 2.
     assert_eq!(code, 2, "{stdout}");
     assert!(
@@ -179,23 +181,8 @@ fn run_writes_pytorchs_output() {
         "{stderr}"
     );
     let c = WeightFile::open(&case).unwrap();
-    c.load("h0", &Device::Cpu)
-        .unwrap()
-        .write_npy(dir.path().join("h0.npy"))
-        .unwrap();
-    let (code, stdout, stderr) = gru(&[
-        "run",
-        "--weights",
-        "models/reference/varlen_bi_l2_h0.safetensors",
-        "--input",
-        case.to_str().unwrap(),
-        "--h0",
-        dir.path().join("h0.npy").to_str().unwrap(),
-        "--lengths",
-        "3,7,1,7,5",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    c.load("h0", &Device::Cpu).unwrap().write_npy(&h0).unwrap();
+    let (code, stdout, stderr) = gru(&args);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let got = WeightFile::open(&out).unwrap();
     let cmp = gru_verify::compare(

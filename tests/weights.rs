@@ -11,6 +11,14 @@ fn fixture(name: &str) -> PathBuf {
     models_dir().join("fixtures").join(name)
 }
 
+/// Every tensor of `f`, by name.
+fn load_all(f: &WeightFile) -> std::collections::HashMap<String, Tensor> {
+    f.tensors()
+        .iter()
+        .map(|t| (t.name.clone(), f.load(&t.name, &Device::Cpu).unwrap()))
+        .collect()
+}
+
 fn same(a: &Tensor, b: &Tensor) -> bool {
     a.dims() == b.dims()
         && a.dtype() == b.dtype()
@@ -194,11 +202,7 @@ fn load_save_load_is_identical() {
 #[test]
 fn non_finite_weights_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let f = WeightFile::open(fixture("dataparallel.safetensors")).unwrap();
-    let mut map = std::collections::HashMap::new();
-    for t in f.tensors() {
-        map.insert(t.name.clone(), f.load(&t.name, &Device::Cpu).unwrap());
-    }
+    let mut map = load_all(&WeightFile::open(fixture("dataparallel.safetensors")).unwrap());
     let w = map["module.gru.weight_hh_l1"].clone();
     let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     v[5] = f32::NAN;
@@ -360,11 +364,7 @@ mod fuzz {
 #[test]
 fn load_report_names_unused_tensors_under_the_prefix() {
     let dir = tempfile::tempdir().unwrap();
-    let f = WeightFile::open(fixture("dataparallel.safetensors")).unwrap();
-    let mut map = std::collections::HashMap::new();
-    for t in f.tensors() {
-        map.insert(t.name.clone(), f.load(&t.name, &Device::Cpu).unwrap());
-    }
+    let mut map = load_all(&WeightFile::open(fixture("dataparallel.safetensors")).unwrap());
     // A parameter nn.GRU does not have (as a projection would add) and an unrelated head.
     map.insert(
         "module.gru.weight_hr_l0".into(),
