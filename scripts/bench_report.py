@@ -60,6 +60,24 @@ def table(runs, extra):
     return out
 
 
+def all_impls_table(runs):
+    """Every implementation found (e.g. ours, ours-step, ours-persistent on CUDA) against PyTorch."""
+    impls = sorted({i for (_, i) in runs if i != "pytorch"})
+    head = " | ".join(f"{i} ms" for i in impls) + " | PyTorch ms | " + " | ".join(f"{i}/PyTorch" for i in impls)
+    lines = [f"| config | {head} |", "| --- |" + " ---: |" * (2 * len(impls) + 1)]
+    for c in ORDER:
+        p = runs.get((c, "pytorch"))
+        pm = med(p, "median_ms") if p else None
+        ms = [med(runs[(c, i)], "median_ms") if (c, i) in runs else None for i in impls]
+        if all(m is None for m in ms):
+            continue
+        cell = lambda v: "-" if v is None else (f"{v:.3f}" if v < 10 else f"{v:.1f}")
+        ratio = lambda v: "-" if v is None or not pm else f"{v / pm:.2f}"
+        lines.append(f"| {c} | " + " | ".join(cell(m) for m in ms) + f" | {cell(pm)} | "
+                     + " | ".join(ratio(m) for m in ms) + " |")
+    return "\n".join(lines)
+
+
 def svg(runs, path):
     configs = [c for c in ORDER if (c, "ours") in runs]
     w, h, left, bottom, top = 760, 360, 60, 50, 30
@@ -97,9 +115,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
     ap.add_argument("--plot")
+    ap.add_argument("--all-impls", action="store_true",
+                    help="one column per implementation found, each against PyTorch")
     a = ap.parse_args()
     runs, extra = load(a.results)
-    print(table(runs, extra))
+    print(all_impls_table(runs) if a.all_impls else table(runs, extra))
     if a.plot:
         svg(runs, a.plot)
 

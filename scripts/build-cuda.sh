@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds `gru` with `--features cuda` on a machine without a GPU or a CUDA install.
 #
-#   scripts/build-cuda.sh [--check]      # --check: `cargo check` only (what CI runs), no binary
+#   scripts/build-cuda.sh [--check|--pack]   # --check: `cargo check` only, no binary;
+#                                            # --pack: also xz the binaries for carrying
 #
 # candle-core's `cuda` feature compiles its kernels to PTX with nvcc at build time and links (not
 # dlopens) libcuda.so.1, libcublas.so.13, libcurand.so.10, libcudart.so.13 (and NVRTC). This script
@@ -12,13 +13,15 @@
 # has the real libraries. The stub is never shipped: on the GPU machine the driver's libcuda.so.1
 # is found instead.
 #
-# Output: target/cuda/release/gru (stripped copy: target/cuda/gru). About 1.2 GiB of wheels and
-# 7-10 minutes on 2 cores the first time.
+# Output: target/cuda/gru (stripped `gru`) and target/cuda/gpu-tests (stripped test binary of
+# tests/gpu.rs), with --pack also their .xz. About 1.2 GiB of wheels and 10-15 minutes on 2 cores
+# the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=build
 [ "${1:-}" = "--check" ] && MODE=check
+[ "${1:-}" = "--pack" ] && MODE=pack
 PY=${PYTHON:-python3}
 WHEELS=${CUDA_WHEELS_DIR:-$PWD/target/cuda-toolkit}
 SITE="$WHEELS/site"
@@ -89,4 +92,13 @@ fi
 cargo build --release -p gru-cli --features cuda
 cp target/cuda/release/gru target/cuda/gru
 strip target/cuda/gru
-ls -la target/cuda/gru
+# The GPU test binary: cargo prints its path as the last "executable" of the build.
+exe=$(cargo test --release --features cuda --test gpu --no-run --message-format=json |
+  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -n "$exe" ] || { echo "no test executable built" >&2; exit 1; }
+cp "$exe" target/cuda/gpu-tests
+strip target/cuda/gpu-tests
+if [ "$MODE" = pack ]; then
+  for f in target/cuda/gru target/cuda/gpu-tests; do xz -T2 -6 -kf "$f"; done
+fi
+ls -la target/cuda/gru* target/cuda/gpu-tests*

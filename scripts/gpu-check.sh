@@ -1,32 +1,93 @@
 #!/usr/bin/env bash
-# One short run on a GPU machine (CUDA 13 driver, PyTorch, Python; no Rust, no network):
-# parity of every shipped case on CUDA, then the CPU-speed grid on CUDA for candle-gru and for
-# PyTorch (cuDNN), alternating, with the ratio table last. Must finish in under 5 minutes.
+# One short run on a GPU machine (CUDA 13 driver, PyTorch, Python; no Rust, no network), under
+# 5 minutes: preflight (GPU, driver, the binary's libraries), ONE case, then every case with every
+# kernel, `--device auto`, the GPU test binary (4 host threads sharing one model), a checkpoint
+# saved by PyTorch from a real CUDA model, and the speed grid against PyTorch (cuDNN), alternating.
 #
-#   scripts/gpu-check.sh LOGDIR [GRU_BINARY]
+#   scripts/gpu-check.sh LOGDIR [GRU_BINARY [GPU_TEST_BINARY]]
 #
-# GRU_BINARY defaults to target/cuda/gru (from scripts/build-cuda.sh), carried to the machine.
-# DEVICE=cpu runs the same steps on the CPU (a dry run of the script without a GPU).
+# The binaries come from scripts/build-cuda.sh (target/cuda/gru and target/cuda/gpu-tests, or
+# their .xz, which this script unpacks). DEVICE=cpu runs the same steps on the CPU (a dry run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-LOG=${1:?usage: gpu-check.sh LOGDIR [GRU_BINARY]}
+LOG=${1:?usage: gpu-check.sh LOGDIR [GRU_BINARY [GPU_TEST_BINARY]]}
 GRU=${2:-target/cuda/gru}
+GPU_TESTS=${3:-target/cuda/gpu-tests}
 PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$LOG"
+LOG=$(cd "$LOG" && pwd)
 exec > >(tee "$LOG/gpu-check.log") 2>&1
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+START=$SECONDS
+stamp() { echo "== [$((SECONDS - START)) s] $*"; }
 
-echo "== device"
+unpack() { # a binary or its .xz -> a runnable path on stdout
+  local p=$1 out
+  if [ -f "$p" ]; then echo "$p"; return; fi
+  if [ -f "$p.xz" ]; then
+    out="/tmp/$(basename "$p")"
+    xz -dc "$p.xz" >"$out" 2>/dev/null ||
+      "$PYTHON" -c 'import lzma,sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$p.xz" >"$out"
+    chmod +x "$out"; echo "$out"; return
+  fi
+  echo "$p"
+}
+GRU=$(unpack "$GRU")
+GPU_TESTS=$(unpack "$GPU_TESTS")
+
+stamp "preflight"
 nvidia-smi -L || echo "nvidia-smi failed"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader || true
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'
+ls -la "$GRU" "$GPU_TESTS" 2>&1
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+# Libraries the binary cannot find in /usr/local/cuda/lib64 are taken from the NVIDIA wheels that
+# PyTorch installed, for the `gru` command lines only (never for the PyTorch runs).
+GRU_LIBS=$LD_LIBRARY_PATH
+missing=$(ldd "$GRU" | grep "not found" || true)
+echo "ldd $GRU:"; ldd "$GRU" | grep -E "cuda|cublas|curand|nvrtc|not found" || true
+if [ -n "$missing" ]; then
+  echo "missing: $missing"
+  wheel_libs=$("$PYTHON" -c 'import glob, os, site; print(":".join(sorted(set(os.path.dirname(p) for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/**/lib*.so*", recursive=True)))))')
+  GRU_LIBS="$LD_LIBRARY_PATH:$wheel_libs"
+  echo "falling back to PyTorch's NVIDIA libraries: $wheel_libs"
+  LD_LIBRARY_PATH=$GRU_LIBS ldd "$GRU" | grep "not found" || echo "all libraries found now"
+fi
+gru() { # gru SECONDS ARGS...: the binary with its libraries, under a time limit
+  local limit=$1; shift
+  LD_LIBRARY_PATH=$GRU_LIBS timeout "$limit" "$GRU" "$@"
+}
 
-echo "== parity on $DEVICE (default tolerances)"
-timeout 120 "$GRU" verify models --device "$DEVICE"
-echo "verify exit code: $?"
+stamp "one case on $DEVICE"
+gru 60 verify models/reference/uni_l1_h0.case.safetensors --device "$DEVICE"
+echo "one-case exit code: $?"
 
-echo "== speed on $DEVICE, ours vs PyTorch (cuDNN on cuda), alternating"
+for k in auto persistent step ops; do
+  stamp "every case on $DEVICE, --kernel $k"
+  gru 120 verify models --device "$DEVICE" --kernel "$k"
+  echo "verify --kernel $k exit code: $?"
+done
+
+stamp "--device auto"
+gru 60 verify models/reference/uni_l1_h0.case.safetensors --device auto
+echo "auto exit code: $?"
+
+if [ -x "$GPU_TESTS" ] && [ "$DEVICE" = cuda ]; then
+  stamp "GPU tests (4 host threads, every kernel)"
+  GRU_MODELS_DIR=$PWD/models LD_LIBRARY_PATH=$GRU_LIBS timeout 120 "$GPU_TESTS" --test-threads 1
+  echo "gpu tests exit code: $?"
+fi
+
+if [ "$DEVICE" = cuda ]; then
+  stamp "a checkpoint saved by PyTorch from a CUDA model"
+  timeout 60 "$PYTHON" scripts/gpu_cuda_checkpoint.py "$LOG/cuda_ckpt" &&
+    for dev in cuda cpu; do
+      gru 60 verify "$LOG/cuda_ckpt" --device "$dev"
+      echo "cuda checkpoint on $dev exit code: $?"
+    done
+fi
+
+stamp "speed on $DEVICE: ours (auto, step, persistent) vs PyTorch (cuDNN on cuda), alternating"
 RESULTS="$LOG/results.jsonl"
 : >"$RESULTS"
 GRID=(
@@ -41,11 +102,15 @@ for round in 1 2; do
   for row in "${GRID[@]}"; do
     IFS='|' read -r name args iters <<<"$row"
     common="$args --device $DEVICE --warmup 3 --iters $iters --json"
-    # shellcheck disable=SC2086
-    timeout 60 "$GRU" bench $common --impl ours | tag "$name" "$round" >>"$RESULTS"
+    for impl in ours ours-step ours-persistent; do
+      # shellcheck disable=SC2086
+      gru 60 bench $common --impl $impl | tag "$name" "$round" >>"$RESULTS"
+    done
     # shellcheck disable=SC2086
     timeout 60 "$PYTHON" scripts/bench_torch.py $common | tag "$name" "$round" >>"$RESULTS"
   done
+  stamp "round $round done"
 done
-echo "== table (ratio = ours / PyTorch cuDNN)"
-"$PYTHON" scripts/bench_report.py "$RESULTS" --plot "$LOG/$DEVICE.svg"
+stamp "table (ratio = ours / PyTorch cuDNN, medians of 2 rounds)"
+"$PYTHON" scripts/bench_report.py "$RESULTS" --all-impls
+stamp "done"

@@ -144,12 +144,13 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     });
 
     let mut forward: Box<dyn FnMut() -> anyhow::Result<()>> = match a.implementation.as_str() {
-        "ours" | "ours-ops" => {
+        "ours" | "ours-ops" | "ours-step" | "ours-persistent" => {
             let vb = VarBuilder::from_tensors(sd, dtype, &device);
-            let kernel = if a.implementation == "ours" {
-                Kernel::Auto
-            } else {
-                Kernel::CandleOps
+            let kernel = match a.implementation.as_str() {
+                "ours" => Kernel::Auto,
+                "ours-step" => Kernel::FusedStep,
+                "ours-persistent" => Kernel::Persistent,
+                _ => Kernel::CandleOps,
             };
             let gru = Gru::new(config, vb)?.with_kernel(kernel);
             let lengths = lengths.clone();
@@ -198,7 +199,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        other => bail!("--impl `{other}`: expected ours, ours-ops or candle-nn"),
+        other => bail!(
+            "--impl `{other}`: expected ours, ours-step, ours-persistent, ours-ops or candle-nn"
+        ),
     };
 
     for _ in 0..a.warmup {

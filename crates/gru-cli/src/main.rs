@@ -108,9 +108,28 @@ pub fn parse_dtype(s: &str) -> anyhow::Result<candle_core::DType> {
     })
 }
 
-/// Parses `--device`.
+/// Parses `--kernel`.
+pub fn parse_kernel(s: &str) -> anyhow::Result<gru_core::Kernel> {
+    use gru_core::Kernel;
+    Ok(match s {
+        "auto" => Kernel::Auto,
+        "step" => Kernel::FusedStep,
+        "persistent" => Kernel::Persistent,
+        "ops" => Kernel::CandleOps,
+        other => anyhow::bail!(
+            "--kernel `{}`: expected auto, step, persistent or ops",
+            other.escape_debug()
+        ),
+    })
+}
+
+/// Parses `--device`; `auto` says on stderr what it chose and why.
 pub fn parse_device(s: &str) -> anyhow::Result<candle_core::Device> {
-    Ok(gru_core::device(s)?)
+    let (device, note) = s.parse::<gru_core::DeviceSpec>()?.open_explained()?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    Ok(device)
 }
 
 /// `--allow-tf32`: let cuBLAS use TF32 for f32 matmuls (faster on Ampere and later, ~1e-3

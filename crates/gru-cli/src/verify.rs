@@ -32,6 +32,10 @@ pub struct Args {
     /// Let cuBLAS use TF32 for f32 matmuls (CUDA; off by default, as in PyTorch).
     #[arg(long)]
     allow_tf32: bool,
+    /// Recurrence implementation: auto, step (fused per-step kernel), persistent (CUDA: one
+    /// launch per layer) or ops (candle ops).
+    #[arg(long, default_value = "auto")]
+    kernel: String,
 }
 
 enum Outcome {
@@ -48,7 +52,7 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
         dtype: a.dtype.as_deref().map(crate::parse_dtype).transpose()?,
         atol: a.atol,
         rtol: a.rtol,
-        ..RunOptions::default()
+        kernel: crate::parse_kernel(&a.kernel)?,
     };
     let cases = find_cases(&a.paths);
     if cases.is_empty() {

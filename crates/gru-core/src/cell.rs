@@ -5,7 +5,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::GruConfig;
 use crate::error::{GruError, Result};
-use crate::layer::{compute_dtype, Kernel, Layer};
+use crate::layer::{compute_dtype, Kernel, Layer, RunContext};
 use crate::packing::LengthPlan;
 use crate::params::{DirectionParams, ParamNames};
 
@@ -27,6 +27,7 @@ impl GruCell {
         GruConfig::new(input_size, hidden_size)
             .with_bias(bias)
             .validate()?;
+        crate::device::check_dtype_supported(vb.device(), vb.dtype())?;
         let params =
             DirectionParams::load(&vb, &ParamNames::cell(), input_size, hidden_size, bias)?;
         Ok(Self {
@@ -120,9 +121,9 @@ impl GruCell {
             )?);
         }
         let x = x.unsqueeze(0)?.to_dtype(cdt)?.contiguous()?;
-        let (_, h_n) = self
-            .layer
-            .forward(&x, &h, &LengthPlan::full(batch, 1), self.kernel)?;
+        let plan = LengthPlan::full(batch, 1);
+        let ctx = RunContext::new(&plan, &self.device, self.kernel)?;
+        let (_, h_n) = self.layer.forward(&x, &h, &plan, self.kernel, &ctx)?;
         let h_n = h_n.squeeze(0)?.to_dtype(self.dtype)?;
         Ok(if batched { h_n } else { h_n.squeeze(0)? })
     }

@@ -65,22 +65,36 @@ impl DeviceSpec {
     /// Opens the device. Never panics: a backend that is not compiled in, or a GPU that is not
     /// present, is an error that says what to do.
     pub fn device(self) -> Result<Device> {
+        self.open_explained().map(|(device, _)| device)
+    }
+
+    /// Opens the device; for `Auto` also a one-line note of what was chosen and, when it is the
+    /// CPU, why no GPU was (for a CLI to print on stderr).
+    pub fn open_explained(self) -> Result<(Device, Option<String>)> {
         match self {
-            DeviceSpec::Cpu => Ok(Device::Cpu),
-            DeviceSpec::Cuda(n) => open_cuda(n),
-            DeviceSpec::Metal(n) => open_metal(n),
+            DeviceSpec::Cpu => Ok((Device::Cpu, None)),
+            DeviceSpec::Cuda(n) => open_cuda(n).map(|d| (d, None)),
+            DeviceSpec::Metal(n) => open_metal(n).map(|d| (d, None)),
             DeviceSpec::Auto => {
-                if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                    if let Ok(dev) = open_cuda(0) {
-                        return Ok(dev);
+                let mut why = Vec::new();
+                for gpu in [DeviceSpec::Cuda(0), DeviceSpec::Metal(0)] {
+                    let (compiled, feature) = match gpu {
+                        DeviceSpec::Cuda(_) => (cfg!(feature = "cuda"), "cuda"),
+                        _ => (cfg!(feature = "metal"), "metal"),
+                    };
+                    if !compiled {
+                        why.push(format!(
+                            "no {feature} support compiled in (--features {feature})"
+                        ));
+                        continue;
+                    }
+                    match gpu.device() {
+                        Ok(dev) => return Ok((dev, Some(format!("--device auto: chose {gpu}")))),
+                        Err(e) => why.push(format!("{gpu} unavailable: {e}")),
                     }
                 }
-                if cfg!(feature = "metal") && candle_core::utils::metal_is_available() {
-                    if let Ok(dev) = open_metal(0) {
-                        return Ok(dev);
-                    }
-                }
-                Ok(Device::Cpu)
+                let note = format!("--device auto: chose cpu ({})", why.join("; "));
+                Ok((Device::Cpu, Some(note.replace(['\n', '\r'], " "))))
             }
         }
     }
@@ -98,6 +112,20 @@ pub fn device_name(device: &Device) -> String {
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
+}
+
+/// Refuses a dtype the device cannot compute in, naming both: Apple GPUs have no f64, so candle's
+/// Metal backend has no f64 kernels, and a model would otherwise fail deep inside candle.
+pub(crate) fn check_dtype_supported(device: &Device, dtype: candle_core::DType) -> Result<()> {
+    if device.is_metal() && dtype == candle_core::DType::F64 {
+        return Err(GruError::Device {
+            device: device_name(device),
+            reason: "f64 is not supported on Metal (Apple GPUs have no f64); use f32, or the CPU \
+                     for f64"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 fn open_cuda(ordinal: usize) -> Result<Device> {
@@ -154,6 +182,17 @@ mod tests {
     #[test]
     fn auto_always_opens_something() {
         assert!(DeviceSpec::Auto.device().is_ok());
+    }
+
+    #[cfg(not(any(feature = "cuda", feature = "metal")))]
+    #[test]
+    fn auto_says_why_it_fell_back_to_the_cpu() {
+        let (dev, note) = DeviceSpec::Auto.open_explained().unwrap();
+        assert!(dev.is_cpu());
+        let note = note.unwrap();
+        assert!(note.contains("chose cpu"), "{note}");
+        assert!(note.contains("--features cuda"), "{note}");
+        assert!(note.contains("--features metal"), "{note}");
     }
 
     #[cfg(not(feature = "cuda"))]

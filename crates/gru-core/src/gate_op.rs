@@ -2,7 +2,7 @@
 //! kernel computes r, z, n, h' and applies the length mask, given the step's input projection and
 //! `gh = h @ W_hh^T`, writing straight into the direction's buffer. With the matmul that makes
 //! two launches per step and no copies. CPU twin (`cpu_fwd`, tested on every run) and CUDA kernel
-//! (`cuda_fwd`, compiled once with NVRTC); Metal takes the candle-ops composition instead.
+//! (`cuda_fwd`, `gru_gate_*` of `kernel_source`); Metal takes the candle-ops composition instead.
 //!
 //! The buffer is `(T + 2, B, H)`: rows `0..T` the outputs (zero past each sequence's length,
 //! as allocated), rows `T` and `T + 1` the state, double-buffered: step reads row `T + parity`
@@ -24,7 +24,15 @@ pub(crate) struct GateStep<'a> {
     pub lengths: &'a Tensor,
     /// Which state row of the buffer holds the current state (0: row T, 1: row T + 1).
     pub parity: usize,
+    /// The device's loaded kernels (CUDA), looked up once per forward, not per step.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub kernels: Option<&'a DeviceKernels>,
 }
+
+#[cfg(feature = "cuda")]
+pub(crate) type DeviceKernels = crate::cuda_kernels::CudaKernels;
+#[cfg(not(feature = "cuda"))]
+pub(crate) type DeviceKernels = ();
 
 fn cpu_slice<'s, T: WithDType>(storage: &'s Storage, layout: &Layout) -> Result<&'s [T]> {
     match storage {
@@ -50,6 +58,7 @@ impl GateStep<'_> {
         if !buf_l.is_contiguous() || !gh_l.is_contiguous() || !self.gi.is_contiguous() {
             candle_core::bail!("gru gate step: expects contiguous tensors");
         }
+        crate::kernel_ops::check_kernel_sizes(t_len, b, hs, g)?;
         Ok((t_len, b, hs, g))
     }
 
@@ -135,64 +144,17 @@ impl InplaceOp2 for GateStep<'_> {
     }
 }
 
-/// The CUDA side: kernel source, compiled with NVRTC on first use.
+/// The CUDA side: launches `gru_gate_*` from `kernel_source::CUDA_SOURCE` (loaded once per
+/// device by `cuda_kernels`).
 #[cfg(feature = "cuda")]
 mod cuda {
-    use std::sync::OnceLock;
-
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, DType, Layout, Result, Storage};
+    use candle_core::{CudaStorage, Layout, Result, Storage};
 
     use super::GateStep;
-
-    /// One thread per (row, unit): r, z, n, h' and the mask, reading each input once.
-    const SOURCE: &str = r#"
-template <typename T> __device__ __forceinline__ T sigm(T x) { return T(1) / (T(1) + exp(-x)); }
-
-// buf: (T + 2, B, H); outputs in rows 0..T, state read from row T + p, written to row T + 1 - p.
-template <typename T>
-__device__ void gate(const T* gi, const T* gh, const T* b_hn, const unsigned int* lengths, T* buf,
-                     int B, int H, int G, int offset, int t, int T_len, int p) {
-    int idx = blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= B * H) return;
-    int b = idx / H, j = idx - b * H;
-    const long long BH = (long long)B * H;
-    const T* h_in = buf + (T_len + p) * BH;
-    T* h_out = buf + (T_len + 1 - p) * BH;
-    T hp = h_in[idx];
-    if ((unsigned int)t >= lengths[b]) { h_out[idx] = hp; return; }
-    const T* gir = gi + ((long long)t * B + b) * G + offset;
-    const T* ghr = gh + (long long)b * 3 * H;
-    T r = sigm(gir[j] + ghr[j]);
-    T z = sigm(gir[H + j] + ghr[H + j]);
-    T n = tanh(gir[2 * H + j] + r * (ghr[2 * H + j] + b_hn[j]));
-    T hn = n + z * (hp - n);
-    h_out[idx] = hn;
-    buf[t * BH + idx] = hn;
-}
-
-extern "C" __global__ void gru_gate_f32(const float* gi, const float* gh, const float* b_hn,
-    const unsigned int* lengths, float* buf, int B, int H, int G, int offset, int t, int T_len, int p) {
-    gate<float>(gi, gh, b_hn, lengths, buf, B, H, G, offset, t, T_len, p);
-}
-extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, const double* b_hn,
-    const unsigned int* lengths, double* buf, int B, int H, int G, int offset, int t, int T_len, int p) {
-    gate<double>(gi, gh, b_hn, lengths, buf, B, H, G, offset, t, T_len, p);
-}
-"#;
-
-    fn ptx() -> Result<&'static str> {
-        static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-        PTX.get_or_init(|| {
-            candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE)
-                .map(|p| p.to_src())
-                .map_err(|e| format!("NVRTC could not compile the GRU gate kernel: {e:?}"))
-        })
-        .as_deref()
-        .map_err(|e| candle_core::Error::Msg(e.clone()))
-    }
+    use crate::kernel_source::GATE_BLOCK;
 
     fn cuda_of(s: &Storage) -> Result<&CudaStorage> {
         match s {
@@ -210,14 +172,13 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
         dims: (usize, usize, usize, usize),
     ) -> Result<()> {
         match gh_s.dtype() {
-            DType::F32 => typed::<f32>("gru_gate_f32", op, buf_s, buf_l, gh_s, gh_l, dims),
-            DType::F64 => typed::<f64>("gru_gate_f64", op, buf_s, buf_l, gh_s, gh_l, dims),
+            candle_core::DType::F32 => typed::<f32>(op, buf_s, buf_l, gh_s, gh_l, dims),
+            candle_core::DType::F64 => typed::<f64>(op, buf_s, buf_l, gh_s, gh_l, dims),
             other => candle_core::bail!("gru gate step: no CUDA kernel for {other:?}"),
         }
     }
 
     fn typed<T: CudaDType + DeviceRepr>(
-        name: &str,
         op: &GateStep<'_>,
         buf_s: &mut CudaStorage,
         buf_l: &Layout,
@@ -225,7 +186,11 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
         gh_l: &Layout,
         (t_len, b, hs, g): (usize, usize, usize, usize),
     ) -> Result<()> {
-        let dev = gh_s.device().clone();
+        let Some(kernels) = op.kernels else {
+            candle_core::bail!("gru gate step: internal: CUDA kernels not loaded")
+        };
+        let func = kernels.gate(gh_s.dtype())?;
+        let stream = gh_s.device().cuda_stream();
         let (gi_g, gi_l) = op.gi.storage_and_layout();
         let (bh_g, bh_l) = op.b_hn.storage_and_layout();
         let (len_g, len_l) = op.lengths.storage_and_layout();
@@ -242,9 +207,8 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
         let mut buf = buf_s
             .as_cuda_slice_mut::<T>()?
             .slice_mut(buf_l.start_offset()..);
-        let func = dev.get_or_load_custom_func(name, "candle_gru_gate", ptx()?)?;
         let ints = [b, hs, g, op.offset, op.t, t_len, op.parity].map(|v| v as i32);
-        let mut builder = func.builder();
+        let mut builder = stream.launch_builder(func);
         builder.arg(&gi);
         builder.arg(&gh);
         builder.arg(&b_hn);
@@ -253,9 +217,15 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
         for v in &ints {
             builder.arg(v);
         }
+        let n = (b * hs) as u32; // < 2^31: checked by `GateStep::dims`
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(GATE_BLOCK as u32), 1, 1),
+            block_dim: (GATE_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
         // SAFETY: argument types and order match the kernel's signature; sizes were checked by
         // `GateStep::dims`; each thread writes only its own (row, unit) elements.
-        unsafe { builder.launch(LaunchConfig::for_num_elems((b * hs) as u32)) }.w()?;
+        unsafe { builder.launch(cfg) }.w()?;
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::GruConfig;
 use crate::error::{GruError, Result};
-use crate::layer::{compute_dtype, Kernel, Layer};
+use crate::layer::{compute_dtype, Kernel, Layer, RunContext};
 use crate::packing::LengthPlan;
 use crate::params::{DirectionParams, ParamNames};
 
@@ -39,6 +39,7 @@ impl Gru {
     /// shape is checked; the model's dtype and device are the `VarBuilder`'s.
     pub fn new(config: GruConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
+        crate::device::check_dtype_supported(vb.device(), vb.dtype())?;
         let mut layers = Vec::with_capacity(config.num_layers);
         for k in 0..config.num_layers {
             let params = (0..config.num_directions())
@@ -179,11 +180,12 @@ impl Gru {
             Some(l) => LengthPlan::new(l, batch, t_len)?,
         };
 
+        let ctx = RunContext::new(&plan, &self.device, self.kernel)?;
         let mut x = x;
         let mut h_n = Vec::with_capacity(cfg.num_layers);
         for (k, layer) in self.layers.iter().enumerate() {
             let h0_k = h0.narrow(0, k * n_dirs, n_dirs)?;
-            let (out, hn) = layer.forward(&x, &h0_k, &plan, self.kernel)?;
+            let (out, hn) = layer.forward(&x, &h0_k, &plan, self.kernel, &ctx)?;
             h_n.push(hn);
             x = out;
         }

@@ -2,13 +2,16 @@
 //! matmul `h @ W_hh^T` and the gate update, either fused in one in-place kernel (`GateStep`,
 //! CUDA: two launches per step) or composed from candle ops (every backend, Metal's path). On the
 //! CPU the slice kernel (`kernel_cpu`) runs instead; both variants here stay tested on the CPU
-//! through `Kernel::FusedStep` and `Kernel::CandleOps`.
+//! through `Kernel::FusedStep` and `Kernel::CandleOps`. On CUDA a layer that fits on chip can
+//! instead run as one persistent launch (`persistent_layer`).
 
 use candle_core::{Tensor, D};
 
 use crate::error::Result;
-use crate::gate_op::GateStep;
+use crate::gate_op::{DeviceKernels, GateStep};
+use crate::kernel_source::PersistentPlan;
 use crate::packing::LengthPlan;
+use crate::persist_op::PersistLayer;
 
 /// One direction's recurrent weights, in compute layout.
 pub(crate) struct DirTensors<'a> {
@@ -26,22 +29,16 @@ pub(crate) fn layer_forward(
     dirs: &[DirTensors<'_>],
     h0: &Tensor,
     plan: &LengthPlan,
-    fused: bool,
+    fused: Option<Fused<'_>>,
 ) -> Result<(Tensor, Tensor)> {
-    let (t_len, batch, input) = x.dims3()?;
     let g3 = 3 * h0.dim(D::Minus1)?;
-    // Input projection of every step and direction in one matmul.
-    let gi = x
-        .reshape((t_len * batch, input))?
-        .matmul(w_ih_t)?
-        .broadcast_add(bias)?
-        .reshape((t_len, batch, dirs.len() * g3))?;
+    let gi = input_projection(x, w_ih_t, bias, dirs.len() * g3)?;
     let mut outs = Vec::with_capacity(dirs.len());
     let mut hns = Vec::with_capacity(dirs.len());
     for (d, dir) in dirs.iter().enumerate() {
         let h0_d = h0.get(d)?;
-        let (out, hn) = if fused {
-            fused_direction(&gi, d * g3, dir, &h0_d, plan, d == 1)?
+        let (out, hn) = if let Some(f) = &fused {
+            fused_direction(&gi, d * g3, dir, &h0_d, f, d == 1)?
         } else {
             composite_direction(&gi.narrow(2, d * g3, g3)?, dir, &h0_d, plan, d == 1)?
         };
@@ -56,6 +53,81 @@ pub(crate) fn layer_forward(
     Ok((output, Tensor::stack(&hns, 0)?))
 }
 
+/// Input projection of every step and direction in one matmul: `(T, B, g)`, biases folded in.
+fn input_projection(x: &Tensor, w_ih_t: &Tensor, bias: &Tensor, g: usize) -> Result<Tensor> {
+    let (t_len, batch, input) = x.dims3()?;
+    Ok(x.reshape((t_len * batch, input))?
+        .matmul(w_ih_t)?
+        .broadcast_add(bias)?
+        .reshape((t_len, batch, g))?)
+}
+
+/// What the fused per-step path needs besides the weights: the lengths as a `(B)` u32 tensor on
+/// the device (uploaded once per forward) and the device's kernels.
+pub(crate) struct Fused<'a> {
+    pub lengths: &'a Tensor,
+    pub kernels: Option<&'a DeviceKernels>,
+}
+
+/// The device kernels index with 32-bit integers: refuse what would wrap, naming the sizes.
+pub(crate) fn check_kernel_sizes(
+    t_len: usize,
+    batch: usize,
+    hidden: usize,
+    g: usize,
+) -> candle_core::Result<()> {
+    let max = i32::MAX as usize;
+    let ok = batch
+        .checked_mul(3 * hidden)
+        .is_some_and(|n| n <= max && g <= max && t_len + 2 <= max);
+    if !ok {
+        candle_core::bail!(
+            "gru: batch {batch} x 3 * hidden_size {hidden} (or seq_len {t_len}) exceeds the \
+             GPU kernels' 32-bit indexing; split the batch"
+        );
+    }
+    Ok(())
+}
+
+/// The whole layer in one persistent launch (CUDA): `x` `(T, B, in)`, `h0` `(D, B, H)`,
+/// `w_hh` `(D, 3H, H)`, `b_hn` `(D, H)` -> `output` `(T, B, D * H)`, `h_n` `(D, B, H)`.
+pub(crate) fn persistent_layer(
+    x: &Tensor,
+    w_ih_t: &Tensor,
+    bias: &Tensor,
+    w_hh: &Tensor,
+    b_hn: &Tensor,
+    h0: &Tensor,
+    lengths: &Tensor,
+    plan: PersistentPlan,
+    kernels: &DeviceKernels,
+) -> Result<(Tensor, Tensor)> {
+    let (t_len, batch, _) = x.dims3()?;
+    let (n_dirs, _, hidden) = h0.dims3()?;
+    let gi = input_projection(x, w_ih_t, bias, n_dirs * 3 * hidden)?.contiguous()?;
+    let dh = n_dirs * hidden;
+    let buf = Tensor::zeros((t_len + 2, batch, dh), gi.dtype(), gi.device())?;
+    // h0 (D, B, H) -> state row T, (B, D * H).
+    let h0_row = h0.transpose(0, 1)?.reshape((1, batch, dh))?;
+    buf.slice_set(&h0_row, 0, t_len)?;
+    let bar = Tensor::zeros(n_dirs, candle_core::DType::U32, gi.device())?;
+    let op = PersistLayer {
+        gi: &gi,
+        w_hh,
+        b_hn,
+        lengths,
+        plan,
+        kernels,
+    };
+    buf.inplace_op2(&bar, &op)?;
+    let h_n = buf
+        .get(t_len + t_len % 2)?
+        .reshape((batch, n_dirs, hidden))?
+        .transpose(0, 1)?
+        .contiguous()?;
+    Ok((buf.narrow(0, 0, t_len)?, h_n))
+}
+
 /// Per step: the matmul, then `GateStep` writes the state and the step's output in place into a
 /// `(T + 2, B, H)` buffer. Nothing else is launched or copied inside the loop.
 fn fused_direction(
@@ -63,15 +135,14 @@ fn fused_direction(
     offset: usize,
     dir: &DirTensors<'_>,
     h0: &Tensor,
-    plan: &LengthPlan,
+    fused: &Fused<'_>,
     reverse: bool,
 ) -> Result<(Tensor, Tensor)> {
-    let (t_len, batch, _) = gi.dims3()?;
+    let (t_len, batch, g) = gi.dims3()?;
     let hidden = h0.dim(D::Minus1)?;
+    check_kernel_sizes(t_len, batch, hidden, g)?;
     let buf = Tensor::zeros((t_len + 2, batch, hidden), gi.dtype(), gi.device())?;
     buf.slice_set(&h0.unsqueeze(0)?, 0, t_len)?;
-    let lengths: Vec<u32> = plan.lengths.iter().map(|&l| l as u32).collect();
-    let lengths = Tensor::from_vec(lengths, batch, gi.device())?;
     let mut parity = 0;
     for s in 0..t_len {
         let t = if reverse { t_len - 1 - s } else { s };
@@ -83,8 +154,9 @@ fn fused_direction(
             t,
             offset,
             b_hn: dir.b_hn,
-            lengths: &lengths,
+            lengths: fused.lengths,
             parity,
+            kernels: fused.kernels,
         };
         buf.inplace_op2(&gh, &step)?;
         parity = 1 - parity;
@@ -143,4 +215,18 @@ pub(crate) fn gate_update(gi: &Tensor, gh: &Tensor, b_hn: &Tensor, h: &Tensor) -
     let n = (gi.narrow(1, 2 * hs, hs)? + (r * gh_n)?)?.tanh()?;
     let diff = (h - &n)?;
     Ok((n + (z * diff)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_kernel_sizes;
+
+    #[test]
+    fn sizes_past_32_bit_indexing_are_refused() {
+        assert!(check_kernel_sizes(100, 64, 512, 2 * 3 * 512).is_ok());
+        let err = check_kernel_sizes(10, 1 << 15, 1 << 16, 3 << 16).unwrap_err();
+        assert!(err.to_string().contains("32-bit"), "{err}");
+        assert!(check_kernel_sizes(10, usize::MAX / 2, 4, 12).is_err());
+        assert!(check_kernel_sizes(i32::MAX as usize, 1, 1, 3).is_err());
+    }
 }

@@ -1,12 +1,16 @@
 //! One GRU layer (one or two directions): its parameters as loaded, the same in compute layout
 //! (transposed once, biases folded), and the dispatch to the CPU kernel or the candle-ops path.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Storage, Tensor, WithDType};
 
 use crate::activation::Real;
 use crate::error::{GruError, Result};
+use crate::gate_op::DeviceKernels;
 use crate::kernel_cpu::{self, Dims, DirSlices, LayerSlices};
-use crate::kernel_ops::{self, DirTensors};
+use crate::kernel_ops::{self, DirTensors, Fused};
+use crate::kernel_source::PersistentPlan;
 use crate::packing::LengthPlan;
 use crate::params::DirectionParams;
 
@@ -21,6 +25,60 @@ pub enum Kernel {
     CandleOps,
     /// Per step a matmul and the fused gate kernel (CUDA's path; its CPU twin elsewhere).
     FusedStep,
+    /// CUDA only: each layer's whole recurrence in one persistent launch, `W_hh` held on chip
+    /// (what `Auto` picks on CUDA for batches up to 32 when the layer fits). An error on other
+    /// devices or when the layer does not fit in the GPU's shared memory.
+    Persistent,
+}
+
+/// `Auto` takes the persistent kernel on CUDA up to this batch size: beyond it each step has
+/// enough rows for cuBLAS to do better than a block's share of a GEMV.
+const AUTO_PERSISTENT_MAX_BATCH: usize = 32;
+
+/// What every layer of one forward call shares: the lengths as a `(B)` u32 tensor on the device
+/// (uploaded once per forward, not per layer and direction) and the device's loaded kernels.
+pub(crate) struct RunContext {
+    lengths: Option<Tensor>,
+    kernels: Option<Arc<DeviceKernels>>,
+}
+
+impl RunContext {
+    pub fn new(plan: &LengthPlan, device: &Device, kernel: Kernel) -> Result<Self> {
+        let needs_device_path = kernel != Kernel::Auto || !device.is_cpu();
+        let lengths = if needs_device_path && kernel != Kernel::CandleOps {
+            let l: Vec<u32> = plan.lengths.iter().map(|&l| l as u32).collect();
+            let n = l.len();
+            Some(Tensor::from_vec(l, n, device)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            lengths,
+            kernels: device_kernels(device)?,
+        })
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn device_kernels(device: &Device) -> Result<Option<Arc<DeviceKernels>>> {
+    match device {
+        Device::Cuda(d) => Ok(Some(crate::cuda_kernels::kernels(d)?)),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_kernels(_: &Device) -> Result<Option<Arc<DeviceKernels>>> {
+    Ok(None)
+}
+
+/// The persistent kernel's weights: every direction's `W_hh` as PyTorch stores it, stacked.
+#[derive(Debug, Clone)]
+struct PersistWeights {
+    /// `(D, 3H, H)`.
+    w_hh: Tensor,
+    /// `(D, H)`.
+    b_hn: Tensor,
 }
 
 /// The dtype the recurrence computes in: half types compute in f32 (and round once at the end).
@@ -43,6 +101,8 @@ pub(crate) struct Layer {
     w_hh_t: Vec<Tensor>,
     /// Per direction `(H)`.
     b_hn: Vec<Tensor>,
+    /// On CUDA only.
+    persist: Option<PersistWeights>,
     hidden: usize,
 }
 
@@ -73,7 +133,20 @@ impl Layer {
                 }
             }
         }
+        let persist = if device.is_cuda() {
+            let w_hh = params
+                .iter()
+                .map(|p| p.w_hh.to_dtype(dtype))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Some(PersistWeights {
+                w_hh: Tensor::stack(&w_hh, 0)?.contiguous()?,
+                b_hn: Tensor::stack(&b_hn, 0)?.contiguous()?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
+            persist,
             w_ih_t: Tensor::cat(&w_ih_t, 1)?.contiguous()?,
             bias: Tensor::cat(&bias, 0)?.contiguous()?,
             w_hh_t,
@@ -94,6 +167,7 @@ impl Layer {
         h0: &Tensor,
         plan: &LengthPlan,
         kernel: Kernel,
+        ctx: &RunContext,
     ) -> Result<(Tensor, Tensor)> {
         if kernel == Kernel::Auto && x.device().is_cpu() {
             return match x.dtype() {
@@ -105,10 +179,22 @@ impl Layer {
                 )),
             };
         }
+        if matches!(kernel, Kernel::Auto | Kernel::Persistent) {
+            if let Some(out) = self.try_persistent(x, h0, kernel, ctx)? {
+                return Ok(out);
+            }
+        }
         let fused = match kernel {
-            Kernel::FusedStep => true,
-            Kernel::CandleOps => false,
-            Kernel::Auto => !x.device().is_metal(),
+            Kernel::FusedStep | Kernel::Auto if !x.device().is_metal() => {
+                let lengths = ctx.lengths.as_ref().ok_or_else(|| {
+                    GruError::arg("lengths", "internal: lengths not uploaded to the device")
+                })?;
+                Some(Fused {
+                    lengths,
+                    kernels: ctx.kernels.as_deref(),
+                })
+            }
+            _ => None,
         };
         let dirs: Vec<DirTensors<'_>> = self
             .w_hh_t
@@ -117,6 +203,66 @@ impl Layer {
             .map(|(w_hh_t, b_hn)| DirTensors { w_hh_t, b_hn })
             .collect();
         kernel_ops::layer_forward(x, &self.w_ih_t, &self.bias, &dirs, h0, plan, fused)
+    }
+
+    /// The persistent kernel when it applies: `Some` output, or `None` for the per-step path
+    /// (`Auto` only; an explicit `Persistent` that cannot run is an error saying why).
+    fn try_persistent(
+        &self,
+        x: &Tensor,
+        h0: &Tensor,
+        kernel: Kernel,
+        ctx: &RunContext,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let refuse = |why: &str| {
+            if kernel == Kernel::Persistent {
+                Err(GruError::arg(
+                    "kernel",
+                    format!("Kernel::Persistent: {why}"),
+                ))
+            } else {
+                Ok(None)
+            }
+        };
+        let (Some(w), Some(kernels), Some(lengths)) =
+            (&self.persist, ctx.kernels.as_deref(), &ctx.lengths)
+        else {
+            return refuse("needs a CUDA device (and a build with `--features cuda`)");
+        };
+        let (t_len, batch, _) = x.dims3()?;
+        if kernel == Kernel::Auto && batch > AUTO_PERSISTENT_MAX_BATCH {
+            return Ok(None);
+        }
+        #[cfg(feature = "cuda")]
+        let (sm_count, max_smem) = (kernels.sm_count, kernels.max_smem);
+        #[cfg(not(feature = "cuda"))]
+        let (sm_count, max_smem) = {
+            let () = kernels;
+            (0, 0)
+        };
+        let Some(plan) = PersistentPlan::new(
+            t_len,
+            batch,
+            self.hidden,
+            self.num_directions(),
+            x.dtype().size_in_bytes(),
+            sm_count,
+            max_smem,
+        ) else {
+            return refuse("the layer does not fit in the GPU's shared memory and SMs");
+        };
+        kernel_ops::persistent_layer(
+            x,
+            &self.w_ih_t,
+            &self.bias,
+            &w.w_hh,
+            &w.b_hn,
+            h0,
+            lengths,
+            plan,
+            kernels,
+        )
+        .map(Some)
     }
 
     fn forward_cpu<T: Real>(

@@ -13,15 +13,19 @@
 mod activation;
 mod cell;
 mod config;
+#[cfg(feature = "cuda")]
+mod cuda_kernels;
 mod device;
 mod error;
 mod gate_op;
 mod gru;
 mod kernel_cpu;
 mod kernel_ops;
+pub mod kernel_source;
 mod layer;
 mod packing;
 mod params;
+mod persist_op;
 mod stream;
 
 pub use cell::GruCell;

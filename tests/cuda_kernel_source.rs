@@ -1,0 +1,459 @@
+//! The CUDA kernels' own source, tested without a GPU: the exact text NVRTC compiles
+//! (`gru_core::kernel_source::CUDA_SOURCE`) is compiled as host C++ with a shim for the CUDA
+//! built-ins (`tests/kernel_host/shim.h`) and launched with the CUDA path's launch geometry
+//! (`tests/kernel_host/launch.cpp`: one OS thread per CUDA thread for the persistent kernel, whose
+//! grid barrier then runs on real atomics). Every reference case in models/reference runs through
+//! the same per-step data flow as the CUDA path, and is compared with PyTorch's numbers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor, WithDType};
+use candle_gru::models_dir;
+use gru_core::kernel_source::{PersistentPlan, CUDA_SOURCE, GATE_BLOCK};
+use gru_verify::{compare, find_cases, Case, CaseKind, Tolerance};
+use gru_weights::WeightFile;
+
+/// Builds the kernels and the launcher into a shared library in a fresh folder.
+fn build_host_kernels() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("gru_kernels.cpp");
+    std::fs::write(&src, CUDA_SOURCE).unwrap();
+    let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kernel_host");
+    let lib = dir.path().join("libgru_host_kernels.so");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let out = Command::new(&cxx)
+        .args([
+            "-std=c++20",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            "-Wall",
+            "-Werror",
+        ])
+        .arg("-I")
+        .arg(&host)
+        .args(["-include", "shim.h"])
+        .arg(&src)
+        .arg(host.join("launch.cpp"))
+        .arg("-o")
+        .arg(&lib)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C++ compiler `{cxx}` (set CXX): {e}"));
+    assert!(
+        out.status.success(),
+        "host build of the CUDA source failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir, lib)
+}
+
+type GateFn<T> = unsafe extern "C" fn(
+    u32,
+    u32,
+    *const T,
+    *const T,
+    *const T,
+    *const u32,
+    *mut T,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+);
+type PersistFn<T> = unsafe extern "C" fn(
+    u32,
+    u32,
+    usize,
+    *const T,
+    *const T,
+    *const T,
+    *const u32,
+    *mut T,
+    *mut u32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+);
+
+/// The compute types of the kernels.
+trait Elem: WithDType + Default + std::ops::AddAssign {
+    const SUFFIX: &'static str;
+}
+impl Elem for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+impl Elem for f64 {
+    const SUFFIX: &'static str = "f64";
+}
+
+/// How the recurrence of each layer runs.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Per step: `gh = h @ W_hh^T` on the host, then one launch of `gru_gate_*`.
+    Step,
+    /// One launch of `gru_persist_*` per layer with the plan for `sm_count` SMs and `max_smem`
+    /// bytes of shared memory (`None`: just enough for 2 units per block, which forces many
+    /// blocks and so the grid barrier).
+    Persistent {
+        sm_count: usize,
+        max_smem: Option<usize>,
+    },
+}
+
+/// One layer's weights (per direction, PyTorch layouts) in compute type.
+struct LayerWeights<T> {
+    w_ih: Vec<Vec<T>>,
+    w_hh: Vec<Vec<T>>,
+    b_ih: Vec<Vec<T>>,
+    b_hh: Vec<Vec<T>>,
+}
+
+fn vec_of<T: Elem>(t: &Tensor) -> Vec<T> {
+    t.to_dtype(T::DTYPE)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<T>()
+        .unwrap()
+}
+
+/// `gi` `(T, B, D * 3H)`: `x @ W_ih^T + b_ih + [b_hr, b_hz, 0]`, as the CUDA path's matmul gives.
+fn project<T: Elem>(x: &[T], dims: (usize, usize, usize), w: &LayerWeights<T>, h: usize) -> Vec<T> {
+    let (t_len, batch, input) = dims;
+    let d_n = w.w_ih.len();
+    let g = d_n * 3 * h;
+    let mut gi = vec![T::default(); t_len * batch * g];
+    for row in 0..t_len * batch {
+        let xr = &x[row * input..(row + 1) * input];
+        for d in 0..d_n {
+            for o in 0..3 * h {
+                let mut acc = w.b_ih[d].get(o).copied().unwrap_or_default();
+                if o < 2 * h {
+                    acc += w.b_hh[d].get(o).copied().unwrap_or_default();
+                }
+                for (k, &xv) in xr.iter().enumerate() {
+                    acc += xv * w.w_ih[d][o * input + k];
+                }
+                gi[row * g + d * 3 * h + o] = acc;
+            }
+        }
+    }
+    gi
+}
+
+struct Run<'l, T> {
+    gate: libloading::Symbol<'l, GateFn<T>>,
+    persist: libloading::Symbol<'l, PersistFn<T>>,
+}
+
+impl<T: Elem> Run<'_, T> {
+    /// One layer: `x` `(T, B, in)`, `h0` `(D, B, H)` -> output `(T, B, D * H)`, h_n `(D, B, H)`.
+    #[allow(clippy::type_complexity)]
+    fn layer(
+        &self,
+        mode: Mode,
+        x: &[T],
+        dims: (usize, usize, usize),
+        w: &LayerWeights<T>,
+        h0: &[T],
+        h: usize,
+        lengths: &[u32],
+    ) -> (Vec<T>, Vec<T>) {
+        let (t_len, batch, _) = dims;
+        let d_n = w.w_ih.len();
+        let gi = project(x, dims, w, h);
+        let g = d_n * 3 * h;
+        let bh = batch * h;
+        let b_hn: Vec<Vec<T>> = (0..d_n)
+            .map(|d| match w.b_hh[d].len() {
+                0 => vec![T::default(); h],
+                _ => w.b_hh[d][2 * h..].to_vec(),
+            })
+            .collect();
+        let mut out = vec![T::default(); t_len * batch * d_n * h];
+        let mut h_n = vec![T::default(); d_n * bh];
+        match mode {
+            Mode::Step => {
+                for d in 0..d_n {
+                    // The fused path's buffer: (T + 2, B, H), h0 in row T.
+                    let mut buf = vec![T::default(); (t_len + 2) * bh];
+                    buf[t_len * bh..(t_len + 1) * bh].copy_from_slice(&h0[d * bh..(d + 1) * bh]);
+                    let mut parity = 0;
+                    for s in 0..t_len {
+                        let t = if d == 1 { t_len - 1 - s } else { s };
+                        let hrow = (t_len + parity) * bh;
+                        let mut gh = vec![T::default(); batch * 3 * h];
+                        for b in 0..batch {
+                            for o in 0..3 * h {
+                                let mut acc = T::default();
+                                for k in 0..h {
+                                    acc += buf[hrow + b * h + k] * w.w_hh[d][o * h + k];
+                                }
+                                gh[b * 3 * h + o] = acc;
+                            }
+                        }
+                        let grid = bh.div_ceil(GATE_BLOCK) as u32;
+                        let ints = [batch, h, g, d * 3 * h, t, t_len, parity].map(|v| v as i32);
+                        // SAFETY: the buffers have the sizes the kernel indexes (as on the GPU).
+                        unsafe {
+                            (self.gate)(
+                                grid,
+                                GATE_BLOCK as u32,
+                                gi.as_ptr(),
+                                gh.as_ptr(),
+                                b_hn[d].as_ptr(),
+                                lengths.as_ptr(),
+                                buf.as_mut_ptr(),
+                                ints[0],
+                                ints[1],
+                                ints[2],
+                                ints[3],
+                                ints[4],
+                                ints[5],
+                                ints[6],
+                            )
+                        };
+                        parity = 1 - parity;
+                    }
+                    for t in 0..t_len {
+                        for b in 0..batch {
+                            let src = &buf[t * bh + b * h..t * bh + (b + 1) * h];
+                            let at = (t * batch + b) * d_n * h + d * h;
+                            out[at..at + h].copy_from_slice(src);
+                        }
+                    }
+                    let last = (t_len + parity) * bh;
+                    h_n[d * bh..(d + 1) * bh].copy_from_slice(&buf[last..last + bh]);
+                }
+            }
+            Mode::Persistent { sm_count, max_smem } => {
+                let size = std::mem::size_of::<T>();
+                let bp = batch.div_ceil(4) * 4;
+                let smem = max_smem.unwrap_or(size * (h * bp + 3 * 2 * (h + bp)));
+                let plan = PersistentPlan::new(t_len, batch, h, d_n, size, sm_count, smem)
+                    .expect("the reference cases fit the persistent kernel");
+                let dh = d_n * h;
+                let mut buf = vec![T::default(); (t_len + 2) * batch * dh];
+                for d in 0..d_n {
+                    for b in 0..batch {
+                        let at = t_len * batch * dh + b * dh + d * h;
+                        buf[at..at + h].copy_from_slice(&h0[d * bh + b * h..d * bh + (b + 1) * h]);
+                    }
+                }
+                let w_hh: Vec<T> = w.w_hh.concat();
+                let b_hn: Vec<T> = b_hn.concat();
+                let mut bar = vec![0u32; d_n];
+                let ints =
+                    [t_len, batch, h, d_n, plan.units, plan.blocks_per_direction].map(|v| v as i32);
+                // SAFETY: as above.
+                unsafe {
+                    (self.persist)(
+                        plan.grid(d_n) as u32,
+                        plan.threads as u32,
+                        plan.smem_bytes,
+                        gi.as_ptr(),
+                        w_hh.as_ptr(),
+                        b_hn.as_ptr(),
+                        lengths.as_ptr(),
+                        buf.as_mut_ptr(),
+                        bar.as_mut_ptr(),
+                        ints[0],
+                        ints[1],
+                        ints[2],
+                        ints[3],
+                        ints[4],
+                        ints[5],
+                    )
+                };
+                let barriers = if plan.blocks_per_direction > 1 {
+                    (t_len - 1) * plan.blocks_per_direction
+                } else {
+                    0
+                };
+                assert!(
+                    bar.iter().all(|&c| c as usize == barriers),
+                    "{bar:?} {plan:?}"
+                );
+                out.copy_from_slice(&buf[..t_len * batch * dh]);
+                let last = (t_len + t_len % 2) * batch * dh;
+                for d in 0..d_n {
+                    for b in 0..batch {
+                        let at = last + b * dh + d * h;
+                        h_n[d * bh + b * h..d * bh + (b + 1) * h].copy_from_slice(&buf[at..at + h]);
+                    }
+                }
+            }
+        }
+        (out, h_n)
+    }
+}
+
+/// Runs `case` through the host-compiled kernels in `mode`; returns the worst |difference|.
+fn run_case<T: Elem>(lib: &libloading::Library, case: &Case, mode: Mode) -> f64 {
+    // SAFETY: the symbols have the signatures launch.cpp defines.
+    let run = unsafe {
+        Run::<T> {
+            gate: lib
+                .get(format!("launch_gate_{}", T::SUFFIX).as_bytes())
+                .unwrap(),
+            persist: lib
+                .get(format!("launch_persist_{}", T::SUFFIX).as_bytes())
+                .unwrap(),
+        }
+    };
+    let file = WeightFile::open(&case.weights).unwrap();
+    let prefix = case.prefix.as_deref();
+    let (named, hidden, layers, dirs) = match case.kind {
+        CaseKind::Cell => {
+            let (c, _) = file.gru_cell(prefix, None, &Device::Cpu).unwrap();
+            let named: Vec<(String, Tensor)> = c
+                .named_tensors()
+                .into_iter()
+                .map(|(n, t)| (format!("{n}_l0"), t))
+                .collect();
+            (named, c.hidden_size(), 1, 1)
+        }
+        CaseKind::Gru => {
+            let (g, _) = file.gru(prefix, None, &Device::Cpu).unwrap();
+            let c = *g.config();
+            (
+                g.named_tensors(),
+                c.hidden_size,
+                c.num_layers,
+                c.num_directions(),
+            )
+        }
+    };
+    let get = |name: String| -> Vec<T> {
+        named
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| vec_of::<T>(t))
+            .unwrap_or_default()
+    };
+    // Input as (T, B, I), time-major.
+    let mut x = case.input.clone();
+    let batched = match case.kind {
+        CaseKind::Cell => {
+            x = x.unsqueeze(0).unwrap();
+            x.rank() == 3
+        }
+        CaseKind::Gru => x.rank() == 3,
+    };
+    if !batched {
+        x = x.unsqueeze(1).unwrap();
+    } else if case.batch_first {
+        x = x.transpose(0, 1).unwrap();
+    }
+    let (t_len, batch, input) = x.dims3().unwrap();
+    let h = hidden;
+    let h0: Vec<T> = match &case.h0 {
+        Some(h0) => vec_of(h0),
+        None => vec![T::default(); layers * dirs * batch * h],
+    };
+    let lengths: Vec<u32> = match &case.lengths {
+        Some(l) => l.iter().map(|&v| v as u32).collect(),
+        None => vec![t_len as u32; batch],
+    };
+    let mut x: Vec<T> = vec_of(&x.contiguous().unwrap());
+    let mut in_size = input;
+    let mut h_n = Vec::new();
+    for k in 0..layers {
+        let suffix = |d: usize| format!("_l{k}{}", if d == 1 { "_reverse" } else { "" });
+        let w = LayerWeights {
+            w_ih: (0..dirs)
+                .map(|d| get(format!("weight_ih{}", suffix(d))))
+                .collect(),
+            w_hh: (0..dirs)
+                .map(|d| get(format!("weight_hh{}", suffix(d))))
+                .collect(),
+            b_ih: (0..dirs)
+                .map(|d| get(format!("bias_ih{}", suffix(d))))
+                .collect(),
+            b_hh: (0..dirs)
+                .map(|d| get(format!("bias_hh{}", suffix(d))))
+                .collect(),
+        };
+        let h0_k = &h0[k * dirs * batch * h..(k + 1) * dirs * batch * h];
+        let (out, hn) = run.layer(mode, &x, (t_len, batch, in_size), &w, h0_k, h, &lengths);
+        x = out;
+        in_size = dirs * h;
+        h_n.extend(hn);
+    }
+    // Back to the case's layouts and dtype (half types round once at the end, as on the GPU).
+    let dtype = case.input.dtype();
+    let mut output = Tensor::from_vec(x, (t_len, batch, dirs * h), &Device::Cpu).unwrap();
+    let mut h_n = Tensor::from_vec(h_n, (layers * dirs, batch, h), &Device::Cpu).unwrap();
+    if case.batch_first && batched {
+        output = output.transpose(0, 1).unwrap();
+    }
+    if !batched {
+        output = output.squeeze(1).unwrap();
+        h_n = h_n.squeeze(1).unwrap();
+    }
+    if case.kind == CaseKind::Cell {
+        output = h_n.squeeze(0).unwrap();
+    }
+    let output = output.to_dtype(dtype).unwrap();
+    let h_n = h_n.to_dtype(dtype).unwrap();
+    let base = Tolerance::for_dtype(dtype);
+    let tol = Tolerance::new(
+        case.atol.unwrap_or(base.atol),
+        case.rtol.unwrap_or(base.rtol),
+    );
+    let mut worst: f64 = 0.0;
+    let mut cmps = vec![compare("output", &output, &case.output, tol).unwrap()];
+    if let (Some(r), CaseKind::Gru) = (&case.h_n, case.kind) {
+        cmps.push(compare("h_n", &h_n, r, tol).unwrap());
+    }
+    for c in cmps {
+        assert!(c.passed, "{} ({mode:?}): {c:?}", case.name);
+        worst = worst.max(c.max_abs);
+    }
+    worst
+}
+
+#[test]
+fn cuda_kernel_source_matches_pytorch_on_every_reference_case() {
+    let (_dir, lib_path) = build_host_kernels();
+    // SAFETY: a library this test just built; its initialisers do nothing.
+    let lib = unsafe { libloading::Library::new(&lib_path) }.unwrap();
+    let cases = find_cases(&[models_dir().join("reference")]);
+    assert!(
+        cases.len() >= 20,
+        "reference cases missing: {}",
+        cases.len()
+    );
+    let modes = [
+        Mode::Step,
+        Mode::Persistent {
+            sm_count: 132,
+            max_smem: Some(227 * 1024),
+        },
+        Mode::Persistent {
+            sm_count: 132,
+            max_smem: None,
+        },
+    ];
+    let mut ran = 0;
+    for path in &cases {
+        let case = Case::load(path).unwrap();
+        for mode in modes {
+            let worst = match case.input.dtype() {
+                DType::F64 => run_case::<f64>(&lib, &case, mode),
+                _ => run_case::<f32>(&lib, &case, mode),
+            };
+            eprintln!("{:<28} {mode:?}: max |diff| {worst:.2e}", case.name);
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, cases.len() * modes.len());
+}
