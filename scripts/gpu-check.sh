@@ -111,6 +111,13 @@ for round in 1 2; do
   done
   stamp "round $round done"
 done
+stamp "fixed cost per forward vs cost per step (small config, T = 1, 50, 1000; ms)"
+for t in 1 50 1000; do
+  for impl in ours-persistent ours-step; do
+    gru 60 bench --input-size 16 --hidden-size 32 --seq-len $t --batch 1 --device "$DEVICE" \
+      --warmup 3 --iters 50 --impl $impl --json | sed -n 's/.*"impl":"\([^"]*\)".*"median_ms":\([0-9.]*\).*/'"T=$t"' \1 \2/p'
+  done
+done
 stamp "table (ratio = ours / PyTorch cuDNN, medians of 2 rounds)"
 "$PYTHON" scripts/bench_report.py "$RESULTS" --all-impls
 stamp "done"

@@ -19,10 +19,10 @@ void gru_gate_f32(const float*, const float*, const float*, const unsigned int*,
                   int, int, int, int, int);
 void gru_gate_f64(const double*, const double*, const double*, const unsigned int*, double*, int,
                   int, int, int, int, int, int);
-void gru_persist_f32(const float*, const float*, const float*, const unsigned int*, float*,
-                     unsigned int*, int, int, int, int, int, int);
-void gru_persist_f64(const double*, const double*, const double*, const unsigned int*, double*,
-                     unsigned int*, int, int, int, int, int, int);
+void gru_persist_f32(const float*, const float*, const float*, const float*, const unsigned int*,
+                     float*, int, int, int, int, int, int);
+void gru_persist_f64(const double*, const double*, const double*, const double*,
+                     const unsigned int*, double*, int, int, int, int, int, int);
 }
 
 template <class F> static void launch_sequential(unsigned grid, unsigned block, F f) {
@@ -74,15 +74,15 @@ void launch_gate_f64(unsigned grid, unsigned block, const double* gi, const doub
     launch_sequential(grid, block, [&] { gru_gate_f64(gi, gh, b_hn, lengths, buf, B, H, G, offset, t, T_len, p); });
 }
 void launch_persist_f32(unsigned grid, unsigned block, size_t smem, const float* gi,
-                        const float* w_hh, const float* b_hn, const unsigned int* lengths,
-                        float* buf, unsigned int* bar, int T_len, int B, int H, int D, int U,
-                        int nb) {
-    launch_threads(grid, block, smem, [&] { gru_persist_f32(gi, w_hh, b_hn, lengths, buf, bar, T_len, B, H, D, U, nb); });
+                        const float* w_hh, const float* b_hn, const float* h0,
+                        const unsigned int* lengths, float* buf, int T_len, int B, int H, int D,
+                        int U, int nb) {
+    launch_threads(grid, block, smem, [&] { gru_persist_f32(gi, w_hh, b_hn, h0, lengths, buf, T_len, B, H, D, U, nb); });
 }
 void launch_persist_f64(unsigned grid, unsigned block, size_t smem, const double* gi,
-                        const double* w_hh, const double* b_hn, const unsigned int* lengths,
-                        double* buf, unsigned int* bar, int T_len, int B, int H, int D, int U,
-                        int nb) {
-    launch_threads(grid, block, smem, [&] { gru_persist_f64(gi, w_hh, b_hn, lengths, buf, bar, T_len, B, H, D, U, nb); });
+                        const double* w_hh, const double* b_hn, const double* h0,
+                        const unsigned int* lengths, double* buf, int T_len, int B, int H, int D,
+                        int U, int nb) {
+    launch_threads(grid, block, smem, [&] { gru_persist_f64(gi, w_hh, b_hn, h0, lengths, buf, T_len, B, H, D, U, nb); });
 }
 }

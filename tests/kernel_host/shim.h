@@ -17,6 +17,13 @@ using std::tanh;
 #define __shared__
 #define __align__(n) alignas(n)
 
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) double2 {
+    double x, y;
+};
+
 struct dim3 {
     unsigned int x = 0, y = 0, z = 0;
 };

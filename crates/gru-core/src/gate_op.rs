@@ -20,8 +20,8 @@ pub(crate) struct GateStep<'a> {
     pub offset: usize,
     /// `(H)`.
     pub b_hn: &'a Tensor,
-    /// `(B)` u32: step `t` of row `b` is valid iff `t < lengths[b]`.
-    pub lengths: &'a Tensor,
+    /// `(B)` u32: step `t` of row `b` is valid iff `t < lengths[b]`; `None`: every step is.
+    pub lengths: Option<&'a Tensor>,
     /// Which state row of the buffer holds the current state (0: row T, 1: row T + 1).
     pub parity: usize,
     /// The device's loaded kernels (CUDA), looked up once per forward, not per step.
@@ -71,10 +71,13 @@ impl GateStep<'_> {
         let (t_len, b, hs, g) = dims;
         let (gi_s, gi_l) = self.gi.storage_and_layout();
         let (bh_s, bh_l) = self.b_hn.storage_and_layout();
-        let (len_s, len_l) = self.lengths.storage_and_layout();
+        let len_guard = self.lengths.map(|l| l.storage_and_layout());
         let gi = cpu_slice::<T>(&gi_s, gi_l)?;
         let b_hn = &cpu_slice::<T>(&bh_s, bh_l)?[..hs];
-        let lengths = &cpu_slice::<u32>(&len_s, len_l)?[..b];
+        let lengths = match &len_guard {
+            Some((s, l)) => Some(&cpu_slice::<u32>(s, l)?[..b]),
+            None => None,
+        };
         let (outs, states) = buf.split_at_mut(t_len * b * hs);
         let (s0, s1) = states.split_at_mut(b * hs);
         let (h_in, h_out) = if self.parity == 0 {
@@ -85,7 +88,7 @@ impl GateStep<'_> {
         let out = &mut outs[self.t * b * hs..(self.t + 1) * b * hs];
         for row in 0..b {
             let r = row * hs..(row + 1) * hs;
-            if (self.t as u32) < lengths[row] {
+            if lengths.is_none_or(|l| (self.t as u32) < l[row]) {
                 let base = (self.t * b + row) * g + self.offset;
                 let gi_row = &gi[base..base + 3 * hs];
                 crate::kernel_cpu::gate_update(
@@ -193,16 +196,22 @@ mod cuda {
         let stream = gh_s.device().cuda_stream();
         let (gi_g, gi_l) = op.gi.storage_and_layout();
         let (bh_g, bh_l) = op.b_hn.storage_and_layout();
-        let (len_g, len_l) = op.lengths.storage_and_layout();
+        let len_guard = op.lengths.map(|l| l.storage_and_layout());
         let gi = cuda_of(&gi_g)?
             .as_cuda_slice::<T>()?
             .slice(gi_l.start_offset()..);
         let b_hn = cuda_of(&bh_g)?
             .as_cuda_slice::<T>()?
             .slice(bh_l.start_offset()..);
-        let lengths = cuda_of(&len_g)?
-            .as_cuda_slice::<u32>()?
-            .slice(len_l.start_offset()..);
+        let lengths = match &len_guard {
+            Some((g, l)) => Some(
+                cuda_of(g)?
+                    .as_cuda_slice::<u32>()?
+                    .slice(l.start_offset()..),
+            ),
+            None => None,
+        };
+        let null_lengths = 0u64; // a null `const unsigned int*`: every step valid
         let gh = gh_s.as_cuda_slice::<T>()?.slice(gh_l.start_offset()..);
         let mut buf = buf_s
             .as_cuda_slice_mut::<T>()?
@@ -212,7 +221,10 @@ mod cuda {
         builder.arg(&gi);
         builder.arg(&gh);
         builder.arg(&b_hn);
-        builder.arg(&lengths);
+        match &lengths {
+            Some(l) => builder.arg(l),
+            None => builder.arg(&null_lengths),
+        };
         builder.arg(&mut buf);
         for v in &ints {
             builder.arg(v);

@@ -65,7 +65,8 @@ fn input_projection(x: &Tensor, w_ih_t: &Tensor, bias: &Tensor, g: usize) -> Res
 /// What the fused per-step path needs besides the weights: the lengths as a `(B)` u32 tensor on
 /// the device (uploaded once per forward) and the device's kernels.
 pub(crate) struct Fused<'a> {
-    pub lengths: &'a Tensor,
+    /// `None` when every sequence runs the full length.
+    pub lengths: Option<&'a Tensor>,
     pub kernels: Option<&'a DeviceKernels>,
 }
 
@@ -90,7 +91,8 @@ pub(crate) fn check_kernel_sizes(
 }
 
 /// The whole layer in one persistent launch (CUDA): `x` `(T, B, in)`, `h0` `(D, B, H)`,
-/// `w_hh` `(D, 3H, H)`, `b_hn` `(D, H)` -> `output` `(T, B, D * H)`, `h_n` `(D, B, H)`.
+/// `w_hh` `(D, 3H, H)`, `b_hn` `(D, H)` -> `output` `(T, B, D * H)`, `h_n` `(D, B, H)`; both are
+/// views of the one zeroed buffer the kernel writes (see `persist_op`), nothing is copied.
 pub(crate) fn persistent_layer(
     x: &Tensor,
     w_ih_t: &Tensor,
@@ -98,7 +100,7 @@ pub(crate) fn persistent_layer(
     w_hh: &Tensor,
     b_hn: &Tensor,
     h0: &Tensor,
-    lengths: &Tensor,
+    lengths: Option<&Tensor>,
     plan: PersistentPlan,
     kernels: &DeviceKernels,
 ) -> Result<(Tensor, Tensor)> {
@@ -106,11 +108,10 @@ pub(crate) fn persistent_layer(
     let (n_dirs, _, hidden) = h0.dims3()?;
     let gi = input_projection(x, w_ih_t, bias, n_dirs * 3 * hidden)?.contiguous()?;
     let dh = n_dirs * hidden;
-    let buf = Tensor::zeros((t_len + 2, batch, dh), gi.dtype(), gi.device())?;
-    // h0 (D, B, H) -> state row T, (B, D * H).
-    let h0_row = h0.transpose(0, 1)?.reshape((1, batch, dh))?;
-    buf.slice_set(&h0_row, 0, t_len)?;
-    let bar = Tensor::zeros(n_dirs, candle_core::DType::U32, gi.device())?;
+    let rows = (t_len + 2) * batch * dh;
+    let len = rows + n_dirs * batch * hidden + n_dirs;
+    let buf = Tensor::zeros(len, gi.dtype(), gi.device())?;
+    let h0 = h0.contiguous()?;
     let op = PersistLayer {
         gi: &gi,
         w_hh,
@@ -119,13 +120,14 @@ pub(crate) fn persistent_layer(
         plan,
         kernels,
     };
-    buf.inplace_op2(&bar, &op)?;
+    buf.inplace_op2(&h0, &op)?;
+    let output = buf
+        .narrow(0, 0, t_len * batch * dh)?
+        .reshape((t_len, batch, dh))?;
     let h_n = buf
-        .get(t_len + t_len % 2)?
-        .reshape((batch, n_dirs, hidden))?
-        .transpose(0, 1)?
-        .contiguous()?;
-    Ok((buf.narrow(0, 0, t_len)?, h_n))
+        .narrow(0, rows, n_dirs * batch * hidden)?
+        .reshape((n_dirs, batch, hidden))?;
+    Ok((output, h_n))
 }
 
 /// Per step: the matmul, then `GateStep` writes the state and the step's output in place into a

@@ -22,6 +22,9 @@ pub struct PersistentPlan {
 /// that a step stays short (the recurrence is latency-bound at small batch).
 const ITEMS_PER_BLOCK: usize = 256;
 
+/// Threads per block at most: each thread holds one gate item and one row item.
+const MAX_THREADS: usize = 256;
+
 impl PersistentPlan {
     /// The plan for `batch` rows, `hidden` units and `directions` of `elem_size`-byte values on a
     /// device with `sm_count` multiprocessors and `max_smem` bytes of shared memory per block; or
@@ -39,43 +42,57 @@ impl PersistentPlan {
         if batch == 0 || hidden == 0 || directions == 0 || sm_count < directions {
             return None;
         }
-        let bp = batch.checked_add(3)? / 4 * 4;
-        let groups = bp / 4;
-        let mut units = ITEMS_PER_BLOCK.div_ceil(3 * groups).clamp(1, hidden);
+        if batch > MAX_THREADS || hidden > i32::MAX as usize / 4 {
+            return None;
+        }
+        let groups = batch.div_ceil(4);
+        let mut units = ITEMS_PER_BLOCK
+            .div_ceil(3 * groups)
+            .min(MAX_THREADS / batch)
+            .min(MAX_THREADS / (3 * groups))
+            .clamp(1, hidden);
         // Every direction's blocks must be co-resident: at most one block per SM here.
         let max_blocks = sm_count / directions;
         if hidden.div_ceil(units) > max_blocks {
             units = hidden.div_ceil(max_blocks);
         }
-        // Shared memory: Ws (H, 3U) + hs (H, Bp) + gs (3U, Bp).
+        let (h4, s, bp) = Self::padded(hidden, batch);
         let budget = max_smem / elem_size;
-        let fixed = hidden.checked_mul(bp)?;
-        let per_unit = 3 * (hidden + bp);
-        let max_units = budget.checked_sub(fixed)? / per_unit;
-        if max_units == 0 {
-            return None;
-        }
+        let fixed = h4 * bp;
+        let max_units = budget.checked_sub(fixed)? / (3 * (s + bp));
         units = units.min(max_units);
-        let blocks = hidden.div_ceil(units);
-        if blocks > max_blocks {
+        if units == 0 {
             return None;
         }
-        let elems = 3 * units * hidden + fixed + 3 * units * bp;
-        let work = (3 * units * groups).max(units * batch);
-        let threads = work.div_ceil(32).clamp(1, 8) * 32;
-        // 32-bit kernel arithmetic: B * H and the barrier target T * nb.
-        let i32_max = i32::MAX as usize;
-        let fits = batch.checked_mul(hidden)? <= i32_max
-            && (3 * units).checked_mul(groups)? <= i32_max
-            && seq_len.checked_mul(blocks)? <= u32::MAX as usize
-            && seq_len <= i32_max
-            && directions.checked_mul(3 * hidden)? <= i32_max;
+        let blocks = hidden.div_ceil(units);
+        let work = (units * batch).max(3 * units * groups);
+        if blocks > max_blocks || work > MAX_THREADS {
+            return None;
+        }
+        // 32-bit kernel arithmetic: the barrier target T * nb, the step index, G = 3DH.
+        let fits = seq_len.checked_mul(blocks)? <= u32::MAX as usize
+            && seq_len <= i32::MAX as usize
+            && directions.checked_mul(3 * hidden)? <= i32::MAX as usize;
         fits.then_some(Self {
             units,
             blocks_per_direction: blocks,
-            threads,
-            smem_bytes: elems * elem_size,
+            threads: work.div_ceil(32) * 32,
+            smem_bytes: Self::smem_bytes(hidden, batch, units, elem_size),
         })
+    }
+
+    /// `(H4, S, Bp)`: hidden size rounded up to 4, the row stride of `Ws` (`H4`, plus 4 when
+    /// `H4 / 4` is even, so that 16-byte row reads hit distinct banks), batch rounded up to 4.
+    fn padded(hidden: usize, batch: usize) -> (usize, usize, usize) {
+        let h4 = hidden.div_ceil(4) * 4;
+        let s = if (h4 / 4) % 2 == 0 { h4 + 4 } else { h4 };
+        (h4, s, batch.div_ceil(4) * 4)
+    }
+
+    /// Shared memory of a block with `units` units: `Ws (3U, S) + hs (H4, Bp) + gs (3U, Bp)`.
+    pub fn smem_bytes(hidden: usize, batch: usize, units: usize, elem_size: usize) -> usize {
+        let (h4, s, bp) = Self::padded(hidden, batch);
+        (3 * units * s + h4 * bp + 3 * units * bp) * elem_size
     }
 
     /// Blocks in the whole grid.
@@ -94,6 +111,9 @@ mod tests {
     fn small_layers_run_in_one_block() {
         let p = PersistentPlan::new(50, 1, 32, 1, 4, H100.0, H100.1).unwrap();
         assert_eq!((p.units, p.blocks_per_direction, p.threads), (32, 1, 96));
+        // One gate item and one row item per thread.
+        let p = PersistentPlan::new(2000, 8, 128, 1, 4, H100.0, H100.1).unwrap();
+        assert_eq!((p.units, p.blocks_per_direction, p.threads), (32, 4, 256));
     }
 
     #[test]
@@ -111,13 +131,16 @@ mod tests {
             assert!(p.grid(d) <= H100.0, "{p:?}");
             assert!(p.smem_bytes <= H100.1, "{p:?}");
             assert!(p.threads >= 32 && p.threads <= 256 && p.threads % 32 == 0);
+            assert!(p.units * b <= p.threads && 3 * p.units * b.div_ceil(4) <= p.threads);
         }
     }
 
     #[test]
     fn layers_that_do_not_fit_fall_back() {
         // h alone (H x B) exceeds shared memory.
-        assert!(PersistentPlan::new(10, 1024, 1024, 1, 4, H100.0, H100.1).is_none());
+        assert!(PersistentPlan::new(10, 200, 1024, 1, 4, H100.0, H100.1).is_none());
+        // More batch rows than threads.
+        assert!(PersistentPlan::new(10, 1024, 16, 1, 4, H100.0, H100.1).is_none());
         // Too many units for the SMs' shared memory.
         assert!(PersistentPlan::new(10, 4, 8192, 2, 4, H100.0, H100.1).is_none());
         // The barrier counter would wrap.

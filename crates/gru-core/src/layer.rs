@@ -44,8 +44,9 @@ pub(crate) struct RunContext {
 
 impl RunContext {
     pub fn new(plan: &LengthPlan, device: &Device, kernel: Kernel) -> Result<Self> {
+        // The device kernels take no lengths for a batch that runs the full length.
         let needs_device_path = kernel != Kernel::Auto || !device.is_cpu();
-        let lengths = if needs_device_path && kernel != Kernel::CandleOps {
+        let lengths = if needs_device_path && kernel != Kernel::CandleOps && !plan.is_full() {
             let l: Vec<u32> = plan.lengths.iter().map(|&l| l as u32).collect();
             let n = l.len();
             Some(Tensor::from_vec(l, n, device)?)
@@ -185,15 +186,10 @@ impl Layer {
             }
         }
         let fused = match kernel {
-            Kernel::FusedStep | Kernel::Auto if !x.device().is_metal() => {
-                let lengths = ctx.lengths.as_ref().ok_or_else(|| {
-                    GruError::arg("lengths", "internal: lengths not uploaded to the device")
-                })?;
-                Some(Fused {
-                    lengths,
-                    kernels: ctx.kernels.as_deref(),
-                })
-            }
+            Kernel::FusedStep | Kernel::Auto if !x.device().is_metal() => Some(Fused {
+                lengths: ctx.lengths.as_ref(),
+                kernels: ctx.kernels.as_deref(),
+            }),
             _ => None,
         };
         let dirs: Vec<DirTensors<'_>> = self
@@ -224,9 +220,7 @@ impl Layer {
                 Ok(None)
             }
         };
-        let (Some(w), Some(kernels), Some(lengths)) =
-            (&self.persist, ctx.kernels.as_deref(), &ctx.lengths)
-        else {
+        let (Some(w), Some(kernels)) = (&self.persist, ctx.kernels.as_deref()) else {
             return refuse("needs a CUDA device (and a build with `--features cuda`)");
         };
         let (t_len, batch, _) = x.dims3()?;
@@ -258,7 +252,7 @@ impl Layer {
             &w.w_hh,
             &w.b_hn,
             h0,
-            lengths,
+            ctx.lengths.as_ref(),
             plan,
             kernels,
         )

@@ -3,10 +3,10 @@
 //! rows of `W_hh` in shared memory (see `kernels/gru.cu`). The input projection stays one matmul
 //! before it. CUDA's per-step launch overhead is what bounds small batches; this removes it.
 //!
-//! The buffer is `(T + 2, B, D * H)`: rows `0..T` the layer's output (zero past each sequence's
-//! length, as allocated), rows `T` and `T + 1` the double-buffered state, `h0` in row `T`; after
-//! the launch the final state is in row `T + T % 2`. The second operand is `(D)` u32 barrier
-//! counters, zeroed, written by the kernel.
+//! The buffer is 1-D and zeroed; the kernel writes, in order: `(T, B, D * H)` the layer's output
+//! (zero past each sequence's length), `(2, B, D * H)` the double-buffered state, `(D, B, H)` the
+//! final state `h_n`, then `D` barrier counters (one u32 in each of `D` elements, zero as
+//! allocated). The second operand is `h0` `(D, B, H)`, read only.
 
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
 
@@ -22,8 +22,8 @@ pub(crate) struct PersistLayer<'a> {
     pub w_hh: &'a Tensor,
     /// `(D, H)`.
     pub b_hn: &'a Tensor,
-    /// `(B)` u32.
-    pub lengths: &'a Tensor,
+    /// `(B)` u32; `None` when every sequence runs all `T` steps.
+    pub lengths: Option<&'a Tensor>,
     pub plan: PersistentPlan,
     pub kernels: &'a DeviceKernels,
 }
@@ -42,13 +42,13 @@ impl InplaceOp2 for PersistLayer<'_> {
         &self,
         buf_s: &mut candle_core::CudaStorage,
         buf_l: &Layout,
-        bar_s: &candle_core::CudaStorage,
-        bar_l: &Layout,
+        h0_s: &candle_core::CudaStorage,
+        h0_l: &Layout,
     ) -> Result<()> {
         use candle_core::backend::BackendStorage;
         match buf_s.dtype() {
-            candle_core::DType::F32 => cuda::launch::<f32>(self, buf_s, buf_l, bar_s, bar_l),
-            candle_core::DType::F64 => cuda::launch::<f64>(self, buf_s, buf_l, bar_s, bar_l),
+            candle_core::DType::F32 => cuda::launch::<f32>(self, buf_s, buf_l, h0_s, h0_l),
+            candle_core::DType::F64 => cuda::launch::<f64>(self, buf_s, buf_l, h0_s, h0_l),
             other => candle_core::bail!("gru persistent layer: no CUDA kernel for {other:?}"),
         }
     }
@@ -74,32 +74,38 @@ mod cuda {
         op: &PersistLayer<'_>,
         buf_s: &mut CudaStorage,
         buf_l: &Layout,
-        bar_s: &CudaStorage,
-        bar_l: &Layout,
+        h0_s: &CudaStorage,
+        h0_l: &Layout,
     ) -> Result<()> {
-        let (t2, b, dh) = buf_l.shape().dims3()?;
-        let (d, h3, hs) = op.w_hh.dims3()?;
+        let (d, b, hs) = h0_l.shape().dims3()?;
+        let (d2, h3, hs2) = op.w_hh.dims3()?;
         let (t_len, b2, g) = op.gi.dims3()?;
-        if t2 != t_len + 2 || b != b2 || dh != d * hs || h3 != 3 * hs || g != d * h3 {
+        let dh = d * hs;
+        let expected = (t_len + 2) * b * dh + d * b * hs + d;
+        if buf_l.shape().elem_count() != expected
+            || d != d2
+            || hs != hs2
+            || b != b2
+            || h3 != 3 * hs
+            || g != d * h3
+        {
             candle_core::bail!(
-                "gru persistent layer: inconsistent shapes buffer {:?}, gi {:?}, w_hh {:?}",
+                "gru persistent layer: inconsistent shapes buffer {:?}, h0 {:?}, gi {:?}, w_hh {:?}",
                 buf_l.dims(),
+                h0_l.dims(),
                 op.gi.dims(),
                 op.w_hh.dims()
             );
         }
         for (name, ok) in [
             ("buffer", buf_l.is_contiguous()),
-            (
-                "barrier",
-                bar_l.is_contiguous() && bar_l.shape().elem_count() == d,
-            ),
+            ("h0", h0_l.is_contiguous()),
             ("gi", op.gi.is_contiguous()),
             ("w_hh", op.w_hh.is_contiguous()),
             ("b_hn", op.b_hn.is_contiguous()),
         ] {
             if !ok {
-                candle_core::bail!("gru persistent layer: `{name}` must be contiguous and sized");
+                candle_core::bail!("gru persistent layer: `{name}` must be contiguous");
             }
         }
         let plan = op.plan;
@@ -108,7 +114,7 @@ mod cuda {
         let (gi_g, gi_l) = op.gi.storage_and_layout();
         let (w_g, w_l) = op.w_hh.storage_and_layout();
         let (bh_g, bh_l) = op.b_hn.storage_and_layout();
-        let (len_g, len_l) = op.lengths.storage_and_layout();
+        let len_guard = op.lengths.map(|l| l.storage_and_layout());
         let gi = cuda_of(&gi_g)?
             .as_cuda_slice::<T>()?
             .slice(gi_l.start_offset()..);
@@ -118,10 +124,16 @@ mod cuda {
         let b_hn = cuda_of(&bh_g)?
             .as_cuda_slice::<T>()?
             .slice(bh_l.start_offset()..);
-        let lengths = cuda_of(&len_g)?
-            .as_cuda_slice::<u32>()?
-            .slice(len_l.start_offset()..);
-        let bar = bar_s.as_cuda_slice::<u32>()?.slice(bar_l.start_offset()..);
+        let h0 = h0_s.as_cuda_slice::<T>()?.slice(h0_l.start_offset()..);
+        let lengths = match &len_guard {
+            Some((g, l)) => Some(
+                cuda_of(g)?
+                    .as_cuda_slice::<u32>()?
+                    .slice(l.start_offset()..),
+            ),
+            None => None,
+        };
+        let null_lengths = 0u64; // a null `const unsigned int*`: every step valid
         let mut buf = buf_s
             .as_cuda_slice_mut::<T>()?
             .slice_mut(buf_l.start_offset()..);
@@ -131,10 +143,12 @@ mod cuda {
         builder.arg(&gi);
         builder.arg(&w_hh);
         builder.arg(&b_hn);
-        builder.arg(&lengths);
+        builder.arg(&h0);
+        match &lengths {
+            Some(l) => builder.arg(l),
+            None => builder.arg(&null_lengths),
+        };
         builder.arg(&mut buf);
-        // The kernel writes the counters: this call allocated them for itself, zeroed.
-        builder.arg(&bar);
         for v in &ints {
             builder.arg(v);
         }

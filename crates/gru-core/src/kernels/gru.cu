@@ -7,7 +7,8 @@
 //                   gates r|z|n.
 // - b_hn (D, H) per launch of `gru_persist_*`, (H) for `gru_gate_*`.
 // - lengths (B): step t of row b is valid iff t < lengths[b]; a row past its length keeps its
-//                state and its output stays zero (buffers are allocated zeroed).
+//                state and its output stays zero (buffers are allocated zeroed). A null
+//                `lengths` means every row runs all T steps.
 // All index arithmetic that can exceed 2^31 is done in 64 bits; the host refuses sizes whose
 // 32-bit arguments (B * H, B * 3H, ...) would overflow before launching.
 
@@ -35,7 +36,7 @@ __device__ void gate(const T* gi, const T* gh, const T* b_hn, const unsigned int
     const T* h_in = buf + (T_len + p) * BH;
     T* h_out = buf + (T_len + 1 - p) * BH;
     T hp = h_in[idx];
-    if ((unsigned int)t >= lengths[b]) { h_out[idx] = hp; return; }
+    if (lengths && (unsigned int)t >= lengths[b]) { h_out[idx] = hp; return; }
     const T* gir = gi + ((long long)t * B + b) * G + offset;
     const T* ghr = gh + (long long)b * 3 * H;
     T r = sigm(gir[j] + ghr[j]);
@@ -58,115 +59,173 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
 // --- Persistent layer ---------------------------------------------------------------------------
 // One launch runs every step of one layer, both directions. The grid is D * nb blocks, all
 // co-resident (cooperative launch); block `blk` serves direction d = blk / nb and owns hidden
-// units [j0, j0 + U), j0 = (blk % nb) * U. Its rows of W_hh (gates r, z, n of its units, 3U rows
-// of H) stay in shared memory for the whole sequence, transposed so that a warp reads consecutive
-// rows at one k. Per step: load h (B, H) of its direction, each thread computes one row for 4
-// batch rows (gh), the block applies the gates to its units, then the blocks of that direction
-// meet at a barrier (a counter in global memory that only grows: nb arrivals per step).
+// units [j0, j0 + U), j0 = (blk % nb) * U. Its rows of W_hh (gates r, z, n of its units: 3U rows)
+// stay in shared memory for the whole sequence. Per step: each thread first fetches the input
+// projections of its (unit, batch row) (independent of h, so their latency overlaps the rest),
+// the block gets h (from shared memory when one block serves the direction, else from global
+// memory where every block of the direction wrote its units), each thread computes one row of
+// gh for 4 batch rows with 16-byte loads, each thread applies the gates to its (unit, batch row),
+// and the blocks of a direction meet at a barrier (a counter in global memory that only grows:
+// nb arrivals per step). The host guarantees U * B <= blockDim.x and 3U * Bp / 4 <= blockDim.x.
 //
-// w_hh: (D, 3H, H) as PyTorch stores weight_hh. buf: (T + 2, B, D * H): rows 0..T the layer's
-// output, rows T and T + 1 the double-buffered state (step s reads row T + s % 2), direction d
-// in columns d * H .. (d + 1) * H. bar: (D) zeroed counters.
-// Shared memory: Ws (H, 3U), hs (H, Bp), gs (3U, Bp), Bp = B rounded up to 4.
+// w_hh: (D, 3H, H) as PyTorch stores weight_hh. h0: (D, B, H). buf, zeroed, holds in order:
+// (T, B, D * H) the layer's output (direction d in columns d * H .. (d + 1) * H), (2, B, D * H)
+// the double-buffered state (step s >= 1 reads row s % 2), (D, B, H) h_n, and D barrier counters
+// (one u32 at the start of each of D elements).
+// Shared memory (elements): Ws (3U, S), hs (H4, Bp), gs (3U, Bp), where H4 = H rounded up to 4,
+// S = H4 (+ 4 when H4 / 4 is even, so that rows start on distinct bank groups), Bp = B rounded up
+// to 4; the padding is zero.
+
+// Four consecutive values, 16-byte aligned.
+template <typename T> struct Four { T v[4]; };
+__device__ __forceinline__ Four<float> load4(const float* p) {
+    float4 q = *(const float4*)p;
+    return Four<float>{{q.x, q.y, q.z, q.w}};
+}
+__device__ __forceinline__ Four<double> load4(const double* p) {
+    double2 a = *(const double2*)p, b = *(const double2*)(p + 2);
+    return Four<double>{{a.x, a.y, b.x, b.y}};
+}
+
 template <typename T>
-__device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const unsigned int* lengths,
-                        T* buf, unsigned int* bar, int T_len, int B, int H, int D, int U, int nb) {
+__device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
+                        const unsigned int* lengths, T* buf, int T_len, int B, int H, int D, int U,
+                        int nb) {
     GRU_DYNAMIC_SMEM(smem_raw);
-    T* Ws = (T*)smem_raw;
     const int R = 3 * U;
+    const int H4 = (H + 3) & ~3;
+    const int S = ((H4 / 4) % 2 == 0) ? H4 + 4 : H4;
     const int Bp = (B + 3) & ~3;
-    T* hs = Ws + (long long)H * R;
-    T* gs = hs + (long long)H * Bp;
+    T* Ws = (T*)smem_raw;
+    T* hs = Ws + (long long)R * S;
+    T* gs = hs + (long long)H4 * Bp;
     const int d = blockIdx.x / nb;
     const int j0 = (blockIdx.x % nb) * U;
     const int tid = threadIdx.x, nt = blockDim.x;
     const long long DH = (long long)D * H;
     const long long G = 3 * DH;
     const long long row_stride = (long long)B * DH;  // one time row of buf
+    T* state = buf + T_len * row_stride;
+    T* h_n = state + 2 * row_stride + (long long)d * B * H;
+    // This direction's barrier counter: the first 4 bytes of element d of the counter region.
+    unsigned int* bar = (unsigned int*)(state + 2 * row_stride + (long long)D * B * H + d);
+    h0 += (long long)d * B * H;
 
-    // This block's weights, zero for units past H (the last block may be partial).
-    for (long long i = tid; i < (long long)R * H; i += nt) {
-        int r = (int)(i / H), k = (int)(i - (long long)r * H);
+    // This block's weights (row r = g * U + u is gate g of unit j0 + u), zero past H.
+    for (long long i = tid; i < (long long)R * S; i += nt) {
+        int r = (int)(i / S), k = (int)(i - (long long)r * S);
         int g = r / U, u = r - g * U;
         int j = j0 + u;
-        Ws[(long long)k * R + r] = j < H ? w_hh[((long long)d * 3 * H + g * H + j) * H + k] : T(0);
+        Ws[i] = (j < H && k < H) ? w_hh[((long long)d * 3 * H + g * H + j) * H + k] : T(0);
     }
-    // Padding batch columns of hs stay zero.
-    for (long long i = tid; i < (long long)H * Bp; i += nt) hs[i] = T(0);
+    for (long long i = tid; i < (long long)H4 * Bp; i += nt) hs[i] = T(0);
+    __syncthreads();
+    if (nb == 1)  // the state lives in shared memory from here on
+        for (int i = tid; i < B * H; i += nt) {
+            int b = i / H, k = i - b * H;
+            hs[(long long)k * Bp + b] = h0[i];
+        }
+
+    // This thread's gate item (unit u, batch row gb) and matvec item (row mr, batch group mg).
+    const int gu = tid % U, gb = tid / U;
+    const int gj = j0 + gu;
+    const bool has_gate = gb < B && gj < H;
+    const T bhn = has_gate ? b_hn[(long long)d * H + gj] : T(0);
+    const unsigned int glen = !has_gate ? 0u : lengths ? lengths[gb] : (unsigned int)T_len;
+    const T* gi_d = gi + (long long)d * 3 * H + gj;
+    // This thread's input projections of step t (gates r, z, n), or zeros when not valid.
+    auto fetch = [&](int t, T& r, T& z, T& n) {
+        if (has_gate && (unsigned int)t < glen) {
+            const T* g = gi_d + ((long long)t * B + gb) * G;
+            r = g[0]; z = g[H]; n = g[2 * H];
+        }
+    };
+    T nr = 0, nz = 0, nn = 0;
+    fetch(d == 0 ? 0 : T_len - 1, nr, nz, nn);
+    const int mr = tid % R, mg = tid / R;
+    const bool has_row = mg < Bp / 4;
     __syncthreads();
 
-    const int groups = Bp / 4;
     for (int s = 0; s < T_len; ++s) {
         const int t = d == 0 ? s : T_len - 1 - s;
         const int p = s & 1;
-        const T* h_in = buf + (T_len + p) * row_stride + (long long)d * H;
-        T* h_out = buf + (T_len + 1 - p) * row_stride + (long long)d * H;
+        T* h_out = state + (1 - p) * row_stride + (long long)d * H;
 
+        // This step's input projections were fetched during the previous step; fetch the next
+        // step's now: they do not depend on h, so their latency hides behind this step.
+        const bool valid = has_gate && (unsigned int)t < glen;
+        const T xr = nr, xz = nz, xn = nn;
+        if (s + 1 < T_len) fetch(d == 0 ? s + 1 : T_len - 2 - s, nr, nz, nn);
         // h of every batch row, transposed: hs[k * Bp + b]. Read around L1: other blocks wrote it.
-        for (int i = tid; i < B * H; i += nt) {
-            int b = i / H, k = i - b * H;
-            hs[(long long)k * Bp + b] = __ldcg(h_in + (long long)b * DH + k);
-        }
-        __syncthreads();
-
-        // gh for this block's rows: thread -> (row r, batch group of 4).
-        for (int item = tid; item < R * groups; item += nt) {
-            int bg = item / R, r = item - bg * R;
-            const T* hk = hs + bg * 4;
-            T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-            for (int k = 0; k < H; ++k) {
-                T w = Ws[(long long)k * R + r];
-                const T* hv = hk + (long long)k * Bp;
-                a0 += w * hv[0];
-                a1 += w * hv[1];
-                a2 += w * hv[2];
-                a3 += w * hv[3];
+        if (nb > 1) {
+            for (int i = tid; i < B * H; i += nt) {
+                int b = i / H, k = i - b * H;
+                hs[(long long)k * Bp + b] = s == 0 ? h0[i]
+                    : __ldcg(state + p * row_stride + (long long)b * DH + (long long)d * H + k);
             }
-            T* o = gs + (long long)r * Bp + bg * 4;
+            __syncthreads();
+        }
+
+        // gh of row mr for batch rows 4 mg .. 4 mg + 3.
+        if (has_row) {
+            const T* wr = Ws + (long long)mr * S;
+            const T* hk = hs + mg * 4;
+            T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+            for (int k = 0; k < H4; k += 4) {
+                Four<T> w = load4(wr + k);
+#pragma unroll
+                for (int kk = 0; kk < 4; ++kk) {
+                    Four<T> h = load4(hk + (long long)(k + kk) * Bp);
+                    a0 += w.v[kk] * h.v[0];
+                    a1 += w.v[kk] * h.v[1];
+                    a2 += w.v[kk] * h.v[2];
+                    a3 += w.v[kk] * h.v[3];
+                }
+            }
+            T* o = gs + (long long)mr * Bp + mg * 4;
             o[0] = a0; o[1] = a1; o[2] = a2; o[3] = a3;
         }
         __syncthreads();
 
-        // Gates of this block's units.
-        for (int item = tid; item < U * B; item += nt) {
-            int b = item / U, u = item - b * U;
-            int j = j0 + u;
-            if (j >= H) continue;
-            T hp = hs[(long long)j * Bp + b];
-            if ((unsigned int)t >= lengths[b]) {
-                h_out[(long long)b * DH + j] = hp;
-                continue;
+        // The gates of this thread's (unit, batch row).
+        if (has_gate) {
+            T hp = hs[(long long)gj * Bp + gb];
+            T hn = hp;
+            if (valid) {
+                T r = sigm(xr + gs[(long long)gu * Bp + gb]);
+                T z = sigm(xz + gs[(long long)(U + gu) * Bp + gb]);
+                T n = tanh(xn + r * (gs[(long long)(2 * U + gu) * Bp + gb] + bhn));
+                hn = n + z * (hp - n);
+                buf[(long long)t * row_stride + (long long)gb * DH + (long long)d * H + gj] = hn;
             }
-            const T* gir = gi + ((long long)t * B + b) * G + (long long)d * 3 * H;
-            T r = sigm(gir[j] + gs[(long long)u * Bp + b]);
-            T z = sigm(gir[H + j] + gs[(long long)(U + u) * Bp + b]);
-            T n = tanh(gir[2 * H + j] + r * (gs[(long long)(2 * U + u) * Bp + b] + b_hn[(long long)d * H + j]));
-            T hn = n + z * (hp - n);
-            h_out[(long long)b * DH + j] = hn;
-            buf[(long long)t * row_stride + (long long)b * DH + (long long)d * H + j] = hn;
+            h_out[(long long)gb * DH + gj] = hn;
+            if (nb == 1) hs[(long long)gj * Bp + gb] = hn;
+            if (s + 1 == T_len) h_n[(long long)gb * H + gj] = hn;
         }
 
         if (s + 1 == T_len) break;
         // Barrier of this direction's nb blocks: publish this step's h, wait for everyone's.
         __syncthreads();
-        if (nb > 1 && tid == 0) {
-            __threadfence();
-            atomicAdd(bar + d, 1u);
-            const unsigned int target = (unsigned int)(s + 1) * (unsigned int)nb;
-            while (gru_load_volatile(bar + d) < target) __nanosleep(20);
-            __threadfence();
+        if (nb > 1) {
+            if (tid == 0) {
+                __threadfence();
+                atomicAdd(bar, 1u);
+                const unsigned int target = (unsigned int)(s + 1) * (unsigned int)nb;
+                while (gru_load_volatile(bar) < target) __nanosleep(20);
+                __threadfence();
+            }
+            __syncthreads();
         }
-        __syncthreads();
     }
 }
 
 extern "C" __global__ void gru_persist_f32(const float* gi, const float* w_hh, const float* b_hn,
-    const unsigned int* lengths, float* buf, unsigned int* bar, int T_len, int B, int H, int D,
-    int U, int nb) {
-    persist<float>(gi, w_hh, b_hn, lengths, buf, bar, T_len, B, H, D, U, nb);
+    const float* h0, const unsigned int* lengths, float* buf, int T_len, int B, int H, int D, int U,
+    int nb) {
+    persist<float>(gi, w_hh, b_hn, h0, lengths, buf, T_len, B, H, D, U, nb);
 }
-extern "C" __global__ void gru_persist_f64(const double* gi, const double* w_hh, const double* b_hn,
-    const unsigned int* lengths, double* buf, unsigned int* bar, int T_len, int B, int H, int D,
-    int U, int nb) {
-    persist<double>(gi, w_hh, b_hn, lengths, buf, bar, T_len, B, H, D, U, nb);
+extern "C" __global__ void gru_persist_f64(const double* gi, const double* w_hh,
+    const double* b_hn, const double* h0, const unsigned int* lengths, double* buf, int T_len,
+    int B, int H, int D, int U, int nb) {
+    persist<double>(gi, w_hh, b_hn, h0, lengths, buf, T_len, B, H, D, U, nb);
 }
