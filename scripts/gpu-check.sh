@@ -118,6 +118,18 @@ for t in 1 50 1000; do
       --warmup 3 --iters 50 --impl $impl --json | sed -n 's/.*"impl":"\([^"]*\)".*"median_ms":\([0-9.]*\).*/'"T=$t"' \1 \2/p'
   done
 done
+stamp "persistent kernel: work items per block (GRU_PERSISTENT_ITEMS) vs ms"
+for row in "long|--input-size 64 --hidden-size 128 --seq-len 2000 --batch 8" \
+  "medium|--input-size 128 --hidden-size 256 --num-layers 2 --bidirectional --seq-len 100 --batch 32" \
+  "small|--input-size 16 --hidden-size 32 --seq-len 50 --batch 1"; do
+  IFS='|' read -r name args <<<"$row"
+  for items in 32 64 128 256; do
+    # shellcheck disable=SC2086
+    ms=$(GRU_PERSISTENT_ITEMS=$items gru 60 bench $args --device "$DEVICE" --warmup 3 --iters 10 \
+      --impl ours-persistent --json | sed -n 's/.*"median_ms":\([0-9.]*\).*/\1/p')
+    echo "$name items=$items $ms ms"
+  done
+done
 stamp "table (ratio = ours / PyTorch cuDNN, medians of 2 rounds)"
 "$PYTHON" scripts/bench_report.py "$RESULTS" --all-impls
 stamp "done"

@@ -23,6 +23,8 @@ pub(crate) struct CudaKernels {
     pub sm_count: usize,
     /// Shared memory a block may opt in to.
     pub max_smem: usize,
+    /// Threads per block the persistent kernel can run with (its registers allowing).
+    pub persist_max_threads: usize,
 }
 
 impl std::fmt::Debug for CudaKernels {
@@ -96,6 +98,11 @@ pub(crate) fn kernels(dev: &CudaDevice) -> Result<Arc<CudaKernels>> {
         )
         .map_err(|e| msg("shared memory opt-in", e))?;
     }
+    let max_threads = |f: &CudaFunction| {
+        f.get_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)
+            .map_err(|e| msg("function attribute", e))
+    };
+    let persist_max_threads = max_threads(&persist_f32)?.min(max_threads(&persist_f64)?) as usize;
     let k = Arc::new(CudaKernels {
         gate_f32: load("gru_gate_f32")?,
         gate_f64: load("gru_gate_f64")?,
@@ -103,6 +110,7 @@ pub(crate) fn kernels(dev: &CudaDevice) -> Result<Arc<CudaKernels>> {
         persist_f64,
         sm_count,
         max_smem,
+        persist_max_threads,
     });
     loaded.insert(dev.id(), k.clone());
     Ok(k)

@@ -1,8 +1,8 @@
-//! The fused gate update of one time step as a candle in-place op, for the device path: one
-//! kernel computes r, z, n, h' and applies the length mask, given the step's input projection and
-//! `gh = h @ W_hh^T`, writing straight into the direction's buffer. With the matmul that makes
-//! two launches per step and no copies. CPU twin (`cpu_fwd`, tested on every run) and CUDA kernel
-//! (`cuda_fwd`, `gru_gate_*` of `kernel_source`); Metal takes the candle-ops composition instead.
+//! The fused gate update of one time step as a candle in-place op: the CPU twin of the CUDA
+//! kernel `gru_gate_*` (which `direction_op` launches), so that the per-step data flow of the CUDA
+//! path is tested on every run (`Kernel::FusedStep` on the CPU): r, z, n, h' and the length mask,
+//! given the step's input projection and `gh = h @ W_hh^T`, written straight into the direction's
+//! buffer.
 //!
 //! The buffer is `(T + 2, B, H)`: rows `0..T` the outputs (zero past each sequence's length,
 //! as allocated), rows `T` and `T + 1` the state, double-buffered: step reads row `T + parity`
@@ -24,15 +24,7 @@ pub(crate) struct GateStep<'a> {
     pub lengths: Option<&'a Tensor>,
     /// Which state row of the buffer holds the current state (0: row T, 1: row T + 1).
     pub parity: usize,
-    /// The device's loaded kernels (CUDA), looked up once per forward, not per step.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub kernels: Option<&'a DeviceKernels>,
 }
-
-#[cfg(feature = "cuda")]
-pub(crate) type DeviceKernels = crate::cuda_kernels::CudaKernels;
-#[cfg(not(feature = "cuda"))]
-pub(crate) type DeviceKernels = ();
 
 fn cpu_slice<'s, T: WithDType>(storage: &'s Storage, layout: &Layout) -> Result<&'s [T]> {
     match storage {
@@ -134,110 +126,4 @@ impl InplaceOp2 for GateStep<'_> {
         }
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        buf_s: &mut candle_core::CudaStorage,
-        buf_l: &Layout,
-        gh_s: &candle_core::CudaStorage,
-        gh_l: &Layout,
-    ) -> Result<()> {
-        let dims = self.dims(buf_l, gh_l)?;
-        cuda::launch(self, buf_s, buf_l, gh_s, gh_l, dims)
-    }
-}
-
-/// The CUDA side: launches `gru_gate_*` from `kernel_source::CUDA_SOURCE` (loaded once per
-/// device by `cuda_kernels`).
-#[cfg(feature = "cuda")]
-mod cuda {
-    use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, Layout, Result, Storage};
-
-    use super::GateStep;
-    use crate::kernel_source::GATE_BLOCK;
-
-    fn cuda_of(s: &Storage) -> Result<&CudaStorage> {
-        match s {
-            Storage::Cuda(c) => Ok(c),
-            _ => candle_core::bail!("gru gate step: tensors must all be on the CUDA device"),
-        }
-    }
-
-    pub(super) fn launch(
-        op: &GateStep<'_>,
-        buf_s: &mut CudaStorage,
-        buf_l: &Layout,
-        gh_s: &CudaStorage,
-        gh_l: &Layout,
-        dims: (usize, usize, usize, usize),
-    ) -> Result<()> {
-        match gh_s.dtype() {
-            candle_core::DType::F32 => typed::<f32>(op, buf_s, buf_l, gh_s, gh_l, dims),
-            candle_core::DType::F64 => typed::<f64>(op, buf_s, buf_l, gh_s, gh_l, dims),
-            other => candle_core::bail!("gru gate step: no CUDA kernel for {other:?}"),
-        }
-    }
-
-    fn typed<T: CudaDType + DeviceRepr>(
-        op: &GateStep<'_>,
-        buf_s: &mut CudaStorage,
-        buf_l: &Layout,
-        gh_s: &CudaStorage,
-        gh_l: &Layout,
-        (t_len, b, hs, g): (usize, usize, usize, usize),
-    ) -> Result<()> {
-        let Some(kernels) = op.kernels else {
-            candle_core::bail!("gru gate step: internal: CUDA kernels not loaded")
-        };
-        let func = kernels.gate(gh_s.dtype())?;
-        let stream = gh_s.device().cuda_stream();
-        let (gi_g, gi_l) = op.gi.storage_and_layout();
-        let (bh_g, bh_l) = op.b_hn.storage_and_layout();
-        let len_guard = op.lengths.map(|l| l.storage_and_layout());
-        let gi = cuda_of(&gi_g)?
-            .as_cuda_slice::<T>()?
-            .slice(gi_l.start_offset()..);
-        let b_hn = cuda_of(&bh_g)?
-            .as_cuda_slice::<T>()?
-            .slice(bh_l.start_offset()..);
-        let lengths = match &len_guard {
-            Some((g, l)) => Some(
-                cuda_of(g)?
-                    .as_cuda_slice::<u32>()?
-                    .slice(l.start_offset()..),
-            ),
-            None => None,
-        };
-        let null_lengths = 0u64; // a null `const unsigned int*`: every step valid
-        let gh = gh_s.as_cuda_slice::<T>()?.slice(gh_l.start_offset()..);
-        let mut buf = buf_s
-            .as_cuda_slice_mut::<T>()?
-            .slice_mut(buf_l.start_offset()..);
-        let ints = [b, hs, g, op.offset, op.t, t_len, op.parity].map(|v| v as i32);
-        let mut builder = stream.launch_builder(func);
-        builder.arg(&gi);
-        builder.arg(&gh);
-        builder.arg(&b_hn);
-        match &lengths {
-            Some(l) => builder.arg(l),
-            None => builder.arg(&null_lengths),
-        };
-        builder.arg(&mut buf);
-        for v in &ints {
-            builder.arg(v);
-        }
-        let n = (b * hs) as u32; // < 2^31: checked by `GateStep::dims`
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(GATE_BLOCK as u32), 1, 1),
-            block_dim: (GATE_BLOCK as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: argument types and order match the kernel's signature; sizes were checked by
-        // `GateStep::dims`; each thread writes only its own (row, unit) elements.
-        unsafe { builder.launch(cfg) }.w()?;
-        Ok(())
-    }
 }

@@ -8,10 +8,17 @@
 use candle_core::{Tensor, D};
 
 use crate::error::Result;
-use crate::gate_op::{DeviceKernels, GateStep};
+use crate::direction_op::DirectionLoop;
+use crate::gate_op::GateStep;
 use crate::kernel_source::PersistentPlan;
 use crate::packing::LengthPlan;
 use crate::persist_op::PersistLayer;
+
+/// The CUDA kernels of a device, loaded once (`()` without the `cuda` feature).
+#[cfg(feature = "cuda")]
+pub(crate) type DeviceKernels = crate::cuda_kernels::CudaKernels;
+#[cfg(not(feature = "cuda"))]
+pub(crate) type DeviceKernels = ();
 
 /// One direction's recurrent weights, in compute layout.
 pub(crate) struct DirTensors<'a> {
@@ -145,6 +152,20 @@ fn fused_direction(
     check_kernel_sizes(t_len, batch, hidden, g)?;
     let buf = Tensor::zeros((t_len + 2, batch, hidden), gi.dtype(), gi.device())?;
     buf.slice_set(&h0.unsqueeze(0)?, 0, t_len)?;
+    if let Some(kernels) = fused.kernels {
+        // CUDA: every step from one host loop, outside candle's per-op bookkeeping.
+        let op = DirectionLoop {
+            gi,
+            offset,
+            b_hn: dir.b_hn,
+            lengths: fused.lengths,
+            reverse,
+            kernels,
+        };
+        buf.inplace_op2(dir.w_hh_t, &op)?;
+        return Ok((buf.narrow(0, 0, t_len)?, buf.get(t_len + t_len % 2)?));
+    }
+    // Elsewhere (the CPU, in tests): per step a candle matmul and the gate kernel's CPU twin.
     let mut parity = 0;
     for s in 0..t_len {
         let t = if reverse { t_len - 1 - s } else { s };
@@ -158,7 +179,6 @@ fn fused_direction(
             b_hn: dir.b_hn,
             lengths: fused.lengths,
             parity,
-            kernels: fused.kernels,
         };
         buf.inplace_op2(&gh, &step)?;
         parity = 1 - parity;

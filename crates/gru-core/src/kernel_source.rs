@@ -18,12 +18,13 @@ pub struct PersistentPlan {
     pub smem_bytes: usize,
 }
 
-/// Work items (row x group of 4 batch rows) a block aims for: enough to fill 8 warps, few enough
-/// that a step stays short (the recurrence is latency-bound at small batch).
-const ITEMS_PER_BLOCK: usize = 256;
+/// Work items (row x group of 4 batch rows) a block aims for by default: enough to fill 8 warps,
+/// few enough that a step stays short (the recurrence is latency-bound at small batch). Fewer
+/// items mean more blocks: shorter steps, a wider grid barrier.
+pub const ITEMS_PER_BLOCK: usize = 256;
 
-/// Threads per block at most: each thread holds one gate item and one row item.
-const MAX_THREADS: usize = 256;
+/// Threads per block at most by default: each thread holds one gate item and one row item.
+pub const MAX_THREADS: usize = 256;
 
 impl PersistentPlan {
     /// The plan for `batch` rows, `hidden` units and `directions` of `elem_size`-byte values on a
@@ -39,17 +40,45 @@ impl PersistentPlan {
         sm_count: usize,
         max_smem: usize,
     ) -> Option<Self> {
+        Self::with_items(
+            seq_len,
+            batch,
+            hidden,
+            directions,
+            elem_size,
+            sm_count,
+            max_smem,
+            ITEMS_PER_BLOCK,
+            MAX_THREADS,
+        )
+    }
+
+    /// As [`PersistentPlan::new`], aiming for `items` work items per block, with at most
+    /// `max_threads` threads per block.
+    pub fn with_items(
+        seq_len: usize,
+        batch: usize,
+        hidden: usize,
+        directions: usize,
+        elem_size: usize,
+        sm_count: usize,
+        max_smem: usize,
+        items: usize,
+        max_threads: usize,
+    ) -> Option<Self> {
+        let max_threads = max_threads / 32 * 32;
         if batch == 0 || hidden == 0 || directions == 0 || sm_count < directions {
             return None;
         }
-        if batch > MAX_THREADS || hidden > i32::MAX as usize / 4 {
+        if batch > max_threads || hidden > i32::MAX as usize / 4 {
             return None;
         }
         let groups = batch.div_ceil(4);
-        let mut units = ITEMS_PER_BLOCK
+        let mut units = items
+            .max(1)
             .div_ceil(3 * groups)
-            .min(MAX_THREADS / batch)
-            .min(MAX_THREADS / (3 * groups))
+            .min(max_threads / batch)
+            .min(max_threads / (3 * groups))
             .clamp(1, hidden);
         // Every direction's blocks must be co-resident: at most one block per SM here.
         let max_blocks = sm_count / directions;
@@ -66,7 +95,7 @@ impl PersistentPlan {
         }
         let blocks = hidden.div_ceil(units);
         let work = (units * batch).max(3 * units * groups);
-        if blocks > max_blocks || work > MAX_THREADS {
+        if blocks > max_blocks || work > max_threads {
             return None;
         }
         // 32-bit kernel arithmetic: the barrier target T * nb, the step index, G = 3DH.

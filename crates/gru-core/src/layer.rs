@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Storage, Tensor, WithDType};
 
 use crate::activation::Real;
 use crate::error::{GruError, Result};
-use crate::gate_op::DeviceKernels;
+use crate::kernel_ops::DeviceKernels;
 use crate::kernel_cpu::{self, Dims, DirSlices, LayerSlices};
 use crate::kernel_ops::{self, DirTensors, Fused};
 use crate::kernel_source::PersistentPlan;
@@ -34,6 +34,25 @@ pub enum Kernel {
 /// `Auto` takes the persistent kernel on CUDA up to this batch size: beyond it each step has
 /// enough rows for cuBLAS to do better than a block's share of a GEMV.
 const AUTO_PERSISTENT_MAX_BATCH: usize = 32;
+
+/// Work items and threads per block of the persistent kernel: `GRU_PERSISTENT_ITEMS` and
+/// `GRU_PERSISTENT_THREADS` (tuning knobs for benchmarks), else the defaults.
+fn persistent_tuning() -> (usize, usize) {
+    static TUNING: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *TUNING.get_or_init(|| {
+        let var = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(default)
+        };
+        (
+            var("GRU_PERSISTENT_ITEMS", crate::kernel_source::ITEMS_PER_BLOCK),
+            var("GRU_PERSISTENT_THREADS", crate::kernel_source::MAX_THREADS),
+        )
+    })
+}
 
 /// What every layer of one forward call shares: the lengths as a `(B)` u32 tensor on the device
 /// (uploaded once per forward, not per layer and direction) and the device's loaded kernels.
@@ -228,13 +247,15 @@ impl Layer {
             return Ok(None);
         }
         #[cfg(feature = "cuda")]
-        let (sm_count, max_smem) = (kernels.sm_count, kernels.max_smem);
+        let (sm_count, max_smem, max_threads) =
+            (kernels.sm_count, kernels.max_smem, kernels.persist_max_threads);
         #[cfg(not(feature = "cuda"))]
-        let (sm_count, max_smem) = {
+        let (sm_count, max_smem, max_threads) = {
             let () = kernels;
-            (0, 0)
+            (0, 0, 0)
         };
-        let Some(plan) = PersistentPlan::new(
+        let tuning = persistent_tuning();
+        let Some(plan) = PersistentPlan::with_items(
             t_len,
             batch,
             self.hidden,
@@ -242,6 +263,8 @@ impl Layer {
             x.dtype().size_in_bytes(),
             sm_count,
             max_smem,
+            tuning.0,
+            tuning.1.min(max_threads),
         ) else {
             return refuse("the layer does not fit in the GPU's shared memory and SMs");
         };

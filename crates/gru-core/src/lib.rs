@@ -16,6 +16,7 @@ mod config;
 #[cfg(feature = "cuda")]
 mod cuda_kernels;
 mod device;
+mod direction_op;
 mod error;
 mod gate_op;
 mod gru;

@@ -10,7 +10,7 @@
 
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
 
-use crate::gate_op::DeviceKernels;
+use crate::kernel_ops::DeviceKernels;
 use crate::kernel_source::PersistentPlan;
 
 // Read by the CUDA launch only.

@@ -1,0 +1,170 @@
+//! The per-step CUDA path of one direction as ONE candle op: for each step one cuBLAS GEMM
+//! (`gh = h @ W_hh^T` into a scratch buffer) and one launch of the gate kernel `gru_gate_*`, issued
+//! from a single host loop. Going through candle for each step (a `matmul`, an output allocation,
+//! an op dispatch) cost more host time per step than the GPU spends on it.
+//!
+//! The buffer is `(T + 2, B, H)` as for `GateStep` (whose CPU twin tests this data flow): rows
+//! `0..T` the outputs, rows `T` and `T + 1` the double-buffered state, `h0` in row `T`; after the
+//! loop the final state is in row `T + T % 2`. The second operand is `W_hh^T` `(H, 3H)`.
+
+use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
+
+use crate::kernel_ops::DeviceKernels;
+
+// Read by the CUDA launch only.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct DirectionLoop<'a> {
+    /// `(T, B, g)` input projections, biases folded in; this direction's gates at `offset`.
+    pub gi: &'a Tensor,
+    pub offset: usize,
+    /// `(H)`.
+    pub b_hn: &'a Tensor,
+    /// `(B)` u32; `None` when every sequence runs all `T` steps.
+    pub lengths: Option<&'a Tensor>,
+    pub reverse: bool,
+    pub kernels: &'a DeviceKernels,
+}
+
+impl InplaceOp2 for DirectionLoop<'_> {
+    fn name(&self) -> &'static str {
+        "gru-direction-loop"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        candle_core::bail!("gru direction loop: CUDA only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        buf_s: &mut candle_core::CudaStorage,
+        buf_l: &Layout,
+        w_s: &candle_core::CudaStorage,
+        w_l: &Layout,
+    ) -> Result<()> {
+        use candle_core::backend::BackendStorage;
+        match buf_s.dtype() {
+            candle_core::DType::F32 => cuda::run::<f32>(self, buf_s, buf_l, w_s, w_l),
+            candle_core::DType::F64 => cuda::run::<f64>(self, buf_s, buf_l, w_s, w_l),
+            other => candle_core::bail!("gru direction loop: no CUDA kernel for {other:?}"),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaStorage, Layout, Result, Storage};
+
+    use super::DirectionLoop;
+    use crate::kernel_source::GATE_BLOCK;
+
+    fn cuda_of(s: &Storage) -> Result<&CudaStorage> {
+        match s {
+            Storage::Cuda(c) => Ok(c),
+            _ => candle_core::bail!("gru direction loop: tensors must all be on the CUDA device"),
+        }
+    }
+
+    pub(super) fn run<T>(
+        op: &DirectionLoop<'_>,
+        buf_s: &mut CudaStorage,
+        buf_l: &Layout,
+        w_s: &CudaStorage,
+        w_l: &Layout,
+    ) -> Result<()>
+    where
+        T: CudaDType + DeviceRepr + candle_core::WithDType,
+        candle_core::cuda_backend::cudarc::cublas::CudaBlas: Gemm<T>,
+    {
+        let (t2, b, hs) = buf_l.shape().dims3()?;
+        let (hs2, h3) = w_l.shape().dims2()?;
+        let (t_len, b2, g) = op.gi.dims3()?;
+        if t2 != t_len + 2 || b != b2 || hs != hs2 || h3 != 3 * hs || op.offset + h3 > g {
+            candle_core::bail!(
+                "gru direction loop: inconsistent shapes buffer {:?}, w_hh_t {:?}, gi {:?}",
+                buf_l.dims(),
+                w_l.dims(),
+                op.gi.dims()
+            );
+        }
+        if !buf_l.is_contiguous() || !w_l.is_contiguous() || !op.gi.is_contiguous() {
+            candle_core::bail!("gru direction loop: expects contiguous tensors");
+        }
+        crate::kernel_ops::check_kernel_sizes(t_len, b, hs, g)?;
+        let dev = w_s.device();
+        let stream = dev.cuda_stream();
+        let blas = dev.cublas_handle();
+        let func = op.kernels.gate(w_s.dtype())?;
+        let (gi_g, gi_l) = op.gi.storage_and_layout();
+        let (bh_g, bh_l) = op.b_hn.storage_and_layout();
+        let len_guard = op.lengths.map(|l| l.storage_and_layout());
+        let gi = cuda_of(&gi_g)?
+            .as_cuda_slice::<T>()?
+            .slice(gi_l.start_offset()..);
+        let b_hn = cuda_of(&bh_g)?
+            .as_cuda_slice::<T>()?
+            .slice(bh_l.start_offset()..);
+        let lengths = match &len_guard {
+            Some((g, l)) => Some(cuda_of(g)?.as_cuda_slice::<u32>()?.slice(l.start_offset()..)),
+            None => None,
+        };
+        let null_lengths = 0u64; // a null `const unsigned int*`: every step valid
+        let w = w_s.as_cuda_slice::<T>()?.slice(w_l.start_offset()..);
+        let buf_all = buf_s.as_cuda_slice_mut::<T>()?;
+        let start = buf_l.start_offset();
+        // SAFETY: fully written by the first GEMM (beta = 0) before the gate kernel reads it.
+        let mut gh = unsafe { stream.alloc::<T>(b * h3) }.w()?;
+        let bh = b * hs;
+        let gemm = GemmConfig {
+            // Column-major: gh^T (3H x B) = W_hh (W_hh^T row-major read as col-major 3H x H)
+            // times h^T (h row-major (B, H) read as col-major H x B).
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: h3 as i32,
+            n: b as i32,
+            k: hs as i32,
+            alpha: T::from_f64(1.0),
+            lda: h3 as i32,
+            ldb: hs as i32,
+            beta: T::from_f64(0.0),
+            ldc: h3 as i32,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: ((bh as u32).div_ceil(GATE_BLOCK as u32), 1, 1),
+            block_dim: (GATE_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut parity = 0;
+        for s in 0..t_len {
+            let t = if op.reverse { t_len - 1 - s } else { s };
+            {
+                let h = buf_all.slice(start + (t_len + parity) * bh..);
+                // SAFETY: shapes checked above; `h` and `gh` hold B * H and B * 3H values.
+                unsafe { blas.gemm(gemm, &w, &h, &mut gh) }.w()?;
+            }
+            let mut buf = buf_all.slice_mut(start..);
+            let ints = [b, hs, g, op.offset, t, t_len, parity].map(|v| v as i32);
+            let mut builder = stream.launch_builder(func);
+            builder.arg(&gi);
+            builder.arg(&gh);
+            builder.arg(&b_hn);
+            match &lengths {
+                Some(l) => builder.arg(l),
+                None => builder.arg(&null_lengths),
+            };
+            builder.arg(&mut buf);
+            for v in &ints {
+                builder.arg(v);
+            }
+            // SAFETY: argument types and order match the kernel's signature; sizes checked
+            // above; each thread writes only its own (row, unit) elements.
+            unsafe { builder.launch(cfg) }.w()?;
+            parity = 1 - parity;
+        }
+        Ok(())
+    }
+}
