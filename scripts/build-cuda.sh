@@ -89,15 +89,25 @@ if [ "$MODE" = check ]; then
   cargo check --workspace --all-targets --features cuda
   exit 0
 fi
-cargo build --release -p gru-cli --features cuda
-cp target/cuda/release/gru target/cuda/gru
-strip target/cuda/gru
-# The GPU test binary: cargo prints its path as the last "executable" of the build.
-exe=$(cargo test --release --features cuda --test gpu --no-run --message-format=json |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
-[ -n "$exe" ] || { echo "no test executable built" >&2; exit 1; }
-cp "$exe" target/cuda/gpu-tests
-strip target/cuda/gpu-tests
+mkdir -p target/cuda
+# The binary and the GPU test binary in ONE cargo invocation: built separately, their features
+# unify differently and candle's CUDA kernels (nvcc, the slow part) would be compiled twice.
+cargo build --release -p gru-cli -p candle-gru --features gru-cli/cuda,candle-gru/cuda \
+  --bin gru --test gpu --message-format=json-render-diagnostics >target/cuda/artifacts.jsonl
+exe() { # the executable of target $1 from cargo's messages
+  "$PY" -c 'import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[2]:
+        print(m["executable"])' target/cuda/artifacts.jsonl "$1" | tail -1
+}
+for pair in "gru gru" "gpu gpu-tests"; do
+  read -r name out <<<"$pair"
+  path=$(exe "$name")
+  [ -n "$path" ] || { echo "no executable for $name in cargo's output" >&2; exit 1; }
+  cp "$path" "target/cuda/$out"
+  strip "target/cuda/$out"
+done
 if [ "$MODE" = pack ]; then
   for f in target/cuda/gru target/cuda/gpu-tests; do xz -T2 -6 -kf "$f"; done
 fi

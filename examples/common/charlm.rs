@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, IndexOp, Module, Tensor};
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_gru::{Gru, GruState, WeightFile};
 
 pub struct CharLm {
@@ -27,12 +27,20 @@ impl CharLm {
             .chars()
             .collect();
         let dev = Device::Cpu;
-        let embed = candle_nn::Embedding::new(file.load("embed.weight", &dev)?, 16);
-        let head = candle_nn::Linear::new(
-            file.load("head.weight", &dev)?,
-            Some(file.load("head.bias", &dev)?),
-        );
-        let (gru, _) = file.gru(Some("rnn"), None, &dev)?;
+        // The whole model through one VarBuilder; every size comes from the file.
+        let vb = file.var_builder(DType::F32, &dev);
+        let shape = |name: &str| -> Result<Vec<usize>> {
+            Ok(file.info(name).context(name.to_string())?.shape.clone())
+        };
+        let (vocab_size, embed_dim) = match shape("embed.weight")?[..] {
+            [v, e] => (v, e),
+            ref s => anyhow::bail!("`embed.weight`: expected 2 dims, found {s:?}"),
+        };
+        let embed = candle_nn::embedding(vocab_size, embed_dim, vb.pp("embed"))?;
+        let rnn = file.select(candle_gru::weights::ModuleKind::Gru, Some("rnn"))?;
+        let gru = Gru::new(rnn.config, vb.pp("rnn"))?;
+        let head_shape = shape("head.weight")?;
+        let head = candle_nn::linear(head_shape[1], head_shape[0], vb.pp("head"))?;
         Ok(Self {
             embed,
             gru,

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <barrier>
 #include <cmath>
+#include <cstdlib>
 #include <thread>
 
 using std::exp;
@@ -41,6 +42,7 @@ extern thread_local std::barrier<>* block_barrier;
 #define gridDim (gru_host::grid_dim)
 #define GRU_DYNAMIC_SMEM(name) unsigned char* name = gru_host::smem
 
+[[noreturn]] inline void __trap() { std::abort(); }
 inline void __syncthreads() { gru_host::block_barrier->arrive_and_wait(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __nanosleep(unsigned int) { std::this_thread::yield(); }

@@ -132,3 +132,10 @@ impl GruCell {
         crate::error::check_dtype_device(name, t, self.dtype, &self.device)
     }
 }
+
+/// A `GruCell` in a candle model: `forward(input)` is `nn.GRUCell(input)` (zero `hx`).
+impl candle_core::Module for GruCell {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(GruCell::forward(self, xs, None)?)
+    }
+}

@@ -20,6 +20,7 @@ pub(crate) struct CudaKernels {
     gate_f64: CudaFunction,
     persist_f32: CudaFunction,
     persist_f64: CudaFunction,
+    /// Multiprocessors the persistent kernel may use (0 without cooperative launch).
     pub sm_count: usize,
     /// Shared memory a block may opt in to.
     pub max_smem: usize,

@@ -91,8 +91,14 @@ mod cuda {
                 op.gi.dims()
             );
         }
-        if !buf_l.is_contiguous() || !w_l.is_contiguous() || !op.gi.is_contiguous() {
-            candle_core::bail!("gru direction loop: expects contiguous tensors");
+        if !buf_l.is_contiguous()
+            || !w_l.is_contiguous()
+            || !op.gi.is_contiguous()
+            || !op.b_hn.is_contiguous()
+            || op.b_hn.elem_count() != hs
+            || op.lengths.is_some_and(|l| l.elem_count() != b)
+        {
+            candle_core::bail!("gru direction loop: internal: expects contiguous, sized tensors");
         }
         crate::kernel_ops::check_kernel_sizes(t_len, b, hs, g)?;
         let dev = w_s.device();
@@ -109,7 +115,11 @@ mod cuda {
             .as_cuda_slice::<T>()?
             .slice(bh_l.start_offset()..);
         let lengths = match &len_guard {
-            Some((g, l)) => Some(cuda_of(g)?.as_cuda_slice::<u32>()?.slice(l.start_offset()..)),
+            Some((g, l)) => Some(
+                cuda_of(g)?
+                    .as_cuda_slice::<u32>()?
+                    .slice(l.start_offset()..),
+            ),
             None => None,
         };
         let null_lengths = 0u64; // a null `const unsigned int*`: every step valid

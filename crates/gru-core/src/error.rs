@@ -45,6 +45,17 @@ pub enum GruError {
 
 pub type Result<T> = std::result::Result<T, GruError>;
 
+/// So that `?` works inside a candle `Module::forward`: candle's own errors come back as they
+/// were, the others are wrapped (their message and source kept).
+impl From<GruError> for candle_core::Error {
+    fn from(e: GruError) -> Self {
+        match e {
+            GruError::Candle(e) => e,
+            other => candle_core::Error::wrap(other),
+        }
+    }
+}
+
 impl GruError {
     pub(crate) fn arg(name: impl Into<String>, reason: impl Into<String>) -> Self {
         GruError::Argument {

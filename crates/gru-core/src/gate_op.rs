@@ -125,5 +125,4 @@ impl InplaceOp2 for GateStep<'_> {
             _ => candle_core::bail!("gru gate step: f32 or f64 expected"),
         }
     }
-
 }

@@ -277,3 +277,11 @@ impl Gru {
         crate::error::check_dtype_device(name, t, self.dtype, &self.device)
     }
 }
+
+/// A `Gru` in a candle model: `forward(input)` is `nn.GRU(input)[0]` (the output; zero `h0`).
+/// For `h0`, `h_n` or lengths use the inherent [`Gru::forward`] / [`Gru::forward_with_lengths`].
+impl candle_core::Module for Gru {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(Gru::forward(self, xs, None)?.0)
+    }
+}

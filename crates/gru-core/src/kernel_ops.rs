@@ -7,8 +7,8 @@
 
 use candle_core::{Tensor, D};
 
-use crate::error::Result;
 use crate::direction_op::DirectionLoop;
+use crate::error::Result;
 use crate::gate_op::GateStep;
 use crate::kernel_source::PersistentPlan;
 use crate::packing::LengthPlan;
@@ -85,9 +85,10 @@ pub(crate) fn check_kernel_sizes(
     g: usize,
 ) -> candle_core::Result<()> {
     let max = i32::MAX as usize;
-    let ok = batch
-        .checked_mul(3 * hidden)
-        .is_some_and(|n| n <= max && g <= max && t_len + 2 <= max);
+    let ok = hidden
+        .checked_mul(3)
+        .and_then(|h3| batch.checked_mul(h3))
+        .is_some_and(|n| n <= max && g <= max && t_len < max - 2);
     if !ok {
         candle_core::bail!(
             "gru: batch {batch} x 3 * hidden_size {hidden} (or seq_len {t_len}) exceeds the \

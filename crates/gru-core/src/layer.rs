@@ -7,8 +7,8 @@ use candle_core::{DType, Device, Storage, Tensor, WithDType};
 
 use crate::activation::Real;
 use crate::error::{GruError, Result};
-use crate::kernel_ops::DeviceKernels;
 use crate::kernel_cpu::{self, Dims, DirSlices, LayerSlices};
+use crate::kernel_ops::DeviceKernels;
 use crate::kernel_ops::{self, DirTensors, Fused};
 use crate::kernel_source::PersistentPlan;
 use crate::packing::LengthPlan;
@@ -48,7 +48,10 @@ fn persistent_tuning() -> (usize, usize) {
                 .unwrap_or(default)
         };
         (
-            var("GRU_PERSISTENT_ITEMS", crate::kernel_source::ITEMS_PER_BLOCK),
+            var(
+                "GRU_PERSISTENT_ITEMS",
+                crate::kernel_source::ITEMS_PER_BLOCK,
+            ),
             var("GRU_PERSISTENT_THREADS", crate::kernel_source::MAX_THREADS),
         )
     })
@@ -72,10 +75,13 @@ impl RunContext {
         } else {
             None
         };
-        Ok(Self {
-            lengths,
-            kernels: device_kernels(device)?,
-        })
+        // Only the kernel paths need the compiled kernels (and a GPU NVRTC can compile for).
+        let kernels = if kernel == Kernel::CandleOps {
+            None
+        } else {
+            device_kernels(device)?
+        };
+        Ok(Self { lengths, kernels })
     }
 }
 
@@ -109,10 +115,9 @@ pub(crate) fn compute_dtype(dtype: DType) -> DType {
     }
 }
 
+/// What the kernels read, derived from the parameters: transposed, folded, in compute dtype.
 #[derive(Debug, Clone)]
-pub(crate) struct Layer {
-    /// As loaded, in the model's dtype: what `named_tensors` returns.
-    pub params: Vec<DirectionParams>,
+struct Derived {
     /// `(in, D * 3H)`: `W_ih^T` of each direction side by side.
     w_ih_t: Tensor,
     /// `(D * 3H)`: `b_ih + [b_hr, b_hz, 0]` per direction.
@@ -123,11 +128,10 @@ pub(crate) struct Layer {
     b_hn: Vec<Tensor>,
     /// On CUDA only.
     persist: Option<PersistWeights>,
-    hidden: usize,
 }
 
-impl Layer {
-    pub fn new(params: Vec<DirectionParams>, hidden: usize) -> Result<Self> {
+impl Derived {
+    fn new(params: &[DirectionParams], hidden: usize) -> Result<Self> {
         let first = &params[0].w_ih;
         let dtype = compute_dtype(first.dtype());
         let device = first.device().clone();
@@ -136,7 +140,7 @@ impl Layer {
         let mut bias = Vec::with_capacity(params.len());
         let mut w_hh_t = Vec::with_capacity(params.len());
         let mut b_hn = Vec::with_capacity(params.len());
-        for p in &params {
+        for p in params {
             w_ih_t.push(p.w_ih.to_dtype(dtype)?.t()?);
             w_hh_t.push(p.w_hh.to_dtype(dtype)?.t()?.contiguous()?);
             match (&p.b_ih, &p.b_hh) {
@@ -171,8 +175,40 @@ impl Layer {
             bias: Tensor::cat(&bias, 0)?.contiguous()?,
             w_hh_t,
             b_hn,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    /// As loaded, in the model's dtype: what `named_tensors` returns.
+    pub params: Vec<DirectionParams>,
+    /// Derived once at construction from plain tensors; `None` when the parameters are candle
+    /// `Var`s: those can change under us (`VarMap::load`, an optimizer step) and track
+    /// gradients, so each forward derives afresh, inside the autograd graph.
+    derived: Option<Derived>,
+    hidden: usize,
+}
+
+impl Layer {
+    pub fn new(params: Vec<DirectionParams>, hidden: usize) -> Result<Self> {
+        let variable = params.iter().any(DirectionParams::is_variable);
+        let derived = if variable {
+            None
+        } else {
+            Some(Derived::new(&params, hidden)?)
+        };
+        Ok(Self {
             params,
+            derived,
             hidden,
+        })
+    }
+
+    fn derived(&self) -> Result<std::borrow::Cow<'_, Derived>> {
+        Ok(match &self.derived {
+            Some(d) => std::borrow::Cow::Borrowed(d),
+            None => std::borrow::Cow::Owned(Derived::new(&self.params, self.hidden)?),
         })
     }
 
@@ -189,10 +225,28 @@ impl Layer {
         kernel: Kernel,
         ctx: &RunContext,
     ) -> Result<(Tensor, Tensor)> {
+        let derived = self.derived()?;
+        let d = derived.as_ref();
+        // The kernels write raw buffers: candle's autograd graph stops there. With anything that
+        // tracks gradients only the candle-ops recurrence keeps it.
+        let tracked = self.derived.is_none() || x.track_op() || h0.track_op();
+        let kernel = match (tracked, kernel) {
+            (false, k) => k,
+            (true, Kernel::Auto | Kernel::CandleOps) => Kernel::CandleOps,
+            (true, k) => {
+                return Err(GruError::arg(
+                    "kernel",
+                    format!(
+                        "Kernel::{k:?} cuts candle's autograd graph, and the weights (Vars), the \
+                         input or h0 track gradients; use Kernel::Auto or Kernel::CandleOps"
+                    ),
+                ))
+            }
+        };
         if kernel == Kernel::Auto && x.device().is_cpu() {
             return match x.dtype() {
-                DType::F32 => self.forward_cpu::<f32>(x, h0, plan),
-                DType::F64 => self.forward_cpu::<f64>(x, h0, plan),
+                DType::F32 => self.forward_cpu::<f32>(d, x, h0, plan),
+                DType::F64 => self.forward_cpu::<f64>(d, x, h0, plan),
                 other => Err(GruError::arg(
                     "input",
                     format!("internal: no CPU kernel for {other:?}"),
@@ -200,7 +254,7 @@ impl Layer {
             };
         }
         if matches!(kernel, Kernel::Auto | Kernel::Persistent) {
-            if let Some(out) = self.try_persistent(x, h0, kernel, ctx)? {
+            if let Some(out) = self.try_persistent(d, x, h0, kernel, ctx)? {
                 return Ok(out);
             }
         }
@@ -211,19 +265,20 @@ impl Layer {
             }),
             _ => None,
         };
-        let dirs: Vec<DirTensors<'_>> = self
+        let dirs: Vec<DirTensors<'_>> = d
             .w_hh_t
             .iter()
-            .zip(&self.b_hn)
+            .zip(&d.b_hn)
             .map(|(w_hh_t, b_hn)| DirTensors { w_hh_t, b_hn })
             .collect();
-        kernel_ops::layer_forward(x, &self.w_ih_t, &self.bias, &dirs, h0, plan, fused)
+        kernel_ops::layer_forward(x, &d.w_ih_t, &d.bias, &dirs, h0, plan, fused)
     }
 
     /// The persistent kernel when it applies: `Some` output, or `None` for the per-step path
     /// (`Auto` only; an explicit `Persistent` that cannot run is an error saying why).
     fn try_persistent(
         &self,
+        d: &Derived,
         x: &Tensor,
         h0: &Tensor,
         kernel: Kernel,
@@ -239,7 +294,7 @@ impl Layer {
                 Ok(None)
             }
         };
-        let (Some(w), Some(kernels)) = (&self.persist, ctx.kernels.as_deref()) else {
+        let (Some(w), Some(kernels)) = (&d.persist, ctx.kernels.as_deref()) else {
             return refuse("needs a CUDA device (and a build with `--features cuda`)");
         };
         let (t_len, batch, _) = x.dims3()?;
@@ -247,8 +302,11 @@ impl Layer {
             return Ok(None);
         }
         #[cfg(feature = "cuda")]
-        let (sm_count, max_smem, max_threads) =
-            (kernels.sm_count, kernels.max_smem, kernels.persist_max_threads);
+        let (sm_count, max_smem, max_threads) = (
+            kernels.sm_count,
+            kernels.max_smem,
+            kernels.persist_max_threads,
+        );
         #[cfg(not(feature = "cuda"))]
         let (sm_count, max_smem, max_threads) = {
             let () = kernels;
@@ -268,22 +326,29 @@ impl Layer {
         ) else {
             return refuse("the layer does not fit in the GPU's shared memory and SMs");
         };
-        kernel_ops::persistent_layer(
+        let out = kernel_ops::persistent_layer(
             x,
-            &self.w_ih_t,
-            &self.bias,
+            &d.w_ih_t,
+            &d.bias,
             &w.w_hh,
             &w.b_hn,
             h0,
             ctx.lengths.as_ref(),
             plan,
             kernels,
-        )
-        .map(Some)
+        );
+        match out {
+            Ok(out) => Ok(Some(out)),
+            // Auto: a refused launch (a GPU without cooperative launch, SMs taken by another
+            // context) falls back to the per-step path, which reports any error of its own.
+            Err(_) if kernel == Kernel::Auto => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn forward_cpu<T: Real>(
         &self,
+        d: &Derived,
         x: &Tensor,
         h0: &Tensor,
         plan: &LengthPlan,
@@ -293,10 +358,10 @@ impl Layer {
         let x = x.contiguous()?;
         let h0 = h0.contiguous()?;
         let views = CpuViews::new(
-            [&x, &h0, &self.w_ih_t, &self.bias]
+            [&x, &h0, &d.w_ih_t, &d.bias]
                 .into_iter()
-                .chain(&self.w_hh_t)
-                .chain(&self.b_hn),
+                .chain(&d.w_hh_t)
+                .chain(&d.b_hn),
         )?;
         let n = self.num_directions();
         let dirs = (0..n)

@@ -1,7 +1,7 @@
 //! Loading one direction's parameters from a `VarBuilder` under PyTorch's names, with each shape
 //! checked and a missing tensor named in full (`encoder.rnn.weight_hh_l1_reverse`).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use crate::error::{GruError, Result};
@@ -58,27 +58,32 @@ fn full_name(vb: &VarBuilder, name: &str) -> String {
     }
 }
 
-/// Gets `name` with exactly `shape`, or an error naming the tensor.
-pub(crate) fn get_checked(vb: &VarBuilder, name: &str, shape: &[usize]) -> Result<Tensor> {
-    let full = full_name(vb, name);
-    if !vb.contains_tensor(name) {
-        return Err(GruError::arg(full, "is missing from the weights"));
+/// Gets `name` with exactly `shape` through candle's checked getter, so that every `VarBuilder`
+/// source works: a file, a `VarMap` (a missing variable is created as PyTorch's
+/// `reset_parameters` does, U(-1/sqrt(H), 1/sqrt(H))), zeros, tensors. A failure is an error
+/// naming the tensor: missing, or its actual shape.
+pub(crate) fn get_checked(
+    vb: &VarBuilder,
+    name: &str,
+    shape: &[usize],
+    hidden: usize,
+) -> Result<Tensor> {
+    let k = 1.0 / (hidden as f64).sqrt();
+    let init = candle_nn::Init::Uniform { lo: -k, up: k };
+    match vb.get_with_hints(shape, name, init) {
+        Ok(t) if t.dims() == shape => Ok(t),
+        Ok(t) => Err(GruError::shape(full_name(vb, name), shape, t.dims())),
+        Err(e) => {
+            let full = full_name(vb, name);
+            if !vb.contains_tensor(name) {
+                return Err(GruError::arg(full, "is missing from the weights"));
+            }
+            match vb.get_unchecked(name) {
+                Ok(t) if t.dims() != shape => Err(GruError::shape(full, shape, t.dims())),
+                _ => Err(GruError::arg(full, format!("cannot be read: {e}"))),
+            }
+        }
     }
-    let t = vb
-        .get_unchecked(name)
-        .map_err(|e| GruError::arg(full.clone(), format!("cannot be read: {e}")))?;
-    if t.dims() != shape {
-        return Err(GruError::shape(full, shape, t.dims()));
-    }
-    if !t.dtype().is_float() {
-        return Err(GruError::DType {
-            name: full,
-            expected: DType::F32,
-            found: t.dtype(),
-            hint: " (weights must be floating point)",
-        });
-    }
-    Ok(t)
 }
 
 impl DirectionParams {
@@ -92,12 +97,12 @@ impl DirectionParams {
         bias: bool,
     ) -> Result<Self> {
         let g = 3 * hidden;
-        let w_ih = get_checked(vb, &names.w_ih, &[g, input])?;
-        let w_hh = get_checked(vb, &names.w_hh, &[g, hidden])?;
+        let w_ih = get_checked(vb, &names.w_ih, &[g, input], hidden)?;
+        let w_hh = get_checked(vb, &names.w_hh, &[g, hidden], hidden)?;
         let (b_ih, b_hh) = if bias {
             (
-                Some(get_checked(vb, &names.b_ih, &[g])?),
-                Some(get_checked(vb, &names.b_hh, &[g])?),
+                Some(get_checked(vb, &names.b_ih, &[g], hidden)?),
+                Some(get_checked(vb, &names.b_hh, &[g], hidden)?),
             )
         } else {
             (None, None)
@@ -108,6 +113,19 @@ impl DirectionParams {
             b_ih,
             b_hh,
         })
+    }
+
+    /// Whether any tensor is a candle `Var` (trainable, changeable in place).
+    pub fn is_variable(&self) -> bool {
+        [
+            Some(&self.w_ih),
+            Some(&self.w_hh),
+            self.b_ih.as_ref(),
+            self.b_hh.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(Tensor::is_variable)
     }
 
     /// The tensors under their PyTorch names, for saving.

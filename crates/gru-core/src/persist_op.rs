@@ -109,6 +109,16 @@ mod cuda {
             }
         }
         let plan = op.plan;
+        let groups = b.div_ceil(4);
+        let covered = plan.units * plan.blocks_per_direction >= hs
+            && plan.threads >= (plan.units * b).max(3 * plan.units * groups);
+        let sized =
+            op.b_hn.elem_count() == d * hs && op.lengths.is_none_or(|l| l.elem_count() == b);
+        if !covered || !sized {
+            candle_core::bail!(
+                "gru persistent layer: internal: plan {plan:?} or b_hn/lengths do not fit B {b}, H {hs}, D {d}"
+            );
+        }
         let func = op.kernels.persist(buf_s.dtype())?;
         let stream = buf_s.device().cuda_stream();
         let (gi_g, gi_l) = op.gi.storage_and_layout();

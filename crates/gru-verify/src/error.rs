@@ -19,3 +19,14 @@ pub enum VerifyError {
 }
 
 pub type Result<T> = std::result::Result<T, VerifyError>;
+
+impl From<VerifyError> for candle_core::Error {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::Candle(e) => e,
+            VerifyError::Gru(e) => e.into(),
+            VerifyError::Weights(e) => e.into(),
+            other => candle_core::Error::wrap(other),
+        }
+    }
+}

@@ -39,6 +39,16 @@ pub enum WeightsError {
 
 pub type Result<T> = std::result::Result<T, WeightsError>;
 
+impl From<WeightsError> for candle_core::Error {
+    fn from(e: WeightsError) -> Self {
+        match e {
+            WeightsError::Candle(e) => e,
+            WeightsError::Gru(e) => e.into(),
+            other => candle_core::Error::wrap(other),
+        }
+    }
+}
+
 impl WeightsError {
     pub(crate) fn file(path: &std::path::Path, reason: impl Into<String>) -> Self {
         WeightsError::File {

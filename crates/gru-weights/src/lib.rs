@@ -20,6 +20,7 @@ mod file;
 mod load;
 mod pth;
 mod save;
+mod var_builder;
 
 pub use discover::{discover, Discovery, GruInfo, ModuleKind};
 pub use error::{Result, WeightsError};

@@ -101,7 +101,7 @@ impl WeightFile {
     }
 
     /// Loads the module's tensors as a `VarBuilder` at its prefix, in `dtype` (default: stored).
-    fn var_builder(
+    fn module_var_builder(
         &self,
         info: &GruInfo,
         dtype: Option<DType>,
@@ -162,7 +162,7 @@ impl WeightFile {
         device: &Device,
     ) -> Result<(Gru, LoadReport)> {
         let info = self.select(ModuleKind::Gru, prefix)?;
-        let (vb, report) = self.var_builder(&info, dtype, device)?;
+        let (vb, report) = self.module_var_builder(&info, dtype, device)?;
         Ok((Gru::new(info.config, vb)?, report))
     }
 
@@ -174,7 +174,7 @@ impl WeightFile {
         device: &Device,
     ) -> Result<(GruCell, LoadReport)> {
         let info = self.select(ModuleKind::GruCell, prefix)?;
-        let (vb, report) = self.var_builder(&info, dtype, device)?;
+        let (vb, report) = self.module_var_builder(&info, dtype, device)?;
         let c = &info.config;
         Ok((
             GruCell::new(c.input_size, c.hidden_size, c.bias, vb)?,

@@ -93,6 +93,8 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
                         int nb) {
     GRU_DYNAMIC_SMEM(smem_raw);
     const int R = 3 * U;
+    // The launch must give every gate item and every row item a thread (see PersistentPlan).
+    if (U * B > (int)blockDim.x || R * ((B + 3) / 4) > (int)blockDim.x) __trap();
     const int H4 = (H + 3) & ~3;
     const int S = ((H4 / 4) % 2 == 0) ? H4 + 4 : H4;
     const int Bp = (B + 3) & ~3;
@@ -211,7 +213,11 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
                 __threadfence();
                 atomicAdd(bar, 1u);
                 const unsigned int target = (unsigned int)(s + 1) * (unsigned int)nb;
-                while (gru_load_volatile(bar) < target) __nanosleep(20);
+                while (gru_load_volatile(bar) < target) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
+                    __nanosleep(20);  // sm_70+; older GPUs just spin
+#endif
+                }
                 __threadfence();
             }
             __syncthreads();
