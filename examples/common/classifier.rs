@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use anyhow::Result;
-use candle_core::{Device, Module, Tensor};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_gru::weights::ModuleKind;
 use candle_gru::{Gru, WeightFile};
 
 pub struct Classifier {
@@ -15,12 +16,12 @@ pub struct Classifier {
 impl Classifier {
     pub fn load(path: &Path) -> Result<Self> {
         let file = WeightFile::open(path)?;
-        let dev = Device::Cpu;
-        let (gru, _) = file.gru(Some("gru"), None, &dev)?;
-        let head = candle_nn::Linear::new(
-            file.load("head.weight", &dev)?,
-            Some(file.load("head.bias", &dev)?),
-        );
+        // The whole model through one VarBuilder; the sizes come from the file.
+        let vb = file.var_builder(DType::F32, &Device::Cpu);
+        let config = file.select(ModuleKind::Gru, Some("gru"))?.config;
+        let gru = Gru::new(config, vb.pp("gru"))?;
+        let head_shape = &file.info("head.weight").context("head.weight")?.shape;
+        let head = candle_nn::linear(head_shape[1], head_shape[0], vb.pp("head"))?;
         Ok(Self {
             gru: gru.with_batch_first(true),
             head,

@@ -23,6 +23,29 @@ pub struct GruConfig {
     pub dropout: f32,
 }
 
+/// PyTorch's repr: `GRU(64, 128, num_layers=2, batch_first=True, bidirectional=True)`.
+impl std::fmt::Display for GruConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GRU({}, {}", self.input_size, self.hidden_size)?;
+        if self.num_layers != 1 {
+            write!(f, ", num_layers={}", self.num_layers)?;
+        }
+        if !self.bias {
+            write!(f, ", bias=False")?;
+        }
+        if self.batch_first {
+            write!(f, ", batch_first=True")?;
+        }
+        if self.dropout != 0.0 {
+            write!(f, ", dropout={}", self.dropout)?;
+        }
+        if self.bidirectional {
+            write!(f, ", bidirectional=True")?;
+        }
+        write!(f, ")")
+    }
+}
+
 impl Default for GruConfig {
     fn default() -> Self {
         Self {
@@ -158,5 +181,21 @@ mod tests {
         assert_eq!(c.layer_input_size(0), 5);
         assert_eq!(c.layer_input_size(2), 14);
         assert_eq!(c.gate_size(), 21);
+    }
+
+    #[test]
+    fn displays_as_pytorch_repr() {
+        let c = GruConfig::new(64, 128)
+            .with_num_layers(2)
+            .with_batch_first(true)
+            .with_bidirectional(true);
+        assert_eq!(
+            c.to_string(),
+            "GRU(64, 128, num_layers=2, batch_first=True, bidirectional=True)"
+        );
+        assert_eq!(
+            GruConfig::new(3, 4).with_bias(false).to_string(),
+            "GRU(3, 4, bias=False)"
+        );
     }
 }

@@ -222,7 +222,7 @@ pub fn run_case(case: &Case, opts: &RunOptions) -> Result<CaseReport> {
                 Some(l) => gru.forward_with_lengths(&input, l, h0.as_ref())?,
                 None => gru.forward(&input, h0.as_ref())?,
             };
-            (describe(gru.config()), out, h_n)
+            (gru.config().to_string(), out, h_n)
         }
     };
     let base = Tolerance::for_dtype(dtype);
@@ -254,23 +254,6 @@ pub fn run_case(case: &Case, opts: &RunOptions) -> Result<CaseReport> {
         passed,
         divergence,
     })
-}
-
-fn describe(c: &gru_core::GruConfig) -> String {
-    let mut s = format!("GRU({}, {}", c.input_size, c.hidden_size);
-    if c.num_layers != 1 {
-        s += &format!(", num_layers={}", c.num_layers);
-    }
-    if !c.bias {
-        s += ", bias=False";
-    }
-    if c.batch_first {
-        s += ", batch_first=True";
-    }
-    if c.bidirectional {
-        s += ", bidirectional=True";
-    }
-    s + ")"
 }
 
 /// Says where a failing case departs: the earliest time step at which `output` leaves the
