@@ -1,16 +1,17 @@
 //! Loading the CUDA kernels: `kernel_source::CUDA_SOURCE` compiled once per compute capability
 //! with NVRTC to a CUBIN for the device's own architecture (a CUBIN, not PTX: PTX from a libnvrtc
 //! newer than the driver is refused with `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`), loaded once per
-//! device, its functions kept so that a time step launches without a lock or a lookup.
+//! device, its functions kept so that a time step launches without a lock or a lookup; and the
+//! views of tensors that the launches pass as arguments.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, CStr};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::cuda_backend::cudarc::driver::{sys, CudaFunction};
+use candle_core::cuda_backend::cudarc::driver::{sys, CudaFunction, CudaView};
 use candle_core::cuda_backend::cudarc::nvrtc::{self, Ptx};
-use candle_core::cuda_backend::{CudaDevice, DeviceId};
-use candle_core::{DType, Result};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
+use candle_core::{DType, Layout, Result, Storage};
 
 use crate::kernel_source::CUDA_SOURCE;
 
@@ -163,4 +164,15 @@ fn compile_cubin(major: i32, minor: i32) -> std::result::Result<Vec<u8>, String>
         image
     };
     out
+}
+
+/// The CUDA slice of a tensor's held storage and layout (`Tensor::storage_and_layout`, kept
+/// while a launch uses it) from its start offset, as a kernel argument.
+pub(crate) fn view<'a, T: CudaDType>(
+    held: &'a (impl std::ops::Deref<Target = Storage>, &Layout),
+) -> Result<CudaView<'a, T>> {
+    match &*held.0 {
+        Storage::Cuda(c) => Ok(c.as_cuda_slice::<T>()?.slice(held.1.start_offset()..)),
+        _ => candle_core::bail!("gru CUDA kernels: tensors must all be on the CUDA device"),
+    }
 }

@@ -57,17 +57,11 @@ mod cuda {
     use candle_core::cuda_backend::cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, Layout, Result, Storage};
+    use candle_core::{CudaStorage, Layout, Result};
 
     use super::DirectionLoop;
+    use crate::cuda_kernels::view;
     use crate::kernel_source::GATE_BLOCK;
-
-    fn cuda_of(s: &Storage) -> Result<&CudaStorage> {
-        match s {
-            Storage::Cuda(c) => Ok(c),
-            _ => candle_core::bail!("gru direction loop: tensors must all be on the CUDA device"),
-        }
-    }
 
     pub(super) fn run<T>(
         op: &DirectionLoop<'_>,
@@ -105,23 +99,12 @@ mod cuda {
         let stream = dev.cuda_stream();
         let blas = dev.cublas_handle();
         let func = op.kernels.gate(w_s.dtype())?;
-        let (gi_g, gi_l) = op.gi.storage_and_layout();
-        let (bh_g, bh_l) = op.b_hn.storage_and_layout();
+        let gi_h = op.gi.storage_and_layout();
+        let bh_h = op.b_hn.storage_and_layout();
         let len_guard = op.lengths.map(|l| l.storage_and_layout());
-        let gi = cuda_of(&gi_g)?
-            .as_cuda_slice::<T>()?
-            .slice(gi_l.start_offset()..);
-        let b_hn = cuda_of(&bh_g)?
-            .as_cuda_slice::<T>()?
-            .slice(bh_l.start_offset()..);
-        let lengths = match &len_guard {
-            Some((g, l)) => Some(
-                cuda_of(g)?
-                    .as_cuda_slice::<u32>()?
-                    .slice(l.start_offset()..),
-            ),
-            None => None,
-        };
+        let gi = view::<T>(&gi_h)?;
+        let b_hn = view::<T>(&bh_h)?;
+        let lengths = len_guard.as_ref().map(view::<u32>).transpose()?;
         let null_lengths = 0u64; // a null `const unsigned int*`: every step valid
         let w = w_s.as_cuda_slice::<T>()?.slice(w_l.start_offset()..);
         let buf_all = buf_s.as_cuda_slice_mut::<T>()?;

@@ -59,16 +59,10 @@ mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, Layout, Result, Storage};
+    use candle_core::{CudaStorage, Layout, Result};
 
     use super::PersistLayer;
-
-    fn cuda_of(s: &Storage) -> Result<&CudaStorage> {
-        match s {
-            Storage::Cuda(c) => Ok(c),
-            _ => candle_core::bail!("gru persistent layer: tensors must all be on the CUDA device"),
-        }
-    }
+    use crate::cuda_kernels::view;
 
     pub(super) fn launch<T: CudaDType + DeviceRepr>(
         op: &PersistLayer<'_>,
@@ -121,28 +115,15 @@ mod cuda {
         }
         let func = op.kernels.persist(buf_s.dtype())?;
         let stream = buf_s.device().cuda_stream();
-        let (gi_g, gi_l) = op.gi.storage_and_layout();
-        let (w_g, w_l) = op.w_hh.storage_and_layout();
-        let (bh_g, bh_l) = op.b_hn.storage_and_layout();
+        let gi_h = op.gi.storage_and_layout();
+        let w_h = op.w_hh.storage_and_layout();
+        let bh_h = op.b_hn.storage_and_layout();
         let len_guard = op.lengths.map(|l| l.storage_and_layout());
-        let gi = cuda_of(&gi_g)?
-            .as_cuda_slice::<T>()?
-            .slice(gi_l.start_offset()..);
-        let w_hh = cuda_of(&w_g)?
-            .as_cuda_slice::<T>()?
-            .slice(w_l.start_offset()..);
-        let b_hn = cuda_of(&bh_g)?
-            .as_cuda_slice::<T>()?
-            .slice(bh_l.start_offset()..);
+        let gi = view::<T>(&gi_h)?;
+        let w_hh = view::<T>(&w_h)?;
+        let b_hn = view::<T>(&bh_h)?;
         let h0 = h0_s.as_cuda_slice::<T>()?.slice(h0_l.start_offset()..);
-        let lengths = match &len_guard {
-            Some((g, l)) => Some(
-                cuda_of(g)?
-                    .as_cuda_slice::<u32>()?
-                    .slice(l.start_offset()..),
-            ),
-            None => None,
-        };
+        let lengths = len_guard.as_ref().map(view::<u32>).transpose()?;
         let null_lengths = 0u64; // a null `const unsigned int*`: every step valid
         let mut buf = buf_s
             .as_cuda_slice_mut::<T>()?
