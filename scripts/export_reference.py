@@ -10,9 +10,11 @@ Reference case format (the contract `gru-verify` reads):
     what `pad_packed_sequence(..., total_length=T)` returns.
 
 As a library:
-    from export_reference import save_weights, export_case
+    from export_reference import save_weights, export_case, capture_cases
     save_weights(model, "out/model.safetensors")
     export_case("out", "case1", model, "encoder.rnn", x, h0=None, lengths=None)
+    # Or: every nn.GRU / nn.GRUCell call of one real forward pass, one case each.
+    capture_cases(model, (tokens, lengths), "out")
 
 From the command line, for a fresh randomly initialised GRU:
     python scripts/export_reference.py --out DIR --input-size 8 --hidden-size 16 \
@@ -99,6 +101,46 @@ def export_case(out_dir, name, model, prefix, x, h0=None, lengths=None, weights_
     path = os.path.join(out_dir, f"{name}.case.safetensors")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path, metadata=meta)
     return path
+
+
+def capture_cases(model, inputs, out_dir, weights_file="model.safetensors", kwargs=None):
+    """Runs `model(*inputs, **kwargs)` once with forward hooks on every `nn.GRU` and `nn.GRUCell`
+    inside it, and writes one reference case per call, on the activations the model really fed
+    it: `out_dir/PREFIX_K.case.safetensors` (PREFIX the module path, dots as `_`, K the call's
+    index), with `h0` when one was given and `lengths` when the input was a `PackedSequence`;
+    plus the weights (`weights_file`). `gru verify out_dir` then checks every GRU of the model.
+    Returns the case paths."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    names = {m: n for n, m in model.named_modules()}
+    calls = []
+
+    def hook(module, args, kwargs_, _output):
+        x = args[0] if args else kwargs_.get("input")
+        h0 = args[1] if len(args) > 1 else kwargs_.get("hx")
+        lengths = None
+        if isinstance(x, PackedSequence):
+            x, lengths = pad_packed_sequence(x, batch_first=module.batch_first)
+            lengths = [int(v) for v in lengths]
+        h0 = None if h0 is None else h0.detach().clone()
+        calls.append((names[module], x.detach().clone(), h0, lengths))
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules()
+               if isinstance(m, (torch.nn.GRU, torch.nn.GRUCell))]
+    try:
+        with torch.inference_mode():
+            model(*inputs, **(kwargs or {}))
+    finally:
+        for h in handles:
+            h.remove()
+    save_weights(model, os.path.join(out_dir, weights_file))
+    paths, seen = [], {}
+    for prefix, x, h0, lengths in calls:
+        k = seen[prefix] = seen.get(prefix, -1) + 1
+        name = f"{prefix.replace('.', '_') or 'gru'}_{k}"
+        paths.append(export_case(out_dir, name, model, prefix, x, h0, lengths,
+                                 weights_file=weights_file))
+    return paths
 
 
 def main():
