@@ -180,8 +180,16 @@ mod tests {
     }
 
     #[test]
-    fn auto_always_opens_something() {
-        assert!(DeviceSpec::Auto.device().is_ok());
+    fn auto_always_opens_a_device_and_names_it() {
+        let (dev, note) = DeviceSpec::Auto.open_explained().unwrap();
+        let note = note.expect("auto always says what it chose");
+        assert!(
+            note.contains(&format!("chose {}", device_name(&dev))),
+            "{note}"
+        );
+        if !cfg!(any(feature = "cuda", feature = "metal")) {
+            assert!(dev.is_cpu());
+        }
     }
 
     #[cfg(not(any(feature = "cuda", feature = "metal")))]
