@@ -15,6 +15,8 @@ fn gru(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gru"))
         .args(args)
         .current_dir(root())
+        // Errors stay one line even when backtraces are asked for.
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();

@@ -37,6 +37,24 @@ fn same(a: &Tensor, b: &Tensor) -> bool {
 }
 
 #[test]
+fn a_missing_file_keeps_its_io_error() {
+    let err = WeightFile::open(fixture("does-not-exist.safetensors")).unwrap_err();
+    let msg = err.to_string();
+    match &err {
+        gru_weights::WeightsError::Io { source, .. } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
+        }
+        other => panic!("expected WeightsError::Io, got {other:?}"),
+    }
+    assert!(std::error::Error::source(&err).is_some());
+    assert!(
+        msg.contains("does-not-exist.safetensors") && msg.contains("cannot open"),
+        "{msg}"
+    );
+    assert_eq!(msg.lines().count(), 1);
+}
+
+#[test]
 fn discovers_every_module_with_its_config() {
     for name in [
         "nested_model.safetensors",

@@ -85,12 +85,17 @@ fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // One line, no backtrace: the chain of contexts, outermost first.
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
+            // One line, no backtrace: the chain of contexts, outermost first, each cut at its
+            // first line (candle appends a backtrace to its errors under RUST_BACKTRACE=1), and
+            // a cause already quoted by the error above it not repeated.
+            let mut parts: Vec<String> = Vec::new();
+            for c in e.chain() {
+                let line = c.to_string().lines().next().unwrap_or_default().to_string();
+                if !parts.last().is_some_and(|p| p.contains(&line)) {
+                    parts.push(line);
+                }
+            }
+            let msg = parts.join(": ");
             eprintln!("error: {msg}");
             ExitCode::from(EXIT_ERROR)
         }

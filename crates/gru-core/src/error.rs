@@ -38,6 +38,10 @@ pub enum GruError {
     #[error("device `{device}`: {reason}")]
     Device { device: String, reason: String },
 
+    /// A broken internal invariant: a bug of this crate, not a fault of the caller's input.
+    #[error("internal error (a bug of gru-core): {0}")]
+    Internal(String),
+
     /// An error from candle itself.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -247,10 +247,7 @@ impl Layer {
             return match x.dtype() {
                 DType::F32 => self.forward_cpu::<f32>(d, x, h0, plan),
                 DType::F64 => self.forward_cpu::<f64>(d, x, h0, plan),
-                other => Err(GruError::arg(
-                    "input",
-                    format!("internal: no CPU kernel for {other:?}"),
-                )),
+                other => Err(GruError::Internal(format!("no CPU kernel for {other:?}"))),
             };
         }
         if matches!(kernel, Kernel::Auto | Kernel::Persistent) {
@@ -409,9 +406,9 @@ impl<'a> CpuViews<'a> {
         let views = tensors
             .map(|t| {
                 let (storage, layout) = t.storage_and_layout();
-                let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-                    GruError::arg("tensor", "internal: expected a contiguous tensor")
-                })?;
+                let (start, end) = layout
+                    .contiguous_offsets()
+                    .ok_or_else(|| GruError::Internal("expected a contiguous tensor".into()))?;
                 Ok((storage, start, end))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -422,7 +419,7 @@ impl<'a> CpuViews<'a> {
         let (storage, start, end) = &self.views[i];
         match &**storage {
             Storage::Cpu(cpu) => Ok(&cpu.as_slice::<T>()?[*start..*end]),
-            _ => Err(GruError::arg("tensor", "internal: expected CPU storage")),
+            _ => Err(GruError::Internal("expected CPU storage".into())),
         }
     }
 }

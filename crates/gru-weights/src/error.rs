@@ -6,9 +6,19 @@ use candle_core::DType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    /// The file cannot be read or is not a valid safetensors / PyTorch zip file.
+    /// The file is not a valid safetensors / PyTorch zip file.
     #[error("{}: {reason}", path.display())]
     File { path: PathBuf, reason: String },
+
+    /// The file cannot be opened, examined or mapped: `source` keeps the `io::Error` (so a caller
+    /// can match `io::ErrorKind::NotFound`).
+    #[error("{}: cannot {action}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 
     /// A GRU tensor whose shape does not fit the GRU it belongs to.
     #[error("`{name}`: expected shape {expected:?}, found {found:?}")]
@@ -50,6 +60,14 @@ impl From<WeightsError> for candle_core::Error {
 }
 
 impl WeightsError {
+    pub(crate) fn io(path: &std::path::Path, action: &'static str, source: std::io::Error) -> Self {
+        WeightsError::Io {
+            path: path.to_path_buf(),
+            action,
+            source,
+        }
+    }
+
     pub(crate) fn file(path: &std::path::Path, reason: impl Into<String>) -> Self {
         WeightsError::File {
             path: path.to_path_buf(),

@@ -57,8 +57,7 @@ fn map(path: &Path, file: &File) -> Result<memmap2::Mmap> {
     // process that truncates or rewrites the file meanwhile could change what we read; weight
     // files are not modified while a model loads (candle's `MmapedSafetensors` makes the same
     // assumption).
-    unsafe { memmap2::Mmap::map(file) }
-        .map_err(|e| WeightsError::file(path, format!("cannot map: {e}")))
+    unsafe { memmap2::Mmap::map(file) }.map_err(|e| WeightsError::io(path, "map", e))
 }
 
 impl WeightFile {
@@ -71,11 +70,10 @@ impl WeightFile {
     /// (otherwise it is searched for: `state_dict`, `model_state_dict`, `model`, ...).
     pub fn open_with_key(path: impl AsRef<Path>, key: Option<&str>) -> Result<Self> {
         let path = path.as_ref();
-        let file =
-            File::open(path).map_err(|e| WeightsError::file(path, format!("cannot open: {e}")))?;
+        let file = File::open(path).map_err(|e| WeightsError::io(path, "open", e))?;
         let len = file
             .metadata()
-            .map_err(|e| WeightsError::file(path, format!("cannot stat: {e}")))?
+            .map_err(|e| WeightsError::io(path, "stat", e))?
             .len();
         if len == 0 {
             return Err(WeightsError::file(path, "the file is empty"));
