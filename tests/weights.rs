@@ -259,7 +259,7 @@ fn open_bytes(bytes: &[u8]) -> Result<WeightFile, WeightsError> {
 
 fn file_error(r: Result<WeightFile, WeightsError>) -> String {
     match r {
-        Err(e @ WeightsError::File { .. }) => e.to_string(),
+        Err(e @ (WeightsError::File { .. } | WeightsError::Io { .. })) => e.to_string(),
         Err(e) => panic!("expected a file error, got {e}"),
         Ok(_) => panic!("expected an error"),
     }
