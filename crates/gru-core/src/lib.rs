@@ -36,4 +36,5 @@ pub use error::{GruError, Result};
 pub use gru::Gru;
 pub use layer::Kernel;
 pub use packing::lengths_from_tensor;
+pub use params::{ParamNames, ParamShapes};
 pub use stream::GruState;

@@ -18,12 +18,34 @@ pub(crate) struct DirectionParams {
     pub b_hh: Option<Tensor>,
 }
 
-/// The PyTorch names of one direction's four tensors.
-pub(crate) struct ParamNames {
+/// PyTorch's names of one direction's four tensors: with [`ParamShapes`], the one schema that
+/// `Gru::new` / `GruCell::new` and the weight discovery of `gru-weights` share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamNames {
     pub w_ih: String,
     pub w_hh: String,
     pub b_ih: String,
     pub b_hh: String,
+}
+
+/// PyTorch's shapes of one direction's tensors for `input` features and `hidden` units:
+/// `weight_ih` `(3H, input)`, `weight_hh` `(3H, H)`, `bias_ih` and `bias_hh` `(3H)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamShapes {
+    pub w_ih: [usize; 2],
+    pub w_hh: [usize; 2],
+    pub bias: [usize; 1],
+}
+
+impl ParamShapes {
+    pub fn new(input: usize, hidden: usize) -> Self {
+        let g = 3 * hidden;
+        Self {
+            w_ih: [g, input],
+            w_hh: [g, hidden],
+            bias: [g],
+        }
+    }
 }
 
 impl ParamNames {
@@ -96,13 +118,13 @@ impl DirectionParams {
         hidden: usize,
         bias: bool,
     ) -> Result<Self> {
-        let g = 3 * hidden;
-        let w_ih = get_checked(vb, &names.w_ih, &[g, input], hidden)?;
-        let w_hh = get_checked(vb, &names.w_hh, &[g, hidden], hidden)?;
+        let shapes = ParamShapes::new(input, hidden);
+        let w_ih = get_checked(vb, &names.w_ih, &shapes.w_ih, hidden)?;
+        let w_hh = get_checked(vb, &names.w_hh, &shapes.w_hh, hidden)?;
         let (b_ih, b_hh) = if bias {
             (
-                Some(get_checked(vb, &names.b_ih, &[g], hidden)?),
-                Some(get_checked(vb, &names.b_hh, &[g], hidden)?),
+                Some(get_checked(vb, &names.b_ih, &shapes.bias, hidden)?),
+                Some(get_checked(vb, &names.b_hh, &shapes.bias, hidden)?),
             )
         } else {
             (None, None)

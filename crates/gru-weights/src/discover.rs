@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::DType;
-use gru_core::GruConfig;
+use gru_core::{GruConfig, ParamNames, ParamShapes};
 
 use crate::error::{Result, WeightsError};
 use crate::file::TensorInfo;
@@ -206,12 +206,12 @@ fn check_gru(
     let input_size = wih0.shape[1];
     let dtype = wih0.dtype;
     let n_dirs = if bidirectional { 2 } else { 1 };
-    let g = 3 * hidden;
     for k in 0..layers {
         let in_k = if k == 0 { input_size } else { n_dirs * hidden };
+        let shapes = ParamShapes::new(in_k, hidden);
         for d in 0..n_dirs {
-            let sfx = if d == 1 { "_reverse" } else { "" };
-            let why = if k > 0 && c.get(&format!("weight_ih_l{}{sfx}", k - 1)).is_some() && d == 0 {
+            let names = ParamNames::gru(k, d);
+            let why = if k > 0 && c.get(&ParamNames::gru(k - 1, d).w_ih).is_some() && d == 0 {
                 format!(
                     "the layer numbers have a gap (layers up to {} exist)",
                     layers - 1
@@ -221,19 +221,18 @@ fn check_gru(
             } else {
                 format!("layers up to {} exist", layers - 1)
             };
-            c.require(&format!("weight_ih_l{k}{sfx}"), &[g, in_k], &why)?;
-            c.require(&format!("weight_hh_l{k}{sfx}"), &[g, hidden], &why)?;
+            c.require(&names.w_ih, &shapes.w_ih, &why)?;
+            c.require(&names.w_hh, &shapes.w_hh, &why)?;
             if bias {
-                let bi = format!("bias_ih_l{k}{sfx}");
-                let bh = format!("bias_hh_l{k}{sfx}");
-                let why_bi = format!("`{}` exists without it", join(prefix, &bh));
-                let why_bh = format!("`{}` exists without it", join(prefix, &bi));
-                if c.get(&bi).is_some() {
-                    c.require(&bh, &[g], &why_bh)?;
-                    c.require(&bi, &[g], &why_bi)?;
+                let (bi, bh) = (&names.b_ih, &names.b_hh);
+                let why_bi = format!("`{}` exists without it", join(prefix, bh));
+                let why_bh = format!("`{}` exists without it", join(prefix, bi));
+                if c.get(bi).is_some() {
+                    c.require(bh, &shapes.bias, &why_bh)?;
+                    c.require(bi, &shapes.bias, &why_bi)?;
                 } else {
-                    c.require(&bi, &[g], &why_bi)?;
-                    c.require(&bh, &[g], &why_bh)?;
+                    c.require(bi, &shapes.bias, &why_bi)?;
+                    c.require(bh, &shapes.bias, &why_bh)?;
                 }
             }
         }
@@ -278,21 +277,15 @@ fn check_cell(prefix: &str, by_name: &HashMap<&str, &TensorInfo>) -> Result<GruI
     }
     let input_size = wih.shape[1];
     let dtype = wih.dtype;
-    let g = 3 * hidden;
-    c.require("weight_ih", &[g, input_size], "")?;
-    c.require("weight_hh", &[g, hidden], "")?;
-    let bias = c.get("bias_ih").is_some() || c.get("bias_hh").is_some();
+    let (names, shapes) = (ParamNames::cell(), ParamShapes::new(input_size, hidden));
+    c.require(&names.w_ih, &shapes.w_ih, "")?;
+    c.require(&names.w_hh, &shapes.w_hh, "")?;
+    let bias = c.get(&names.b_ih).is_some() || c.get(&names.b_hh).is_some();
     if bias {
-        c.require(
-            "bias_ih",
-            &[g],
-            &format!("`{}` exists without it", join(prefix, "bias_hh")),
-        )?;
-        c.require(
-            "bias_hh",
-            &[g],
-            &format!("`{}` exists without it", join(prefix, "bias_ih")),
-        )?;
+        let why_bi = format!("`{}` exists without it", join(prefix, &names.b_hh));
+        let why_bh = format!("`{}` exists without it", join(prefix, &names.b_ih));
+        c.require(&names.b_ih, &shapes.bias, &why_bi)?;
+        c.require(&names.b_hh, &shapes.bias, &why_bh)?;
     }
     let config = GruConfig {
         input_size,
