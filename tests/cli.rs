@@ -224,6 +224,8 @@ fn bad_arguments_are_one_line_errors() {
         vec!["inspect", "models/does-not-exist.safetensors"],
         vec!["verify", "models", "--device", "tpu"],
         vec!["verify", "models", "--dtype", "int8"],
+        vec!["verify", "models", "--kernel", "fastest"],
+        vec!["verify"],
         vec![
             "run",
             "--weights",

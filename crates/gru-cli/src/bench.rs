@@ -9,6 +9,31 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use gru_core::{Gru, GruConfig, Kernel};
 
+/// `--impl`: the implementation `gru bench` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Impl {
+    /// candle-gru, `Kernel::Auto`.
+    Ours,
+    /// candle-gru, the fused per-step kernel.
+    OursStep,
+    /// candle-gru, the persistent kernel (CUDA).
+    OursPersistent,
+    /// candle-gru, the candle-ops recurrence.
+    OursOps,
+    /// candle-nn's rnn::GRU, layers stacked by hand (unidirectional, fixed length).
+    CandleNn,
+}
+
+impl Impl {
+    /// The name `--impl` takes (and the JSON reports).
+    fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long)]
@@ -26,10 +51,11 @@ pub struct Args {
     /// Lengths drawn uniformly in [T/2, T] (packed input).
     #[arg(long)]
     varlen: bool,
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// cpu, cuda, cuda:N, metal, metal:N or auto.
+    #[arg(long, default_value = "cpu", value_parser = crate::device_arg)]
+    device: gru_core::DeviceSpec,
+    #[arg(long, default_value = "f32", value_parser = crate::dtype_arg)]
+    dtype: candle_core::DType,
     /// Threads for the matmuls (sets RAYON_NUM_THREADS); default: all cores.
     #[arg(long)]
     threads: Option<usize>,
@@ -37,10 +63,9 @@ pub struct Args {
     warmup: usize,
     #[arg(long, default_value_t = 10)]
     iters: usize,
-    /// ours (fused kernel), ours-ops (candle-ops recurrence) or candle-nn (its rnn::GRU, layers
-    /// stacked by hand; unidirectional, fixed length).
-    #[arg(long = "impl", default_value = "ours")]
-    implementation: String,
+    /// The implementation to time.
+    #[arg(long = "impl", value_enum, default_value_t = Impl::Ours)]
+    implementation: Impl,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long)]
@@ -117,8 +142,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     if a.seq_len == 0 || a.batch == 0 || a.iters == 0 {
         bail!("--seq-len, --batch and --iters must be at least 1");
     }
-    let device = crate::parse_device(&a.device)?;
-    let dtype = crate::parse_dtype(&a.dtype)?;
+    let device = crate::open_device(a.device)?;
+    let dtype = a.dtype;
     let config = GruConfig {
         input_size: a.input_size,
         hidden_size: a.hidden_size,
@@ -143,13 +168,13 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             .collect()
     });
 
-    let mut forward: Box<dyn FnMut() -> anyhow::Result<()>> = match a.implementation.as_str() {
-        "ours" | "ours-ops" | "ours-step" | "ours-persistent" => {
+    let mut forward: Box<dyn FnMut() -> anyhow::Result<()>> = match a.implementation {
+        Impl::Ours | Impl::OursOps | Impl::OursStep | Impl::OursPersistent => {
             let vb = VarBuilder::from_tensors(sd, dtype, &device);
-            let kernel = match a.implementation.as_str() {
-                "ours" => Kernel::Auto,
-                "ours-step" => Kernel::FusedStep,
-                "ours-persistent" => Kernel::Persistent,
+            let kernel = match a.implementation {
+                Impl::Ours => Kernel::Auto,
+                Impl::OursStep => Kernel::FusedStep,
+                Impl::OursPersistent => Kernel::Persistent,
                 _ => Kernel::CandleOps,
             };
             let gru = Gru::new(config, vb)?.with_kernel(kernel);
@@ -163,7 +188,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        "candle-nn" => {
+        Impl::CandleNn => {
             if a.bidirectional || a.varlen {
                 bail!("candle-nn's GRU has no bidirectional or variable-length mode");
             }
@@ -199,9 +224,6 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        other => bail!(
-            "--impl `{other}`: expected ours, ours-step, ours-persistent, ours-ops or candle-nn"
-        ),
     };
 
     for _ in 0..a.warmup {
@@ -227,15 +249,17 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let gflops = flops / (median * 1e-3) / 1e9;
     let threads = candle_core::utils::get_num_threads();
     let peak = peak_rss_mb();
+    let implementation = a.implementation.name();
+    let dtype_name = crate::dtype_name(a.dtype);
     if a.json {
         println!(
             "{}",
             serde_json::json!({
-                "impl": a.implementation,
+                "impl": implementation,
                 "input_size": a.input_size, "hidden_size": a.hidden_size,
                 "num_layers": a.num_layers, "bidirectional": a.bidirectional,
                 "seq_len": a.seq_len, "batch": a.batch, "varlen": a.varlen,
-                "device": gru_core::device_name(&device), "dtype": a.dtype, "threads": threads,
+                "device": gru_core::device_name(&device), "dtype": dtype_name, "threads": threads,
                 "iters": a.iters,
                 "median_ms": median, "min_ms": times[0], "max_ms": times[times.len() - 1],
                 "gflops": gflops, "peak_mem_mb": peak,
@@ -244,8 +268,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     } else {
         println!(
             "{} I={} H={} L={} bi={} T={} B={} varlen={} {} {} threads={}: median {:.3} ms (min {:.3}, max {:.3}), {:.1} GFLOP/s, peak RSS {}",
-            a.implementation, a.input_size, a.hidden_size, a.num_layers, a.bidirectional,
-            a.seq_len, a.batch, a.varlen, gru_core::device_name(&device), a.dtype, threads,
+            implementation, a.input_size, a.hidden_size, a.num_layers, a.bidirectional,
+            a.seq_len, a.batch, a.varlen, gru_core::device_name(&device), dtype_name, threads,
             median, times[0], times[times.len() - 1], gflops,
             peak.map(|p| format!("{p:.1} MB")).unwrap_or("n/a".into())
         );

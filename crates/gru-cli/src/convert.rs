@@ -19,12 +19,12 @@ pub struct Args {
     #[arg(long, default_value = "")]
     out_prefix: String,
     /// Convert to f32, f64, f16 or bf16 (narrowing is lossy).
-    #[arg(long)]
-    dtype: Option<String>,
+    #[arg(long, value_parser = crate::dtype_arg)]
+    dtype: Option<candle_core::DType>,
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
-    let dtype = a.dtype.as_deref().map(crate::parse_dtype).transpose()?;
+    let dtype = a.dtype;
     let file = WeightFile::open(&a.source.weights)?;
     let dev = candle_core::Device::Cpu;
     let report = if a.cell {

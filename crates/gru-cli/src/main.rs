@@ -52,7 +52,22 @@ pub struct WeightsArgs {
 pub const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print in full; a bad argument is one line, exit code 2.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // clap's message, its possible values and tips folded into one line.
+            let text = e.to_string();
+            let parts: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+                .collect();
+            eprintln!("{}", parts.join(" "));
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
     // A panic is a bug, but still gets one line and exit code 2, never a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -102,35 +117,53 @@ fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// Parses `--dtype`.
-pub fn parse_dtype(s: &str) -> anyhow::Result<candle_core::DType> {
+/// `--dtype`, for clap's `value_parser`: f32, f64, f16, bf16 (and PyTorch's long names).
+pub fn dtype_arg(s: &str) -> Result<candle_core::DType, String> {
     Ok(match s.to_ascii_lowercase().as_str() {
         "f32" | "float32" | "float" => candle_core::DType::F32,
         "f64" | "float64" | "double" => candle_core::DType::F64,
         "f16" | "float16" | "half" => candle_core::DType::F16,
         "bf16" | "bfloat16" => candle_core::DType::BF16,
-        other => anyhow::bail!("--dtype `{other}`: expected f32, f64, f16 or bf16"),
+        _ => return Err("expected f32, f64, f16 or bf16".into()),
     })
 }
 
-/// Parses `--kernel`.
-pub fn parse_kernel(s: &str) -> anyhow::Result<gru_core::Kernel> {
-    use gru_core::Kernel;
-    Ok(match s {
-        "auto" => Kernel::Auto,
-        "step" => Kernel::FusedStep,
-        "persistent" => Kernel::Persistent,
-        "ops" => Kernel::CandleOps,
-        other => anyhow::bail!(
-            "--kernel `{}`: expected auto, step, persistent or ops",
-            other.escape_debug()
-        ),
-    })
+/// `--device`, for clap's `value_parser`: cpu, cuda[:N], metal[:N] or auto.
+pub fn device_arg(s: &str) -> Result<gru_core::DeviceSpec, String> {
+    s.parse().map_err(|e: gru_core::GruError| e.to_string())
 }
 
-/// Parses `--device`; `auto` says on stderr what it chose and why.
-pub fn parse_device(s: &str) -> anyhow::Result<candle_core::Device> {
-    let (device, note) = s.parse::<gru_core::DeviceSpec>()?.open_explained()?;
+/// The dtype's short name (`f32`), as `--dtype` takes it.
+pub fn dtype_name(d: candle_core::DType) -> String {
+    format!("{d:?}").to_lowercase()
+}
+
+/// `--kernel`: which recurrence implementation runs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KernelArg {
+    Auto,
+    /// The fused per-step kernel.
+    Step,
+    /// CUDA: one persistent launch per layer.
+    Persistent,
+    /// The candle-ops recurrence.
+    Ops,
+}
+
+impl From<KernelArg> for gru_core::Kernel {
+    fn from(k: KernelArg) -> Self {
+        match k {
+            KernelArg::Auto => Self::Auto,
+            KernelArg::Step => Self::FusedStep,
+            KernelArg::Persistent => Self::Persistent,
+            KernelArg::Ops => Self::CandleOps,
+        }
+    }
+}
+
+/// Opens `--device`; `auto` says on stderr what it chose and why.
+pub fn open_device(spec: gru_core::DeviceSpec) -> anyhow::Result<candle_core::Device> {
+    let (device, note) = spec.open_explained()?;
     if let Some(note) = note {
         eprintln!("{note}");
     }

@@ -24,11 +24,12 @@ pub struct Args {
     /// Where to write `output` and `h_n` (safetensors).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// cpu, cuda, cuda:N, metal, metal:N or auto.
+    #[arg(long, default_value = "cpu", value_parser = crate::device_arg)]
+    device: gru_core::DeviceSpec,
     /// Compute dtype (f32, f64, f16, bf16); default: the dtype of the weights.
-    #[arg(long)]
-    dtype: Option<String>,
+    #[arg(long, value_parser = crate::dtype_arg)]
+    dtype: Option<candle_core::DType>,
     /// The input is (batch, seq, feature), as with nn.GRU(batch_first=True).
     #[arg(long)]
     batch_first: bool,
@@ -97,8 +98,8 @@ fn check_finite(
 
 pub fn main(a: Args) -> anyhow::Result<()> {
     crate::set_allow_tf32(a.allow_tf32);
-    let device = crate::parse_device(&a.device)?;
-    let dtype = a.dtype.as_deref().map(crate::parse_dtype).transpose()?;
+    let device = crate::open_device(a.device)?;
+    let dtype = a.dtype;
     let file = WeightFile::open(&a.source.weights)?;
     let (gru, report) = file.gru(a.source.prefix.as_deref(), dtype, &device)?;
     let gru = gru.with_batch_first(a.batch_first);

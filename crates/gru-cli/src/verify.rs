@@ -17,11 +17,11 @@ pub struct Args {
     #[arg(long)]
     prefix: Option<String>,
     /// cpu, cuda, cuda:N, metal, metal:N or auto.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[arg(long, default_value = "cpu", value_parser = crate::device_arg)]
+    device: gru_core::DeviceSpec,
     /// Run in this dtype (f32, f64, f16, bf16); default: the dtype of each case's input.
-    #[arg(long)]
-    dtype: Option<String>,
+    #[arg(long, value_parser = crate::dtype_arg)]
+    dtype: Option<candle_core::DType>,
     #[arg(long)]
     atol: Option<f64>,
     #[arg(long)]
@@ -32,10 +32,9 @@ pub struct Args {
     /// Let cuBLAS use TF32 for f32 matmuls (CUDA; off by default, as in PyTorch).
     #[arg(long)]
     allow_tf32: bool,
-    /// Recurrence implementation: auto, step (fused per-step kernel), persistent (CUDA: one
-    /// launch per layer) or ops (candle ops).
-    #[arg(long, default_value = "auto")]
-    kernel: String,
+    /// Recurrence implementation.
+    #[arg(long, value_enum, default_value_t = crate::KernelArg::Auto)]
+    kernel: crate::KernelArg,
 }
 
 enum Outcome {
@@ -48,11 +47,11 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
     let opts = RunOptions {
         weights: a.weights,
         prefix: a.prefix,
-        device: crate::parse_device(&a.device)?,
-        dtype: a.dtype.as_deref().map(crate::parse_dtype).transpose()?,
+        device: crate::open_device(a.device)?,
+        dtype: a.dtype,
         atol: a.atol,
         rtol: a.rtol,
-        kernel: crate::parse_kernel(&a.kernel)?,
+        kernel: a.kernel.into(),
     };
     let cases = find_cases(&a.paths);
     if cases.is_empty() {
