@@ -55,6 +55,23 @@ fn a_missing_file_keeps_its_io_error() {
 }
 
 #[test]
+fn a_malformed_container_keeps_its_parser_error() {
+    let good = std::fs::read(fixture("nested_model.safetensors")).unwrap();
+    let mut bad = good.clone();
+    bad[8] = b'!'; // the JSON header no longer parses
+    let err = open_bytes(&bad).unwrap_err();
+    assert!(
+        matches!(err, WeightsError::Format { .. }),
+        "expected WeightsError::Format, got {err:?}"
+    );
+    assert!(std::error::Error::source(&err).is_some());
+    assert_eq!(err.to_string().lines().count(), 1);
+    let zip = std::fs::read(fixture("nested_model.pt")).unwrap();
+    let err = open_bytes(&zip[..zip.len() / 2]).unwrap_err();
+    assert!(std::error::Error::source(&err).is_some(), "{err:?}");
+}
+
+#[test]
 fn discovers_every_module_with_its_config() {
     for name in [
         "nested_model.safetensors",
@@ -259,7 +276,9 @@ fn open_bytes(bytes: &[u8]) -> Result<WeightFile, WeightsError> {
 
 fn file_error(r: Result<WeightFile, WeightsError>) -> String {
     match r {
-        Err(e @ (WeightsError::File { .. } | WeightsError::Io { .. })) => e.to_string(),
+        Err(
+            e @ (WeightsError::File { .. } | WeightsError::Io { .. } | WeightsError::Format { .. }),
+        ) => e.to_string(),
         Err(e) => panic!("expected a file error, got {e}"),
         Ok(_) => panic!("expected an error"),
     }

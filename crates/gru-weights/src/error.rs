@@ -10,6 +10,15 @@ pub enum WeightsError {
     #[error("{}: {reason}", path.display())]
     File { path: PathBuf, reason: String },
 
+    /// The file's container is malformed (zip, safetensors): `source` keeps the parser's error.
+    #[error("{}: {what}: {source}", path.display())]
+    Format {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The file cannot be opened, examined or mapped: `source` keeps the `io::Error` (so a caller
     /// can match `io::ErrorKind::NotFound`).
     #[error("{}: cannot {action}: {source}", path.display())]
@@ -60,6 +69,18 @@ impl From<WeightsError> for candle_core::Error {
 }
 
 impl WeightsError {
+    pub(crate) fn format(
+        path: &std::path::Path,
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        WeightsError::Format {
+            path: path.to_path_buf(),
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+
     pub(crate) fn io(path: &std::path::Path, action: &'static str, source: std::io::Error) -> Self {
         WeightsError::Io {
             path: path.to_path_buf(),

@@ -164,9 +164,8 @@ impl WeightFile {
         };
         match &self.source {
             Source::Safetensors(mmap) => {
-                let st = SafeTensors::deserialize(mmap).map_err(|e| {
-                    WeightsError::file(&self.path, format!("invalid safetensors: {e}"))
-                })?;
+                let st = SafeTensors::deserialize(mmap)
+                    .map_err(|e| WeightsError::format(&self.path, "invalid safetensors", e))?;
                 let view = st.tensor(name).map_err(|_| missing())?;
                 use candle_core::safetensors::Load;
                 view.load(device).map_err(|e| WeightsError::Tensor {
@@ -210,7 +209,7 @@ fn safetensors_infos(path: &Path, bytes: &[u8]) -> Result<Vec<TensorInfo>> {
         ));
     }
     let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| WeightsError::file(path, format!("invalid safetensors: {e}")))?;
+        .map_err(|e| WeightsError::format(path, "invalid safetensors", e))?;
     let mut infos = Vec::with_capacity(st.len());
     for (name, view) in st.tensors() {
         let dtype = match candle_dtype(view.dtype()) {

@@ -43,7 +43,7 @@ impl AsRef<[u8]> for SharedMap {
 
 fn open_zip(path: &Path, mmap: memmap2::Mmap) -> Result<Archive> {
     zip::ZipArchive::new(Cursor::new(SharedMap(std::sync::Arc::new(mmap))))
-        .map_err(|e| WeightsError::file(path, format!("not a readable PyTorch zip file: {e}")))
+        .map_err(|e| WeightsError::format(path, "not a readable PyTorch zip file", e))
 }
 
 /// Reads `data.pkl` and finds the state_dict: the top-level dict if it holds tensors, else the
@@ -66,7 +66,7 @@ pub(crate) fn read_state_dict(
     let obj = {
         let reader = zip
             .by_name(&pkl)
-            .map_err(|e| WeightsError::file(path, format!("cannot read {pkl}: {e}")))?;
+            .map_err(|e| WeightsError::format(path, format!("cannot read {pkl}"), e))?;
         let mut reader = BufReader::new(reader);
         let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut stack = Stack::empty();
