@@ -131,7 +131,9 @@ struct Derived {
 }
 
 impl Derived {
-    fn new(params: &[DirectionParams], hidden: usize) -> Result<Self> {
+    /// `for_kernels`: also the persistent kernel's stacked weights (on CUDA); tracked (`Var`)
+    /// layers only ever run the candle-ops recurrence and skip them.
+    fn new(params: &[DirectionParams], hidden: usize, for_kernels: bool) -> Result<Self> {
         let first = &params[0].w_ih;
         let dtype = compute_dtype(first.dtype());
         let device = first.device().clone();
@@ -157,7 +159,7 @@ impl Derived {
                 }
             }
         }
-        let persist = if device.is_cuda() {
+        let persist = if for_kernels && device.is_cuda() {
             let w_hh = params
                 .iter()
                 .map(|p| p.w_hh.to_dtype(dtype))
@@ -196,7 +198,7 @@ impl Layer {
         let derived = if variable {
             None
         } else {
-            Some(Derived::new(&params, hidden)?)
+            Some(Derived::new(&params, hidden, true)?)
         };
         Ok(Self {
             params,
@@ -208,7 +210,7 @@ impl Layer {
     fn derived(&self) -> Result<std::borrow::Cow<'_, Derived>> {
         Ok(match &self.derived {
             Some(d) => std::borrow::Cow::Borrowed(d),
-            None => std::borrow::Cow::Owned(Derived::new(&self.params, self.hidden)?),
+            None => std::borrow::Cow::Owned(Derived::new(&self.params, self.hidden, false)?),
         })
     }
 
