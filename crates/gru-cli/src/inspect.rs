@@ -6,7 +6,8 @@ use gru_weights::WeightFile;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .safetensors file or a PyTorch .pt/.pth zip checkpoint.
+    /// A safetensors file, a torch.save checkpoint (zip or legacy, any extension) or a
+    /// TorchScript archive.
     file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -23,6 +24,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             .map(|g| {
                 serde_json::json!({
                     "prefix": g.prefix,
+                    "state_dict": g.state_dict,
                     "kind": g.kind.to_string(),
                     "input_size": g.config.input_size,
                     "hidden_size": g.config.hidden_size,
@@ -43,6 +45,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "file": a.file.display().to_string(),
+                "format": file.format().to_string(),
+                "state_dicts": file.state_dicts(),
                 "tensors": file.tensors().len(),
                 "modules": found,
                 "invalid": rejected,
@@ -50,9 +54,32 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("{}: {} tensors", a.file.display(), file.tensors().len());
-    if let Some(k) = file.state_dict_key() {
-        println!("state_dict found under checkpoint key `{k}`");
+    let sds = file.state_dicts();
+    println!(
+        "{}: {}, {} tensors in {} state dict{}",
+        a.file.display(),
+        file.format(),
+        file.tensors().len(),
+        sds.len(),
+        if sds.len() == 1 { "" } else { "s" }
+    );
+    if sds.len() > 1 || sds.iter().any(|k| !k.is_empty()) {
+        const SHOWN: usize = 8;
+        let mut names: Vec<String> = sds
+            .iter()
+            .take(SHOWN)
+            .map(|k| {
+                if k.is_empty() {
+                    "(top level)".into()
+                } else {
+                    format!("{k:?}")
+                }
+            })
+            .collect();
+        if sds.len() > SHOWN {
+            names.push(format!("and {} more", sds.len() - SHOWN));
+        }
+        println!("state dicts at key paths: {}", names.join(", "));
     }
     if d.found.is_empty() {
         println!("no GRU or GRUCell found");
@@ -60,20 +87,25 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     for g in &d.found {
         let c = &g.config;
         println!(
-            "{:<8} prefix={:<24} input_size={} hidden_size={} num_layers={} bidirectional={} bias={} dtype={} parameters={}",
+            "{:<8} prefix={:<24} input_size={} hidden_size={} num_layers={} bidirectional={} bias={} dtype={} parameters={}{}",
             g.kind.to_string(),
-            if g.prefix.is_empty() { "(root)".to_string() } else { g.prefix.clone() },
+            if g.prefix.is_empty() { "(root)".to_string() } else { format!("{:?}", g.prefix).trim_matches('"').to_string() },
             c.input_size,
             c.hidden_size,
             c.num_layers,
             c.bidirectional,
             c.bias,
             format!("{:?}", g.dtype).to_lowercase(),
-            g.num_parameters
+            g.num_parameters,
+            if g.state_dict.is_empty() {
+                String::new()
+            } else {
+                format!(" (state dict {:?}, inside it {:?})", g.state_dict, g.relative_prefix())
+            }
         );
     }
     for (p, e) in &d.rejected {
-        println!("skipped  prefix={p} (not a valid GRU): {e}");
+        println!("skipped  prefix={p:?} (not a valid GRU): {e}");
     }
     Ok(())
 }

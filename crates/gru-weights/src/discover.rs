@@ -30,8 +30,13 @@ impl std::fmt::Display for ModuleKind {
 /// A GRU or GRUCell found in a file, with the configuration its shapes imply.
 #[derive(Debug, Clone)]
 pub struct GruInfo {
-    /// Module path (`encoder.rnn`), empty for a GRU at the root of the file.
+    /// Module path (`encoder.rnn`), empty for a GRU at the root of the file. In a checkpoint
+    /// holding several state dicts it starts with the key path of its state dict
+    /// (`model_state_dict.encoder.rnn`).
     pub prefix: String,
+    /// Key path of the state dict holding it (`model_state_dict`), empty at the top level; set
+    /// by `WeightFile::discover`.
+    pub state_dict: String,
     pub kind: ModuleKind,
     /// Inferred: input_size, hidden_size, num_layers, bias, bidirectional. `batch_first` and
     /// `dropout` are not stored in a state_dict and stay at their defaults.
@@ -41,6 +46,25 @@ pub struct GruInfo {
     pub num_parameters: usize,
     /// Full names of the tensors it is built from.
     pub keys: Vec<String>,
+}
+
+impl GruInfo {
+    /// The module path inside its state dict (`encoder.rnn`).
+    pub fn relative_prefix(&self) -> &str {
+        relative(&self.prefix, &self.state_dict)
+    }
+}
+
+/// `prefix` without the leading key path `state_dict`.
+pub(crate) fn relative<'a>(prefix: &'a str, state_dict: &str) -> &'a str {
+    if state_dict.is_empty() {
+        return prefix;
+    }
+    match prefix.strip_prefix(state_dict) {
+        Some("") => "",
+        Some(rest) => rest.strip_prefix('.').unwrap_or(prefix),
+        None => prefix,
+    }
 }
 
 /// Everything `discover` saw: valid modules, and candidates rejected with the reason.
@@ -248,6 +272,7 @@ fn check_gru(
     config.validate()?;
     Ok(GruInfo {
         prefix: prefix.to_string(),
+        state_dict: String::new(),
         kind: ModuleKind::Gru,
         config,
         dtype,
@@ -296,6 +321,7 @@ fn check_cell(prefix: &str, by_name: &HashMap<&str, &TensorInfo>) -> Result<GruI
     config.validate()?;
     Ok(GruInfo {
         prefix: prefix.to_string(),
+        state_dict: String::new(),
         kind: ModuleKind::GruCell,
         config,
         dtype,

@@ -1,15 +1,17 @@
-//! `WeightFile`: a safetensors file (memory-mapped) or a PyTorch `.pt`/`.pth` zip checkpoint,
-//! opened once, listing its tensors by name, dtype and shape, and loading the ones asked for.
+//! `WeightFile`: a safetensors file or a PyTorch checkpoint (zip, legacy, TorchScript), memory-
+//! mapped and opened once, listing its tensors by name, dtype and shape, and loading the ones
+//! asked for.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 
 use crate::error::{Result, WeightsError};
-use crate::pth::{self, PthTensor};
+use crate::pth;
 
 /// Name, dtype and shape of one tensor in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,26 +21,52 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
 }
 
-/// The on-disk format of a weight file.
+/// The on-disk format of a weight file, told from its bytes, never from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Safetensors,
     /// PyTorch's zip format (`torch.save`, torch >= 1.6).
     PyTorch,
+    /// A legacy `torch.save` file (torch < 1.6, or `_use_new_zipfile_serialization=False`).
+    PyTorchLegacy,
+    /// A TorchScript archive (`torch.jit.save` of a scripted or traced model).
+    TorchScript,
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Safetensors => "safetensors",
+            Format::PyTorch => "torch.save zip",
+            Format::PyTorchLegacy => "legacy torch.save",
+            Format::TorchScript => "TorchScript archive",
+        })
+    }
 }
 
 enum Source {
     Safetensors(memmap2::Mmap),
-    PyTorch(HashMap<String, PthTensor>, pth::Archive),
+    PyTorch {
+        map: Arc<memmap2::Mmap>,
+        checkpoint: pth::Checkpoint,
+        /// Full name -> index into `checkpoint.tensors`.
+        index: HashMap<String, usize>,
+    },
 }
 
 /// An opened weight file.
+///
+/// A PyTorch file may hold several state dicts (a training checkpoint's model and optimizer, a
+/// GAN's generator and discriminator, a whole pickled model): each tensor's name is the key path
+/// of its state dict joined with its name inside it (`model_state_dict.encoder.rnn.weight_ih_l0`).
+/// `load`, `info` and the `var_builder` also accept the name inside the state dict
+/// (`encoder.rnn.weight_ih_l0`) when exactly one state dict has it.
 pub struct WeightFile {
     path: PathBuf,
     source: Source,
     infos: Vec<TensorInfo>,
-    /// For `.pt` files: the key of the checkpoint dict that held the state_dict, if nested.
-    state_dict_key: Option<String>,
+    /// Key paths of the state dicts that hold tensors (empty for a top-level one), sorted.
+    state_dicts: Vec<String>,
 }
 
 impl std::fmt::Debug for WeightFile {
@@ -61,16 +89,17 @@ fn map(path: &Path, file: &File) -> Result<memmap2::Mmap> {
 }
 
 impl WeightFile {
-    /// Opens a `.safetensors` or PyTorch zip file, telling them apart by content, not by name.
+    /// Opens a safetensors file, a `torch.save` checkpoint (zip or legacy) or a TorchScript
+    /// archive, telling them apart by content, not by name.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with_key(path, None)
     }
 
-    /// As `open`; for a `.pt` training checkpoint, `key` names the entry holding the state_dict
-    /// (otherwise it is searched for: `state_dict`, `model_state_dict`, `model`, ...).
+    /// As `open`, keeping only the state dict(s) under the key path `key` of a checkpoint
+    /// (`model_state_dict`, `generator`, `models.0`).
     pub fn open_with_key(path: impl AsRef<Path>, key: Option<&str>) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| WeightsError::io(path, "open", e))?;
+        let file = crate::regular::open_regular(path)?;
         let len = file
             .metadata()
             .map_err(|e| WeightsError::io(path, "stat", e))?
@@ -79,41 +108,71 @@ impl WeightFile {
             return Err(WeightsError::file(path, "the file is empty"));
         }
         let mmap = map(path, &file)?;
-        if mmap.starts_with(b"PK\x03\x04") || mmap.starts_with(b"PK\x05\x06") {
-            let (tensors, state_dict_key, archive) = pth::read_state_dict(path, mmap, key)?;
-            let mut infos: Vec<TensorInfo> = tensors
-                .iter()
-                .map(|(name, t)| TensorInfo {
-                    name: name.clone(),
-                    dtype: t.info.dtype,
-                    shape: t.info.layout.dims().to_vec(),
-                })
-                .collect();
-            infos.sort_by(|a, b| a.name.cmp(&b.name));
-            return Ok(Self {
-                path: path.to_path_buf(),
-                source: Source::PyTorch(tensors, archive),
-                infos,
-                state_dict_key,
-            });
-        }
-        let infos = match safetensors_infos(path, &mmap) {
-            Ok(infos) => infos,
-            // Pickle protocol 2+ opcode: a pre-1.6 torch.save file, not safetensors.
-            Err(_) if mmap.len() > 1 && mmap[0] == 0x80 && (2..=5).contains(&mmap[1]) && header_len_exceeds(&mmap) => {
+        let zip = mmap.starts_with(b"PK\x03\x04") || mmap.starts_with(b"PK\x05\x06");
+        let safetensors_like = mmap.get(8) == Some(&b'{');
+        if !zip && (safetensors_like || !pth::is_legacy(&mmap)) {
+            if key.is_some() {
                 return Err(WeightsError::file(
                     path,
-                    "a legacy (pre-1.6, non-zip) PyTorch pickle; re-save it with a current \
-                     torch.save or export safetensors (safetensors.torch.save_file(model.state_dict(), path))",
-                ))
+                    "a safetensors file has no checkpoint keys",
+                ));
             }
-            Err(e) => return Err(e),
+            let infos = safetensors_infos(path, &mmap)?;
+            return Ok(Self {
+                path: path.to_path_buf(),
+                source: Source::Safetensors(mmap),
+                infos,
+                state_dicts: vec![String::new()],
+            });
+        }
+        let map = Arc::new(mmap);
+        let mut checkpoint = if zip {
+            pth::read_zip(path, map.clone())?
+        } else {
+            pth::read_legacy(path, &map)?
         };
+        if let Some(key) = key {
+            let key = key.trim_end_matches('.');
+            let under = format!("{key}.");
+            checkpoint
+                .tensors
+                .retain(|f| f.state_dict == key || f.name.starts_with(&under));
+            if checkpoint.tensors.is_empty() {
+                return Err(WeightsError::file(
+                    path,
+                    format!("checkpoint has no key `{key}` holding tensors"),
+                ));
+            }
+        }
+        let mut infos = Vec::with_capacity(checkpoint.tensors.len());
+        let mut index = HashMap::with_capacity(checkpoint.tensors.len());
+        let mut state_dicts = Vec::new();
+        for (i, f) in checkpoint.tensors.iter().enumerate() {
+            // The first of two tensors with one name wins (a module reached twice).
+            if index.insert(f.name.clone(), i).is_some() {
+                continue;
+            }
+            infos.push(TensorInfo {
+                name: f.name.clone(),
+                // Element types candle cannot hold are listed as U8, so that discovery names
+                // them if a GRU tensor has one; they are never loaded.
+                dtype: f.tensor.storage.dtype.unwrap_or(DType::U8),
+                shape: f.tensor.shape.clone(),
+            });
+            state_dicts.push(f.state_dict.clone());
+        }
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        state_dicts.sort();
+        state_dicts.dedup();
         Ok(Self {
             path: path.to_path_buf(),
-            source: Source::Safetensors(mmap),
+            source: Source::PyTorch {
+                map,
+                checkpoint,
+                index,
+            },
             infos,
-            state_dict_key: None,
+            state_dicts,
         })
     }
 
@@ -122,68 +181,124 @@ impl WeightFile {
     }
 
     pub fn format(&self) -> Format {
-        match self.source {
+        match &self.source {
             Source::Safetensors(_) => Format::Safetensors,
-            Source::PyTorch(..) => Format::PyTorch,
+            Source::PyTorch { checkpoint, .. } => match &checkpoint.storages {
+                pth::Storages::Legacy(_) => Format::PyTorchLegacy,
+                pth::Storages::Zip { .. } if checkpoint.torchscript => Format::TorchScript,
+                pth::Storages::Zip { .. } => Format::PyTorch,
+            },
         }
     }
 
-    /// For a `.pt` checkpoint dict, the key under which the state_dict was found.
-    pub fn state_dict_key(&self) -> Option<&str> {
-        self.state_dict_key.as_deref()
+    /// Key paths of the state dicts holding tensors, sorted; `""` is the top level (a plain
+    /// state dict, a whole pickled module, a TorchScript module, any safetensors file).
+    pub fn state_dicts(&self) -> &[String] {
+        &self.state_dicts
     }
 
-    /// Every tensor in the file, sorted by name.
+    /// The key path of the state dict that holds tensor `name` (a full name).
+    pub fn state_dict_of(&self, name: &str) -> &str {
+        match &self.source {
+            Source::Safetensors(_) => "",
+            Source::PyTorch {
+                checkpoint, index, ..
+            } => index
+                .get(name)
+                .map(|&i| checkpoint.tensors[i].state_dict.as_str())
+                .unwrap_or(""),
+        }
+    }
+
+    /// Every tensor in the file, by full name, sorted.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.infos
     }
 
-    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+    fn exact(&self, name: &str) -> Option<&TensorInfo> {
         self.infos
             .binary_search_by(|i| i.name.as_str().cmp(name))
             .ok()
             .map(|i| &self.infos[i])
     }
 
-    /// The safetensors `__metadata__` strings (empty for `.pt` files).
+    /// The full name `name` stands for: itself, or the name inside exactly one state dict.
+    pub fn resolve<'a>(&'a self, name: &'a str) -> Result<&'a str> {
+        if self.exact(name).is_some() {
+            return Ok(name);
+        }
+        let hits: Vec<&TensorInfo> = self
+            .state_dicts
+            .iter()
+            .filter(|k| !k.is_empty())
+            .filter_map(|k| self.exact(&format!("{k}.{name}")))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok(&one.name),
+            [] => Err(WeightsError::Tensor {
+                name: name.to_string(),
+                reason: format!("not found in {}", self.path.display()),
+            }),
+            many => Err(WeightsError::Tensor {
+                name: name.to_string(),
+                reason: format!(
+                    "is in {} state dicts of {}, name one: {}",
+                    many.len(),
+                    self.path.display(),
+                    many.iter()
+                        .map(|t| format!("`{}`", t.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// The tensor `name` (a full name, or a name inside exactly one state dict).
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.exact(self.resolve(name).ok()?)
+    }
+
+    /// The safetensors `__metadata__` strings (empty for PyTorch files).
     pub fn metadata(&self) -> HashMap<String, String> {
         match &self.source {
             Source::Safetensors(mmap) => SafeTensors::read_metadata(mmap)
                 .ok()
                 .and_then(|(_, m)| m.metadata().clone())
                 .unwrap_or_default(),
-            Source::PyTorch(..) => HashMap::new(),
+            Source::PyTorch { .. } => HashMap::new(),
         }
     }
 
-    /// Loads tensor `name` in its stored dtype on `device`.
+    /// Loads tensor `name` (as `info` resolves it) in its stored dtype on `device`.
     pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let missing = || WeightsError::Tensor {
-            name: name.to_string(),
-            reason: format!("not found in {}", self.path.display()),
-        };
+        let name = self.resolve(name)?;
         match &self.source {
             Source::Safetensors(mmap) => {
                 let st = SafeTensors::deserialize(mmap)
                     .map_err(|e| WeightsError::format(&self.path, "invalid safetensors", e))?;
-                let view = st.tensor(name).map_err(|_| missing())?;
+                let view = st.tensor(name).map_err(|_| WeightsError::Tensor {
+                    name: name.to_string(),
+                    reason: format!("not found in {}", self.path.display()),
+                })?;
                 use candle_core::safetensors::Load;
                 view.load(device).map_err(|e| WeightsError::Tensor {
                     name: name.to_string(),
                     reason: format!("cannot be read from {}: {e}", self.path.display()),
                 })
             }
-            Source::PyTorch(tensors, archive) => {
-                let t = tensors.get(name).ok_or_else(missing)?;
-                Ok(pth::load_tensor(&self.path, archive, t)?.to_device(device)?)
+            Source::PyTorch {
+                map,
+                checkpoint,
+                index,
+            } => {
+                let found = &checkpoint.tensors[index[name]];
+                Ok(checkpoint
+                    .load(&self.path, map, name, &found.tensor)?
+                    .to_device(device)?)
             }
         }
     }
-}
-
-fn header_len_exceeds(bytes: &[u8]) -> bool {
-    bytes.len() < 8
-        || u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) > bytes.len() as u64
 }
 
 /// Validates the whole safetensors layout (header length, JSON, offsets) and lists the tensors.

@@ -1,8 +1,9 @@
 //! Load PyTorch GRU weights exactly as users export them.
 //!
-//! A whole model's `state_dict()` saved with `safetensors.torch.save_file` (or `torch.save` as a
-//! `.pt`/`.pth` zip, plain or inside a training checkpoint dict) is searched for `nn.GRU` and
-//! `nn.GRUCell` modules at any depth; their configuration is inferred from names and shapes and
+//! A whole model's `state_dict()` saved with `safetensors.torch.save_file` or `torch.save` (zip or
+//! legacy, plain or inside a training checkpoint dict), a whole pickled model, or a TorchScript
+//! archive is read without Python and without running anything in it, and searched for `nn.GRU`
+//! and `nn.GRUCell` modules at any depth; their configuration is inferred from names and shapes and
 //! every tensor is checked against it.
 //!
 //! ```no_run
@@ -18,12 +19,16 @@ mod discover;
 mod error;
 mod file;
 mod load;
+mod pickle;
 mod pth;
+mod regular;
 mod save;
+mod torch_pickle;
 mod var_builder;
 
 pub use discover::{discover, Discovery, GruInfo, ModuleKind};
 pub use error::{Result, WeightsError};
 pub use file::{Format, TensorInfo, WeightFile};
 pub use load::{load_gru, LoadReport};
+pub use regular::{check_output_path, open_regular};
 pub use save::{save_gru, save_gru_cell};

@@ -34,7 +34,11 @@ pub struct LoadReport {
 impl WeightFile {
     /// Every GRU and GRUCell in the file, plus candidates that failed validation.
     pub fn discover(&self) -> Discovery {
-        discover(self.tensors())
+        let mut d = discover(self.tensors());
+        for g in &mut d.found {
+            g.state_dict = self.state_dict_of(&g.keys[0]).to_string();
+        }
+        d
     }
 
     /// Picks the module of `kind` at `prefix`, or the only one when `prefix` is `None`.
@@ -59,10 +63,49 @@ impl WeightFile {
         };
         let prefix = prefix.map(|p| p.trim_end_matches('.'));
         if let Some(p) = prefix {
-            if let Some(g) = d.found.iter().find(|g| g.prefix == p && g.kind == kind) {
-                return Ok(g.clone());
+            // The full path (`model_state_dict.encoder.rnn`) first, else the path inside a state
+            // dict (`encoder.rnn`), also under a `DataParallel` or `torch.compile` wrapper.
+            let exact: Vec<&GruInfo> = d
+                .found
+                .iter()
+                .filter(|g| g.kind == kind && g.prefix == p)
+                .collect();
+            let inside = |g: &&GruInfo| {
+                let rel = g.relative_prefix();
+                g.kind == kind
+                    && [rel, rel.strip_prefix("module.").unwrap_or(rel)]
+                        .into_iter()
+                        .chain(rel.strip_prefix("_orig_mod."))
+                        .any(|r| r == p)
+            };
+            let hits = if exact.is_empty() {
+                d.found.iter().filter(inside).collect()
+            } else {
+                exact
+            };
+            match hits.as_slice() {
+                [one] => return Ok((*one).clone()),
+                [] => {}
+                many => {
+                    return Err(WeightsError::Select(format!(
+                        "{}: {} {kind}s at `{p}`, in different state dicts; name one by its                          full path: {}",
+                        self.path().display(),
+                        many.len(),
+                        many.iter()
+                            .map(|g| format!("`{}`", g.prefix))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
             }
-            if let Some(pos) = d.rejected.iter().position(|(rp, _)| rp == p) {
+            let rejected = d.rejected.iter().position(|(rp, _)| {
+                rp == p
+                    || self
+                        .state_dicts()
+                        .iter()
+                        .any(|k| !k.is_empty() && *rp == format!("{k}.{p}"))
+            });
+            if let Some(pos) = rejected {
                 let mut d = d;
                 return Err(d.rejected.swap_remove(pos).1);
             }

@@ -1,39 +1,37 @@
-//! PyTorch zip checkpoints (`torch.save`, torch >= 1.6) read without Python, on candle's pickle
-//! reader: a plain state_dict, or a state_dict nested in a training checkpoint dict.
+//! PyTorch checkpoints without Python: `torch.save` zip archives (torch >= 1.6), legacy
+//! `torch.save` files (torch < 1.6, or `_use_new_zipfile_serialization=False`) and TorchScript
+//! archives (`torch.jit.save`). Pickles go through our bounded reader (`pickle`), their meaning
+//! through `torch_pickle`; storages are sliced from the mapped file. Nothing is executed.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Cursor, Read};
+use std::io::{Cursor, Read};
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
-use candle_core::pickle::{Object, Stack, TensorInfo};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 use crate::error::{Result, WeightsError};
+use crate::pickle::{self, Limits, Value};
+use crate::torch_pickle::{find_tensors, Found, TensorRef};
 
-/// Keys under which training checkpoints commonly keep the model's state_dict, in the order
-/// they are tried when no key is given.
-const STATE_DICT_KEYS: &[&str] = &[
-    "state_dict",
-    "model_state_dict",
-    "model",
-    "model_state",
-    "net",
-    "module",
-    "network",
-];
+/// Largest pickle read (a state dict of 10,000 tensors pickles to a few MB).
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
-#[derive(Debug, Clone)]
-pub(crate) struct PthTensor {
-    pub info: TensorInfo,
+/// The most bytes one zip entry may inflate to, or one tensor may occupy, for a file of
+/// `file_len` bytes: torch stores entries uncompressed, so a sane file never needs more than a
+/// small multiple of itself; a zip bomb does.
+pub(crate) fn budget(file_len: usize) -> u64 {
+    (file_len as u64).saturating_mul(16).saturating_add(1 << 20)
 }
 
-/// The checkpoint's zip archive over the memory-mapped file: its directory is parsed once, and
-/// every tensor is read from the mapping.
-pub(crate) type Archive = zip::ZipArchive<Cursor<SharedMap>>;
+/// `0x1950a86a20f9469cfc6c` as the little-endian bytes of pickle's LONG1: the first pickle of
+/// every legacy `torch.save` file.
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 
 /// A cheaply clonable handle on the mapping, so that each read gets its own cursor.
 #[derive(Clone)]
-pub(crate) struct SharedMap(std::sync::Arc<memmap2::Mmap>);
+pub(crate) struct SharedMap(pub Arc<memmap2::Mmap>);
 
 impl AsRef<[u8]> for SharedMap {
     fn as_ref(&self) -> &[u8] {
@@ -41,239 +39,383 @@ impl AsRef<[u8]> for SharedMap {
     }
 }
 
-fn open_zip(path: &Path, mmap: memmap2::Mmap) -> Result<Archive> {
-    zip::ZipArchive::new(Cursor::new(SharedMap(std::sync::Arc::new(mmap))))
-        .map_err(|e| WeightsError::format(path, "not a readable PyTorch zip file", e))
+pub(crate) type Archive = zip::ZipArchive<Cursor<SharedMap>>;
+
+/// Where the storages of a checkpoint are.
+pub(crate) enum Storages {
+    /// `{dir}/data/{key}` entries of a zip archive.
+    Zip { archive: Archive, dir: String },
+    /// Byte ranges of the mapped legacy file, by storage key.
+    Legacy(HashMap<String, Range<usize>>),
 }
 
-/// Reads `data.pkl` and finds the state_dict: the top-level dict if it holds tensors, else the
-/// entry `key`, else the first of `STATE_DICT_KEYS` present, else the first nested dict of tensors.
-/// Returns the tensors, the key they were found under, and the archive to read them from.
-pub(crate) fn read_state_dict(
-    path: &Path,
-    mmap: memmap2::Mmap,
-    key: Option<&str>,
-) -> Result<(HashMap<String, PthTensor>, Option<String>, Archive)> {
-    let mut zip = open_zip(path, mmap)?;
-    let pkl = zip
-        .file_names()
-        .filter_map(|f| f.ok().map(|f| f.into_owned()))
-        .find(|n| n.ends_with("data.pkl"))
-        .ok_or_else(|| {
-            WeightsError::file(path, "zip file without data.pkl: not a PyTorch checkpoint")
-        })?;
-    let dir = pkl.strip_suffix(".pkl").unwrap_or(&pkl).to_string();
-    let obj = {
-        let reader = zip
-            .by_name(&pkl)
-            .map_err(|e| WeightsError::format(path, format!("cannot read {pkl}"), e))?;
-        let mut reader = BufReader::new(reader);
-        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut stack = Stack::empty();
-            stack.read_loop(&mut reader)?;
-            stack.finalize()
-        }));
-        match parsed {
-            Ok(Ok(obj)) => obj,
-            Ok(Err(e)) => {
-                return Err(WeightsError::file(
-                    path,
-                    format!("cannot unpickle {pkl}: {e}"),
-                ))
-            }
-            Err(_) => {
-                return Err(WeightsError::file(
-                    path,
-                    format!("malformed pickle in {pkl}"),
-                ))
-            }
-        }
-    };
-    if let Some(class) = pickled_module_class(&obj) {
+/// A read checkpoint: its tensors and where their bytes are.
+pub(crate) struct Checkpoint {
+    pub storages: Storages,
+    pub tensors: Vec<Found>,
+    /// A TorchScript archive (it has a `code/` folder).
+    pub torchscript: bool,
+}
+
+fn parse_pickle(path: &Path, what: &str, bytes: &[u8]) -> Result<(pickle::Pickle, usize)> {
+    pickle::parse(bytes, Limits::default())
+        .map_err(|e| WeightsError::format(path, format!("malformed pickle in {what}"), e))
+}
+
+/// The tensors of a parsed main pickle; a pickle with none is described, not accepted.
+fn tensors_of(path: &Path, what: &str, p: &pickle::Pickle) -> Result<Vec<Found>> {
+    let found = find_tensors(p).map_err(|e| WeightsError::file(path, format!("{what}: {e}")))?;
+    if found.is_empty() {
         return Err(WeightsError::file(
             path,
             format!(
-                "holds a whole pickled module ({class}), which needs your Python classes to load; \
-                 save its weights instead: torch.save(model.state_dict(), path) or \
-                 safetensors.torch.save_file(model.state_dict(), path)"
+                "{what} holds no tensors: it is {} (nothing in it was run)",
+                p.describe(p.root)
             ),
         ));
     }
-    let Object::Dict(entries) = obj else {
+    Ok(found)
+}
+
+/// The byte range of a zip entry in the mapping if it is stored, else its inflated bytes; either
+/// checked against its declared size and the budget before anything is read.
+fn zip_entry(
+    path: &Path,
+    archive: &Archive,
+    map_len: usize,
+    name: &str,
+    cap: u64,
+) -> Result<EntryBytes> {
+    let mut zip = archive.clone();
+    let mut f = zip
+        .by_name(name)
+        .map_err(|e| WeightsError::format(path, format!("cannot read {name}"), e))?;
+    let size = f.size();
+    if size > cap {
         return Err(WeightsError::file(
             path,
-            "data.pkl does not hold a dict (state_dict or checkpoint)",
+            format!(
+                "zip entry {name} declares {size} bytes, more than this file can justify ({cap})"
+            ),
+        ));
+    }
+    if f.compression() == zip::CompressionMethod::Stored {
+        if let Some(start) = f.data_start() {
+            let end = start.checked_add(size).filter(|&e| e <= map_len as u64);
+            return match end {
+                Some(end) if f.compressed_size() == size => {
+                    Ok(EntryBytes::Mapped(start as usize..end as usize))
+                }
+                _ => Err(WeightsError::file(
+                    path,
+                    format!("zip entry {name} extends past the end of the file"),
+                )),
+            };
+        }
+    }
+    let mut bytes = Vec::new();
+    (&mut f)
+        .take(size + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| WeightsError::format(path, format!("cannot inflate {name}"), e))?;
+    if bytes.len() as u64 != size {
+        return Err(WeightsError::file(
+            path,
+            format!(
+                "zip entry {name} inflates to {} bytes, not the {size} it declares",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(EntryBytes::Owned(bytes))
+}
+
+enum EntryBytes {
+    Mapped(Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl EntryBytes {
+    fn get<'a>(&'a self, map: &'a [u8]) -> &'a [u8] {
+        match self {
+            EntryBytes::Mapped(r) => &map[r.clone()],
+            EntryBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// Reads a zip checkpoint: `torch.save` (state dict, training checkpoint, whole module) or a
+/// TorchScript archive. The top folder may have any name.
+pub(crate) fn read_zip(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoint> {
+    let file_len = map.len();
+    let archive = zip::ZipArchive::new(Cursor::new(SharedMap(map.clone())))
+        .map_err(|e| WeightsError::format(path, "not a readable PyTorch zip file", e))?;
+    let names: Vec<String> = archive
+        .file_names()
+        .filter_map(|n| n.ok().map(|n| n.into_owned()))
+        .collect();
+    let pkl = names
+        .iter()
+        .find(|n| {
+            n.as_str() == "data.pkl"
+                || n.strip_suffix("/data.pkl")
+                    .is_some_and(|d| !d.contains('/'))
+        })
+        .ok_or_else(|| {
+            WeightsError::file(path, "zip file without data.pkl: not a PyTorch checkpoint")
+        })?;
+    let dir = pkl
+        .strip_suffix("data.pkl")
+        .expect("found by suffix")
+        .to_string();
+    let torchscript = names.iter().any(|n| n.starts_with(&format!("{dir}code/")));
+    let cap = budget(file_len).min(MAX_PICKLE_BYTES);
+    let bytes = zip_entry(path, &archive, file_len, pkl, cap)?;
+    let (p, _) = parse_pickle(path, pkl, bytes.get(&map))?;
+    let tensors = tensors_of(path, pkl, &p)?;
+    Ok(Checkpoint {
+        storages: Storages::Zip { archive, dir },
+        tensors,
+        torchscript,
+    })
+}
+
+/// Whether `bytes` starts like a legacy `torch.save` file: a first pickle (of a few bytes, framed
+/// or not) that is the magic number.
+pub(crate) fn is_legacy(bytes: &[u8]) -> bool {
+    if bytes.first() != Some(&0x80) {
+        return false;
+    }
+    let head = &bytes[..bytes.len().min(64)];
+    matches!(
+        pickle::parse(head, Limits { max_objects: 4 }),
+        Ok((p, _)) if matches!(p.get(p.root), Value::BigInt(b) if b[..] == LEGACY_MAGIC)
+    )
+}
+
+/// Reads a legacy `torch.save` file: magic number, protocol version and system info pickles, the
+/// main pickle, the pickled list of storage keys, then each storage as a little-endian u64
+/// element count followed by its bytes.
+pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
+    let mut pos = 0;
+    let mut next = |what: &str| -> Result<pickle::Pickle> {
+        let rest = &bytes[pos..];
+        let (p, used) = parse_pickle(
+            path,
+            what,
+            &rest[..rest.len().min(MAX_PICKLE_BYTES as usize)],
+        )?;
+        pos += used;
+        Ok(p)
+    };
+    let magic = next("the magic number")?;
+    if !matches!(magic.get(magic.root), Value::BigInt(b) if b[..] == LEGACY_MAGIC) {
+        return Err(WeightsError::file(
+            path,
+            "a pickle, but not a PyTorch file (no magic number)",
+        ));
+    }
+    let proto = next("the protocol version")?;
+    if proto.int(proto.root) != Some(1001) {
+        return Err(WeightsError::file(
+            path,
+            format!(
+                "unknown legacy protocol version ({})",
+                proto.describe(proto.root)
+            ),
+        ));
+    }
+    let _sys_info = next("the system info")?;
+    let main = next("the main pickle")?;
+    let tensors = tensors_of(path, "the main pickle", &main)?;
+    let keys = next("the storage keys")?;
+    let Some(key_ids) = keys.seq(keys.root) else {
+        return Err(WeightsError::file(
+            path,
+            "the storage key list is not a list",
         ));
     };
-    let dir = Path::new(&dir);
-    if let Some(key) = key {
-        let value = entries
-            .into_iter()
-            .find(|(k, _)| matches!(k, Object::Unicode(s) if s == key))
-            .map(|(_, v)| v)
-            .ok_or_else(|| WeightsError::file(path, format!("checkpoint has no key `{key}`")))?;
-        let tensors = tensors_of(value, dir);
-        if tensors.is_empty() {
+    let elem_size: HashMap<&str, usize> = tensors
+        .iter()
+        .map(|f| (f.tensor.storage.key.as_str(), f.tensor.storage.elem_size))
+        .collect();
+    let mut storages = HashMap::new();
+    for &k in key_ids {
+        let key = match keys.get(k) {
+            Value::Str(s) => s.clone(),
+            Value::Int(i) => i.to_string(),
+            _ => {
+                return Err(WeightsError::file(
+                    path,
+                    "a storage key that is not a string",
+                ))
+            }
+        };
+        let Some(header) = bytes.get(pos..pos + 8) else {
             return Err(WeightsError::file(
                 path,
-                format!("checkpoint key `{key}` holds no tensors"),
+                format!("storage {key}: truncated file (its size header is missing)"),
             ));
-        }
-        return Ok((tensors, Some(key.to_string()), zip));
-    }
-    let top = tensors_of(Object::Dict(entries.clone()), dir);
-    if !top.is_empty() {
-        return Ok((top, None, zip));
-    }
-    let mut nested: Vec<(String, Object)> = entries
-        .into_iter()
-        .filter_map(|(k, v)| match (k, &v) {
-            (Object::Unicode(k), Object::Dict(_)) => Some((k, v)),
-            _ => None,
-        })
-        .collect();
-    nested.sort_by_key(|(k, _)| {
-        STATE_DICT_KEYS
-            .iter()
-            .position(|c| c == k)
-            .unwrap_or(STATE_DICT_KEYS.len())
-    });
-    for (k, v) in nested {
-        let tensors = tensors_of(v, dir);
-        if !tensors.is_empty() {
-            return Ok((tensors, Some(k), zip));
-        }
-    }
-    Err(WeightsError::file(
-        path,
-        "found no dict of tensors (state_dict) in the checkpoint",
-    ))
-}
-
-/// The tensors directly inside a dict object.
-fn tensors_of(obj: Object, dir: &Path) -> HashMap<String, PthTensor> {
-    let Object::Dict(entries) = obj else {
-        return HashMap::new();
-    };
-    entries
-        .into_iter()
-        .filter(|(_, v)| well_formed(v))
-        .filter_map(|(k, v)| {
-            // Defence in depth: candle's reader indexes into the pickle's tuples.
-            let info = std::panic::catch_unwind(|| v.into_tensor_info(k, dir)).ok()?;
-            match info {
-                Ok(Some(info)) => Some((info.name.clone(), PthTensor { info })),
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-/// Whether a tensor entry has the tuple sizes that candle's `into_tensor_info` indexes into
-/// (it panics on shorter ones, which a corrupted file can hold). Entries that are not tensors
-/// pass: `into_tensor_info` skips them without indexing.
-fn well_formed(v: &Object) -> bool {
-    let class = |o: &Object, module: &str, name: &str| matches!(o, Object::Class { module_name, class_name } if module_name == module && class_name == name);
-    let Object::Reduce { callable, args } = v else {
-        return true;
-    };
-    let (callable, args): (&Object, &Object) =
-        if class(callable, "torch._tensor", "_rebuild_from_type_v2") {
-            match args.as_ref() {
-                Object::Tuple(a) if a.len() >= 3 => (&a[0], &a[2]),
-                Object::Tuple(_) => return false,
-                _ => return true,
-            }
-        } else if class(callable, "torch._utils", "_rebuild_parameter") {
-            match args.as_ref() {
-                Object::Tuple(a) if !a.is_empty() => match &a[0] {
-                    Object::Reduce { callable, args } => (callable.as_ref(), args.as_ref()),
-                    _ => return true,
-                },
-                Object::Tuple(_) => return false,
-                _ => return true,
-            }
-        } else {
-            (callable.as_ref(), args.as_ref())
         };
-    if !class(callable, "torch._utils", "_rebuild_tensor_v2") {
-        return true;
+        let numel = u64::from_le_bytes(header.try_into().expect("8 bytes"));
+        pos += 8;
+        // Only storages some tensor names can be skipped over: the element size comes from the
+        // tensor's storage type.
+        let Some(&es) = elem_size.get(key.as_str()) else {
+            return Err(WeightsError::file(
+                path,
+                format!("storage {key} is listed but no tensor gives its element type"),
+            ));
+        };
+        let left = (bytes.len() - pos) as u64;
+        let len = numel
+            .checked_mul(es as u64)
+            .filter(|&n| n <= left)
+            .ok_or_else(|| {
+                WeightsError::file(
+                    path,
+                    format!(
+                        "storage {key} declares {numel} elements of {es} bytes, {left} bytes \
+                         left: truncated or lying file"
+                    ),
+                )
+            })? as usize;
+        storages.insert(key, pos..pos + len);
+        pos += len;
     }
-    match args {
-        Object::Tuple(a) if a.len() >= 4 => match &a[0] {
-            Object::PersistentLoad(p) => !matches!(p.as_ref(), Object::Tuple(s) if s.len() < 5),
-            _ => true,
-        },
-        Object::Tuple(_) => false,
-        _ => true,
+    Ok(Checkpoint {
+        storages: Storages::Legacy(storages),
+        tensors,
+        torchscript: false,
+    })
+}
+
+impl Checkpoint {
+    /// Reads one tensor (any strides into its storage) onto the CPU.
+    pub(crate) fn load(
+        &self,
+        path: &Path,
+        map: &[u8],
+        name: &str,
+        t: &TensorRef,
+    ) -> Result<Tensor> {
+        let bad = |reason: String| WeightsError::Tensor {
+            name: name.to_string(),
+            reason: format!("{reason} (in {})", path.display()),
+        };
+        let s = &t.storage;
+        let dtype = s.dtype.ok_or_else(|| {
+            bad("has an element type candle cannot hold (complex or int8)".into())
+        })?;
+        let owned;
+        let storage: &[u8] = match &self.storages {
+            Storages::Legacy(ranges) => {
+                let r = ranges
+                    .get(&s.key)
+                    .ok_or_else(|| bad(format!("storage {} is not in the file", s.key)))?;
+                &map[r.clone()]
+            }
+            Storages::Zip { archive, dir } => {
+                let entry = format!("{dir}data/{}", s.key);
+                owned = zip_entry(path, archive, map.len(), &entry, budget(map.len()))?;
+                owned.get(map)
+            }
+        };
+        let have = (storage.len() / s.elem_size) as u64;
+        if s.numel > have {
+            return Err(bad(format!(
+                "storage {} declares {} elements, the file holds {have}: truncated file",
+                s.key, s.numel
+            )));
+        }
+        let bytes =
+            gather(storage, s.elem_size, s.view_offset, t, budget(map.len())).map_err(bad)?;
+        Ok(Tensor::from_raw_buffer(
+            &bytes,
+            dtype,
+            &t.shape,
+            &Device::Cpu,
+        )?)
     }
 }
 
-/// `Some("module.Class")` when the pickle is an object of a user class (a whole `nn.Module`).
-fn pickled_module_class(obj: &Object) -> Option<String> {
-    let callable = match obj {
-        Object::Build { callable, .. } => callable.as_ref(),
-        Object::Reduce { .. } => obj,
-        _ => return None,
+/// Copies the elements of a strided view into a contiguous buffer, after checking (with checked
+/// arithmetic) that the view stays inside the storage and the result inside `budget` bytes.
+fn gather(
+    storage: &[u8],
+    es: usize,
+    view_offset: u64,
+    t: &TensorRef,
+    budget: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    let have = (storage.len() / es) as u64;
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+        .ok_or("its size overflows")?;
+    if numel == 0 {
+        return Ok(Vec::new());
+    }
+    let out_len = numel
+        .checked_mul(es as u64)
+        .filter(|&n| n <= budget)
+        .ok_or_else(|| {
+            format!(
+                "its size {:?} needs more memory than this file justifies",
+                t.shape
+            )
+        })?;
+    let base = view_offset
+        .checked_add(t.offset)
+        .ok_or("its offset overflows")?;
+    let last = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .try_fold(base, |a, (&d, &s)| {
+            a.checked_add((d as u64 - 1).checked_mul(s)?)
+        })
+        .ok_or("its extent overflows")?;
+    if last >= have {
+        return Err(format!(
+            "its view (offset {base}, size {:?}, stride {:?}) reaches element {last} of a \
+             {have}-element storage",
+            t.shape, t.stride
+        ));
+    }
+    let (base, es) = (base as usize, es);
+    let contiguous = {
+        let mut expect = 1u64;
+        t.shape.iter().zip(&t.stride).rev().all(|(&d, &s)| {
+            let ok = d == 1 || s == expect;
+            expect *= d as u64;
+            ok
+        })
     };
-    let class = match callable {
-        Object::Reduce { callable, .. } => callable.as_ref(),
-        other => other,
-    };
-    match class {
-        Object::Class {
-            module_name,
-            class_name,
-        } if module_name != "collections" => Some(format!("{module_name}.{class_name}")),
-        _ => None,
+    if contiguous {
+        return Ok(storage[base * es..base * es + out_len as usize].to_vec());
     }
-}
-
-/// Reads one tensor's data from the zip (contiguous or Fortran-contiguous layouts).
-pub(crate) fn load_tensor(path: &Path, archive: &Archive, t: &PthTensor) -> Result<Tensor> {
-    let info = &t.info;
-    let bad = |reason: String| WeightsError::Tensor {
-        name: info.name.clone(),
-        reason: format!("{reason} (in {})", path.display()),
-    };
-    // A clone shares the parsed directory and the mapping; it only has its own read position.
-    let mut zip = archive.clone();
-    let mut reader = zip
-        .by_name(&info.path)
-        .map_err(|e| bad(format!("storage {} unreadable: {e}", info.path)))?;
-    let layout = &info.layout;
-    let fortran = layout.is_fortran_contiguous();
-    if !layout.is_contiguous() && !fortran {
-        return Err(bad("non-contiguous storage layout is not supported".into()));
+    let mut out = Vec::with_capacity(out_len as usize);
+    let rank = t.shape.len();
+    let mut idx = vec![0usize; rank];
+    let mut at = base;
+    loop {
+        out.extend_from_slice(&storage[at * es..(at + 1) * es]);
+        // Odometer increment, innermost axis first.
+        let mut axis = rank;
+        loop {
+            if axis == 0 {
+                return Ok(out);
+            }
+            axis -= 1;
+            idx[axis] += 1;
+            at += t.stride[axis] as usize;
+            if idx[axis] < t.shape[axis] {
+                break;
+            }
+            at -= t.stride[axis] as usize * t.shape[axis];
+            idx[axis] = 0;
+        }
     }
-    let skip = layout.start_offset() as u64;
-    if skip > 0 {
-        std::io::copy(&mut reader.by_ref().take(skip), &mut std::io::sink())
-            .map_err(|e| bad(format!("cannot seek in storage: {e}")))?;
-    }
-    let n_bytes = layout
-        .shape()
-        .elem_count()
-        .checked_mul(info.dtype.size_in_bytes())
-        .ok_or_else(|| bad("tensor size overflows".into()))?;
-    let mut bytes = Vec::with_capacity(n_bytes.min(1 << 30));
-    reader
-        .take(n_bytes as u64)
-        .read_to_end(&mut bytes)
-        .map_err(|e| bad(format!("cannot read data: {e}")))?;
-    if bytes.len() != n_bytes {
-        return Err(bad(format!(
-            "storage holds {} bytes, the tensor needs {n_bytes}: truncated file",
-            bytes.len()
-        )));
-    }
-    let tensor =
-        Tensor::from_raw_buffer(&bytes, info.dtype, layout.dims(), &candle_core::Device::Cpu)?;
-    let rank = layout.dims().len();
-    if rank > 1 && fortran && !layout.is_contiguous() {
-        let rev: Vec<usize> = layout.dims().iter().rev().copied().collect();
-        let perm: Vec<usize> = (0..rank).rev().collect();
-        return Ok(tensor.reshape(rev)?.permute(perm)?.contiguous()?);
-    }
-    Ok(tensor)
 }
