@@ -592,10 +592,9 @@ pub(crate) fn parse(data: &[u8], limits: Limits) -> Result<(Pickle, usize), Pick
             b'b' => {
                 let state = m.pop(&r)?;
                 let obj = m.top(&r)?;
-                match &mut m.values[obj as usize] {
-                    Value::Object { state: s, .. } => *s = Some(state),
-                    // BUILD on a plain container (a protocol-0 quirk): ignored.
-                    _ => {}
+                // BUILD on a plain container (a protocol-0 quirk) is ignored.
+                if let Value::Object { state: s, .. } = &mut m.values[obj as usize] {
+                    *s = Some(state);
                 }
             }
             b'Q' => {

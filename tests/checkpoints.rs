@@ -1,0 +1,200 @@
+//! Every kind of PyTorch checkpoint loads without Python and matches PyTorch: legacy torch.save,
+//! whole pickled modules (plain, DataParallel, torch.compile, inside a dict), TorchScript, and
+//! state dicts nested in training checkpoints (models/checkpoints, written by
+//! scripts/make_checkpoint_fixtures.py with real PyTorch).
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use candle_gru::models_dir;
+use gru_verify::{find_cases, run_case, Case, RunOptions};
+use gru_weights::{Format, ModuleKind, WeightFile, WeightsError};
+
+fn checkpoint(name: &str) -> PathBuf {
+    models_dir().join("checkpoints").join(name)
+}
+
+/// (prefix, kind) of every module found, sorted.
+type Modules = Vec<(String, ModuleKind)>;
+
+fn modules(f: &WeightFile) -> Modules {
+    let d = f.discover();
+    assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+    d.found.into_iter().map(|g| (g.prefix, g.kind)).collect()
+}
+
+fn tagger(prefix: &str) -> Modules {
+    let p = |s: &str| {
+        if prefix.is_empty() {
+            s.to_string()
+        } else {
+            format!("{prefix}.{s}")
+        }
+    };
+    vec![
+        (p("cell"), ModuleKind::GruCell),
+        (p("encoder.rnn"), ModuleKind::Gru),
+    ]
+}
+
+#[test]
+fn every_checkpoint_kind_lists_its_grus() {
+    let cases: &[(&str, Format, Modules)] = &[
+        ("legacy_state_dict.pth", Format::PyTorchLegacy, tagger("")),
+        (
+            "legacy_checkpoint.pkl",
+            Format::PyTorchLegacy,
+            tagger("model"),
+        ),
+        ("whole_module_legacy.pkl", Format::PyTorchLegacy, tagger("")),
+        ("whole_module_zip", Format::PyTorch, tagger("")),
+        ("whole_dataparallel.pt", Format::PyTorch, tagger("module")),
+        ("whole_compiled.pt", Format::PyTorch, tagger("_orig_mod")),
+        ("whole_in_dict.tar", Format::PyTorch, tagger("model")),
+        ("scripted.pt", Format::TorchScript, tagger("")),
+        ("traced.bin", Format::TorchScript, tagger("")),
+        (
+            "lightning.ckpt",
+            Format::PyTorch,
+            tagger("state_dict.model"),
+        ),
+        (
+            "legacy_flat.ch",
+            Format::PyTorchLegacy,
+            vec![(String::new(), ModuleKind::Gru)],
+        ),
+        (
+            "zip_flat.pt",
+            Format::PyTorch,
+            vec![(String::new(), ModuleKind::Gru)],
+        ),
+        (
+            "nested_list.pth",
+            Format::PyTorch,
+            vec![
+                ("models.0.gru".into(), ModuleKind::Gru),
+                ("models.1.gru".into(), ModuleKind::Gru),
+            ],
+        ),
+    ];
+    for (name, format, expected) in cases {
+        let f = WeightFile::open(checkpoint(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(f.format(), *format, "{name}");
+        assert_eq!(&modules(&f), expected, "{name}");
+    }
+}
+
+#[test]
+fn every_checkpoint_case_matches_pytorch() {
+    let cases = find_cases(&[models_dir().join("checkpoints")]);
+    assert!(cases.len() >= 16, "{cases:?}");
+    for p in cases {
+        let case = Case::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let r = run_case(&case, &RunOptions::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(r.passed, "{}: {:?}", r.name, r.divergence);
+    }
+}
+
+#[test]
+fn formats_agree_tensor_for_tensor() {
+    // One model saved five ways holds the same numbers in each.
+    let base = WeightFile::open(checkpoint("legacy_state_dict.pth")).unwrap();
+    for other in [
+        "whole_module_legacy.pkl",
+        "whole_module_zip",
+        "scripted.pt",
+        "whole_in_dict.tar",
+        "legacy_checkpoint.pkl",
+    ] {
+        let f = WeightFile::open(checkpoint(other)).unwrap();
+        for t in base.tensors() {
+            let a = base.load(&t.name, &Device::Cpu).unwrap();
+            let b = f
+                .load(&t.name, &Device::Cpu)
+                .unwrap_or_else(|e| panic!("{other}: {e}"));
+            let d = (a.to_dtype(candle_core::DType::F64).unwrap()
+                - b.to_dtype(candle_core::DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+            assert_eq!(d, 0.0, "{other}: {}", t.name);
+        }
+    }
+    // The int64 buffer loads as stored.
+    let n = base
+        .load("norm.num_batches_tracked", &Device::Cpu)
+        .unwrap()
+        .to_scalar::<i64>()
+        .unwrap();
+    assert_eq!(n, 5);
+}
+
+#[test]
+fn two_state_dicts_with_a_gru_at_one_prefix_need_the_key_path() {
+    let f = WeightFile::open(checkpoint("gan.pt")).unwrap();
+    assert_eq!(f.state_dicts(), ["discriminator", "generator"]);
+    let e = f.gru(Some("rnn"), None, &Device::Cpu).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, WeightsError::Select(_))
+            && msg.contains("`discriminator.rnn`")
+            && msg.contains("`generator.rnn`"),
+        "{msg}"
+    );
+    let e = f.gru(None, None, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        e.contains("`discriminator.rnn`") && e.contains("`generator.rnn`"),
+        "{e}"
+    );
+    let (g, report) = f.gru(Some("generator.rnn"), None, &Device::Cpu).unwrap();
+    assert_eq!(
+        (g.config().hidden_size, report.prefix.as_str()),
+        (3, "generator.rnn")
+    );
+    // The same for single tensors.
+    let e = f
+        .load("rnn.weight_hh_l0", &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("generator.rnn.weight_hh_l0"), "{e}");
+}
+
+#[test]
+fn a_prefix_inside_the_state_dict_and_wrapper_prefixes_select_too() {
+    let lightning = WeightFile::open(checkpoint("lightning.ckpt")).unwrap();
+    for p in ["state_dict.model.encoder.rnn", "model.encoder.rnn"] {
+        let (_, r) = lightning.gru(Some(p), None, &Device::Cpu).unwrap();
+        assert_eq!(r.prefix, "state_dict.model.encoder.rnn");
+    }
+    let dp = WeightFile::open(checkpoint("whole_dataparallel.pt")).unwrap();
+    let (_, r) = dp.gru(Some("encoder.rnn"), None, &Device::Cpu).unwrap();
+    assert_eq!(r.prefix, "module.encoder.rnn");
+    let compiled = WeightFile::open(checkpoint("whole_compiled.pt")).unwrap();
+    let (_, r) = compiled.gru_cell(Some("cell"), None, &Device::Cpu).unwrap();
+    assert_eq!(r.prefix, "_orig_mod.cell");
+}
+
+#[test]
+fn the_format_comes_from_the_bytes_not_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (src, format) in [
+        ("legacy_state_dict.pth", Format::PyTorchLegacy),
+        ("scripted.pt", Format::TorchScript),
+        ("zip_flat.pt", Format::PyTorch),
+    ] {
+        for ext in ["safetensors", "npy", "txt", ""] {
+            let p = dir.path().join(format!("renamed.{ext}"));
+            std::fs::copy(checkpoint(src), &p).unwrap();
+            assert_eq!(
+                WeightFile::open(&p).unwrap().format(),
+                format,
+                "{src} as .{ext}"
+            );
+        }
+    }
+}
