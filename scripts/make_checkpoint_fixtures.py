@@ -24,6 +24,8 @@ case whose `weights` metadata points straight at it, for the loader's tests and 
                             'epoch', 'global_step', 'hyper_parameters'}
   gan.pt                    {'generator': sd, 'discriminator': sd}: a GRU at `rnn` in both
   nested_list.pth           {'models': [sd_a, sd_b]}
+  legacy_dtypes.pth         legacy, GRUs stored in f64, f16 and bf16 (Double/Half/BFloat16
+                            storages), with legacy_dtypes_reference.safetensors holding the same
 
 Regenerate: python scripts/make_checkpoint_fixtures.py (seed 1234).
 """
@@ -33,6 +35,7 @@ import sys
 import zipfile
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -181,6 +184,15 @@ def main():
     torch.save({"models": [a.state_dict(), b.state_dict()]}, os.path.join(OUT, "nested_list.pth"))
     export_case(OUT, "nested_list", b, "gru", torch.randn(4, 2, 2), weights_file="nested_list.pth",
                 extra_meta={**META, "prefix": "models.1.gru"})
+
+    dtypes = nn.Module()
+    dtypes.f64, dtypes.f16, dtypes.bf16 = nn.GRU(3, 2), nn.GRU(3, 2), nn.GRU(3, 2)
+    dtypes.f64.double()
+    dtypes.f16.half()
+    dtypes.bf16.bfloat16()
+    save_legacy(dtypes.state_dict(), os.path.join(OUT, "legacy_dtypes.pth"))
+    save_file({k: v.contiguous() for k, v in dtypes.state_dict().items()},
+              os.path.join(OUT, "legacy_dtypes_reference.safetensors"))
 
     # Every file loads back in torch as written (the retagged ones onto the CPU).
     for name in sorted(os.listdir(OUT)):

@@ -198,3 +198,33 @@ fn the_format_comes_from_the_bytes_not_the_name() {
         }
     }
 }
+
+#[test]
+fn legacy_double_half_and_bfloat16_storages_load_as_stored() {
+    let legacy = WeightFile::open(checkpoint("legacy_dtypes.pth")).unwrap();
+    let reference = WeightFile::open(checkpoint("legacy_dtypes_reference.safetensors")).unwrap();
+    assert_eq!(legacy.tensors(), reference.tensors());
+    for t in reference.tensors() {
+        let a = legacy.load(&t.name, &Device::Cpu).unwrap();
+        let b = reference.load(&t.name, &Device::Cpu).unwrap();
+        assert_eq!(a.dtype(), b.dtype(), "{}", t.name);
+        let eq = a
+            .eq(&b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .min(0)
+            .unwrap()
+            .to_scalar::<u8>()
+            .unwrap();
+        assert_eq!(eq, 1, "{}", t.name);
+    }
+    for (prefix, dtype) in [
+        ("f64", candle_core::DType::F64),
+        ("f16", candle_core::DType::F16),
+        ("bf16", candle_core::DType::BF16),
+    ] {
+        let (g, _) = legacy.gru(Some(prefix), None, &Device::Cpu).unwrap();
+        assert_eq!(g.dtype(), dtype);
+    }
+}

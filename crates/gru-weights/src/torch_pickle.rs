@@ -386,6 +386,120 @@ pub(crate) fn find_tensors(p: &Pickle) -> Result<Vec<Found>, String> {
         ancestors: Vec::new(),
         visits: 0,
     };
+    if tensor(p, p.root)?.is_some() {
+        return Err("a single tensor, not a state dict or model: it has no names".into());
+    }
     w.walk(p.root, None)?;
     Ok(w.out)
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::pickle::{parse, Limits};
+    use proptest::prelude::*;
+
+    /// Pieces of torch pickles, so that random programs reach deep into the reader and the walk.
+    const PIECES: &[&[u8]] = &[
+        b"\x80\x02",
+        b"(",
+        b"}",
+        b"]",
+        b")",
+        b"N",
+        b"\x88",
+        b"K\x03",
+        b"K\x00",
+        b"J\xff\xff\xff\xff",
+        b"\x8a\x01\x05",
+        b"\x8c\x07storage",
+        b"\x8c\x03cpu",
+        b"\x8c\x010",
+        b"\x8c\x0cweight_ih_l0",
+        b"\x8c\x0b_parameters",
+        b"\x8c\x08_modules",
+        b"ctorch._utils\n_rebuild_tensor_v2\n",
+        b"ctorch._utils\n_rebuild_parameter\n",
+        b"ctorch\nFloatStorage\n",
+        b"ccollections\nOrderedDict\n",
+        b"c__main__\nNet\n",
+        b"cos\nsystem\n",
+        b"t",
+        b"\x85",
+        b"\x86",
+        b"\x87",
+        b"R",
+        b"\x81",
+        b"b",
+        b"s",
+        b"u",
+        b"a",
+        b"e",
+        b"q\x00",
+        b"q\x01",
+        b"h\x00",
+        b"h\x01",
+        b"\x94",
+        b"Q",
+        b"0",
+        b"2",
+        b"1",
+        b".",
+    ];
+
+    fn program() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                9 => (0..PIECES.len()).prop_map(|i| PIECES[i].to_vec()),
+                1 => any::<u8>().prop_map(|b| vec![b]),
+            ],
+            0..120,
+        )
+        .prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("GRU_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256),
+            ..ProptestConfig::default()
+        })]
+
+        /// Random pickle programs are parsed and walked without a panic, within the limits.
+        #[test]
+        fn random_programs_never_panic(data in program()) {
+            if let Ok((p, used)) = parse(&data, Limits { max_objects: 10_000 }) {
+                prop_assert!(used <= data.len());
+                let _ = find_tensors(&p);
+            }
+        }
+    }
+
+    #[test]
+    fn a_memo_doubling_bomb_is_refused_quickly() {
+        // [x, x] nested 48 times: 2^48 paths to one list, in ~300 bytes.
+        let mut data = b"\x80\x02}q\x00".to_vec();
+        for i in 0..48u8 {
+            data.extend_from_slice(&[b'h', i, b'h', i, 0x86, b'q', i + 1]);
+        }
+        data.push(b'.');
+        let (p, _) = parse(&data, Limits::default()).unwrap();
+        let start = std::time::Instant::now();
+        let e = find_tensors(&p).unwrap_err();
+        assert!(e.contains("references to walk"), "{e}");
+        assert!(start.elapsed().as_secs() < 20);
+    }
+
+    #[test]
+    fn deep_nesting_and_cycles_are_bounded() {
+        let mut data = vec![0x80, 2];
+        data.extend(std::iter::repeat_n(b']', 100_000));
+        data.extend(std::iter::repeat_n(b'a', 99_999));
+        data.push(b'.');
+        let (p, _) = parse(&data, Limits::default()).unwrap();
+        let e = find_tensors(&p).unwrap_err();
+        assert!(e.contains("nested deeper"), "{e}");
+        // A list that holds itself: walked once, no tensors.
+        let (p, _) = parse(b"\x80\x02]q\x00h\x00a.", Limits::default()).unwrap();
+        assert!(find_tensors(&p).unwrap().is_empty());
+    }
 }
