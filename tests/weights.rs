@@ -117,7 +117,7 @@ fn several_grus_need_a_prefix_and_a_wrong_prefix_lists_what_exists() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("no GRU at prefix `encoder.rn`") && e.contains("`encoder.rnn`"),
+        e.contains("no GRU at prefix \"encoder.rn\"") && e.contains("`encoder.rnn`"),
         "{e}"
     );
     let (gru, report) = f.gru(Some("encoder.rnn"), None, &Device::Cpu).unwrap();
@@ -168,7 +168,7 @@ fn pt_files_hold_the_same_tensors_as_safetensors() {
         "model_state_dict.encoder.rnn.weight_ih_l0"
     );
     let e = WeightFile::open_with_key(fixture("training_checkpoint.pt"), Some("nope")).unwrap_err();
-    assert!(e.to_string().contains("no key `nope`"), "{e}");
+    assert!(e.to_string().contains("no key \"nope\""), "{e}");
 }
 
 #[test]

@@ -142,8 +142,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     if a.seq_len == 0 || a.batch == 0 || a.iters == 0 {
         bail!("--seq-len, --batch and --iters must be at least 1");
     }
-    let device = crate::open_device(a.device)?;
-    let dtype = a.dtype;
+    if a.iters > MAX_ITERS || a.warmup > MAX_ITERS {
+        bail!("--iters and --warmup must be at most {MAX_ITERS}");
+    }
     let config = GruConfig {
         input_size: a.input_size,
         hidden_size: a.hidden_size,
@@ -152,6 +153,25 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         ..GruConfig::default()
     };
     config.validate()?;
+    // What the run holds at once, in f64 so that no size wraps: the f32 input and weights as
+    // generated, each layer's output and gate pre-activations.
+    let (t, b, i, h) = (
+        a.seq_len as f64,
+        a.batch as f64,
+        a.input_size as f64,
+        a.hidden_size as f64,
+    );
+    let d = config.num_directions() as f64;
+    let layers = a.num_layers as f64;
+    let bytes = 4.0 * t * b * i
+        + 4.0 * layers * d * 3.0 * h * (i.max(d * h) + h + 2.0)
+        + 8.0 * t * b * d * 4.0 * h;
+    check_budget(
+        "--seq-len x --batch x --input-size/--hidden-size x --num-layers",
+        bytes,
+    )?;
+    let device = crate::open_device(a.device)?;
+    let dtype = a.dtype;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ a.seed.wrapping_mul(0x1000_0001));
     let sd = random_state_dict(&config, &mut rng)?;
     let x = rng
@@ -242,8 +262,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         .map(|l| {
             let d = config.num_directions() as f64;
             d * 2.0
-                * (a.seq_len * a.batch * config.gate_size()) as f64
-                * (config.layer_input_size(l) + a.hidden_size) as f64
+                * a.seq_len as f64
+                * a.batch as f64
+                * config.gate_size() as f64
+                * (config.layer_input_size(l) as f64 + a.hidden_size as f64)
         })
         .sum();
     let gflops = flops / (median * 1e-3) / 1e9;
@@ -289,11 +311,39 @@ pub struct SgemmArgs {
     json: bool,
 }
 
+/// Most timed (or warm-up) iterations: more is a mistake, not a benchmark.
+const MAX_ITERS: usize = 1_000_000;
+
+/// Largest memory a benchmark may ask for.
+const BENCH_BUDGET_BYTES: f64 = 8.0 * (1u64 << 30) as f64;
+
+/// Refuses sizes that would need more than `BENCH_BUDGET_BYTES`, before anything is allocated.
+fn check_budget(what: &str, bytes: f64) -> anyhow::Result<()> {
+    if !(bytes <= BENCH_BUDGET_BYTES) {
+        bail!(
+            "{what}: these sizes need {:.3e} bytes, more than the {} GiB a benchmark may use",
+            bytes,
+            BENCH_BUDGET_BYTES / (1u64 << 30) as f64
+        );
+    }
+    Ok(())
+}
+
 pub fn sgemm(a: SgemmArgs) -> anyhow::Result<()> {
     if let Some(n) = a.threads {
-        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let n = a.size;
+    if n == 0 {
+        bail!("--size must be at least 1");
+    }
+    check_budget("--size", 3.0 * 4.0 * (n as f64) * (n as f64))?;
+    if a.iters > MAX_ITERS {
+        bail!("--iters must be at most {MAX_ITERS}");
+    }
     let x = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
     let y = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
     x.matmul(&y)?;
@@ -305,7 +355,7 @@ pub fn sgemm(a: SgemmArgs) -> anyhow::Result<()> {
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let gflops = 2.0 * (n * n * n) as f64 / (median * 1e-3) / 1e9;
+    let gflops = 2.0 * (n as f64).powi(3) / (median * 1e-3) / 1e9;
     if a.json {
         println!(
             "{}",

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use gru_weights::{save_gru, save_gru_cell, WeightFile};
 
 #[derive(clap::Args)]
@@ -25,6 +27,7 @@ pub struct Args {
 
 pub fn main(a: Args) -> anyhow::Result<()> {
     let dtype = a.dtype;
+    gru_weights::check_output_path(&a.out).context("--out")?;
     let file = WeightFile::open(&a.source.weights)?;
     let dev = candle_core::Device::Cpu;
     let report = if a.cell {

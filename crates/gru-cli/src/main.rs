@@ -128,6 +128,12 @@ pub fn dtype_arg(s: &str) -> Result<candle_core::DType, String> {
     })
 }
 
+/// `--atol` / `--rtol`, for clap's `value_parser`: finite and >= 0, as case metadata must be.
+pub fn tolerance_arg(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| "not a number".to_string())?;
+    gru_verify::Tolerance::check("the tolerance", v)
+}
+
 /// `--device`, for clap's `value_parser`: cpu, cuda[:N], metal[:N] or auto.
 pub fn device_arg(s: &str) -> Result<gru_core::DeviceSpec, String> {
     s.parse().map_err(|e: gru_core::GruError| e.to_string())

@@ -1,5 +1,5 @@
 //! `gru run`: a GRU from a weight file on an input from safetensors or .npy; writes `output` and
-//! `h_n` to a safetensors file.
+//! `h_n` to a safetensors file (never over something that is not a regular file).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,24 +38,38 @@ pub struct Args {
     allow_tf32: bool,
 }
 
-/// Reads one tensor from a .npy file or a safetensors file (by `name`, or its only tensor).
+/// Reads one tensor from a .npy file or a safetensors file (by `name`, or its only tensor), told
+/// apart by content; it must hold floats.
 fn read_tensor(path: &Path, name: &str, arg: &str) -> anyhow::Result<Tensor> {
-    let is_npy = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
-    if is_npy {
-        return Tensor::read_npy(path).with_context(|| format!("--{arg} {}", path.display()));
-    }
-    let file = WeightFile::open(path).with_context(|| format!("--{arg}"))?;
-    let chosen = match file.info(name) {
-        Some(_) => name.to_string(),
-        None if file.tensors().len() == 1 => file.tensors()[0].name.clone(),
-        None => bail!(
-            "--{arg} {}: no tensor `{name}` and more than one tensor in the file",
-            path.display()
-        ),
+    let mut magic = [0u8; 6];
+    let is_npy = {
+        use std::io::Read;
+        let mut f = gru_weights::open_regular(path).with_context(|| format!("--{arg}"))?;
+        f.read(&mut magic).unwrap_or(0) == 6 && &magic == b"\x93NUMPY"
     };
-    Ok(file.load(&chosen, &Device::Cpu)?)
+    let t = if is_npy {
+        gru_weights::read_npy(path).with_context(|| format!("--{arg}"))?
+    } else {
+        let file = WeightFile::open(path).with_context(|| format!("--{arg}"))?;
+        let chosen = match file.info(name) {
+            Some(_) => name.to_string(),
+            None if file.tensors().len() == 1 => file.tensors()[0].name.clone(),
+            None => bail!(
+                "--{arg} {}: no tensor `{name}` and more than one tensor in the file",
+                path.display()
+            ),
+        };
+        file.load(&chosen, &Device::Cpu)
+            .with_context(|| format!("--{arg}"))?
+    };
+    if !t.dtype().is_float() {
+        bail!(
+            "--{arg} {}: dtype {} is not a float type (f32, f64, f16, bf16)",
+            path.display(),
+            crate::dtype_name(t.dtype())
+        );
+    }
+    Ok(t)
 }
 
 /// NaN or Inf in the input gives NaN outputs; refuse it by name instead (padding excepted).
@@ -98,6 +112,7 @@ fn check_finite(
 
 pub fn main(a: Args) -> anyhow::Result<()> {
     crate::set_allow_tf32(a.allow_tf32);
+    gru_weights::check_output_path(&a.out).context("--out")?;
     let device = crate::open_device(a.device)?;
     let dtype = a.dtype;
     let file = WeightFile::open(&a.source.weights)?;

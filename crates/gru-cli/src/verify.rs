@@ -22,9 +22,11 @@ pub struct Args {
     /// Run in this dtype (f32, f64, f16, bf16); default: the dtype of each case's input.
     #[arg(long, value_parser = crate::dtype_arg)]
     dtype: Option<candle_core::DType>,
-    #[arg(long)]
+    /// Absolute tolerance (finite, >= 0); default per dtype.
+    #[arg(long, value_parser = crate::tolerance_arg)]
     atol: Option<f64>,
-    #[arg(long)]
+    /// Relative tolerance (finite, >= 0); default per dtype.
+    #[arg(long, value_parser = crate::tolerance_arg)]
     rtol: Option<f64>,
     /// Print one JSON object per case instead of the table.
     #[arg(long)]

@@ -139,10 +139,13 @@ impl GruConfig {
                 reason: format!("should be a number in range [0, 1], got {}", self.dropout),
             });
         }
-        let too_big = self
-            .gate_size()
-            .checked_mul(self.layer_input_size(1).max(self.input_size))
-            .is_none();
+        let too_big = match (
+            self.hidden_size.checked_mul(3),
+            self.hidden_size.checked_mul(self.num_directions()),
+        ) {
+            (Some(gate), Some(wide)) => gate.checked_mul(wide.max(self.input_size)).is_none(),
+            _ => true,
+        };
         if too_big {
             return Err(GruError::Config {
                 field: "hidden_size",

@@ -6,6 +6,7 @@
 //! `prefix` (module path of the GRU in the weights file; optional when it holds one GRU), optional
 //! `atol`, `rtol`, and `kind` = "cell" for GRUCell cases.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -68,14 +69,9 @@ impl Case {
             v.map(|s| {
                 s.trim()
                     .parse::<f64>()
-                    .ok()
-                    .filter(|x| x.is_finite() && *x >= 0.0)
-                    .ok_or_else(|| {
-                        case_err(
-                            path,
-                            format!("metadata `{name}` = {s:?} is not a tolerance"),
-                        )
-                    })
+                    .map_err(|_| format!("{name} = {s:?} is not a number"))
+                    .and_then(|x| Tolerance::check(name, x))
+                    .map_err(|e| case_err(path, format!("metadata {e}")))
             })
             .transpose()
         };
@@ -125,6 +121,27 @@ impl Case {
                     .to_string()
             })
             .unwrap_or_default();
+        let output = need("output")?;
+        let h_n =
+            match (kind, get("h_n")?) {
+                (CaseKind::Gru, None) => return Err(case_err(
+                    path,
+                    "missing tensor `h_n`: a GRU case must carry it (only a cell case has none)",
+                )),
+                (_, h) => h,
+            };
+        // A reference that is NaN or Inf could only "pass" against an equally broken result.
+        for (what, t) in [("output", Some(&output)), ("h_n", h_n.as_ref())] {
+            if let Some(at) = t.map(first_non_finite).transpose()?.flatten() {
+                return Err(case_err(
+                    path,
+                    format!(
+                        "reference `{what}` holds NaN or Inf at flat index {at}; a reference \
+                         must be finite (NaN never passes)"
+                    ),
+                ));
+            }
+        }
         Ok(Self {
             path: path.to_path_buf(),
             name,
@@ -135,12 +152,21 @@ impl Case {
             atol: float("atol", meta.get("atol"))?,
             rtol: float("rtol", meta.get("rtol"))?,
             input: need("input")?,
-            output: need("output")?,
-            h_n: get("h_n")?,
+            output,
+            h_n,
             h0: get("h0")?,
             lengths,
         })
     }
+}
+
+/// Flat index of the first NaN/Inf of `t`, if any.
+fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
+    Ok(t.to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?
+        .iter()
+        .position(|v| !v.is_finite()))
 }
 
 /// How to run cases; every field overrides what the case file says.
@@ -225,6 +251,11 @@ pub fn run_case(case: &Case, opts: &RunOptions) -> Result<CaseReport> {
             (gru.config().to_string(), out, h_n)
         }
     };
+    for (name, v) in [("atol", opts.atol), ("rtol", opts.rtol)] {
+        if let Some(v) = v {
+            Tolerance::check(name, v).map_err(|e| case_err(&case.path, e))?;
+        }
+    }
     let base = Tolerance::for_dtype(dtype);
     let tol = Tolerance::new(
         opts.atol.or(case.atol).unwrap_or(base.atol),
@@ -360,16 +391,23 @@ fn divergence(
     Ok(parts.join("; "))
 }
 
-/// Every `*.case.safetensors` under `paths` (files are taken as given), sorted.
+/// Every `*.case.safetensors` under `paths` (files are taken as given), sorted. Each folder is
+/// walked once, however many symlinks lead to it, so that a link cycle ends.
 pub fn find_cases(paths: &[PathBuf]) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    fn walk(dir: &Path, seen: &mut HashSet<PathBuf>, out: &mut Vec<PathBuf>) {
+        let Ok(real) = std::fs::canonicalize(dir) else {
+            return;
+        };
+        if !seen.insert(real) {
+            return;
+        }
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
-                walk(&p, out);
+                walk(&p, seen, out);
             } else if p
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().ends_with(".case.safetensors"))
@@ -379,10 +417,11 @@ pub fn find_cases(paths: &[PathBuf]) -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     for p in paths {
         if p.is_dir() {
             let mut found = Vec::new();
-            walk(p, &mut found);
+            walk(p, &mut seen, &mut found);
             found.sort();
             out.extend(found);
         } else {

@@ -5,8 +5,9 @@ use serde::Serialize;
 
 use crate::error::Result;
 
-/// Pass iff `|a - b| <= atol + rtol * |b|` for every element (`b` the reference). NaN or Inf on
-/// one side where the other is finite never passes; the same NaN/Inf on both sides does.
+/// Pass iff `|a - b| <= atol + rtol * |b|` for every element (`b` the reference). NaN or Inf
+/// never passes, on either side: a reference holding one is a broken reference, and ours holding
+/// one is a broken result, even when both agree.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Tolerance {
     pub atol: f64,
@@ -16,6 +17,17 @@ pub struct Tolerance {
 impl Tolerance {
     pub fn new(atol: f64, rtol: f64) -> Self {
         Self { atol, rtol }
+    }
+
+    /// Checks a tolerance from a user (finite, >= 0); `Err` says why not.
+    pub fn check(name: &str, value: f64) -> std::result::Result<f64, String> {
+        if value.is_finite() && value >= 0.0 {
+            Ok(value)
+        } else {
+            Err(format!(
+                "{name} = {value} is not a tolerance: it must be finite and >= 0"
+            ))
+        }
     }
 
     /// Defaults per dtype: f64 1e-10/1e-8, f32 1e-5/1e-4, f16 1e-2/1e-2, bf16 5e-2/5e-2.
@@ -30,13 +42,9 @@ impl Tolerance {
 
     /// Whether `actual` matches `expected`.
     pub fn accepts(&self, actual: f64, expected: f64) -> bool {
-        if actual.is_finite() && expected.is_finite() {
-            (actual - expected).abs() <= self.atol + self.rtol * expected.abs()
-        } else if actual.is_nan() || expected.is_nan() {
-            actual.is_nan() && expected.is_nan()
-        } else {
-            actual == expected
-        }
+        actual.is_finite()
+            && expected.is_finite()
+            && (actual - expected).abs() <= self.atol + self.rtol * expected.abs()
     }
 }
 
@@ -141,7 +149,13 @@ mod tests {
         assert!(!t.accepts(f64::NAN, 1.0));
         assert!(!t.accepts(1.0, f64::NAN));
         assert!(!t.accepts(f64::INFINITY, 1.0));
-        assert!(t.accepts(f64::NAN, f64::NAN));
+        assert!(!t.accepts(f64::NAN, f64::NAN));
+        assert!(!t.accepts(f64::INFINITY, f64::INFINITY));
+        // Even an infinite tolerance passes no NaN.
+        assert!(!Tolerance::new(f64::INFINITY, 0.0).accepts(f64::NAN, 1.0));
+        assert!(Tolerance::check("atol", f64::INFINITY).is_err());
+        assert!(Tolerance::check("rtol", -1.0).is_err());
+        assert!(Tolerance::check("rtol", f64::NAN).is_err());
     }
 
     #[test]

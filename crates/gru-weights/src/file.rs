@@ -140,7 +140,7 @@ impl WeightFile {
             if checkpoint.tensors.is_empty() {
                 return Err(WeightsError::file(
                     path,
-                    format!("checkpoint has no key `{key}` holding tensors"),
+                    format!("checkpoint has no key {key:?} holding tensors"),
                 ));
             }
         }
@@ -281,6 +281,16 @@ impl WeightFile {
                     name: name.to_string(),
                     reason: format!("not found in {}", self.path.display()),
                 })?;
+                if candle_dtype(view.dtype()).is_none() {
+                    return Err(WeightsError::Tensor {
+                        name: name.to_string(),
+                        reason: format!(
+                            "has dtype {:?}, which candle cannot hold (in {})",
+                            view.dtype(),
+                            self.path.display()
+                        ),
+                    });
+                }
                 use candle_core::safetensors::Load;
                 view.load(device).map_err(|e| WeightsError::Tensor {
                     name: name.to_string(),

@@ -53,7 +53,7 @@ impl WeightFile {
             v.extend(
                 d.rejected
                     .iter()
-                    .map(|(p, e)| format!("`{p}` (invalid: {e})")),
+                    .map(|(p, e)| format!("{p:?} (invalid: {e})")),
             );
             if v.is_empty() {
                 "none".into()
@@ -88,7 +88,7 @@ impl WeightFile {
                 [] => {}
                 many => {
                     return Err(WeightsError::Select(format!(
-                        "{}: {} {kind}s at `{p}`, in different state dicts; name one by its                          full path: {}",
+                        "{}: {} {kind}s at {p:?}, in different state dicts; name one by its full path: {}",
                         self.path().display(),
                         many.len(),
                         many.iter()
@@ -110,7 +110,7 @@ impl WeightFile {
                 return Err(d.rejected.swap_remove(pos).1);
             }
             return Err(WeightsError::Select(format!(
-                "{}: no {kind} at prefix `{p}`; the file holds: {}",
+                "{}: no {kind} at prefix {p:?}; the file holds: {}",
                 self.path().display(),
                 list(&d)
             )));

@@ -10,6 +10,7 @@ use gru_core::{Gru, GruCell};
 use crate::error::{Result, WeightsError};
 
 fn save(named: Vec<(String, Tensor)>, prefix: &str, path: &Path) -> Result<()> {
+    crate::regular::check_output_path(path)?;
     let prefix = prefix.trim_end_matches('.');
     let map: HashMap<String, Tensor> = named
         .into_iter()

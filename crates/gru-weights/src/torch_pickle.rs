@@ -16,7 +16,7 @@ use crate::pickle::{Id, Pickle, Value};
 const MAX_DEPTH: usize = 256;
 /// Most containers visited: shared references make a graph, so a small pickle can reach the same
 /// object along exponentially many paths.
-const MAX_VISITS: usize = 4_000_000;
+const MAX_VISITS: usize = 1_000_000;
 
 /// A reference to (part of) a storage, as the persistent id gives it.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,599 @@
+//! Hostile inputs against the `gru` binary: every one must end in exit code 2 and one line on
+//! stderr, under a memory limit and within a time limit. An abort, a stack overflow, an OOM kill
+//! or a hang fails the test (no `catch_unwind` can hide those). The bombs are built here, at test
+//! time, never committed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Address-space limit for each run (`ulimit -v`, KiB).
+const MEMORY_LIMIT_KIB: u64 = 4 << 20;
+/// Wall-clock limit for each run.
+const TIME_LIMIT: Duration = Duration::from_secs(60);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Runs `gru args` in `dir` under the limits; a run past the time limit is killed.
+fn run_limited(dir: &Path, args: &[&str]) -> Outcome {
+    let start = Instant::now();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v {MEMORY_LIMIT_KIB}; exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_gru"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > TIME_LIMIT {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().unwrap();
+    Outcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Peak resident memory of the largest child run so far, in MiB.
+fn peak_child_rss_mib() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+/// A zip as `torch.save` writes it, with the given entries (deflated where asked).
+fn zip_with(entries: &[(&str, &[u8], bool)]) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        for (name, data, deflate) in entries {
+            let method = if *deflate {
+                zip::CompressionMethod::Deflated
+            } else {
+                zip::CompressionMethod::Stored
+            };
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(method)
+                .large_file(data.len() > u32::MAX as usize / 2);
+            z.start_file(*name, opts).unwrap();
+            z.write_all(data).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+fn pt_with_pickle(pickle: &[u8]) -> Vec<u8> {
+    zip_with(&[("archive/data.pkl", pickle, false)])
+}
+
+/// The pickle of `{'w': tensor}` over storage '0' of `numel` f32 with the given size.
+fn state_dict_pickle(numel: u8, size: u8) -> Vec<u8> {
+    let mut p = b"\x80\x02}(X\x01\x00\x00\x00w".to_vec();
+    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+    p.extend_from_slice(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\n");
+    p.extend_from_slice(b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK");
+    p.push(numel);
+    p.extend_from_slice(b"tQK\x00K");
+    p.push(size);
+    p.extend_from_slice(b"\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtRu.");
+    p
+}
+
+/// A legacy `torch.save` file of `state_dict_pickle`, whose storage header says `count`.
+fn legacy_file(count: u64, data: &[u8]) -> Vec<u8> {
+    let mut f = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
+    f.extend_from_slice(b"\x80\x02M\xe9\x03.\x80\x02}.");
+    f.extend_from_slice(&state_dict_pickle(4, 4));
+    f.extend_from_slice(b"\x80\x02]X\x01\x00\x00\x000a.");
+    f.extend_from_slice(&count.to_le_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut v = b"\x93NUMPY\x01\x00".to_vec();
+    v.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    v.extend_from_slice(h.as_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// A copy of `src` (a case) with tensors replaced or removed and metadata changed.
+fn edit_case(
+    src: &Path,
+    dst: &Path,
+    replace: &[(&str, Option<candle_core::Tensor>)],
+    meta: &[(&str, &str)],
+) {
+    use candle_core::Device;
+    let f = gru_weights::WeightFile::open(src).unwrap();
+    let mut m = f.metadata();
+    for (k, v) in meta {
+        m.insert(k.to_string(), v.to_string());
+    }
+    let mut tensors = std::collections::HashMap::new();
+    for t in f.tensors() {
+        tensors.insert(t.name.clone(), f.load(&t.name, &Device::Cpu).unwrap());
+    }
+    for (k, v) in replace {
+        match v {
+            Some(t) => tensors.insert(k.to_string(), t.clone()),
+            None => tensors.remove(*k),
+        };
+    }
+    let data: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let dtype = match t.dtype() {
+                candle_core::DType::F32 => safetensors::Dtype::F32,
+                candle_core::DType::F64 => safetensors::Dtype::F64,
+                candle_core::DType::I64 => safetensors::Dtype::I64,
+                d => panic!("{d:?}"),
+            };
+            let bytes: Vec<u8> = match t.dtype() {
+                candle_core::DType::F32 => t
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                candle_core::DType::F64 => t
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                _ => t
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<i64>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            };
+            (k.clone(), bytes, t.dims().to_vec(), dtype)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(k, b, s, d)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, Some(m), dst).unwrap();
+}
+
+/// What one hostile input is run as, and what its one-line error must mention.
+struct Attack {
+    name: &'static str,
+    args: Vec<String>,
+    expect: &'static str,
+}
+
+fn attack(name: &'static str, args: &[&str], expect: &'static str) -> Attack {
+    Attack {
+        name,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        expect,
+    }
+}
+
+#[test]
+fn every_hostile_input_is_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let w = |name: &str, bytes: &[u8]| std::fs::write(d.join(name), bytes).unwrap();
+    let models = root().join("models");
+    let weights = models.join("reference/uni_l1_h0.safetensors");
+    let weights = weights.to_str().unwrap();
+    let case = models.join("reference/uni_l1_h0.case.safetensors");
+
+    // Pickles that would exhaust a naive reader.
+    let mut deep = vec![0x80, 2];
+    deep.extend(std::iter::repeat_n(b']', 1_000_000));
+    deep.extend(std::iter::repeat_n(b'a', 999_999));
+    deep.push(b'.');
+    w("deep.pt", &pt_with_pickle(&deep));
+    let mut doubling = b"\x80\x02]q\x00".to_vec();
+    for i in 0..48u8 {
+        doubling.extend_from_slice(&[b'h', i, b'h', i, 0x86, b'q', i + 1]);
+    }
+    doubling.push(b'.');
+    w("doubling.pt", &pt_with_pickle(&doubling));
+    let mut endless = vec![0x80, 2];
+    for _ in 0..500_000 {
+        endless.extend_from_slice(b"N0");
+    }
+    w("endless.pt", &pt_with_pickle(&endless));
+    w(
+        "lying_string.pt",
+        &pt_with_pickle(b"\x80\x02\x8d\xff\xff\xff\xff\xff\xff\xff\x7f"),
+    );
+    // Code that must not run: os.system, eval, subprocess.Popen, as data.
+    w(
+        "system.pt",
+        &pt_with_pickle(b"cos\nsystem\n(S'touch PWNED_system'\ntR."),
+    );
+    let call = b"open('PWNED_eval','w').close()";
+    let mut evil = b"\x80\x02cbuiltins\neval\nX".to_vec();
+    evil.extend_from_slice(&(call.len() as u32).to_le_bytes());
+    evil.extend_from_slice(call);
+    evil.extend_from_slice(b"\x85R.");
+    let mut eval_file = legacy_file(4, &[0; 16]);
+    // magic (15 bytes), protocol (6), system info (4), then the main pickle.
+    let main_at = 25;
+    eval_file.splice(
+        main_at..main_at + state_dict_pickle(4, 4).len(),
+        evil.iter().copied(),
+    );
+    w("eval.pkl", &eval_file);
+    w(
+        "popen.pt",
+        &pt_with_pickle(b"csubprocess\nPopen\n((S'touch'\nS'PWNED_popen'\nltR."),
+    );
+    // Zip bombs: the pickle and a storage inflate to 64 MiB from a few KiB.
+    let zeros = vec![0u8; 64 << 20];
+    w(
+        "pickle_bomb.pt",
+        &zip_with(&[("archive/data.pkl", &zeros, true)]),
+    );
+    let sd = state_dict_pickle(4, 4);
+    w(
+        "storage_bomb.pt",
+        &zip_with(&[
+            ("archive/data.pkl", &sd, false),
+            ("archive/data/0", &zeros, true),
+        ]),
+    );
+    // Legacy files whose storage header lies.
+    w("legacy_lying.pth", &legacy_file(1 << 60, &[0; 16]));
+    w("legacy_wrapping.pth", &legacy_file(u64::MAX / 2, &[0; 16]));
+    w("legacy_truncated.pth", &legacy_file(4, &[0; 7]));
+    // .npy headers that lie.
+    w("huge.npy", &npy("<f4", "(1099511627776,)", &[]));
+    w("wrapping.npy", &npy("<f4", "(4294967296, 4294967296)", &[]));
+    w("big_endian.npy", &npy(">f4", "(2, 1, 1)", &[0; 8]));
+    w("integer.npy", &npy("<i8", "(2, 1, 1)", &[0; 16]));
+    // An F4 (4-bit float) input: a dtype candle cannot hold, named with its tensor.
+    let f4 = safetensors::tensor::TensorView::new(safetensors::Dtype::F4, vec![2, 2, 2], &[0; 4])
+        .unwrap();
+    safetensors::serialize_to_file(vec![("input", f4)], None, &d.join("f4.safetensors")).unwrap();
+    // Not regular files.
+    let fifo = d.join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // Cases that must not pass by accident.
+    use candle_core::{Device, Tensor};
+    let c = gru_weights::WeightFile::open(&case).unwrap();
+    let out = c.load("output", &Device::Cpu).unwrap();
+    let nan = (out.ones_like().unwrap() * f64::NAN).unwrap();
+    let cases = d.join("cases");
+    std::fs::create_dir(&cases).unwrap();
+    let weights_meta = std::fs::canonicalize(models.join("reference/uni_l1_h0.safetensors"))
+        .unwrap()
+        .display()
+        .to_string();
+    edit_case(
+        &case,
+        &cases.join("nan_expected.case.safetensors"),
+        &[("output", Some(nan))],
+        &[("weights", &weights_meta)],
+    );
+    edit_case(
+        &case,
+        &d.join("no_h_n.case.safetensors"),
+        &[("h_n", None)],
+        &[("weights", &weights_meta)],
+    );
+    let nan_h_n = (c.load("h_n", &Device::Cpu).unwrap() * f64::NAN).unwrap();
+    edit_case(
+        &case,
+        &d.join("nan_h_n.case.safetensors"),
+        &[("h_n", Some(nan_h_n))],
+        &[("weights", &weights_meta)],
+    );
+    let x: Tensor = c.load("input", &Device::Cpu).unwrap();
+    edit_case(
+        &case,
+        &d.join("bad_shape.case.safetensors"),
+        &[("input", Some(x.narrow(2, 0, 1).unwrap()))],
+        &[("weights", &weights_meta)],
+    );
+    let case_s = case.to_str().unwrap();
+
+    let run = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["run", "--weights", weights, "--out", "out.safetensors"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let mut attacks = vec![
+        attack("nested lists", &["inspect", "deep.pt"], "nested deeper"),
+        attack("memo doubling", &["inspect", "doubling.pt"], "references"),
+        attack("no STOP", &["inspect", "endless.pt"], "truncated pickle"),
+        attack("lying length", &["inspect", "lying_string.pt"], "lying"),
+        attack("os.system", &["inspect", "system.pt"], "os.system"),
+        attack("builtins.eval", &["inspect", "eval.pkl"], "builtins.eval"),
+        attack(
+            "subprocess.Popen",
+            &["inspect", "popen.pt"],
+            "subprocess.Popen",
+        ),
+        attack("pickle zip bomb", &["inspect", "pickle_bomb.pt"], "justify"),
+        attack(
+            "legacy lying count",
+            &["inspect", "legacy_lying.pth"],
+            "lying",
+        ),
+        attack(
+            "legacy wrapping count",
+            &["inspect", "legacy_wrapping.pth"],
+            "lying",
+        ),
+        attack(
+            "legacy truncated",
+            &["inspect", "legacy_truncated.pth"],
+            "truncated",
+        ),
+        attack("FIFO weights", &["inspect", "fifo"], "FIFO"),
+        attack("directory weights", &["inspect", "."], "directory"),
+        attack("device weights", &["inspect", "/dev/zero"], "device"),
+        attack(
+            "--prefix with a newline",
+            &[
+                "convert",
+                "--weights",
+                weights,
+                "--prefix",
+                "a\nb",
+                "--out",
+                "x.safetensors",
+            ],
+            "a\\nb",
+        ),
+        attack("NaN expected", &["verify", "cases"], "NaN"),
+        attack(
+            "GRU case without h_n",
+            &["verify", "no_h_n.case.safetensors"],
+            "h_n",
+        ),
+        attack("NaN h_n", &["verify", "nan_h_n.case.safetensors"], "NaN"),
+        attack(
+            "input of the wrong width",
+            &["verify", "bad_shape.case.safetensors"],
+            "input",
+        ),
+        attack(
+            "--atol inf",
+            &["verify", case_s, "--atol", "inf"],
+            "tolerance",
+        ),
+        attack(
+            "--rtol 1e309",
+            &["verify", case_s, "--rtol", "1e309"],
+            "tolerance",
+        ),
+        attack("--atol -1", &["verify", case_s, "--atol=-1"], "tolerance"),
+        attack(
+            "--atol NaN",
+            &["verify", case_s, "--atol", "NaN"],
+            "tolerance",
+        ),
+        attack(
+            "bench huge hidden",
+            &[
+                "bench",
+                "--input-size",
+                "1",
+                "--hidden-size",
+                "18446744073709551615",
+                "--seq-len",
+                "1",
+                "--batch",
+                "1",
+            ],
+            "hidden_size",
+        ),
+        attack(
+            "bench wrapping sizes",
+            &[
+                "bench",
+                "--input-size",
+                "4294967296",
+                "--hidden-size",
+                "4",
+                "--seq-len",
+                "4294967296",
+                "--batch",
+                "4294967296",
+            ],
+            "bytes",
+        ),
+        attack(
+            "bench huge iters",
+            &[
+                "bench",
+                "--input-size",
+                "1",
+                "--hidden-size",
+                "1",
+                "--seq-len",
+                "1",
+                "--batch",
+                "1",
+                "--iters",
+                "18446744073709551615",
+            ],
+            "iters",
+        ),
+        attack("sgemm huge", &["sgemm", "--size", "4294967296"], "bytes"),
+        attack("sgemm zero", &["sgemm", "--size", "0"], "size"),
+    ];
+    for (name, extra, expect) in [
+        ("npy huge shape", vec!["--input", "huge.npy"], "needs"),
+        (
+            "npy wrapping shape",
+            vec!["--input", "wrapping.npy"],
+            "overflows",
+        ),
+        (
+            "npy big-endian",
+            vec!["--input", "big_endian.npy"],
+            "big-endian",
+        ),
+        ("integer input", vec!["--input", "integer.npy"], "--input"),
+        (
+            "F4 input",
+            vec!["--input", "f4.safetensors"],
+            "`input`: has dtype F4",
+        ),
+        ("FIFO input", vec!["--input", "fifo"], "FIFO"),
+        ("FIFO h0", vec!["--input", case_s, "--h0", "fifo"], "FIFO"),
+        (
+            "storage zip bomb",
+            vec!["--input", "storage_bomb.pt"],
+            "justify",
+        ),
+        (
+            "--out a FIFO",
+            vec!["--input", "integer.npy", "--out", "fifo"],
+            "FIFO",
+        ),
+        (
+            "--out /dev/null",
+            vec!["--input", "integer.npy", "--out", "/dev/null"],
+            "device",
+        ),
+        (
+            "--out a directory",
+            vec!["--input", "integer.npy", "--out", "."],
+            "directory",
+        ),
+    ] {
+        let mut args = run(&extra);
+        // A later --out wins with clap? No: give --out once.
+        if extra.contains(&"--out") {
+            let i = args.iter().position(|a| a == "--out").unwrap();
+            args.drain(i..i + 2);
+        }
+        attacks.push(Attack { name, args, expect });
+    }
+
+    let mut failures = Vec::new();
+    let mut slowest = (Duration::ZERO, "");
+    for a in &attacks {
+        let args: Vec<&str> = a.args.iter().map(String::as_str).collect();
+        let o = run_limited(d, &args);
+        if o.elapsed > slowest.0 {
+            slowest = (o.elapsed, a.name);
+        }
+        // `verify` reports a case that cannot run in its table (stdout), on one line; every
+        // other command on stderr.
+        let line = if a.args[0] == "verify" && o.stderr.is_empty() {
+            o.stdout
+                .lines()
+                .find(|l| l.contains(".case.safetensors") || l.contains(": `"))
+                .map(|l| format!("error: {}", l.trim()))
+                .unwrap_or_default()
+        } else {
+            o.stderr.trim_end().to_string()
+        };
+        let ok = o.code == Some(2)
+            && line.lines().count() == 1
+            && line.starts_with("error: ")
+            && !line.contains("internal error")
+            && line.contains(a.expect)
+            && o.elapsed < TIME_LIMIT;
+        if !ok {
+            failures.push(format!(
+                "{}: exit {:?} after {:?}, stdout {:?}, stderr {:?}",
+                a.name, o.code, o.elapsed, o.stdout, o.stderr
+            ));
+        }
+    }
+    for pwned in ["PWNED_system", "PWNED_eval", "PWNED_popen"] {
+        if d.join(pwned).exists() {
+            failures.push(format!("{pwned}: the pickle's command ran"));
+        }
+    }
+    // /dev/null is still a device.
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    eprintln!(
+        "{} hostile inputs; slowest {:?} ({}); largest peak RSS {:.0} MiB",
+        attacks.len(),
+        slowest.0,
+        slowest.1,
+        peak_child_rss_mib()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn symlink_cycles_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::copy(
+        root().join("models/reference/uni_l1_h0.case.safetensors"),
+        d.join("one.case.safetensors"),
+    )
+    .unwrap();
+    let weights =
+        std::fs::canonicalize(root().join("models/reference/uni_l1_h0.safetensors")).unwrap();
+    std::os::unix::fs::symlink(d, d.join("a")).unwrap();
+    std::os::unix::fs::symlink(d, d.join("b")).unwrap();
+    let o = run_limited(d, &["verify", ".", "--weights", weights.to_str().unwrap()]);
+    assert_eq!(o.code, Some(0), "{} {}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("1 cases: 1 passed"), "{}", o.stdout);
+    assert!(o.elapsed < Duration::from_secs(20));
+}
