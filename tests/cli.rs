@@ -161,6 +161,59 @@ fn inspect_lists_modules() {
 }
 
 #[test]
+fn inspect_lists_every_state_dict_and_prefix_takes_the_key_path() {
+    let (code, out, _) = gru(&["inspect", "models/checkpoints/gan.pt"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("prefix=discriminator.rnn")
+            && out.contains("prefix=generator.rnn")
+            && out.contains("2 state dicts"),
+        "{out}"
+    );
+    for (file, format) in [
+        ("legacy_state_dict.pth", "legacy torch.save"),
+        ("scripted.pt", "TorchScript archive"),
+        ("whole_module_zip", "torch.save zip"),
+    ] {
+        let (code, out, _) = gru(&["inspect", &format!("models/checkpoints/{file}")]);
+        assert_eq!(code, 0, "{file}");
+        assert!(
+            out.contains(format) && out.contains("prefix=encoder.rnn"),
+            "{file}: {out}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("g.safetensors");
+    let dst = dst.to_str().unwrap();
+    // The same prefix in two state dicts: refused, naming both key paths.
+    let (code, _, err) = gru(&[
+        "convert",
+        "--weights",
+        "models/checkpoints/gan.pt",
+        "--prefix",
+        "rnn",
+        "--out",
+        dst,
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("`discriminator.rnn`") && err.contains("`generator.rnn`"),
+        "{err}"
+    );
+    let (code, out, err) = gru(&[
+        "convert",
+        "--weights",
+        "models/checkpoints/gan.pt",
+        "--prefix",
+        "generator.rnn",
+        "--out",
+        dst,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("generator.rnn"), "{out}");
+}
+
+#[test]
 fn run_writes_pytorchs_output() {
     let dir = tempfile::tempdir().unwrap();
     let case = root().join("models/reference/varlen_bi_l2_h0.case.safetensors");

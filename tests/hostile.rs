@@ -108,11 +108,16 @@ fn state_dict_pickle(numel: u8, size: u8) -> Vec<u8> {
     p
 }
 
-/// A legacy `torch.save` file of `state_dict_pickle`, whose storage header says `count`.
+/// A legacy `torch.save` file of `state_dict_pickle(4, 4)`, whose storage header says `count`.
 fn legacy_file(count: u64, data: &[u8]) -> Vec<u8> {
+    legacy(&state_dict_pickle(4, 4), count, data)
+}
+
+/// A legacy `torch.save` file with the main pickle `main` and one storage, key '0'.
+fn legacy(main: &[u8], count: u64, data: &[u8]) -> Vec<u8> {
     let mut f = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
     f.extend_from_slice(b"\x80\x02M\xe9\x03.\x80\x02}.");
-    f.extend_from_slice(&state_dict_pickle(4, 4));
+    f.extend_from_slice(main);
     f.extend_from_slice(b"\x80\x02]X\x01\x00\x00\x000a.");
     f.extend_from_slice(&count.to_le_bytes());
     f.extend_from_slice(data);
@@ -596,4 +601,35 @@ fn symlink_cycles_end() {
     assert_eq!(o.code, Some(0), "{} {}", o.stdout, o.stderr);
     assert!(o.stdout.contains("1 cases: 1 passed"), "{}", o.stdout);
     assert!(o.elapsed < Duration::from_secs(20));
+}
+
+#[test]
+fn a_view_past_its_storage_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("view.pth");
+    let values: Vec<u8> = [1f32, 2., 3., 4.]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    // The same tensor, in bounds, loads as stored.
+    std::fs::write(&p, legacy(&state_dict_pickle(4, 4), 4, &values)).unwrap();
+    let f = gru_weights::WeightFile::open(&p).unwrap();
+    let w = f.load("w", &candle_core::Device::Cpu).unwrap();
+    assert_eq!(w.to_vec1::<f32>().unwrap(), [1., 2., 3., 4.]);
+    // Size 8 over a 4-element storage.
+    std::fs::write(&p, legacy(&state_dict_pickle(4, 8), 4, &values)).unwrap();
+    let f = gru_weights::WeightFile::open(&p).unwrap();
+    let e = f
+        .load("w", &candle_core::Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`w`") && e.contains("reaches element 7"), "{e}");
+    // The pickle declares more elements than the file holds.
+    std::fs::write(&p, legacy(&state_dict_pickle(9, 4), 4, &values)).unwrap();
+    let f = gru_weights::WeightFile::open(&p).unwrap();
+    let e = f
+        .load("w", &candle_core::Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("declares 9 elements"), "{e}");
 }

@@ -65,7 +65,8 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
             Ok(r) => Outcome::Ran(Box::new(r)),
             Err(e) => Outcome::Failed {
                 path: p.display().to_string(),
-                error: e.to_string(),
+                // One line: candle appends a backtrace under RUST_BACKTRACE=1.
+                error: e.to_string().lines().next().unwrap_or_default().to_string(),
             },
         })
         .collect();
