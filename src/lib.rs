@@ -5,6 +5,8 @@
 //! - [`weights`] (`gru-weights`): loading PyTorch state_dicts (safetensors, `.pt`);
 //! - [`verify`] (`gru-verify`): parity against PyTorch reference cases.
 
+pub use candle_core;
+pub use candle_nn;
 pub use gru_core as core;
 pub use gru_verify as verify;
 pub use gru_weights as weights;

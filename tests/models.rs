@@ -57,3 +57,48 @@ fn shipped_model_cases_pass() {
         assert!(r.passed, "{}: {:?}", r.name, r.divergence);
     }
 }
+
+#[path = "../examples/common/walkthrough.rs"]
+mod walkthrough;
+
+#[test]
+fn walkthrough_model_matches_pytorch() {
+    let dir = models_dir().join("walkthrough");
+    let model = walkthrough::Classifier::load(&dir.join("model.pt"), &Device::Cpu).unwrap();
+    let expected = WeightFile::open(dir.join("expected.safetensors")).unwrap();
+    let batch: Vec<Vec<u32>> = walkthrough::SEQUENCES.iter().map(|s| s.to_vec()).collect();
+    // The hard-coded batch is the one PyTorch ran on, padded the same way.
+    let seqs: Vec<_> = batch
+        .iter()
+        .map(|s| candle_core::Tensor::new(s.as_slice(), &Device::Cpu).unwrap())
+        .collect();
+    let (ids, lengths) = candle_gru::core::pad_sequences(&seqs, true, 0.0).unwrap();
+    let torch_ids = expected.load("ids", &Device::Cpu).unwrap();
+    assert_eq!(
+        ids.to_dtype(DType::I64).unwrap().to_vec2::<i64>().unwrap(),
+        torch_ids.to_vec2::<i64>().unwrap()
+    );
+    let torch_lengths = lengths_from_tensor(&expected.load("lengths", &Device::Cpu).unwrap());
+    assert_eq!(lengths, torch_lengths.unwrap());
+    let logits = model.logits(&batch, &Device::Cpu).unwrap();
+    let reference = expected.load("logits", &Device::Cpu).unwrap();
+    let c = compare(
+        "logits",
+        &logits,
+        &reference,
+        Tolerance::for_dtype(DType::F32),
+    )
+    .unwrap();
+    assert!(c.passed, "max |d| {}", c.max_abs);
+}
+
+#[test]
+fn the_readme_shows_the_walkthrough_as_tested() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let code = std::fs::read_to_string(root.join("examples/common/walkthrough.rs")).unwrap();
+    assert!(
+        readme.contains(&code),
+        "README.md must show examples/common/walkthrough.rs verbatim"
+    );
+}

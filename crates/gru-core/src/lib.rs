@@ -35,6 +35,6 @@ pub use device::{device, device_name, DeviceSpec};
 pub use error::{GruError, Result};
 pub use gru::Gru;
 pub use layer::Kernel;
-pub use packing::lengths_from_tensor;
+pub use packing::{lengths_from_tensor, pad_sequences};
 pub use params::{ParamNames, ParamShapes};
 pub use stream::GruState;

@@ -33,8 +33,17 @@ impl LengthPlan {
     /// Checks `lengths` as PyTorch does: one per batch element, each in `1..=seq_len`.
     pub fn new(lengths: &[usize], batch: usize, seq_len: usize) -> Result<Self> {
         if lengths.len() != batch {
+            // The most common cause: a batch-first input read as (seq, batch, feature).
+            let hint = if lengths.len() == seq_len {
+                format!(
+                    "; the input's time axis has {seq_len} steps: is it batch-first? \
+                     (Gru::with_batch_first(true), `--batch-first`)"
+                )
+            } else {
+                String::new()
+            };
             return Err(GruError::Lengths(format!(
-                "expected {batch} lengths (one per batch element), got {}",
+                "expected {batch} lengths (one per batch element), got {}{hint}",
                 lengths.len()
             )));
         }
@@ -81,6 +90,78 @@ impl LengthPlan {
         }
         Ok(Tensor::from_vec(m, (t_len, batch, 1), device)?)
     }
+}
+
+/// PyTorch's `pad_sequence` with the lengths it implies: sequences `(L_i, *)` (token ids, or
+/// feature rows) padded with `padding_value` to the longest, stacked to `(B, T, *)` when
+/// `batch_first`, else `(T, B, *)`; ready for [`crate::Gru::forward_with_lengths`] (after an
+/// embedding, for ids).
+///
+/// ```
+/// # use candle_core::{Device, Tensor};
+/// let seqs = [vec![3u32, 1, 4], vec![1, 5], vec![9, 2, 6, 5]];
+/// let seqs: Vec<Tensor> = seqs
+///     .iter()
+///     .map(|s| Tensor::new(s.as_slice(), &Device::Cpu))
+///     .collect::<candle_core::Result<_>>()?;
+/// let (ids, lengths) = gru_core::pad_sequences(&seqs, true, 0.0)?;
+/// assert_eq!(ids.dims(), &[3, 4]);
+/// assert_eq!(lengths, vec![3, 2, 4]);
+/// assert_eq!(ids.to_vec2::<u32>()?[1], vec![1, 5, 0, 0]);
+/// # Ok::<(), gru_core::GruError>(())
+/// ```
+pub fn pad_sequences(
+    sequences: &[Tensor],
+    batch_first: bool,
+    padding_value: f64,
+) -> Result<(Tensor, Vec<usize>)> {
+    let Some(first) = sequences.first() else {
+        return Err(GruError::arg("sequences", "is empty: nothing to pad"));
+    };
+    if first.rank() == 0 {
+        return Err(GruError::arg(
+            "sequences",
+            "holds a scalar: each sequence must be (L, *)",
+        ));
+    }
+    let trailing = &first.dims()[1..];
+    for (i, s) in sequences.iter().enumerate() {
+        if s.rank() == 0 || &s.dims()[1..] != trailing || s.dtype() != first.dtype() {
+            return Err(GruError::arg(
+                "sequences",
+                format!(
+                    "[{i}] is {:?} {:?}, sequence 0 is (L, {trailing:?}) {:?}: every sequence \
+                     must share the trailing dims and dtype",
+                    s.dims(),
+                    s.dtype(),
+                    first.dtype()
+                ),
+            ));
+        }
+    }
+    let lengths: Vec<usize> = sequences
+        .iter()
+        .map(|s| s.dim(0))
+        .collect::<candle_core::Result<_>>()?;
+    let t_max = lengths.iter().copied().max().unwrap_or(0);
+    let padded = sequences
+        .iter()
+        .zip(&lengths)
+        .map(|(s, &len)| {
+            if len == t_max {
+                return Ok(s.clone());
+            }
+            let mut shape = vec![t_max - len];
+            shape.extend_from_slice(trailing);
+            // Made on the CPU in f64 (Metal has no f64), then cast and moved.
+            let pad = Tensor::full(padding_value, shape, &Device::Cpu)?
+                .to_dtype(s.dtype())?
+                .to_device(s.device())?;
+            Tensor::cat(&[s, &pad], 0)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let stacked = Tensor::stack(&padded, if batch_first { 0 } else { 1 })?;
+    Ok((stacked, lengths))
 }
 
 /// Converts lengths given as a tensor (PyTorch's int64 `lengths`) to `usize`, rejecting negative
