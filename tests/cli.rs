@@ -214,6 +214,68 @@ fn inspect_lists_every_state_dict_and_prefix_takes_the_key_path() {
 }
 
 #[test]
+fn run_writes_npy_when_asked_and_refuses_other_extensions() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = "models/reference/uni_l1_h0.case.safetensors";
+    let weights = "models/reference/uni_l1_h0.safetensors";
+    let st = dir.path().join("y.safetensors");
+    let npy = dir.path().join("y.npy");
+    for out in [&st, &npy] {
+        let (code, _, err) = gru(&[
+            "run",
+            "--weights",
+            weights,
+            "--input",
+            case,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let st = WeightFile::open(&st).unwrap();
+    for (name, path) in [
+        ("output", npy.clone()),
+        ("h_n", dir.path().join("y.h_n.npy")),
+    ] {
+        let a = st.load(name, &Device::Cpu).unwrap();
+        let b = gru_weights::read_npy(&path).unwrap();
+        assert_eq!(a.dims(), b.dims(), "{name}");
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{name}");
+    }
+    let bad = dir.path().join("y.pt");
+    let (code, _, err) = gru(&[
+        "run",
+        "--weights",
+        weights,
+        "--input",
+        case,
+        "--out",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains(".pt is not a format"), "{err}");
+    assert!(!bad.exists());
+}
+
+#[test]
+fn inspect_all_lists_every_tensor() {
+    let (code, out, _) = gru(&["inspect", "models/walkthrough/model.pt", "--all"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("model.embed.weight")
+            && out.contains("[30, 8]")
+            && out.contains("model.head.bias"),
+        "{out}"
+    );
+    let (_, out, _) = gru(&["inspect", "models/walkthrough/model.pt"]);
+    assert!(
+        !out.contains("model.embed.weight") && out.contains("--all"),
+        "{out}"
+    );
+}
+
+#[test]
 fn run_writes_pytorchs_output() {
     let dir = tempfile::tempdir().unwrap();
     let case = root().join("models/reference/varlen_bi_l2_h0.case.safetensors");

@@ -454,4 +454,12 @@ fn load_report_names_unused_tensors_under_the_prefix() {
     );
     assert_eq!(report.applied.len(), 8);
     assert_eq!(report.other_tensors, 1);
+    // What came from the file and what the caller sets are told apart.
+    let text = report.to_string();
+    assert!(
+        text.contains("from the file input_size=3 hidden_size=4 num_layers=2")
+            && text.contains("yours to set: batch_first")
+            && text.contains("1 unused under the prefix"),
+        "{text}"
+    );
 }

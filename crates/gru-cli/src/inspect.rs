@@ -12,6 +12,9 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Also list every tensor of the file (name, dtype, shape), not only the GRUs.
+    #[arg(long)]
+    all: bool,
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
@@ -41,17 +44,29 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             .iter()
             .map(|(p, e)| serde_json::json!({"prefix": p, "error": e.to_string()}))
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({
+        let all: Vec<_> = file
+            .tensors()
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name,
+                    "dtype": crate::dtype_name(t.dtype),
+                    "shape": t.shape,
+                })
+            })
+            .collect();
+        let mut v = serde_json::json!({
                 "file": a.file.display().to_string(),
                 "format": file.format().to_string(),
                 "state_dicts": file.state_dicts(),
                 "tensors": file.tensors().len(),
                 "modules": found,
                 "invalid": rejected,
-            })
-        );
+        });
+        if a.all {
+            v["all_tensors"] = serde_json::Value::Array(all);
+        }
+        println!("{v}");
         return Ok(());
     }
     let sds = file.state_dicts();
@@ -106,6 +121,19 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     for (p, e) in &d.rejected {
         println!("skipped  prefix={p:?} (not a valid GRU): {e}");
+    }
+    if a.all {
+        println!("tensors:");
+        for t in file.tensors() {
+            println!(
+                "  {:<40} {:<5} {:?}",
+                format!("{:?}", t.name).trim_matches('"'),
+                crate::dtype_name(t.dtype),
+                t.shape
+            );
+        }
+    } else if file.tensors().len() > d.found.iter().map(|g| g.keys.len()).sum::<usize>() {
+        println!("(--all lists every tensor)");
     }
     Ok(())
 }

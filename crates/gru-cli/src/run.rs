@@ -21,7 +21,8 @@ pub struct Args {
     /// Lengths of a padded variable-length batch, comma-separated (one per batch element).
     #[arg(long, value_delimiter = ',')]
     lengths: Option<Vec<usize>>,
-    /// Where to write `output` and `h_n` (safetensors).
+    /// Where to write: `Y.safetensors` (`output` and `h_n`), or `Y.npy` (`output`; `h_n` in
+    /// `Y.h_n.npy`).
     #[arg(long)]
     out: PathBuf,
     /// cpu, cuda, cuda:N, metal, metal:N or auto.
@@ -64,12 +65,44 @@ fn read_tensor(path: &Path, name: &str, arg: &str) -> anyhow::Result<Tensor> {
     };
     if !t.dtype().is_float() {
         bail!(
-            "--{arg} {}: dtype {} is not a float type (f32, f64, f16, bf16)",
+            "--{arg} {}: dtype {} is not a float type: a GRU takes float features \
+             (f32, f64, f16, bf16); embed token ids first",
             path.display(),
             crate::dtype_name(t.dtype())
         );
     }
     Ok(t)
+}
+
+/// What `--out` asks for, by its extension.
+enum Out {
+    /// `.safetensors` (or no extension): one file with `output` and `h_n`.
+    Safetensors,
+    /// `Y.npy`: `output` in it, `h_n` in `Y.h_n.npy` beside it.
+    Npy { h_n: PathBuf },
+}
+
+/// Reads `--out`'s extension and checks that every file it names may be written.
+fn out_files(out: &Path) -> anyhow::Result<Out> {
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    let kind = match ext.as_deref() {
+        None | Some("safetensors") => Out::Safetensors,
+        Some("npy") => Out::Npy {
+            h_n: out.with_extension("h_n.npy"),
+        },
+        Some(other) => bail!(
+            "--out {}: .{other} is not a format `gru run` writes; use .safetensors (output and \
+             h_n in one file) or .npy (output; h_n beside it as NAME.h_n.npy)",
+            out.display()
+        ),
+    };
+    gru_weights::check_output_path(out).context("--out")?;
+    if let Out::Npy { h_n } = &kind {
+        gru_weights::check_output_path(h_n).context("--out")?;
+    }
+    Ok(kind)
 }
 
 /// NaN or Inf in the input gives NaN outputs; refuse it by name instead (padding excepted).
@@ -112,7 +145,7 @@ fn check_finite(
 
 pub fn main(a: Args) -> anyhow::Result<()> {
     crate::set_allow_tf32(a.allow_tf32);
-    gru_weights::check_output_path(&a.out).context("--out")?;
+    out_files(&a.out)?;
     let device = crate::open_device(a.device)?;
     let dtype = a.dtype;
     let file = WeightFile::open(&a.source.weights)?;
@@ -144,17 +177,44 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         Some(l) => gru.forward_with_lengths(&input, l, h0.as_ref())?,
         None => gru.forward(&input, h0.as_ref())?,
     };
-    let map = HashMap::from([
-        ("output".to_string(), output.to_device(&Device::Cpu)?),
-        ("h_n".to_string(), h_n.to_device(&Device::Cpu)?),
-    ]);
-    candle_core::safetensors::save(&map, &a.out)
-        .with_context(|| format!("--out {}", a.out.display()))?;
-    println!(
-        "wrote {}: output {:?}, h_n {:?}",
-        a.out.display(),
-        map["output"].dims(),
-        map["h_n"].dims()
+    let (output, h_n) = (
+        output.to_device(&Device::Cpu)?,
+        h_n.to_device(&Device::Cpu)?,
     );
+    match out_files(&a.out)? {
+        Out::Safetensors => {
+            let map = HashMap::from([
+                ("output".to_string(), output.clone()),
+                ("h_n".to_string(), h_n.clone()),
+            ]);
+            candle_core::safetensors::save(&map, &a.out)
+                .with_context(|| format!("--out {}", a.out.display()))?;
+            println!(
+                "wrote {}: output {:?}, h_n {:?}",
+                a.out.display(),
+                output.dims(),
+                h_n.dims()
+            );
+        }
+        Out::Npy { h_n: h_n_path } => {
+            for (t, p) in [(&output, &a.out), (&h_n, &h_n_path)] {
+                // numpy has no bfloat16: widen it.
+                let t = if t.dtype() == DType::BF16 {
+                    t.to_dtype(DType::F32)?
+                } else {
+                    t.clone()
+                };
+                t.write_npy(p)
+                    .with_context(|| format!("--out {}", p.display()))?;
+            }
+            println!(
+                "wrote {} (output {:?}) and {} (h_n {:?})",
+                a.out.display(),
+                output.dims(),
+                h_n_path.display(),
+                h_n.dims()
+            );
+        }
+    }
     Ok(())
 }

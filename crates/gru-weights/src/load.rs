@@ -16,6 +16,9 @@ use crate::file::WeightFile;
 pub struct LoadReport {
     pub prefix: String,
     pub kind: ModuleKind,
+    /// `input_size`, `hidden_size`, `num_layers`, `bias`, `bidirectional` come from the file.
+    /// `batch_first` and `dropout` are not stored in a state_dict: they are the defaults here,
+    /// and the caller sets them (`Gru::with_batch_first`); `Display` says so.
     pub config: GruConfig,
     /// dtype in the file.
     pub stored_dtype: DType,
@@ -29,6 +32,42 @@ pub struct LoadReport {
     pub unused_under_prefix: Vec<String>,
     /// Number of tensors elsewhere in the file (other modules of the model).
     pub other_tensors: usize,
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.config;
+        write!(
+            f,
+            "{} at {:?}: from the file input_size={} hidden_size={}",
+            self.kind, self.prefix, c.input_size, c.hidden_size
+        )?;
+        if self.kind == ModuleKind::Gru {
+            write!(
+                f,
+                " num_layers={} bidirectional={}",
+                c.num_layers, c.bidirectional
+            )?;
+        }
+        write!(f, " bias={} dtype={:?}", c.bias, self.stored_dtype)?;
+        if self.dtype != self.stored_dtype {
+            write!(f, ", converted to {:?}", self.dtype)?;
+        }
+        if self.kind == ModuleKind::Gru {
+            write!(
+                f,
+                "; not in a state_dict, yours to set: batch_first (Gru::with_batch_first), \
+                 dropout (inference ignores it)"
+            )?;
+        }
+        write!(
+            f,
+            "; {} tensors applied, {} unused under the prefix, {} elsewhere in the file",
+            self.applied.len(),
+            self.unused_under_prefix.len(),
+            self.other_tensors
+        )
+    }
 }
 
 impl WeightFile {
