@@ -6,10 +6,14 @@ exactly the original tensors, and that the loaded module computes what the origi
     gru convert --weights models/fixtures/training_checkpoint.pt --prefix encoder.rnn --out /tmp/enc.safetensors
     python scripts/check_saved_state_dict.py /tmp/enc.safetensors models/fixtures/nested_model.pt encoder.rnn
 """
+import os
 import sys
 
 import torch
 from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export_reference import load_state_dict  # noqa: E402
 
 
 def main():
@@ -18,8 +22,8 @@ def main():
     if original.endswith(".safetensors"):
         orig = load_file(original)
     else:
-        orig = torch.load(original, map_location="cpu")
-        orig = orig.get("model_state_dict", orig)
+        # A bare state_dict, {"model": ...}, {"model_state_dict": ...}, Lightning, a whole model.
+        orig = load_state_dict(original, strip_prefix="")
     if prefix:
         orig = {k[len(prefix) + 1:]: v for k, v in orig.items() if k.startswith(prefix + ".")}
     layers = 1 + max(int(k.split("_l")[1].split("_")[0]) for k in sd)
@@ -28,9 +32,12 @@ def main():
     gru = torch.nn.GRU(sd["weight_ih_l0"].shape[1], hidden, layers,
                        bias="bias_ih_l0" in sd, bidirectional=bidirectional).to(sd["weight_ih_l0"].dtype)
     gru.load_state_dict(sd, strict=True)
-    assert set(sd) == set(orig), (set(sd) ^ set(orig))
+    if set(sd) != set(orig):
+        raise SystemExit(f"the saved file and {original}:{prefix} hold different tensors: "
+                         f"{sorted(set(sd) ^ set(orig))}")
     for k, v in sd.items():
-        assert torch.equal(v, orig[k]), k
+        if not torch.equal(v, orig[k]):
+            raise SystemExit(f"{k} differs between {saved} and {original}:{prefix}")
     x = torch.randn(5, 2, gru.input_size, dtype=sd["weight_ih_l0"].dtype)
     ref = torch.nn.GRU(gru.input_size, hidden, layers, bias=gru.bias,
                        bidirectional=bidirectional).to(x.dtype)

@@ -9,8 +9,9 @@ Reference case format (the contract `gru-verify` reads):
     `atol`, `rtol`, and `kind` = "cell" for GRUCell cases. For variable-length cases `output` is
     what `pad_packed_sequence(..., total_length=T)` returns.
 
-As a library:
-    from export_reference import save_weights, export_case, capture_cases
+As a library (`pip install ./scripts` makes `import export_reference` work from any folder):
+    from export_reference import (capture_cases, export_case, load_state_dict, save_weights)
+    model.load_state_dict(load_state_dict("checkpoint.pt"))   # any usual checkpoint shape
     save_weights(model, "out/model.safetensors")
     export_case("out", "case1", model, "encoder.rnn", x, h0=None, lengths=None)
     # Or: every nn.GRU / nn.GRUCell call of one real forward pass, one case each.
@@ -27,6 +28,44 @@ import os
 import torch
 from safetensors.torch import save_file
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net", "module",
+                   "network")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def load_state_dict(path, key=None, strip_prefix=None):
+    """The model's state_dict from a checkpoint of any usual shape: a bare state_dict, a whole
+    pickled model, `{"model": sd}`, `{"state_dict": ...}` (Lightning), `{"model_state_dict": ...}`
+    next to optimizer state, or a whole model under one of those keys. `key` names the entry when
+    the guess would be wrong. A prefix every key shares (`module.` from DataParallel,
+    `_orig_mod.` from torch.compile, Lightning's `model.`) is removed; `strip_prefix` names the one
+    to remove instead ("" removes none).
+    """
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and not _is_state_dict(obj):
+        keys = [key] if key else [k for k in STATE_DICT_KEYS if k in obj]
+        if not keys:
+            raise KeyError(f"{path}: no state_dict found under {STATE_DICT_KEYS}; "
+                           f"top-level keys: {sorted(map(str, obj))}; pass key=")
+        obj = obj[keys[0]]
+        if isinstance(obj, torch.nn.Module):
+            obj = obj.state_dict()
+    if not isinstance(obj, dict) or not _is_state_dict(obj):
+        raise TypeError(f"{path}: {type(obj).__name__} is not a state_dict")
+    prefixes = WRAPPER_PREFIXES if strip_prefix is None else [p for p in [strip_prefix] if p]
+    for p in prefixes:
+        if obj and all(k.startswith(p) for k in obj):
+            obj = {k[len(p):]: v for k, v in obj.items()}
+    return obj
+
+
+def _is_state_dict(d):
+    return bool(d) and all(isinstance(k, str) for k in d) and any(
+        isinstance(v, torch.Tensor) for v in d.values())
 
 
 def save_weights(model, path):
