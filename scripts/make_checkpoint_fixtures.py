@@ -24,6 +24,8 @@ case whose `weights` metadata points straight at it, for the loader's tests and 
                             'epoch', 'global_step', 'hyper_parameters'}
   gan.pt                    {'generator': sd, 'discriminator': sd}: a GRU at `rnn` in both
   nested_list.pth           {'models': [sd_a, sd_b]}
+  legacy_sparse.pth         legacy {'rnn': GRU state_dict, 'adjacency': a sparse COO tensor}: storages
+                            of a tensor kind the loader does not report must not break the file
   legacy_dtypes.pth         legacy, GRUs stored in f64, f16 and bf16 (Double/Half/BFloat16
                             storages), with legacy_dtypes_reference.safetensors holding the same
 
@@ -184,6 +186,13 @@ def main():
     torch.save({"models": [a.state_dict(), b.state_dict()]}, os.path.join(OUT, "nested_list.pth"))
     export_case(OUT, "nested_list", b, "gru", torch.randn(4, 2, 2), weights_file="nested_list.pth",
                 extra_meta={**META, "prefix": "models.1.gru"})
+
+    sparse_model = nn.Module()
+    sparse_model.rnn = nn.GRU(3, 2)
+    adjacency = torch.sparse_coo_tensor([[0, 1], [1, 0]], [1.0, 2.0], (2, 2))
+    save_legacy({**sparse_model.state_dict(), "adjacency": adjacency},
+                os.path.join(OUT, "legacy_sparse.pth"))
+    case("legacy_sparse", sparse_model, "rnn", torch.randn(4, 1, 3), "legacy_sparse.pth")
 
     dtypes = nn.Module()
     dtypes.f64, dtypes.f16, dtypes.bf16 = nn.GRU(3, 2), nn.GRU(3, 2), nn.GRU(3, 2)

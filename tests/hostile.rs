@@ -108,6 +108,18 @@ fn state_dict_pickle(numel: u8, size: u8) -> Vec<u8> {
     p
 }
 
+/// `_rebuild_tensor_v2` over 4 f32 of storage `key`.
+fn tensor_call(key: u8) -> Vec<u8> {
+    let mut t =
+        b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
+            .to_vec();
+    t.extend_from_slice(b"X\x01\x00\x00\x00");
+    t.push(key);
+    t.extend_from_slice(b"X\x03\x00\x00\x00cpuK\x04tQK\x00K\x04\x85K\x01\x85\x89");
+    t.extend_from_slice(b"ccollections\nOrderedDict\n)RtR");
+    t
+}
+
 /// A legacy `torch.save` file of `state_dict_pickle(4, 4)`, whose storage header says `count`.
 fn legacy_file(count: u64, data: &[u8]) -> Vec<u8> {
     legacy(&state_dict_pickle(4, 4), count, data)
@@ -256,6 +268,16 @@ fn every_hostile_input_is_refused_cleanly() {
         "lying_string.pt",
         &pt_with_pickle(b"\x80\x02\x8d\xff\xff\xff\xff\xff\xff\xff\x7f"),
     );
+    // One tensor, a list of 20,000 references to it, a list of 20,000 references to that list:
+    // 400 million names from 80 KB.
+    let mut square = b"\x80\x02".to_vec();
+    square.extend_from_slice(&tensor_call(b'0'));
+    square.extend_from_slice(b"q\x00](");
+    square.extend(std::iter::repeat_n(*b"h\x00", 20_000).flatten());
+    square.extend_from_slice(b"eq\x01](");
+    square.extend(std::iter::repeat_n(*b"h\x01", 20_000).flatten());
+    square.extend_from_slice(b"e.");
+    w("square.pt", &pt_with_pickle(&square));
     // Code that must not run: os.system, eval, subprocess.Popen, as data.
     w(
         "system.pt",
@@ -362,6 +384,11 @@ fn every_hostile_input_is_refused_cleanly() {
     let mut attacks = vec![
         attack("nested lists", &["inspect", "deep.pt"], "nested deeper"),
         attack("memo doubling", &["inspect", "doubling.pt"], "references"),
+        attack(
+            "shared references squared",
+            &["inspect", "square.pt"],
+            "references",
+        ),
         attack("no STOP", &["inspect", "endless.pt"], "truncated pickle"),
         attack("lying length", &["inspect", "lying_string.pt"], "lying"),
         attack("os.system", &["inspect", "system.pt"], "os.system"),
@@ -632,4 +659,32 @@ fn a_view_past_its_storage_is_refused_by_name() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("declares 9 elements"), "{e}");
+}
+
+#[test]
+fn one_name_for_two_tensors_is_refused_when_loaded() {
+    // {'a.b': T0, 'a': {'b': T1}}: both are `a.b`.
+    let mut p = b"\x80\x02}(X\x03\x00\x00\x00a.b".to_vec();
+    p.extend_from_slice(&tensor_call(b'0'));
+    p.extend_from_slice(b"X\x01\x00\x00\x00a}X\x01\x00\x00\x00b");
+    p.extend_from_slice(&tensor_call(b'1'));
+    p.extend_from_slice(b"su.");
+    let data = [0u8; 16];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("twice.pt");
+    std::fs::write(
+        &path,
+        zip_with(&[
+            ("archive/data.pkl", &p, false),
+            ("archive/data/0", &data, false),
+            ("archive/data/1", &data, false),
+        ]),
+    )
+    .unwrap();
+    let f = gru_weights::WeightFile::open(&path).unwrap();
+    let e = f
+        .load("a.b", &candle_core::Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("two different tensors"), "{e}");
 }

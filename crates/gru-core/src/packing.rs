@@ -204,7 +204,10 @@ mod tests {
     fn a_batch_first_input_read_as_seq_first_gets_a_hint() {
         // (B=25, T=6) read as (T=25, B=6) with 25 lengths.
         let e = LengthPlan::new(&[3; 25], 6, 25).unwrap_err().to_string();
-        assert!(e.contains("expected 6 lengths") && e.contains("batch-first"), "{e}");
+        assert!(
+            e.contains("expected 6 lengths") && e.contains("batch-first"),
+            "{e}"
+        );
         let e = LengthPlan::new(&[3; 4], 6, 25).unwrap_err().to_string();
         assert!(!e.contains("batch-first"), "{e}");
     }
@@ -216,7 +219,10 @@ mod tests {
         let b = Tensor::new(&[[5f32, 6.]], &dev).unwrap();
         let (x, lengths) = pad_sequences(&[a.clone(), b.clone()], false, -1.0).unwrap();
         assert_eq!((x.dims(), lengths), (&[2, 2, 2][..], vec![2, 1]));
-        assert_eq!(x.get(1).unwrap().to_vec2::<f32>().unwrap(), [[3., 4.], [-1., -1.]]);
+        assert_eq!(
+            x.get(1).unwrap().to_vec2::<f32>().unwrap(),
+            [[3., 4.], [-1., -1.]]
+        );
         let c = Tensor::new(&[[1f32, 2., 3.]], &dev).unwrap();
         assert!(pad_sequences(&[a, c], true, 0.0).is_err());
         assert!(pad_sequences(&[], true, 0.0).is_err());

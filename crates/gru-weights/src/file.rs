@@ -2,7 +2,7 @@
 //! mapped and opened once, listing its tensors by name, dtype and shape, and loading the ones
 //! asked for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,6 +51,8 @@ enum Source {
         checkpoint: pth::Checkpoint,
         /// Full name -> index into `checkpoint.tensors`.
         index: HashMap<String, usize>,
+        /// Names that two different tensors of the file have.
+        conflicts: HashSet<String>,
     },
 }
 
@@ -147,11 +149,19 @@ impl WeightFile {
         let mut infos = Vec::with_capacity(checkpoint.tensors.len());
         let mut index = HashMap::with_capacity(checkpoint.tensors.len());
         let mut state_dicts = Vec::new();
+        let mut conflicts = HashSet::new();
         for (i, f) in checkpoint.tensors.iter().enumerate() {
-            // The first of two tensors with one name wins (a module reached twice).
-            if index.insert(f.name.clone(), i).is_some() {
+            // One name reached twice: the same tensor (a module shared by two paths) is listed
+            // once; two different tensors (`{"a.b": t1, "a": {"b": t2}}`) make the name
+            // ambiguous, and loading it an error.
+            if let Some(&first) = index.get(&f.name) {
+                let first: &crate::torch_pickle::Found = &checkpoint.tensors[first];
+                if first.tensor != f.tensor {
+                    conflicts.insert(f.name.clone());
+                }
                 continue;
             }
+            index.insert(f.name.clone(), i);
             infos.push(TensorInfo {
                 name: f.name.clone(),
                 // Element types candle cannot hold are listed as U8, so that discovery names
@@ -170,6 +180,7 @@ impl WeightFile {
                 map,
                 checkpoint,
                 index,
+                conflicts,
             },
             infos,
             state_dicts,
@@ -301,7 +312,18 @@ impl WeightFile {
                 map,
                 checkpoint,
                 index,
+                conflicts,
             } => {
+                if conflicts.contains(name) {
+                    return Err(WeightsError::Tensor {
+                        name: name.to_string(),
+                        reason: format!(
+                            "names two different tensors in {} (reached by two key paths); \
+                             refusing to guess",
+                            self.path.display()
+                        ),
+                    });
+                }
                 let found = &checkpoint.tensors[index[name]];
                 Ok(checkpoint
                     .load(&self.path, map, name, &found.tensor)?

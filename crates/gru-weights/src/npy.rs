@@ -13,7 +13,9 @@ const MAX_HEADER: usize = 1 << 20;
 
 /// The candle dtype and element size of a numpy `descr` (`<f4`); `Err` says why it is refused.
 fn dtype_of(descr: &str) -> std::result::Result<(DType, usize), String> {
-    let (order, code) = descr.split_at(descr.len().min(1));
+    // Split after the first byte only if it is a whole character (an attacker's descr may not be
+    // ASCII).
+    let (order, code) = descr.split_at_checked(1).unwrap_or(("", descr));
     match order {
         "<" | "|" => {}
         ">" => {

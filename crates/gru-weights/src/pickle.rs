@@ -71,6 +71,16 @@ impl Pickle {
         &self.values[id as usize]
     }
 
+    /// How many objects the pickle built (what an honest walk visits about once).
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Every object, for scans that need no structure (the storages a legacy file lists).
+    pub fn values(&self) -> &[Value] {
+        &self.values
+    }
+
     pub fn str(&self, id: Id) -> Option<&str> {
         match self.get(id) {
             Value::Str(s) => Some(s),
@@ -222,7 +232,26 @@ impl Machine {
             ));
         }
         self.values.push(v);
-        self.stack.push((self.values.len() - 1) as Id);
+        self.push(r, (self.values.len() - 1) as Id)
+    }
+
+    /// Pushes an existing object (memo reads and DUP push no new one, but still take memory).
+    fn push(&mut self, r: &Reader, id: Id) -> Result<(), PickleError> {
+        if self.stack.len() >= self.limits.max_objects {
+            return r.err(format!(
+                "stack deeper than {} entries",
+                self.limits.max_objects
+            ));
+        }
+        self.stack.push(id);
+        Ok(())
+    }
+
+    fn mark(&mut self, r: &Reader) -> Result<(), PickleError> {
+        if self.marks.len() >= self.limits.max_objects {
+            return r.err(format!("more than {} open MARKs", self.limits.max_objects));
+        }
+        self.marks.push(self.stack.len());
         Ok(())
     }
 
@@ -289,16 +318,19 @@ impl Machine {
 
     fn memo_put(&mut self, r: &Reader, key: u64) -> Result<(), PickleError> {
         let top = self.top(r)?;
+        if self.memo.len() >= self.limits.max_objects && !self.memo.contains_key(&key) {
+            return r.err(format!(
+                "memoizes more than {} objects",
+                self.limits.max_objects
+            ));
+        }
         self.memo.insert(key, top);
         Ok(())
     }
 
     fn memo_get(&mut self, r: &Reader, key: u64) -> Result<(), PickleError> {
         match self.memo.get(&key) {
-            Some(&id) => {
-                self.stack.push(id);
-                Ok(())
-            }
+            Some(&id) => self.push(r, id),
             None => r.err(format!("memo key {key} was never stored")),
         }
     }
@@ -340,6 +372,20 @@ fn text_int(r: &Reader, s: &str) -> Result<Value, PickleError> {
         }
         Err(_) => r.err(format!("bad integer {s:?}")),
     }
+}
+
+/// Longest module or class name accepted: Python's are short, and a global is copied (a memo'd
+/// megabyte string named by many STACK_GLOBALs must not be).
+const MAX_GLOBAL_NAME: usize = 1024;
+
+fn global_part(r: &Reader, s: &str) -> Result<String, PickleError> {
+    if s.len() > MAX_GLOBAL_NAME {
+        return r.err(format!(
+            "a module or class name of {} bytes (at most {MAX_GLOBAL_NAME})",
+            s.len()
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// Unquotes a protocol-0 `STRING` argument (`'abc'`); escapes are kept as written.
@@ -385,7 +431,7 @@ pub(crate) fn parse(data: &[u8], limits: Limits) -> Result<(Pickle, usize), Pick
                     r.pos,
                 ));
             }
-            b'(' => m.marks.push(m.stack.len()),
+            b'(' => m.mark(&r)?,
             b'0' => {
                 m.pop(&r)?;
             }
@@ -394,7 +440,7 @@ pub(crate) fn parse(data: &[u8], limits: Limits) -> Result<(Pickle, usize), Pick
             }
             b'2' => {
                 let t = m.top(&r)?;
-                m.stack.push(t);
+                m.push(&r, t)?;
             }
             b'N' => m.push_new(&r, Value::None)?,
             0x88 => m.push_new(&r, Value::Bool(true))?,
@@ -543,19 +589,21 @@ pub(crate) fn parse(data: &[u8], limits: Limits) -> Result<(Pickle, usize), Pick
                 m.push_new(&r, Value::List(items))?
             }
             b'c' => {
-                let module = r.line()?.to_string();
-                let name = r.line()?.to_string();
+                let module = r.line()?;
+                let module = global_part(&r, module)?;
+                let name = r.line()?;
+                let name = global_part(&r, name)?;
                 m.push_new(&r, Value::Global { module, name })?
             }
             0x93 => {
                 let name = m.pop(&r)?;
                 let module = m.pop(&r)?;
-                let (Value::Str(module), Value::Str(name)) = (
-                    m.values[module as usize].clone(),
-                    m.values[name as usize].clone(),
-                ) else {
+                let (Value::Str(module), Value::Str(name)) =
+                    (&m.values[module as usize], &m.values[name as usize])
+                else {
                     return r.err("STACK_GLOBAL needs two strings");
                 };
+                let (module, name) = (global_part(&r, module)?, global_part(&r, name)?);
                 m.push_new(&r, Value::Global { module, name })?
             }
             b'R' | 0x81 => {
@@ -580,8 +628,10 @@ pub(crate) fn parse(data: &[u8], limits: Limits) -> Result<(Pickle, usize), Pick
                 m.object(&r, callable, args)?
             }
             b'i' => {
-                let module = r.line()?.to_string();
-                let name = r.line()?.to_string();
+                let module = r.line()?;
+                let module = global_part(&r, module)?;
+                let name = r.line()?;
+                let name = global_part(&r, name)?;
                 let items = m.pop_mark(&r)?;
                 m.push_new(&r, Value::Global { module, name })?;
                 let callable = m.pop(&r)?;

@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Result, WeightsError};
 use crate::pickle::{self, Limits, Value};
-use crate::torch_pickle::{find_tensors, Found, TensorRef};
+use crate::torch_pickle::{find_tensors, storage_sizes, Found, TensorRef};
 
 /// Largest pickle read (a state dict of 10,000 tensors pickles to a few MB).
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
@@ -169,6 +169,18 @@ pub(crate) fn read_zip(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoin
         .expect("found by suffix")
         .to_string();
     let torchscript = names.iter().any(|n| n.starts_with(&format!("{dir}code/")));
+    // torch >= 2.1 records the byte order; storages written big-endian would load byte-swapped.
+    let byteorder = format!("{dir}byteorder");
+    if names.contains(&byteorder) {
+        let order = zip_entry(path, &archive, file_len, &byteorder, 16)?;
+        if order.get(&map).starts_with(b"big") {
+            return Err(WeightsError::file(
+                path,
+                "saved on a big-endian machine: its storages are big-endian, which is not \
+                 supported; re-save it on a little-endian one",
+            ));
+        }
+    }
     let cap = budget(file_len).min(MAX_PICKLE_BYTES);
     let bytes = zip_entry(path, &archive, file_len, pkl, cap)?;
     let (p, _) = parse_pickle(path, pkl, bytes.get(&map))?;
@@ -235,10 +247,9 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
             "the storage key list is not a list",
         ));
     };
-    let elem_size: HashMap<&str, usize> = tensors
-        .iter()
-        .map(|f| (f.tensor.storage.key.as_str(), f.tensor.storage.elem_size))
-        .collect();
+    // Element sizes from every storage the main pickle names (also those of tensors the walk
+    // does not report, such as sparse or quantized ones), so that each can be skipped over.
+    let elem_size: HashMap<String, usize> = storage_sizes(&main).into_iter().collect();
     let mut storages = HashMap::new();
     for &k in key_ids {
         let key = match keys.get(k) {
@@ -251,6 +262,12 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
                 ))
             }
         };
+        let es = elem_size.get(&key).copied().unwrap_or(0);
+        if es == 0 {
+            // Its length cannot be known, nor where the next storage starts: the storages from
+            // here on stay unavailable (a tensor over one says so when loaded).
+            break;
+        }
         let Some(header) = bytes.get(pos..pos + 8) else {
             return Err(WeightsError::file(
                 path,
@@ -259,14 +276,6 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         };
         let numel = u64::from_le_bytes(header.try_into().expect("8 bytes"));
         pos += 8;
-        // Only storages some tensor names can be skipped over: the element size comes from the
-        // tensor's storage type.
-        let Some(&es) = elem_size.get(key.as_str()) else {
-            return Err(WeightsError::file(
-                path,
-                format!("storage {key} is listed but no tensor gives its element type"),
-            ));
-        };
         let left = (bytes.len() - pos) as u64;
         let len = numel
             .checked_mul(es as u64)
@@ -305,14 +314,18 @@ impl Checkpoint {
         };
         let s = &t.storage;
         let dtype = s.dtype.ok_or_else(|| {
-            bad("has an element type candle cannot hold (complex or int8)".into())
+            bad("has an element type candle cannot hold (complex, int8, float8, quantized)".into())
         })?;
         let owned;
         let storage: &[u8] = match &self.storages {
             Storages::Legacy(ranges) => {
-                let r = ranges
-                    .get(&s.key)
-                    .ok_or_else(|| bad(format!("storage {} is not in the file", s.key)))?;
+                let r = ranges.get(&s.key).ok_or_else(|| {
+                    bad(format!(
+                        "storage {} cannot be located in the file (missing, or after a storage \
+                         of unknown element type)",
+                        s.key
+                    ))
+                })?;
                 &map[r.clone()]
             }
             Storages::Zip { archive, dir } => {
@@ -329,7 +342,7 @@ impl Checkpoint {
             )));
         }
         let bytes =
-            gather(storage, s.elem_size, s.view_offset, t, budget(map.len())).map_err(bad)?;
+            gather(storage, s.elem_size, s.numel, s.view, t, budget(map.len())).map_err(bad)?;
         Ok(Tensor::from_raw_buffer(
             &bytes,
             dtype,
@@ -340,15 +353,26 @@ impl Checkpoint {
 }
 
 /// Copies the elements of a strided view into a contiguous buffer, after checking (with checked
-/// arithmetic) that the view stays inside the storage and the result inside `budget` bytes.
+/// arithmetic) that the view stays inside the storage's `numel_storage` elements (and inside its
+/// storage view, for a legacy one) and the result inside `budget` bytes.
 fn gather(
     storage: &[u8],
     es: usize,
-    view_offset: u64,
+    numel_storage: u64,
+    view: Option<(u64, u64)>,
     t: &TensorRef,
     budget: u64,
 ) -> std::result::Result<Vec<u8>, String> {
-    let have = (storage.len() / es) as u64;
+    let (view_start, view_len) = view.unwrap_or((0, numel_storage));
+    if view_start
+        .checked_add(view_len)
+        .is_none_or(|end| end > numel_storage)
+    {
+        return Err(format!(
+            "its storage view ({view_len} elements at {view_start}) exceeds the \
+             {numel_storage}-element storage"
+        ));
+    }
     let numel = t
         .shape
         .iter()
@@ -366,24 +390,22 @@ fn gather(
                 t.shape
             )
         })?;
-    let base = view_offset
-        .checked_add(t.offset)
-        .ok_or("its offset overflows")?;
     let last = t
         .shape
         .iter()
         .zip(&t.stride)
-        .try_fold(base, |a, (&d, &s)| {
+        .try_fold(t.offset, |a, (&d, &s)| {
             a.checked_add((d as u64 - 1).checked_mul(s)?)
         })
         .ok_or("its extent overflows")?;
-    if last >= have {
+    if last >= view_len {
         return Err(format!(
-            "its view (offset {base}, size {:?}, stride {:?}) reaches element {last} of a \
-             {have}-element storage",
-            t.shape, t.stride
+            "its view (offset {}, size {:?}, stride {:?}) reaches element {last} of a \
+             {view_len}-element storage",
+            t.offset, t.shape, t.stride
         ));
     }
+    let base = view_start + t.offset;
     let (base, es) = (base as usize, es);
     let contiguous = {
         let mut expect = 1u64;

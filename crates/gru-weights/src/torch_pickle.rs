@@ -2,10 +2,16 @@
 //! names `state_dict()` would give them, found by walking dicts, lists, tuples and pickled
 //! objects (`nn.Module`s, TorchScript modules, wrappers) as plain data.
 //!
-//! Every tensor belongs to a *state dict*: the nearest enclosing object, or the nearest dict or
-//! list that holds tensors directly. Its key path (`model_state_dict`, `state_dict`, or empty for
-//! a top-level one) is kept apart from the tensor's name inside it (`encoder.rnn.weight_ih_l0`).
+//! Every tensor belongs to a *state dict*: the outermost pickled object (a module) around it, else
+//! the dict or list that holds it directly. Its key path (`model_state_dict`, `state_dict`, or
+//! empty for a top-level one) is kept apart from the tensor's name inside it
+//! (`encoder.rnn.weight_ih_l0`).
+//!
+//! The walk is bounded by the pickle: its work (entries looked at), its output (tensors, name
+//! bytes) and its depth are capped in proportion to the objects the pickle built, so that shared
+//! references cannot multiply a small file into a huge walk.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use candle_core::DType;
@@ -14,22 +20,32 @@ use crate::pickle::{Id, Pickle, Value};
 
 /// Deepest nesting of containers and modules walked (real checkpoints nest a few dozen levels).
 const MAX_DEPTH: usize = 256;
-/// Most containers visited: shared references make a graph, so a small pickle can reach the same
-/// object along exponentially many paths.
-const MAX_VISITS: usize = 1_000_000;
+/// Entries looked at per object the pickle built (an honest tree is walked about once), plus a
+/// floor for small pickles.
+const WORK_PER_OBJECT: usize = 4;
+const MIN_WORK: usize = 1 << 18;
+/// Key bytes hashed per unit of work.
+const KEY_BYTES_PER_WORK: usize = 64;
+/// Most tensors named, and most bytes of names: what a real checkpoint needs, many times over.
+const MAX_TENSORS: usize = 1 << 20;
+const MAX_NAME_BYTES: usize = 256 << 20;
+/// Longest tensor name (a dotted path).
+const MAX_NAME_LEN: usize = 4096;
 
 /// A reference to (part of) a storage, as the persistent id gives it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StorageRef {
     /// The storage's key: `data/{key}` in a zip, a key of the storage table in a legacy file.
     pub key: String,
-    /// `None` for element types candle has no dtype for (complex, int8, ...).
+    /// `None` for element types candle has no dtype for (complex, int8, float8, quantized, ...):
+    /// such tensors are listed, never loaded.
     pub dtype: Option<DType>,
+    /// Bytes per element; 0 when the storage type is unknown.
     pub elem_size: usize,
     /// Element count the pickle declares for the storage.
     pub numel: u64,
-    /// Elements before the view, for a legacy storage view (`view_metadata`); 0 otherwise.
-    pub view_offset: u64,
+    /// For a legacy storage view (`view_metadata`): elements before the view and its length.
+    pub view: Option<(u64, u64)>,
 }
 
 /// A tensor: a strided view of a storage.
@@ -52,23 +68,30 @@ pub(crate) struct Found {
     pub tensor: TensorRef,
 }
 
+/// dtype and element size of a storage class (`torch.FloatStorage`, or `torch.cuda.*` in old
+/// files saved on a GPU); `None` when `module.name` is not a storage class at all.
 fn storage_type(module: &str, name: &str) -> Option<(Option<DType>, usize)> {
     if module != "torch" && module != "torch.cuda" {
         return None;
     }
+    let name = name.strip_suffix("Storage")?;
     Some(match name {
-        "FloatStorage" => (Some(DType::F32), 4),
-        "DoubleStorage" => (Some(DType::F64), 8),
-        "HalfStorage" => (Some(DType::F16), 2),
-        "BFloat16Storage" => (Some(DType::BF16), 2),
-        "LongStorage" => (Some(DType::I64), 8),
-        "IntStorage" => (Some(DType::I32), 4),
-        "ShortStorage" => (Some(DType::I16), 2),
-        "ByteStorage" | "BoolStorage" => (Some(DType::U8), 1),
-        "CharStorage" => (None, 1),
-        "ComplexFloatStorage" => (None, 8),
-        "ComplexDoubleStorage" => (None, 16),
-        _ => return None,
+        "Float" => (Some(DType::F32), 4),
+        "Double" => (Some(DType::F64), 8),
+        "Half" => (Some(DType::F16), 2),
+        "BFloat16" => (Some(DType::BF16), 2),
+        "Long" => (Some(DType::I64), 8),
+        "Int" => (Some(DType::I32), 4),
+        "Short" => (Some(DType::I16), 2),
+        "Byte" | "Bool" => (Some(DType::U8), 1),
+        "Char" | "QInt8" | "QUInt8" | "QUInt4x2" | "QUInt2x4" | "Float8_e4m3fn" | "Float8_e5m2"
+        | "Float8_e4m3fnuz" | "Float8_e5m2fnuz" => (None, 1),
+        "UInt16" => (None, 2),
+        "UInt32" | "QInt32" | "ComplexHalf" => (None, 4),
+        "UInt64" | "ComplexFloat" => (None, 8),
+        "ComplexDouble" => (None, 16),
+        // A storage class of a newer torch: listed, never loaded; its size is unknown.
+        _ => (None, 0),
     })
 }
 
@@ -83,7 +106,7 @@ fn storage_ref(p: &Pickle, pid: Id) -> Result<StorageRef, String> {
     }
     let (module, name) = p.global(t[1]).ok_or("a storage type that is not a class")?;
     let (dtype, elem_size) = storage_type(module, name)
-        .ok_or_else(|| format!("unknown storage type {module}.{name}"))?;
+        .ok_or_else(|| format!("{module}.{name} is not a storage type"))?;
     let key = match p.get(t[2]) {
         Value::Str(s) => s.clone(),
         Value::Int(i) => i.to_string(),
@@ -93,15 +116,19 @@ fn storage_ref(p: &Pickle, pid: Id) -> Result<StorageRef, String> {
         .int(t[4])
         .and_then(|n| u64::try_from(n).ok())
         .ok_or("a storage size that is not a non-negative integer")?;
-    let mut view_offset = 0;
-    if let Some(&view) = t.get(5) {
-        if let Some(v) = p.seq(view) {
+    let mut view = None;
+    if let Some(&v) = t.get(5) {
+        if let Some(v) = p.seq(v) {
             // (view_key, offset, view_size): a view into the storage `key`.
-            view_offset = v
-                .get(1)
-                .and_then(|&o| p.int(o))
-                .and_then(|o| u64::try_from(o).ok())
-                .ok_or("a storage view offset that is not a non-negative integer")?;
+            let field = |i: usize| {
+                v.get(i)
+                    .and_then(|&o| p.int(o))
+                    .and_then(|o| u64::try_from(o).ok())
+            };
+            match (field(1), field(2)) {
+                (Some(offset), Some(size)) => view = Some((offset, size)),
+                _ => return Err("a storage view whose offset or size is not an integer".into()),
+            }
         }
     }
     Ok(StorageRef {
@@ -109,8 +136,21 @@ fn storage_ref(p: &Pickle, pid: Id) -> Result<StorageRef, String> {
         dtype,
         elem_size,
         numel,
-        view_offset,
+        view,
     })
+}
+
+/// Key and element size of every storage the pickle names (legacy files list their storages by
+/// key; the size of each comes from here, whatever holds it).
+pub(crate) fn storage_sizes(p: &Pickle) -> Vec<(String, usize)> {
+    p.values()
+        .iter()
+        .filter_map(|v| match v {
+            Value::Persistent(pid) => storage_ref(p, *pid).ok(),
+            _ => None,
+        })
+        .map(|s| (s.key, s.elem_size))
+        .collect()
 }
 
 fn usizes(p: &Pickle, id: Id, what: &str) -> Result<Vec<usize>, String> {
@@ -179,11 +219,23 @@ fn rebuild(p: &Pickle, callable: Id, args: Id, depth: usize) -> Result<Option<Te
             Some(Value::Object { callable, args, .. }) => rebuild(p, *callable, *args, depth + 1),
             _ => Err(format!("{name} without a tensor")),
         },
+        // A tensor saved from an accelerator torch knows only by name (xla, privateuse1):
+        // (cpu_tensor, dtype, device, requires_grad).
+        ("torch._utils", "_rebuild_device_tensor_from_cpu_tensor") => {
+            match args.first().map(|&a| p.get(a)) {
+                Some(Value::Object { callable, args, .. }) => {
+                    rebuild(p, *callable, *args, depth + 1)
+                }
+                _ => Err(format!("{name} without a tensor")),
+            }
+        }
         // (func, type, args, state): the tensor is func(*args).
-        ("torch._tensor", "_rebuild_from_type_v2") => match (args.first(), args.get(2)) {
-            (Some(&func), Some(&inner)) => rebuild(p, func, inner, depth + 1),
-            _ => Err("_rebuild_from_type_v2 with too few arguments".into()),
-        },
+        ("torch._tensor" | "torch.tensor", "_rebuild_from_type_v2" | "_rebuild_from_type") => {
+            match (args.first(), args.get(2)) {
+                (Some(&func), Some(&inner)) => rebuild(p, func, inner, depth + 1),
+                _ => Err("_rebuild_from_type_v2 with too few arguments".into()),
+            }
+        }
         _ => Ok(None),
     }
 }
@@ -192,55 +244,118 @@ fn rebuild(p: &Pickle, callable: Id, args: Id, depth: usize) -> Result<Option<Te
 struct Walk<'a> {
     p: &'a Pickle,
     out: Vec<Found>,
-    path: Vec<String>,
+    path: Vec<Cow<'a, str>>,
     ancestors: Vec<Id>,
-    visits: usize,
+    /// Entries left to look at, and name bytes left to write.
+    work: usize,
+    name_bytes: usize,
 }
 
-enum Node {
-    /// Key/value entries (dicts, `OrderedDict`s, object attributes, list items by index).
-    Entries(Vec<(String, Id)>),
-    /// An object's entries: it starts a state dict of its own if none is open.
-    Object(Vec<(String, Id)>),
+/// Key/value entries of a container, keys borrowed from the pickle (a memo'd key shared by many
+/// entries is never copied).
+type Entries<'a> = Vec<(Cow<'a, str>, Id)>;
+
+enum Node<'a> {
+    /// A dict, `OrderedDict` or list: its entries (list items by index).
+    Container(Entries<'a>),
+    /// A pickled object (a module): what `state_dict()` would walk.
+    Object(Entries<'a>),
     Leaf,
 }
 
-fn key_string(p: &Pickle, k: Id) -> Option<String> {
+fn key_str(p: &Pickle, k: Id) -> Option<Cow<'_, str>> {
     match p.get(k) {
-        Value::Str(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
+        Value::Str(s) => Some(Cow::Borrowed(s.as_str())),
+        Value::Int(i) => Some(Cow::Owned(i.to_string())),
         _ => None,
     }
 }
 
-impl Walk<'_> {
-    fn dict_entries(&self, id: Id) -> Option<Vec<(String, Id)>> {
-        let p = self.p;
-        let kv: &[(Id, Id)] = match p.get(id) {
-            Value::Dict(kv) => kv,
-            Value::Object { items, .. } => items,
-            _ => return None,
-        };
-        Some(
-            kv.iter()
-                .filter_map(|&(k, v)| Some((key_string(p, k)?, v)))
-                .collect(),
-        )
+/// The state dict a node's tensors belong to: where it starts (an index into the path) and
+/// whether a module object opened it (then it covers everything beneath).
+#[derive(Clone, Copy)]
+struct Group {
+    start: usize,
+    from_object: bool,
+}
+
+impl<'a> Walk<'a> {
+    fn spend(&mut self, n: usize) -> Result<(), String> {
+        self.work = self.work.checked_sub(n).ok_or_else(|| {
+            "more references to walk than the pickle's size justifies (shared objects repeated)"
+                .to_string()
+        })?;
+        Ok(())
     }
 
-    fn seq_entries(items: &[Id]) -> Vec<(String, Id)> {
-        items
+    /// `(key, value)` pairs, Python's last-wins for a key given twice. A key object repeated
+    /// through the memo is recognised by its id, so that only distinct key objects (bounded by
+    /// the pickle's bytes) are hashed by content.
+    fn dedup(&mut self, pairs: Vec<(Id, Id)>) -> Result<Entries<'a>, String> {
+        let p = self.p;
+        let mut seen_ids = HashSet::new();
+        let mut seen_keys = HashSet::new();
+        let mut out: Entries<'a> = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs.into_iter().rev() {
+            if !seen_ids.insert(k) {
+                continue;
+            }
+            let Some(key) = key_str(p, k) else { continue };
+            // Hashing a key costs its length: a long key in a dict reached many times is work.
+            self.spend(key.len() / KEY_BYTES_PER_WORK)?;
+            if seen_keys.insert(key.clone()) {
+                out.push((key, v));
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn dict_entries(&mut self, id: Id) -> Result<Option<Entries<'a>>, String> {
+        let p = self.p;
+        let pairs: Vec<(Id, Id)> = match p.get(id) {
+            Value::Dict(kv) => {
+                self.spend(kv.len())?;
+                kv.clone()
+            }
+            Value::Object { items, .. } if !items.is_empty() => {
+                self.spend(items.len())?;
+                items.clone()
+            }
+            // Python 2's OrderedDict pickles its items as an argument: ([[k, v], ...],).
+            Value::Object { args, .. } => {
+                let Some(&items) = p.seq(*args).and_then(|a| a.first()) else {
+                    return Ok(Some(Vec::new()));
+                };
+                let items = p.seq(items).unwrap_or(&[]);
+                self.spend(items.len())?;
+                items
+                    .iter()
+                    .filter_map(|&kv| match p.seq(kv) {
+                        Some(&[k, v]) => Some((k, v)),
+                        _ => None,
+                    })
+                    .collect()
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(self.dedup(pairs)?))
+    }
+
+    fn seq_entries(&mut self, items: &[Id]) -> Result<Entries<'a>, String> {
+        self.spend(items.len())?;
+        Ok(items
             .iter()
             .enumerate()
-            .map(|(i, &v)| (i.to_string(), v))
-            .collect()
+            .map(|(i, &v)| (Cow::Owned(i.to_string()), v))
+            .collect())
     }
 
     /// Names listed by a pickled `set(...)` (`_non_persistent_buffers_set`).
-    fn set_names(&self, id: Id) -> HashSet<String> {
+    fn set_names(&mut self, id: Id) -> Result<HashSet<&'a str>, String> {
         let p = self.p;
         let items: &[Id] = match p.get(id) {
-            Value::Object { args, list, .. } if !list.is_empty() => list,
+            Value::Object { list, .. } if !list.is_empty() => list,
             Value::Object { args, .. } => match p.seq(*args).and_then(|a| a.first()) {
                 Some(&l) => p.seq(l).unwrap_or(&[]),
                 None => &[],
@@ -248,127 +363,149 @@ impl Walk<'_> {
             Value::List(l) | Value::Tuple(l) => l,
             _ => &[],
         };
-        items
-            .iter()
-            .filter_map(|&i| p.str(i).map(String::from))
-            .collect()
+        self.spend(items.len())?;
+        Ok(items.iter().filter_map(|&i| p.str(i)).collect())
     }
 
-    fn classify(&self, id: Id) -> Node {
+    fn classify(&mut self, id: Id) -> Result<Node<'a>, String> {
         let p = self.p;
-        match p.get(id) {
-            Value::Dict(_) => Node::Entries(self.dict_entries(id).unwrap_or_default()),
-            Value::List(l) | Value::Tuple(l) => Node::Entries(Self::seq_entries(l)),
-            Value::Object {
-                callable,
-                args,
-                state,
-                items,
-                list,
-            } => {
-                let dict_class = matches!(
-                    p.global(*callable),
-                    Some(("collections", "OrderedDict" | "defaultdict"))
-                        | Some(("builtins" | "__builtin__", "dict"))
-                );
-                if !items.is_empty() || dict_class {
-                    return Node::Entries(self.dict_entries(id).unwrap_or_default());
-                }
-                // `torch.compile`'s wrapper pickles as OptimizedModule(module, ..); its
-                // state_dict() names start with `_orig_mod.`.
-                if let (Some(("torch._dynamo.eval_frame", "OptimizedModule")), Some(&inner)) =
-                    (p.global(*callable), p.seq(*args).and_then(|a| a.first()))
-                {
-                    return Node::Object(vec![("_orig_mod".to_string(), inner)]);
-                }
-                if let Some(state) = state {
-                    // `__getstate__` may give (dict, slots); the dict is what matters.
-                    let state = match p.get(*state) {
-                        Value::Tuple(t) if !t.is_empty() => t[0],
-                        _ => *state,
-                    };
-                    let Some(attrs) = self.dict_entries(state) else {
-                        return Node::Leaf;
-                    };
-                    let field = |n: &str| attrs.iter().find(|(k, _)| k == n).map(|&(_, v)| v);
-                    let module_parts = ["_parameters", "_buffers", "_modules"];
-                    if module_parts.iter().any(|n| field(n).is_some()) {
-                        // An `nn.Module`: what `state_dict()` would hold, in its order.
-                        let skip = field("_non_persistent_buffers_set")
-                            .map(|s| self.set_names(s))
-                            .unwrap_or_default();
-                        let mut entries = Vec::new();
-                        for part in module_parts {
-                            if let Some(d) = field(part).and_then(|d| self.dict_entries(d)) {
-                                entries.extend(
-                                    d.into_iter()
-                                        .filter(|(k, _)| part != "_buffers" || !skip.contains(k)),
-                                );
-                            }
-                        }
-                        return Node::Object(entries);
-                    }
-                    // A TorchScript module (or another object): its attributes.
-                    return Node::Object(attrs);
-                }
-                if !list.is_empty() {
-                    return Node::Entries(Self::seq_entries(list));
-                }
-                Node::Leaf
-            }
-            _ => Node::Leaf,
+        let Value::Object {
+            callable,
+            args,
+            state,
+            items,
+            list,
+        } = p.get(id)
+        else {
+            return Ok(match p.get(id) {
+                Value::Dict(_) => Node::Container(self.dict_entries(id)?.unwrap_or_default()),
+                Value::List(l) | Value::Tuple(l) => Node::Container(self.seq_entries(l)?),
+                _ => Node::Leaf,
+            });
+        };
+        let dict_class = matches!(
+            p.global(*callable),
+            Some(("collections", "OrderedDict" | "defaultdict"))
+                | Some(("builtins" | "__builtin__", "dict"))
+        );
+        if !items.is_empty() || dict_class {
+            return Ok(Node::Container(self.dict_entries(id)?.unwrap_or_default()));
         }
+        // `torch.compile`'s wrapper pickles as OptimizedModule(module, ..); its state_dict()
+        // names start with `_orig_mod.`.
+        if let (Some(("torch._dynamo.eval_frame", "OptimizedModule")), Some(&inner)) =
+            (p.global(*callable), p.seq(*args).and_then(|a| a.first()))
+        {
+            return Ok(Node::Object(vec![(Cow::Borrowed("_orig_mod"), inner)]));
+        }
+        if let Some(state) = state {
+            // `__getstate__` may give (dict, slots); the dict is what matters.
+            let state = match p.get(*state) {
+                Value::Tuple(t) if !t.is_empty() => t[0],
+                _ => *state,
+            };
+            let Some(attrs) = self.dict_entries(state)? else {
+                return Ok(Node::Leaf);
+            };
+            let field = |n: &str| attrs.iter().find(|(k, _)| k == n).map(|&(_, v)| v);
+            let parts = ["_parameters", "_buffers", "_modules"];
+            if parts.iter().any(|n| field(n).is_some()) {
+                // An `nn.Module`: what `state_dict()` would hold, in its order.
+                let skip = match field("_non_persistent_buffers_set") {
+                    Some(s) => self.set_names(s)?,
+                    None => HashSet::new(),
+                };
+                let mut entries = Vec::new();
+                for part in parts {
+                    let Some(d) = field(part) else { continue };
+                    if let Some(d) = self.dict_entries(d)? {
+                        entries.extend(
+                            d.into_iter()
+                                .filter(|(k, _)| part != "_buffers" || !skip.contains(k.as_ref())),
+                        );
+                    }
+                }
+                return Ok(Node::Object(entries));
+            }
+            // A TorchScript module (or another object): its attributes.
+            return Ok(Node::Object(attrs));
+        }
+        if !list.is_empty() {
+            return Ok(Node::Container(self.seq_entries(list)?));
+        }
+        Ok(Node::Leaf)
     }
 
-    fn walk(&mut self, id: Id, group: Option<usize>) -> Result<(), String> {
+    fn emit(&mut self, start: usize, tensor: TensorRef) -> Result<(), String> {
+        let name = self.path.join(".");
+        if name.len() > MAX_NAME_LEN {
+            return Err(format!(
+                "a tensor name of {} bytes (at most {MAX_NAME_LEN})",
+                name.len()
+            ));
+        }
+        let state_dict = self.path[..start].join(".");
+        self.name_bytes = self
+            .name_bytes
+            .checked_sub(name.len() + state_dict.len())
+            .ok_or("more tensor names than the walk allows")?;
+        if self.out.len() >= MAX_TENSORS {
+            return Err(format!("more than {MAX_TENSORS} tensors"));
+        }
+        self.out.push(Found {
+            name,
+            state_dict,
+            tensor,
+        });
+        Ok(())
+    }
+
+    fn walk(&mut self, id: Id, group: Option<Group>) -> Result<(), String> {
         if self.ancestors.contains(&id) {
             return Ok(()); // a cycle: already being walked
         }
         if self.ancestors.len() >= MAX_DEPTH {
             return Err(format!("containers nested deeper than {MAX_DEPTH} levels"));
         }
-        self.visits += 1;
-        if self.visits > MAX_VISITS {
-            return Err(format!(
-                "more than {MAX_VISITS} references to walk (shared objects repeated)"
-            ));
-        }
-        let (entries, is_object) = match self.classify(id) {
-            Node::Entries(e) => (e, false),
+        self.spend(1)?;
+        let (entries, is_object) = match self.classify(id)? {
+            Node::Container(e) => (e, false),
             Node::Object(e) => (e, true),
             Node::Leaf => return Ok(()),
         };
         let mut tensors = Vec::new();
-        for (i, (_, v)) in entries.iter().enumerate() {
+        for (i, (key, v)) in entries.iter().enumerate() {
             match tensor(self.p, *v) {
                 Ok(Some(t)) => tensors.push((i, t)),
                 Ok(None) => {}
                 Err(e) => {
-                    self.path.push(entries[i].0.clone());
                     let at = self.path.join(".");
-                    self.path.pop();
-                    return Err(format!("tensor `{at}`: {e}"));
+                    return Err(format!("tensor `{at}.{key}`: {e}"));
                 }
             }
         }
-        let group = match group {
-            None if is_object || !tensors.is_empty() => Some(self.path.len()),
-            g => g,
+        // An object opens a state dict for everything beneath it; a dict or list only for its
+        // own tensors (`{"state_dict": sd, "best_acc": tensor}` keeps `sd` its own).
+        let here = Group {
+            start: self.path.len(),
+            from_object: is_object,
         };
+        let group = match group {
+            Some(g) if g.from_object => Some(g),
+            _ if is_object || !tensors.is_empty() => Some(here),
+            _ => None,
+        };
+        let inherited = group.filter(|g| g.from_object);
         self.ancestors.push(id);
         let mut next_tensor = tensors.into_iter().peekable();
         for (i, (key, v)) in entries.into_iter().enumerate() {
             self.path.push(key);
             if next_tensor.peek().is_some_and(|(j, _)| *j == i) {
                 let (_, t) = next_tensor.next().expect("peeked");
-                let start = group.expect("a tensor opens a state dict");
-                self.out.push(Found {
-                    name: self.path.join("."),
-                    state_dict: self.path[..start].join("."),
-                    tensor: t,
-                });
+                let start = group.expect("a tensor opens a state dict").start;
+                self.emit(start, t)?;
             } else {
-                self.walk(v, group)?;
+                self.walk(v, inherited)?;
             }
             self.path.pop();
         }
@@ -384,7 +521,8 @@ pub(crate) fn find_tensors(p: &Pickle) -> Result<Vec<Found>, String> {
         out: Vec::new(),
         path: Vec::new(),
         ancestors: Vec::new(),
-        visits: 0,
+        work: p.len().saturating_mul(WORK_PER_OBJECT).max(MIN_WORK),
+        name_bytes: MAX_NAME_BYTES,
     };
     if tensor(p, p.root)?.is_some() {
         return Err("a single tensor, not a state dict or model: it has no names".into());
@@ -501,5 +639,150 @@ mod fuzz {
         // A list that holds itself: walked once, no tensors.
         let (p, _) = parse(b"\x80\x02]q\x00h\x00a.", Limits::default()).unwrap();
         assert!(find_tensors(&p).unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pickle::{parse, Limits};
+
+    /// `_rebuild_tensor_v2` of 4 f32 at storage `key` of type `storage`.
+    fn tensor_bytes(key: &str, storage: &str) -> Vec<u8> {
+        let mut t =
+            b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\n".to_vec();
+        t.extend_from_slice(storage.as_bytes());
+        t.extend_from_slice(b"\nX");
+        t.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        t.extend_from_slice(key.as_bytes());
+        t.extend_from_slice(b"X\x03\x00\x00\x00cpuK\x04tQK\x00K\x04\x85K\x01\x85\x89");
+        t.extend_from_slice(b"ccollections\nOrderedDict\n)RtR");
+        t
+    }
+
+    fn key(k: &str) -> Vec<u8> {
+        let mut v = b"X".to_vec();
+        v.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        v.extend_from_slice(k.as_bytes());
+        v
+    }
+
+    fn found(data: &[u8]) -> Result<Vec<Found>, String> {
+        let (p, _) = parse(data, Limits::default()).map_err(|e| e.to_string())?;
+        find_tensors(&p)
+    }
+
+    #[test]
+    fn shared_references_cannot_multiply_the_output() {
+        // T shared; X = [T] * K; Y = [X] * K: K + 1 containers, K^2 tensor paths.
+        let k = 20_000u32;
+        let mut d = b"\x80\x02".to_vec();
+        d.extend_from_slice(&tensor_bytes("0", "FloatStorage"));
+        d.extend_from_slice(b"q\x00](");
+        for _ in 0..k {
+            d.extend_from_slice(b"h\x00");
+        }
+        d.extend_from_slice(b"eq\x01](");
+        for _ in 0..k {
+            d.extend_from_slice(b"h\x01");
+        }
+        d.extend_from_slice(b"e.");
+        let start = std::time::Instant::now();
+        let e = found(&d).unwrap_err();
+        assert!(e.contains("references to walk"), "{e}");
+        assert!(start.elapsed().as_secs() < 10);
+    }
+
+    #[test]
+    fn a_long_global_name_is_refused_and_a_shared_key_not_copied() {
+        let long = "m".repeat(2000);
+        let mut d = b"\x80\x04".to_vec();
+        d.extend_from_slice(&key(&long));
+        d.extend_from_slice(&key("x"));
+        d.extend_from_slice(b"\x93.");
+        assert!(found(&d).unwrap_err().contains("module or class name"));
+        // One 1 MB key memo'd and given to 100,000 entries: Python keeps the last one.
+        let mut d = b"\x80\x02}(".to_vec();
+        d.extend_from_slice(&key(&"k".repeat(1 << 20)));
+        d.extend_from_slice(b"q\x00");
+        d.extend_from_slice(&tensor_bytes("0", "FloatStorage"));
+        for _ in 0..100_000 {
+            d.extend_from_slice(b"h\x00N");
+        }
+        d.extend_from_slice(b"u.");
+        assert!(found(&d).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_long_key_in_a_shared_dict_is_work() {
+        // D = {1 MB key: None}, reached 100,000 times from one list.
+        let mut d = b"\x80\x02}".to_vec();
+        d.extend_from_slice(&key(&"k".repeat(1 << 20)));
+        d.extend_from_slice(b"Nsq\x00](");
+        for _ in 0..100_000 {
+            d.extend_from_slice(b"h\x00");
+        }
+        d.extend_from_slice(b"e.");
+        let start = std::time::Instant::now();
+        let e = found(&d).unwrap_err();
+        assert!(e.contains("references to walk"), "{e}");
+        assert!(start.elapsed().as_secs() < 10);
+    }
+
+    #[test]
+    fn python2_ordered_dicts_keep_their_items() {
+        // OrderedDict(([['w', T]],)): how Python 2.7 pickles one.
+        let mut d = b"\x80\x02ccollections\nOrderedDict\n(((".to_vec();
+        d.extend_from_slice(&key("w"));
+        d.extend_from_slice(&tensor_bytes("0", "FloatStorage"));
+        d.extend_from_slice(b"lltR.");
+        let f = found(&d).unwrap();
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].name.as_str(), f[0].state_dict.as_str()), ("w", ""));
+    }
+
+    #[test]
+    fn a_tensor_beside_a_state_dict_does_not_swallow_it() {
+        // {'state_dict': {'rnn.w': T0}, 'best_acc1': T1}: two state dicts.
+        let mut d = b"\x80\x02}(".to_vec();
+        d.extend_from_slice(&key("state_dict"));
+        d.extend_from_slice(b"}(");
+        d.extend_from_slice(&key("rnn.w"));
+        d.extend_from_slice(&tensor_bytes("0", "FloatStorage"));
+        d.extend_from_slice(b"u");
+        d.extend_from_slice(&key("best_acc1"));
+        d.extend_from_slice(&tensor_bytes("1", "FloatStorage"));
+        d.extend_from_slice(b"u.");
+        let mut f: Vec<(String, String)> = found(&d)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.name, f.state_dict))
+            .collect();
+        f.sort();
+        assert_eq!(
+            f,
+            [
+                ("best_acc1".to_string(), String::new()),
+                ("state_dict.rnn.w".to_string(), "state_dict".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_storage_types_are_listed_not_fatal() {
+        let mut d = b"\x80\x02}(".to_vec();
+        d.extend_from_slice(&key("u16"));
+        d.extend_from_slice(&tensor_bytes("0", "UInt16Storage"));
+        d.extend_from_slice(&key("new"));
+        d.extend_from_slice(&tensor_bytes("1", "Float4_e2m1fn_x2Storage"));
+        d.extend_from_slice(&key("w"));
+        d.extend_from_slice(&tensor_bytes("2", "FloatStorage"));
+        d.extend_from_slice(b"u.");
+        let f = found(&d).unwrap();
+        let dtypes: Vec<_> = f
+            .iter()
+            .map(|f| (f.tensor.storage.dtype, f.tensor.storage.elem_size))
+            .collect();
+        assert_eq!(dtypes, [(None, 2), (None, 0), (Some(DType::F32), 4)]);
     }
 }
