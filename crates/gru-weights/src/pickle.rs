@@ -723,12 +723,8 @@ mod tests {
     #[test]
     fn deep_nesting_parses_and_drops_without_recursion() {
         let mut data = vec![0x80, 2];
-        for _ in 0..1_000_000 {
-            data.push(b']');
-        }
-        for _ in 0..999_999 {
-            data.push(b'a');
-        }
+        data.extend(std::iter::repeat_n(b']', 1_000_000));
+        data.extend(std::iter::repeat_n(b'a', 999_999));
         data.push(b'.');
         let p = parse_ok(&data);
         drop(p);
