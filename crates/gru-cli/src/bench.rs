@@ -319,7 +319,7 @@ const BENCH_BUDGET_BYTES: f64 = 8.0 * (1u64 << 30) as f64;
 
 /// Refuses sizes that would need more than `BENCH_BUDGET_BYTES`, before anything is allocated.
 fn check_budget(what: &str, bytes: f64) -> anyhow::Result<()> {
-    if !(bytes <= BENCH_BUDGET_BYTES) {
+    if bytes.is_nan() || bytes > BENCH_BUDGET_BYTES {
         bail!(
             "{what}: these sizes need {:.3e} bytes, more than the {} GiB a benchmark may use",
             bytes,
