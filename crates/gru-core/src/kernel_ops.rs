@@ -1,7 +1,7 @@
 //! The device recurrence of one layer: the input projection in one matmul, then per step one
 //! matmul `h @ W_hh^T` and the gate update, either fused in one in-place kernel (`GateStep`,
 //! CUDA: two launches per step) or composed from candle ops (every backend, Metal's path). On the
-//! CPU the slice kernel (`kernel_cpu`) runs instead; both variants here stay tested on the CPU
+//! CPU the slice kernel (`cpu`) runs instead; both variants here stay tested on the CPU
 //! through `Kernel::FusedStep` and `Kernel::CandleOps`. On CUDA a layer that fits on chip can
 //! instead run as one persistent launch (`persistent_layer`).
 

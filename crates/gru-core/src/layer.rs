@@ -6,8 +6,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Storage, Tensor, WithDType};
 
 use crate::activation::Real;
+use crate::cpu::{self, Dims, DirSlices, LayerSlices};
 use crate::error::{GruError, Result};
-use crate::kernel_cpu::{self, Dims, DirSlices, LayerSlices};
 use crate::kernel_ops::DeviceKernels;
 use crate::kernel_ops::{self, DirTensors, Fused};
 use crate::kernel_source::PersistentPlan;
@@ -383,7 +383,7 @@ impl Layer {
             hidden,
         };
         let threads = candle_core::utils::get_num_threads();
-        let (out, hn) = kernel_cpu::layer_forward(
+        let (out, hn) = cpu::layer_forward(
             views.slice::<T>(0)?,
             dims,
             &layer,

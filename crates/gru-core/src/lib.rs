@@ -13,6 +13,7 @@
 mod activation;
 mod cell;
 mod config;
+mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda_kernels;
 mod device;
@@ -20,7 +21,6 @@ mod direction_op;
 mod error;
 mod gate_op;
 mod gru;
-mod kernel_cpu;
 mod kernel_ops;
 pub mod kernel_source;
 mod layer;
