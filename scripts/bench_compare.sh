@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Runs the CPU-speed grid for candle-gru, PyTorch and candle-nn's GRU in one run, alternating
-# implementations within each round, then prints the table of medians and ratios and writes a plot.
+# Runs the CPU-speed grid for candle-gru, PyTorch, candle-nn's GRU and (on CPU, when the Python has
+# them) ONNX Runtime and OpenVINO in one run, alternating implementations within each round, then
+# prints the tables of medians and ratios and writes a plot.
 #
 #   scripts/bench_compare.sh [--rounds N] [--threads N] [--device cpu|cuda] [--out DIR]
 #
 # Needs: a release build of `gru` (built here if missing) and a Python with torch
-# (PYTHON=venv/bin/python by default, else python3).
+# (PYTHON=venv/bin/python by default, else python3); for the ONNX baselines also
+# `pip install onnx onnxruntime openvino` (scripts/bench_onnx.py checks each against PyTorch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +40,11 @@ GRID=(
   "medium_varlen|--input-size 128 --hidden-size 256 --num-layers 2 --bidirectional --seq-len 100 --batch 32 --varlen|10|no"
 )
 
+RUNTIMES=()
+if [ "$DEVICE" = cpu ] && "$PYTHON" -c "import onnx, onnxruntime, openvino" 2>/dev/null; then
+  RUNTIMES=(onnxruntime openvino)
+fi
+
 tag() { sed "s/^{/{\"config\": \"$1\", \"round\": $2, /"; }
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -49,6 +56,10 @@ for round in $(seq 1 "$ROUNDS"); do
     "$GRU" bench $common --impl ours | tag "$name" "$round" >>"$RESULTS"
     # shellcheck disable=SC2086
     "$PYTHON" scripts/bench_torch.py $common | tag "$name" "$round" >>"$RESULTS"
+    for rt in "${RUNTIMES[@]}"; do
+      # shellcheck disable=SC2086
+      "$PYTHON" scripts/bench_onnx.py --runtime "$rt" $common | tag "$name" "$round" >>"$RESULTS"
+    done
     if [ "$cnn" = yes ]; then
       # shellcheck disable=SC2086
       "$GRU" bench $common --impl candle-nn | tag "$name" "$round" >>"$RESULTS"

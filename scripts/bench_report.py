@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Aggregates bench_compare.sh's results.jsonl: medians over rounds per (config, impl), a Markdown
-table with the ratios ours/PyTorch and ours/candle-nn, and an SVG bar chart of ms per config."""
+table with the ratios ours/PyTorch and ours/candle-nn, a table against ONNX Runtime and OpenVINO
+(ours / the best of them) when they ran, and an SVG bar chart of ms per config."""
 import argparse
 import collections
 import json
 import statistics
 
 ORDER = ["small", "medium", "large", "long", "medium_varlen"]
-IMPLS = ["ours", "pytorch", "candle-nn"]
-COLORS = {"ours": "#d9480f", "pytorch": "#1c7ed6", "candle-nn": "#868e96"}
+IMPLS = ["ours", "pytorch", "candle-nn", "onnxruntime", "openvino"]
+RUNTIMES = ["onnxruntime", "openvino"]
+COLORS = {"ours": "#d9480f", "pytorch": "#1c7ed6", "candle-nn": "#868e96",
+          "onnxruntime": "#2f9e44", "openvino": "#7048e8"}
 
 
 def load(path):
@@ -25,6 +28,8 @@ def load(path):
         runs[(r["config"], r["impl"])].append(r)
         if r["impl"] == "pytorch":
             extra["torch_version"] = r.get("torch_version")
+        if r["impl"] in RUNTIMES:
+            extra[r["impl"]] = r.get("version")
     return runs, extra
 
 
@@ -57,7 +62,27 @@ def table(runs, extra):
         out += f"\n\ncandle sgemm {sg['size']}^3 in the same run: {sg['gflops']:.1f} GFLOP/s{share}."
     if extra.get("torch_version"):
         out += f"\n\nPyTorch {extra['torch_version']}."
+    if any(i in RUNTIMES for (_, i) in runs):
+        out += "\n\n" + runtimes_table(runs, extra)
     return out
+
+
+def runtimes_table(runs, extra):
+    """Ours against what a user who cares about CPU inference picks: the ONNX runtimes."""
+    lines = ["| config | ours ms | ONNX Runtime ms | OpenVINO ms | ours / best of them |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    cell = lambda v: "-" if v is None else (f"{v:.3f}" if v < 10 else f"{v:.1f}")
+    for c in ORDER:
+        if (c, "ours") not in runs:
+            continue
+        om = med(runs[(c, "ours")], "median_ms")
+        others = [med(runs[(c, i)], "median_ms") if (c, i) in runs else None for i in RUNTIMES]
+        best = min((v for v in others if v is not None), default=None)
+        lines.append(f"| {c} | {cell(om)} | {cell(others[0])} | {cell(others[1])} | "
+                     + ("-" if best is None else f"{om / best:.2f}") + " |")
+    versions = ", ".join(f"{n} {extra[i]}" for i, n in zip(RUNTIMES, ["ONNX Runtime", "OpenVINO"])
+                         if extra.get(i))
+    return "\n".join(lines) + (f"\n\n{versions}; outputs checked against PyTorch's first." if versions else "")
 
 
 def all_impls_table(runs):
@@ -81,8 +106,8 @@ def all_impls_table(runs):
 def svg(runs, path):
     configs = [c for c in ORDER if (c, "ours") in runs]
     w, h, left, bottom, top = 760, 360, 60, 50, 30
-    bar_w = 22
     group = (w - left - 20) / max(1, len(configs))
+    bar_w = min(22, group / (len(IMPLS) + 1))
     vals = [med(runs[(c, i)], "median_ms") for c in configs for i in IMPLS if (c, i) in runs]
     import math
     lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
@@ -94,7 +119,7 @@ def svg(runs, path):
         parts.append(f'<line x1="{left}" x2="{w - 10}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#ddd"/>')
         parts.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end">{10 ** e:g}</text>')
     for gi, c in enumerate(configs):
-        x0 = left + gi * group + group / 2 - 1.5 * bar_w
+        x0 = left + gi * group + group / 2 - len(IMPLS) / 2 * bar_w
         for ii, impl in enumerate(IMPLS):
             if (c, impl) not in runs:
                 continue
@@ -104,8 +129,8 @@ def svg(runs, path):
                          f'height="{h - bottom - yy:.1f}" fill="{COLORS[impl]}"><title>{impl} {v:.3f} ms</title></rect>')
         parts.append(f'<text x="{left + gi * group + group / 2:.1f}" y="{h - bottom + 16}" text-anchor="middle">{c}</text>')
     for ii, impl in enumerate(IMPLS):
-        parts.append(f'<rect x="{left + ii * 110}" y="{h - 22}" width="12" height="12" fill="{COLORS[impl]}"/>')
-        parts.append(f'<text x="{left + ii * 110 + 16}" y="{h - 12}">{impl}</text>')
+        parts.append(f'<rect x="{left + ii * 130}" y="{h - 22}" width="12" height="12" fill="{COLORS[impl]}"/>')
+        parts.append(f'<text x="{left + ii * 130 + 16}" y="{h - 12}">{impl}</text>')
     parts.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(parts))

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""ONNX Runtime and OpenVINO side of `gru bench`: same options, same JSON fields.
+
+    python scripts/bench_onnx.py --runtime onnxruntime --input-size 128 --hidden-size 256 \
+        --num-layers 2 --bidirectional --seq-len 100 --batch 32 --threads 2 --json
+
+The graph is what a user exporting an `nn.GRU` runs: one ONNX `GRU` node per layer with
+`linear_before_reset=1` (PyTorch's placement of the reset gate), the gates reordered from
+PyTorch's r|z|n to ONNX's z|r|h, and `sequence_lens` for --varlen (lengths uniform in [T/2, T]).
+Before timing, its output is checked against PyTorch's `nn.GRU` on the same weights and input
+(packed for --varlen); a mismatch beyond 1e-4 exits with an error.
+
+Needs: pip install onnx onnxruntime openvino (besides torch).
+"""
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+def reorder(w, h):
+    """PyTorch's r|z|n gate blocks (rows) -> ONNX's z|r|h."""
+    r, z, n = w[:h], w[h:2 * h], w[2 * h:]
+    return np.concatenate([z, r, n], axis=0)
+
+
+def build_graph(gru, seq_len, batch, varlen):
+    h, d = gru.hidden_size, 2 if gru.bidirectional else 1
+    nodes, inits = [], []
+    x_name = "x"
+    for layer in range(gru.num_layers):
+        sfx = ["", "_reverse"][:d]
+        p = lambda name, s: getattr(gru, f"{name}_l{layer}{s}").detach().numpy()
+        w = np.stack([reorder(p("weight_ih", s), h) for s in sfx])
+        r = np.stack([reorder(p("weight_hh", s), h) for s in sfx])
+        b = np.stack([np.concatenate([reorder(p("bias_ih", s), h), reorder(p("bias_hh", s), h)])
+                      for s in sfx])
+        for name, arr in [(f"W{layer}", w), (f"R{layer}", r), (f"B{layer}", b)]:
+            inits.append(numpy_helper.from_array(arr.astype(np.float32), name))
+        inputs = [x_name, f"W{layer}", f"R{layer}", f"B{layer}"]
+        if varlen:
+            inputs.append("lengths")
+        y = f"y{layer}"
+        nodes.append(helper.make_node(
+            "GRU", inputs, [y], hidden_size=h, linear_before_reset=1,
+            direction="bidirectional" if d == 2 else "forward"))
+        # Y is (T, D, B, H); the next layer (and PyTorch's output) wants (T, B, D * H).
+        nodes.append(helper.make_node("Transpose", [y], [f"{y}_t"], perm=[0, 2, 1, 3]))
+        shape = f"shape{layer}"
+        inits.append(numpy_helper.from_array(np.array([seq_len, batch, d * h], np.int64), shape))
+        x_name = f"x{layer + 1}"
+        nodes.append(helper.make_node("Reshape", [f"{y}_t", shape], [x_name]))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq_len, batch, gru.input_size])]
+    if varlen:
+        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, [batch]))
+    outputs = [helper.make_tensor_value_info(x_name, TensorProto.FLOAT, [seq_len, batch, d * h])]
+    graph = helper.make_graph(nodes, "gru", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_runner(runtime, model, threads):
+    data = model.SerializeToString()
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        out_name = sess.get_outputs()[0].name
+        return lambda feeds: sess.run([out_name], feeds)[0], ort.__version__
+    import openvino as ov
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(data), "CPU",
+                                  {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+
+    def run(feeds):
+        request.infer(feeds)
+        return request.get_output_tensor(0).data
+    return run, ov.__version__
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], required=True)
+    p.add_argument("--input-size", type=int, required=True)
+    p.add_argument("--hidden-size", type=int, required=True)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--varlen", action="store_true")
+    p.add_argument("--device", default="cpu", choices=["cpu"])
+    p.add_argument("--dtype", default="f32", choices=["f32"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    gru = torch.nn.GRU(a.input_size, a.hidden_size, a.num_layers,
+                       bidirectional=a.bidirectional).eval()
+    x = torch.randn(a.seq_len, a.batch, a.input_size)
+    lengths = None
+    feeds = {"x": x.numpy()}
+    if a.varlen:
+        lo = max(1, (a.seq_len + 1) // 2)
+        lengths = torch.randint(lo, a.seq_len + 1, (a.batch,))
+        feeds["lengths"] = lengths.numpy().astype(np.int32)
+    model = build_graph(gru, a.seq_len, a.batch, a.varlen)
+    run, version = make_runner(a.runtime, model, a.threads)
+
+    # The same numbers as PyTorch, or no timing at all.
+    with torch.inference_mode():
+        if lengths is None:
+            ref = gru(x)[0]
+        else:
+            packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+            ref = pad_packed_sequence(gru(packed)[0], total_length=a.seq_len)[0]
+    got = np.asarray(run(feeds))
+    if a.varlen:
+        # Past a sequence's length ONNX leaves what the runtime likes; PyTorch pads with 0.
+        mask = (np.arange(a.seq_len)[:, None] < lengths.numpy()[None, :])[..., None]
+        got = got * mask
+    diff = float(np.abs(got - ref.numpy()).max())
+    if not diff <= 1e-4:
+        sys.exit(f"{a.runtime}: output differs from PyTorch's by {diff:.3e}")
+
+    for _ in range(a.warmup):
+        run(feeds)
+    times = []
+    for _ in range(a.iters):
+        t0 = time.perf_counter()
+        run(feeds)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    median = statistics.median(times)
+    d = 2 if a.bidirectional else 1
+    flops = sum(d * 2 * a.seq_len * a.batch * 3 * a.hidden_size *
+                ((a.input_size if l == 0 else d * a.hidden_size) + a.hidden_size)
+                for l in range(a.num_layers))
+    r = {
+        "impl": a.runtime, "input_size": a.input_size, "hidden_size": a.hidden_size,
+        "num_layers": a.num_layers, "bidirectional": a.bidirectional, "seq_len": a.seq_len,
+        "batch": a.batch, "varlen": a.varlen, "device": "cpu", "dtype": "f32",
+        "threads": a.threads, "iters": a.iters, "median_ms": median, "min_ms": times[0],
+        "max_ms": times[-1], "gflops": flops / (median * 1e-3) / 1e9,
+        "peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "max_abs_diff_vs_torch": diff, "version": version,
+    }
+    if a.json:
+        print(json.dumps(r))
+    else:
+        print(f"{a.runtime} {version} {a.input_size}/{a.hidden_size}/{a.num_layers}/"
+              f"bi={a.bidirectional} T={a.seq_len} B={a.batch} varlen={a.varlen}: median "
+              f"{median:.3f} ms (min {times[0]:.3f}, max {times[-1]:.3f}), "
+              f"{r['gflops']:.1f} GFLOP/s, max |d| vs torch {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
