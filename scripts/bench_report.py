@@ -42,7 +42,7 @@ def table(runs, extra):
     lines = ["| config | ours ms | PyTorch ms | candle-nn ms | ours/PyTorch | ours/candle-nn | ours GFLOP/s | ours peak MB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in ORDER:
-        o, p, n = (runs.get((c, i)) for i in IMPLS)
+        o, p, n = (runs.get((c, i)) for i in ["ours", "pytorch", "candle-nn"])
         if not o:
             continue
         om = med(o, "median_ms")
