@@ -7,7 +7,7 @@
   nested_model_save_model.safetensors   safetensors.torch.save_model(model, ...)
   nested_model.pt            torch.save(model.state_dict())
   training_checkpoint.pt     torch.save({"epoch", "model_state_dict", "optimizer_state_dict", ...})
-  whole_module.pt            torch.save(model): a pickled nn.Module (must be refused clearly)
+  whole_module.pt            torch.save(model): a pickled nn.Module (read as its state_dict)
   dataparallel.safetensors   keys as nn.DataParallel saves them (module.gru.*)
   half_f16.safetensors, half_bf16.safetensors   a GRU stored in f16 / bf16
   nested_pt.case.safetensors a reference case whose weights are nested_model.pt
