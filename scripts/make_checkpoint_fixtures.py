@@ -14,6 +14,8 @@ case whose `weights` metadata points straight at it, for the loader's tests and 
                             their source)
   whole_module_zip          torch.save(model), zip, no extension
   whole_dataparallel.pt     torch.save(nn.DataParallel(model))  -> names `module.`
+  whole_ddp.pt              torch.save(DistributedDataParallel(model)) (single-process gloo group)
+                            -> names `module.`
   whole_compiled.pt         torch.save(torch.compile(model))    -> names `_orig_mod.` (if torch
                             can pickle it)
   whole_in_dict.tar         torch.save({'model': model, 'epoch': 3}), zip renamed, inner folder
@@ -87,6 +89,28 @@ def save_legacy(obj, path, gpu=False, pickle_protocol=2):
         f.write(data)
 
 
+def save_ddp(model, path):
+    """torch.save of a DistributedDataParallel wrapper, in a one-process gloo group."""
+    import torch.distributed as dist
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.save(nn.parallel.DistributedDataParallel(model), path)
+    finally:
+        dist.destroy_process_group()
+
+
+def load_ddp(path):
+    """Unpickling DistributedDataParallel needs a process group too."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    finally:
+        dist.destroy_process_group()
+
+
 def flat_gru():
     """A GRU whose parameters are views into one flat storage, like cuDNN's flat weights."""
     g = nn.GRU(3, 4, num_layers=1, bidirectional=True)
@@ -141,6 +165,8 @@ def main():
     case("whole_module_zip", model, "cell", x_cell, "whole_module_zip")
     torch.save(nn.DataParallel(model), os.path.join(OUT, "whole_dataparallel.pt"))
     case("whole_dataparallel", model, "encoder.rnn", x_enc, "whole_dataparallel.pt")
+    save_ddp(model, os.path.join(OUT, "whole_ddp.pt"))
+    case("whole_ddp", model, "encoder.rnn", x_enc, "whole_ddp.pt")
     try:
         torch.save(torch.compile(model), os.path.join(OUT, "whole_compiled.pt"))
         case("whole_compiled", model, "encoder.rnn", x_enc, "whole_compiled.pt")
@@ -210,7 +236,10 @@ def main():
             try:
                 torch.jit.load(path)
             except Exception:  # noqa: BLE001 - not TorchScript
-                torch.load(path, map_location="cpu", weights_only=False)
+                if name == "whole_ddp.pt":
+                    load_ddp(path)
+                else:
+                    torch.load(path, map_location="cpu", weights_only=False)
 
 
 if __name__ == "__main__":

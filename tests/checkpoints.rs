@@ -49,6 +49,7 @@ fn every_checkpoint_kind_lists_its_grus() {
         ("whole_module_legacy.pkl", Format::PyTorchLegacy, tagger("")),
         ("whole_module_zip", Format::PyTorch, tagger("")),
         ("whole_dataparallel.pt", Format::PyTorch, tagger("module")),
+        ("whole_ddp.pt", Format::PyTorch, tagger("module")),
         ("whole_compiled.pt", Format::PyTorch, tagger("_orig_mod")),
         ("whole_in_dict.tar", Format::PyTorch, tagger("model")),
         ("scripted.pt", Format::TorchScript, tagger("")),
@@ -87,7 +88,7 @@ fn every_checkpoint_kind_lists_its_grus() {
 #[test]
 fn every_checkpoint_case_matches_pytorch() {
     let cases = find_cases(&[models_dir().join("checkpoints")]);
-    assert!(cases.len() >= 16, "{cases:?}");
+    assert!(cases.len() >= 18, "{cases:?}");
     for p in cases {
         let case = Case::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         let r = run_case(&case, &RunOptions::default())
