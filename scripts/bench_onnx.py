@@ -12,7 +12,6 @@ Before timing, its output is checked against PyTorch's `nn.GRU` on the same weig
 
 Needs: pip install onnx onnxruntime openvino (besides torch).
 """
-import argparse
 import json
 import resource
 import statistics
@@ -24,6 +23,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from bench_torch import bench_parser, gru_flops
 
 
 def reorder(w, h):
@@ -92,23 +93,10 @@ def make_runner(runtime, model, threads):
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = bench_parser(devices=["cpu"], dtypes=["f32"])
     p.add_argument("--runtime", choices=["onnxruntime", "openvino"], required=True)
-    p.add_argument("--input-size", type=int, required=True)
-    p.add_argument("--hidden-size", type=int, required=True)
-    p.add_argument("--num-layers", type=int, default=1)
-    p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--seq-len", type=int, required=True)
-    p.add_argument("--batch", type=int, required=True)
-    p.add_argument("--varlen", action="store_true")
-    p.add_argument("--device", default="cpu", choices=["cpu"])
-    p.add_argument("--dtype", default="f32", choices=["f32"])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
     a = p.parse_args()
+    a.threads = a.threads or 2
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     gru = torch.nn.GRU(a.input_size, a.hidden_size, a.num_layers,
@@ -148,10 +136,7 @@ def main():
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     median = statistics.median(times)
-    d = 2 if a.bidirectional else 1
-    flops = sum(d * 2 * a.seq_len * a.batch * 3 * a.hidden_size *
-                ((a.input_size if l == 0 else d * a.hidden_size) + a.hidden_size)
-                for l in range(a.num_layers))
+    flops = gru_flops(a)
     r = {
         "impl": a.runtime, "input_size": a.input_size, "hidden_size": a.hidden_size,
         "num_layers": a.num_layers, "bidirectional": a.bidirectional, "seq_len": a.seq_len,

@@ -17,7 +17,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 
-def main():
+def bench_parser(devices=None, dtypes=("f32", "f64", "f16", "bf16")):
+    """`gru bench`'s options (shared with bench_onnx.py)."""
     p = argparse.ArgumentParser()
     p.add_argument("--input-size", type=int, required=True)
     p.add_argument("--hidden-size", type=int, required=True)
@@ -26,14 +27,27 @@ def main():
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--varlen", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="f32", choices=["f32", "f64", "f16", "bf16"])
+    p.add_argument("--device", default="cpu", choices=devices)
+    p.add_argument("--dtype", default="f32", choices=list(dtypes))
     p.add_argument("--threads", type=int)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--allow-tf32", action="store_true")
     p.add_argument("--json", action="store_true")
+    return p
+
+
+def gru_flops(a):
+    """`2*T*B*3H*(in_k + H)` per layer and direction, as `gru bench` counts them."""
+    d = 2 if a.bidirectional else 1
+    return sum(d * 2 * a.seq_len * a.batch * 3 * a.hidden_size *
+               ((a.input_size if l == 0 else d * a.hidden_size) + a.hidden_size)
+               for l in range(a.num_layers))
+
+
+def main():
+    p = bench_parser()
+    p.add_argument("--allow-tf32", action="store_true")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -69,10 +83,7 @@ def main():
             times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     median = statistics.median(times)
-    d = 2 if a.bidirectional else 1
-    flops = sum(d * 2 * a.seq_len * a.batch * 3 * a.hidden_size *
-                ((a.input_size if l == 0 else d * a.hidden_size) + a.hidden_size)
-                for l in range(a.num_layers))
+    flops = gru_flops(a)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:

@@ -33,6 +33,7 @@ case whose `weights` metadata points straight at it, for the loader's tests and 
 
 Regenerate: python scripts/make_checkpoint_fixtures.py (seed 1234).
 """
+import contextlib
 import io
 import os
 import sys
@@ -89,24 +90,15 @@ def save_legacy(obj, path, gpu=False, pickle_protocol=2):
         f.write(data)
 
 
-def save_ddp(model, path):
-    """torch.save of a DistributedDataParallel wrapper, in a one-process gloo group."""
+@contextlib.contextmanager
+def gloo_group():
+    """A one-process gloo group: DistributedDataParallel needs one to be built or unpickled."""
     import torch.distributed as dist
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29533")
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
-        torch.save(nn.parallel.DistributedDataParallel(model), path)
-    finally:
-        dist.destroy_process_group()
-
-
-def load_ddp(path):
-    """Unpickling DistributedDataParallel needs a process group too."""
-    import torch.distributed as dist
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        yield
     finally:
         dist.destroy_process_group()
 
@@ -165,7 +157,8 @@ def main():
     case("whole_module_zip", model, "cell", x_cell, "whole_module_zip")
     torch.save(nn.DataParallel(model), os.path.join(OUT, "whole_dataparallel.pt"))
     case("whole_dataparallel", model, "encoder.rnn", x_enc, "whole_dataparallel.pt")
-    save_ddp(model, os.path.join(OUT, "whole_ddp.pt"))
+    with gloo_group():
+        torch.save(nn.parallel.DistributedDataParallel(model), os.path.join(OUT, "whole_ddp.pt"))
     case("whole_ddp", model, "encoder.rnn", x_enc, "whole_ddp.pt")
     try:
         torch.save(torch.compile(model), os.path.join(OUT, "whole_compiled.pt"))
@@ -236,9 +229,7 @@ def main():
             try:
                 torch.jit.load(path)
             except Exception:  # noqa: BLE001 - not TorchScript
-                if name == "whole_ddp.pt":
-                    load_ddp(path)
-                else:
+                with gloo_group() if name == "whole_ddp.pt" else contextlib.nullcontext():
                     torch.load(path, map_location="cpu", weights_only=False)
 
 

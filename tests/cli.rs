@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "common/case_file.rs"]
+mod case_file;
+
 use candle_core::{DType, Device, Tensor};
+use case_file::rewrite_case;
 use gru_weights::WeightFile;
 
 fn root() -> PathBuf {
@@ -27,65 +31,6 @@ fn gru(args: &[&str]) -> (i32, String, String) {
         "panic: {stderr}"
     );
     (out.status.code().unwrap_or(-1), stdout, stderr)
-}
-
-/// Rewrites a case file with `output` replaced, keeping its metadata and other tensors.
-fn write_case(src: &Path, dst: &Path, output: Option<Tensor>) {
-    let f = WeightFile::open(src).unwrap();
-    let mut meta = f.metadata();
-    let mut tensors: Vec<(String, Tensor)> = f
-        .tensors()
-        .iter()
-        .map(|t| (t.name.clone(), f.load(&t.name, &Device::Cpu).unwrap()))
-        .collect();
-    if let Some(o) = output {
-        tensors.iter_mut().find(|(n, _)| n == "output").unwrap().1 = o;
-    }
-    // Point at the weights next to the original case.
-    let w = src.parent().unwrap().join(&meta["weights"]);
-    meta.insert(
-        "weights".into(),
-        w.canonicalize().unwrap().display().to_string(),
-    );
-    let data: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = tensors
-        .iter()
-        .map(|(n, t)| {
-            let (bytes, dt) = match t.dtype() {
-                DType::F32 => (
-                    t.flatten_all()
-                        .unwrap()
-                        .to_vec1::<f32>()
-                        .unwrap()
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect(),
-                    safetensors::Dtype::F32,
-                ),
-                DType::I64 => (
-                    t.flatten_all()
-                        .unwrap()
-                        .to_vec1::<i64>()
-                        .unwrap()
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect(),
-                    safetensors::Dtype::I64,
-                ),
-                other => panic!("unexpected dtype {other:?}"),
-            };
-            (n.clone(), bytes, t.dims().to_vec(), dt)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = data
-        .iter()
-        .map(|(n, b, s, dt)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, Some(meta), dst).unwrap();
 }
 
 #[test]
@@ -113,7 +58,7 @@ fn perturbed_output_fails_with_exit_1_and_points_at_the_step() {
     v[(17 * 2 + 1) * 8 + 3] += 0.01; // t = 17, batch 1, feature 3
     let bad = Tensor::from_vec(v, out.dims(), &Device::Cpu).unwrap();
     let dst = dir.path().join("perturbed.case.safetensors");
-    write_case(&src, &dst, Some(bad));
+    rewrite_case(&src, &dst, &[("output", Some(bad))], &[]);
     let (code, stdout, _) = gru(&["verify", dst.to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("FAIL"), "{stdout}");
@@ -127,7 +72,7 @@ fn perturbed_output_fails_with_exit_1_and_points_at_the_step() {
 fn corrupted_case_is_reported_with_exit_2_and_others_still_run() {
     let dir = tempfile::tempdir().unwrap();
     let src = root().join("models/reference/uni_l1_h0.case.safetensors");
-    write_case(&src, &dir.path().join("good.case.safetensors"), None);
+    rewrite_case(&src, &dir.path().join("good.case.safetensors"), &[], &[]);
     let bytes = std::fs::read(&src).unwrap();
     std::fs::write(
         dir.path().join("broken.case.safetensors"),

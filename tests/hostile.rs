@@ -3,10 +3,15 @@
 //! or a hang fails the test (no `catch_unwind` can hide those). The bombs are built here, at test
 //! time, never committed.
 
+#[path = "common/case_file.rs"]
+mod case_file;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use case_file::rewrite_case;
 
 /// Address-space limit for each run (`ulimit -v`, KiB).
 const MEMORY_LIMIT_KIB: u64 = 4 << 20;
@@ -95,29 +100,24 @@ fn pt_with_pickle(pickle: &[u8]) -> Vec<u8> {
     zip_with(&[("archive/data.pkl", pickle, false)])
 }
 
-/// The pickle of `{'w': tensor}` over storage '0' of `numel` f32 with the given size.
-fn state_dict_pickle(numel: u8, size: u8) -> Vec<u8> {
-    let mut p = b"\x80\x02}(X\x01\x00\x00\x00w".to_vec();
-    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
-    p.extend_from_slice(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\n");
-    p.extend_from_slice(b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK");
-    p.push(numel);
-    p.extend_from_slice(b"tQK\x00K");
-    p.push(size);
-    p.extend_from_slice(b"\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtRu.");
-    p
-}
-
-/// `_rebuild_tensor_v2` over 4 f32 of storage `key`.
-fn tensor_call(key: u8) -> Vec<u8> {
+/// `_rebuild_tensor_v2` over storage `key` of `numel` f32, as a 1-D tensor of `size` elements.
+fn tensor_call(key: u8, numel: u8, size: u8) -> Vec<u8> {
     let mut t =
         b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
             .to_vec();
-    t.extend_from_slice(b"X\x01\x00\x00\x00");
-    t.push(key);
-    t.extend_from_slice(b"X\x03\x00\x00\x00cpuK\x04tQK\x00K\x04\x85K\x01\x85\x89");
-    t.extend_from_slice(b"ccollections\nOrderedDict\n)RtR");
+    t.extend_from_slice(&[b'X', 1, 0, 0, 0, key]);
+    t.extend_from_slice(&[b'X', 3, 0, 0, 0, b'c', b'p', b'u', b'K', numel]);
+    t.extend_from_slice(&[b't', b'Q', b'K', 0, b'K', size]);
+    t.extend_from_slice(b"\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR");
     t
+}
+
+/// The pickle of `{'w': tensor_call(b'0', numel, size)}`.
+fn state_dict_pickle(numel: u8, size: u8) -> Vec<u8> {
+    let mut p = b"\x80\x02}(X\x01\x00\x00\x00w".to_vec();
+    p.extend_from_slice(&tensor_call(b'0', numel, size));
+    p.extend_from_slice(b"u.");
+    p
 }
 
 /// A legacy `torch.save` file of `state_dict_pickle(4, 4)`, whose storage header says `count`.
@@ -147,79 +147,6 @@ fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
     v.extend_from_slice(h.as_bytes());
     v.extend_from_slice(data);
     v
-}
-
-/// A copy of `src` (a case) with tensors replaced or removed and metadata changed.
-fn edit_case(
-    src: &Path,
-    dst: &Path,
-    replace: &[(&str, Option<candle_core::Tensor>)],
-    meta: &[(&str, &str)],
-) {
-    use candle_core::Device;
-    let f = gru_weights::WeightFile::open(src).unwrap();
-    let mut m = f.metadata();
-    for (k, v) in meta {
-        m.insert(k.to_string(), v.to_string());
-    }
-    let mut tensors = std::collections::HashMap::new();
-    for t in f.tensors() {
-        tensors.insert(t.name.clone(), f.load(&t.name, &Device::Cpu).unwrap());
-    }
-    for (k, v) in replace {
-        match v {
-            Some(t) => tensors.insert(k.to_string(), t.clone()),
-            None => tensors.remove(*k),
-        };
-    }
-    let data: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = tensors
-        .iter()
-        .map(|(k, t)| {
-            let dtype = match t.dtype() {
-                candle_core::DType::F32 => safetensors::Dtype::F32,
-                candle_core::DType::F64 => safetensors::Dtype::F64,
-                candle_core::DType::I64 => safetensors::Dtype::I64,
-                d => panic!("{d:?}"),
-            };
-            let bytes: Vec<u8> = match t.dtype() {
-                candle_core::DType::F32 => t
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-                candle_core::DType::F64 => t
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap()
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-                _ => t
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<i64>()
-                    .unwrap()
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            };
-            (k.clone(), bytes, t.dims().to_vec(), dtype)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = data
-        .iter()
-        .map(|(k, b, s, d)| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, Some(m), dst).unwrap();
 }
 
 /// What one hostile input is run as, and what its one-line error must mention.
@@ -271,7 +198,7 @@ fn every_hostile_input_is_refused_cleanly() {
     // One tensor, a list of 20,000 references to it, a list of 20,000 references to that list:
     // 400 million names from 80 KB.
     let mut square = b"\x80\x02".to_vec();
-    square.extend_from_slice(&tensor_call(b'0'));
+    square.extend_from_slice(&tensor_call(b'0', 4, 4));
     square.extend_from_slice(b"q\x00](");
     square.extend(std::iter::repeat_n(*b"h\x00", 20_000).flatten());
     square.extend_from_slice(b"eq\x01](");
@@ -341,35 +268,31 @@ fn every_hostile_input_is_refused_cleanly() {
     let nan = (out.ones_like().unwrap() * f64::NAN).unwrap();
     let cases = d.join("cases");
     std::fs::create_dir(&cases).unwrap();
-    let weights_meta = std::fs::canonicalize(models.join("reference/uni_l1_h0.safetensors"))
-        .unwrap()
-        .display()
-        .to_string();
-    edit_case(
+    rewrite_case(
         &case,
         &cases.join("nan_expected.case.safetensors"),
         &[("output", Some(nan))],
-        &[("weights", &weights_meta)],
+        &[],
     );
-    edit_case(
+    rewrite_case(
         &case,
         &d.join("no_h_n.case.safetensors"),
         &[("h_n", None)],
-        &[("weights", &weights_meta)],
+        &[],
     );
     let nan_h_n = (c.load("h_n", &Device::Cpu).unwrap() * f64::NAN).unwrap();
-    edit_case(
+    rewrite_case(
         &case,
         &d.join("nan_h_n.case.safetensors"),
         &[("h_n", Some(nan_h_n))],
-        &[("weights", &weights_meta)],
+        &[],
     );
     let x: Tensor = c.load("input", &Device::Cpu).unwrap();
-    edit_case(
+    rewrite_case(
         &case,
         &d.join("bad_shape.case.safetensors"),
         &[("input", Some(x.narrow(2, 0, 1).unwrap()))],
-        &[("weights", &weights_meta)],
+        &[],
     );
     let case_s = case.to_str().unwrap();
 
@@ -665,9 +588,9 @@ fn a_view_past_its_storage_is_refused_by_name() {
 fn one_name_for_two_tensors_is_refused_when_loaded() {
     // {'a.b': T0, 'a': {'b': T1}}: both are `a.b`.
     let mut p = b"\x80\x02}(X\x03\x00\x00\x00a.b".to_vec();
-    p.extend_from_slice(&tensor_call(b'0'));
+    p.extend_from_slice(&tensor_call(b'0', 4, 4));
     p.extend_from_slice(b"X\x01\x00\x00\x00a}X\x01\x00\x00\x00b");
-    p.extend_from_slice(&tensor_call(b'1'));
+    p.extend_from_slice(&tensor_call(b'1', 4, 4));
     p.extend_from_slice(b"su.");
     let data = [0u8; 16];
     let dir = tempfile::tempdir().unwrap();

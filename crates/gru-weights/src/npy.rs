@@ -88,17 +88,23 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
         .metadata()
         .map_err(|e| WeightsError::io(path, "stat", e))?
         .len();
-    let mut head = [0u8; 12];
-    let got = read_up_to(&mut file, &mut head).map_err(|e| WeightsError::io(path, "read", e))?;
-    if got < 10 || &head[..6] != b"\x93NUMPY" {
+    let read_err = |e| WeightsError::io(path, "read", e);
+    let mut head = [0u8; 10];
+    file.read_exact(&mut head)
+        .map_err(|_| bad("not a .npy file (shorter than its 10-byte preamble)".into()))?;
+    if &head[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file (no \\x93NUMPY magic)".into()));
     }
     let (header_len, prefix) = match head[6] {
         1 => (u16::from_le_bytes([head[8], head[9]]) as usize, 10),
-        2 | 3 if got >= 12 => (
-            u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize,
-            12,
-        ),
+        2 | 3 => {
+            let mut more = [0u8; 2];
+            file.read_exact(&mut more).map_err(read_err)?;
+            (
+                u32::from_le_bytes([head[8], head[9], more[0], more[1]]) as usize,
+                12,
+            )
+        }
         v => return Err(bad(format!(".npy format version {v} is not supported"))),
     };
     if header_len > MAX_HEADER || (prefix + header_len) as u64 > len {
@@ -106,13 +112,9 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
             ".npy header of {header_len} bytes does not fit the {len}-byte file"
         )));
     }
-    let mut all = head[..got].to_vec();
-    let mut rest = vec![0u8; prefix + header_len - got.min(prefix + header_len)];
-    file.read_exact(&mut rest)
-        .map_err(|e| WeightsError::io(path, "read", e))?;
-    all.extend_from_slice(&rest);
-    let header = std::str::from_utf8(&all[prefix..prefix + header_len])
-        .map_err(|_| bad(".npy header is not text".into()))?;
+    let mut header = vec![0u8; header_len];
+    file.read_exact(&mut header).map_err(read_err)?;
+    let header = std::str::from_utf8(&header).map_err(|_| bad(".npy header is not text".into()))?;
     let descr = field(header, "descr")
         .and_then(|d| d.strip_prefix('\'')?.strip_suffix('\''))
         .ok_or_else(|| bad(format!(".npy header has no dtype: {header:?}")))?;
@@ -136,8 +138,7 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
         )));
     }
     let mut data = vec![0u8; need as usize];
-    file.read_exact(&mut data)
-        .map_err(|e| WeightsError::io(path, "read", e))?;
+    file.read_exact(&mut data).map_err(read_err)?;
     if fortran && shape.len() > 1 {
         let rev: Vec<usize> = shape.iter().rev().copied().collect();
         let perm: Vec<usize> = (0..shape.len()).rev().collect();
@@ -145,17 +146,6 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
         return Ok(t.permute(perm)?.contiguous()?);
     }
     Ok(Tensor::from_raw_buffer(&data, dtype, &shape, &Device::Cpu)?)
-}
-
-fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
