@@ -144,6 +144,18 @@ def main():
     x = pad_with_garbage(r(12, 18, 3), lengths, batch_first=True)
     case("wide_bi_varlen_bf", g, x, h0=r(2, 12, 64), lengths=lengths)
 
+    # Deeper than the CPU kernel's blocks of k (256) in both products, hidden not a multiple of
+    # its 16-unit groups, a team split per step at 2 threads.
+    g = nn.GRU(260, 264)
+    lengths = [17, 9, 13]
+    x = pad_with_garbage(r(17, 3, 260), lengths, batch_first=False)
+    case("deep_k_varlen", g, x, h0=r(1, 3, 264), lengths=lengths)
+
+    # Too few steps for a team: one thread runs the steps, and the projection (30 rows of 250
+    # against 192 columns, over 2^20 multiply-adds) is split across threads by panels.
+    g = nn.GRU(250, 64)
+    case("short_threaded_projection", g, r(10, 3, 250))
+
 
 if __name__ == "__main__":
     main()

@@ -8,9 +8,16 @@ use candle_core::WithDType;
 pub(crate) trait Real: WithDType + Copy + Send + Sync + 'static {
     fn sigmoid(self) -> Self;
     fn tanh(self) -> Self;
+    /// `self * a + b` rounded once (one instruction where the target has FMA).
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
 impl Real for f32 {
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
+    }
+
     #[inline(always)]
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + exp_f32(-self))
@@ -24,6 +31,11 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
+    }
+
     #[inline(always)]
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())

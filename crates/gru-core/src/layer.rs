@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Storage, Tensor, WithDType};
 
 use crate::activation::Real;
-use crate::cpu::{self, Dims, DirSlices, LayerSlices};
+use crate::cpu::{self, Dims, DirPack};
 use crate::error::{GruError, Result};
 use crate::kernel_ops::DeviceKernels;
 use crate::kernel_ops::{self, DirTensors, Fused};
@@ -128,6 +128,59 @@ struct Derived {
     b_hn: Vec<Tensor>,
     /// On CUDA only.
     persist: Option<PersistWeights>,
+    /// On the CPU only (f32, f64): every direction's weights packed for the CPU kernel.
+    cpu: Option<CpuPack>,
+}
+
+/// The CPU kernel's packed weights of a layer, per direction, in the compute dtype.
+#[derive(Debug, Clone)]
+enum CpuPack {
+    F32(Vec<DirPack<f32>>),
+    F64(Vec<DirPack<f64>>),
+}
+
+impl CpuPack {
+    fn new(params: &[DirectionParams], hidden: usize, dtype: DType) -> Result<Option<Self>> {
+        fn pack<T: Real>(
+            params: &[DirectionParams],
+            hidden: usize,
+            dtype: DType,
+        ) -> Result<Vec<DirPack<T>>> {
+            let flat = |t: &Tensor| -> Result<Vec<T>> {
+                Ok(t.to_dtype(dtype)?.flatten_all()?.to_vec1::<T>()?)
+            };
+            params
+                .iter()
+                .map(|p| {
+                    let input = p.w_ih.dim(1)?;
+                    let biases = match (&p.b_ih, &p.b_hh) {
+                        (Some(bi), Some(bh)) => Some((flat(bi)?, flat(bh)?)),
+                        _ => None,
+                    };
+                    Ok(DirPack::new(
+                        &flat(&p.w_ih)?,
+                        &flat(&p.w_hh)?,
+                        biases.as_ref().map(|(bi, bh)| (&bi[..], &bh[..])),
+                        hidden,
+                        input,
+                    ))
+                })
+                .collect()
+        }
+        Ok(match dtype {
+            DType::F32 => Some(Self::F32(pack(params, hidden, dtype)?)),
+            DType::F64 => Some(Self::F64(pack(params, hidden, dtype)?)),
+            _ => None,
+        })
+    }
+
+    fn dirs<T: Real>(&self) -> Option<&[DirPack<T>]> {
+        let any: &dyn std::any::Any = match self {
+            Self::F32(d) => d,
+            Self::F64(d) => d,
+        };
+        any.downcast_ref::<Vec<DirPack<T>>>().map(Vec::as_slice)
+    }
 }
 
 impl Derived {
@@ -171,8 +224,14 @@ impl Derived {
         } else {
             None
         };
+        let cpu = if for_kernels && device.is_cpu() {
+            CpuPack::new(params, hidden, dtype)?
+        } else {
+            None
+        };
         Ok(Self {
             persist,
+            cpu,
             w_ih_t: Tensor::cat(&w_ih_t, 1)?.contiguous()?,
             bias: Tensor::cat(&bias, 0)?.contiguous()?,
             w_hh_t,
@@ -354,28 +413,15 @@ impl Layer {
     ) -> Result<(Tensor, Tensor)> {
         let (seq_len, batch, input) = x.dims3()?;
         let hidden = self.hidden;
+        let dirs = d
+            .cpu
+            .as_ref()
+            .and_then(CpuPack::dirs::<T>)
+            .ok_or_else(|| GruError::Internal("no packed CPU weights for this layer".into()))?;
         let x = x.contiguous()?;
         let h0 = h0.contiguous()?;
-        let views = CpuViews::new(
-            [&x, &h0, &d.w_ih_t, &d.bias]
-                .into_iter()
-                .chain(&d.w_hh_t)
-                .chain(&d.b_hn),
-        )?;
+        let views = CpuViews::new([&x, &h0].into_iter())?;
         let n = self.num_directions();
-        let dirs = (0..n)
-            .map(|d| {
-                Ok(DirSlices {
-                    w_hh_t: views.slice::<T>(4 + d)?,
-                    b_hn: views.slice::<T>(4 + n + d)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let layer = LayerSlices {
-            w_ih_t: views.slice::<T>(2)?,
-            bias: views.slice::<T>(3)?,
-            dirs,
-        };
         let dims = Dims {
             seq_len,
             batch,
@@ -386,7 +432,7 @@ impl Layer {
         let (out, hn) = cpu::layer_forward(
             views.slice::<T>(0)?,
             dims,
-            &layer,
+            dirs,
             views.slice::<T>(1)?,
             plan,
             threads,

@@ -4,14 +4,16 @@ use crate::activation::Real;
 
 /// PyTorch's GRU update for one row of `w` units:
 /// r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + r * (gh_n + b_hn)), h' = (1 - z) n + z h.
-/// `gi_*` already hold `b_ih` and `b_hr`, `b_hz` (folded at load); `gh` is `[gh_r | gh_z | gh_n]`.
+/// `gi_*` already hold `b_ih` and `b_hr`, `b_hz` (folded at load).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gate_update<T: Real>(
     gi_r: &[T],
     gi_z: &[T],
     gi_n: &[T],
-    gh: &[T],
+    gh_r: &[T],
+    gh_z: &[T],
+    gh_n: &[T],
     b_hn: &[T],
     h: &[T],
     h_out: &mut [T],
@@ -19,7 +21,7 @@ pub(crate) fn gate_update<T: Real>(
 ) {
     let w = h.len();
     let (gi_r, gi_z, gi_n) = (&gi_r[..w], &gi_z[..w], &gi_n[..w]);
-    let (gh_r, gh_z, gh_n) = (&gh[..w], &gh[w..2 * w], &gh[2 * w..3 * w]);
+    let (gh_r, gh_z, gh_n) = (&gh_r[..w], &gh_z[..w], &gh_n[..w]);
     let b_hn = &b_hn[..w];
     let (h_out, out) = (&mut h_out[..w], &mut out[..w]);
     for j in 0..w {

@@ -1,178 +1,399 @@
-//! The matrix products of the CPU recurrence: the GEMM library for large ones, a plain loop for
-//! small ones, and the transposed form that lets the library read `W_hh^T` in place each step.
+//! The matrix products of the CPU recurrence, on weights packed as gate panels
+//! ([`super::panels`]): a register-blocked microkernel (a few rows of the left operand times one
+//! panel, the accumulators in registers, both operands read contiguously), looped over blocks of
+//! rows and the panels.
+//!
+//! Written as plain Rust over fixed-size arrays: compiled inside [`multiversion!`] functions it
+//! becomes AVX2/AVX-512 (or NEON) code with one fused multiply-add per value. Every value sums
+//! its products in order of `k`, then adds the bias.
 
-use gemm::Parallelism;
-
+use super::panels::NR;
+use super::simd::multiversion;
+use super::team::SharedMut;
 use crate::activation::Real;
 
-/// Below this many multiply-adds a plain loop beats the GEMM library's dispatch and packing.
-const SMALL_MATMUL: usize = 1 << 15;
+/// Most rows one microkernel call takes (the largest kernel compiled).
+pub(crate) const MAX_ROWS: usize = 8;
 
-pub(super) fn parallelism(threads: usize) -> Parallelism {
-    if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
+/// Bytes of the left operand (packed) kept in cache while every panel passes over it.
+const A_BLOCK_BYTES: usize = 128 << 10;
+
+/// Depth of a block of `k`: a slice of a panel (`KC x NR` values) stays in L1.
+const KC: usize = 256;
+
+/// Below this many multiply-adds a block of rows runs on one thread.
+const PAR_WORK: usize = 1 << 20;
+
+/// How a product runs: the microkernel's rows, whether `a * b + c` is fused, and on how many
+/// threads (1 when the caller's team has split the work already).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    pub rows: usize,
+    pub fma: bool,
+    pub threads: usize,
+}
+
+impl Plan {
+    pub fn new<T>(threads: usize) -> Self {
+        let level = super::simd::level();
+        Self {
+            rows: level.kernel_rows(std::mem::size_of::<T>(), NR),
+            fma: level.has_fma(),
+            threads: threads.max(1),
+        }
+    }
+
+    /// Rows per block of the left operand: a multiple of the kernel's rows that fits
+    /// [`A_BLOCK_BYTES`] for `k` columns.
+    fn block_rows<T>(&self, k: usize) -> usize {
+        let rows = self.rows.clamp(1, MAX_ROWS);
+        (A_BLOCK_BYTES / (k * std::mem::size_of::<T>()).max(1)).max(rows) / rows * rows
     }
 }
 
-/// `c = a @ b` (or `c += a @ b` with `accumulate`), all row-major: `a` `(m, k)`, `b` `(k, n)`
-/// with row stride `b_rs` (>= n: a column block of a wider matrix), `c` `(m, n)`.
+/// `c = a @ W (+ bias)` over `panels` (each `k x NR`, see [`super::panels`]): `a` `(m, k)` with
+/// row stride `lda`; `c` `(m, panels * NR)` with row stride `ldc`; `bias` grouped like a row of
+/// `c` when given. `scratch` holds the packed rows of `a` (grown once, then reused). Must run
+/// inside a `multiversion!` function to get SIMD code.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul<T: Real>(
+pub(super) fn matmul_panels<T: Real>(
+    plan: Plan,
     m: usize,
     k: usize,
-    n: usize,
     a: &[T],
-    b: &[T],
-    b_rs: usize,
+    lda: usize,
+    panels: &[T],
     c: &mut [T],
-    accumulate: bool,
-    par: Parallelism,
+    ldc: usize,
+    bias: Option<&[T]>,
+    scratch: &mut Vec<T>,
 ) {
-    assert!(a.len() >= m * k && c.len() >= m * n && b_rs >= n);
-    assert!(k == 0 || b.len() >= (k - 1) * b_rs + n);
-    if m * k * n <= SMALL_MATMUL {
-        for i in 0..m {
-            let c_row = &mut c[i * n..(i + 1) * n];
-            if !accumulate {
-                c_row.fill(T::zero());
-            }
-            for kk in 0..k {
-                let av = a[i * k + kk];
-                let b_row = &b[kk * b_rs..kk * b_rs + n];
-                for j in 0..n {
-                    c_row[j] += av * b_row[j];
-                }
+    let n_panels = if k == 0 { 0 } else { panels.len() / (k * NR) };
+    assert_eq!(panels.len(), n_panels * k * NR);
+    assert!(lda >= k && ldc >= n_panels * NR);
+    assert!(m == 0 || (a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n_panels * NR));
+    assert!(bias.is_none_or(|b| b.len() >= n_panels * NR));
+    if m == 0 || n_panels == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            for (j, v) in row[..n_panels * NR].iter_mut().enumerate() {
+                *v = bias.map_or(T::zero(), |b| b[j]);
             }
         }
         return;
     }
-    // SAFETY: the asserts above bound every access: `a` is m x k (row stride k), `b` k x n (row
-    // stride b_rs), `c` m x n (row stride n), column strides 1; `c` aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            b_rs as isize,
-            if accumulate { T::one() } else { T::zero() },
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        )
+    let rows = plan.rows.clamp(1, MAX_ROWS);
+    // Blocks of `k`, so that the slice of a panel the kernel streams stays in L1 while every
+    // group of rows passes over it; later blocks continue the sums the earlier ones stored.
+    let k_blocks = k.div_ceil(KC);
+    for kb_i in 0..k_blocks {
+        let (k0, k1) = (k * kb_i / k_blocks, k * (kb_i + 1) / k_blocks);
+        let kb = k1 - k0;
+        let block = plan.block_rows::<T>(kb);
+        if scratch.len() < block.min(m) * kb {
+            scratch.resize(block.min(m) * kb, T::zero());
+        }
+        for i0 in (0..m).step_by(block) {
+            let bm = block.min(m - i0);
+            pack_rows(&a[i0 * lda + k0..], lda, bm, kb, rows, scratch);
+            let job = Job {
+                rows,
+                fma: plan.fma,
+                m: bm,
+                k,
+                k0,
+                kb,
+                a: &scratch[..bm * kb],
+                panels,
+                c: SharedMut(c[i0 * ldc..].as_mut_ptr()),
+                ldc,
+                bias: if k1 == k { bias } else { None },
+            };
+            let threads = plan.threads.min(n_panels);
+            if threads <= 1 || bm * kb * n_panels * NR < PAR_WORK {
+                // SAFETY: the operands were checked above (rows i0..i0 + bm of `c`); all
+                // panels, one caller.
+                unsafe { job.run(0, n_panels) };
+                continue;
+            }
+            // Closures get no target features of their own: each task enters through the
+            // dispatch.
+            let job = &job;
+            rayon::scope(|s| {
+                for t in 1..threads {
+                    s.spawn(move |_| {
+                        panel_range(job, n_panels * t / threads, n_panels * (t + 1) / threads)
+                    });
+                }
+                panel_range(job, 0, n_panels / threads);
+            });
+        }
     }
 }
 
-/// `dst = x @ w + bias` (every row): `x` `(m, k)` row-major, `w` `(k, n)` with row stride
-/// `w_rs` (a column block of the layer's `[W_ih^T | W_ih_reverse^T]`), `dst` `(m, n)`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn project<T: Real>(
-    m: usize,
-    k: usize,
-    n: usize,
-    x: &[T],
-    w: &[T],
-    w_rs: usize,
-    bias: &[T],
-    dst: &mut [T],
-    par: Parallelism,
-) {
-    assert!(dst.len() >= m * n && bias.len() == n);
-    for row in dst.chunks_exact_mut(n).take(m) {
-        row.copy_from_slice(bias);
-    }
-    matmul(m, k, n, x, w, w_rs, dst, true, par);
-}
-
-/// `gh = h @ w_t` for the recurrent step: `h` `(m, k)`, `w_t` `(k, n)`, `gh` `(m, n)`, row-major.
-///
-/// Large cases go to the GEMM library as the transposed product `gh^T = w_t^T @ h^T`: there the
-/// weights are a column-major left operand, which the library reads in place instead of packing
-/// them again at every time step.
+/// Splits `m` rows into groups of at most `rows`, as even as possible (8 rows with a 6-row
+/// kernel: 4 + 4, not 6 + 2): a kernel of few rows has too few accumulators to hide the latency
+/// of its multiply-adds. Yields `(first row, rows)`.
 #[inline(always)]
-pub(super) fn recurrent_matmul<T: Real>(
-    par: Parallelism,
-    m: usize,
-    k: usize,
-    n: usize,
-    h: &[T],
-    w_t: &[T],
-    gh: &mut [T],
-) {
-    assert!(h.len() >= m * k && w_t.len() >= k * n && gh.len() >= m * n);
-    if m * k * n <= SMALL_MATMUL {
-        return matmul(m, k, n, h, w_t, n, gh, false, Parallelism::None);
+fn row_groups(m: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let n = m.div_ceil(rows.max(1));
+    (0..n).map(move |i| (m * i / n, m * (i + 1) / n - m * i / n))
+}
+
+/// Packs `bm` rows of `a` (stride `lda`) for the microkernel: in the groups of [`row_groups`],
+/// each group column by column, so that the kernel reads the group's values at step `kk` side
+/// by side.
+#[inline(always)]
+fn pack_rows<T: Real>(a: &[T], lda: usize, bm: usize, k: usize, rows: usize, dst: &mut [T]) {
+    for (r0, rr) in row_groups(bm, rows) {
+        let group = &mut dst[r0 * k..(r0 + rr) * k];
+        let a = &a[r0 * lda..];
+        match rr {
+            8 => pack_group::<T, 8>(a, lda, k, group),
+            7 => pack_group::<T, 7>(a, lda, k, group),
+            6 => pack_group::<T, 6>(a, lda, k, group),
+            5 => pack_group::<T, 5>(a, lda, k, group),
+            4 => pack_group::<T, 4>(a, lda, k, group),
+            3 => pack_group::<T, 3>(a, lda, k, group),
+            2 => pack_group::<T, 2>(a, lda, k, group),
+            _ => pack_group::<T, 1>(a, lda, k, group),
+        }
     }
-    // SAFETY: bounds asserted above. Column-major views: lhs `w_t^T` (n x k) with column stride
-    // n, rhs `h^T` (k x m) with column stride k, dst `gh^T` (n x m) with column stride n; `gh`
-    // aliases neither input.
+}
+
+#[inline(always)]
+fn pack_group<T: Real, const R: usize>(a: &[T], lda: usize, k: usize, group: &mut [T]) {
+    let src: [&[T]; R] = std::array::from_fn(|r| &a[r * lda..r * lda + k]);
+    for (kk, col) in group.chunks_exact_mut(R).take(k).enumerate() {
+        for r in 0..R {
+            col[r] = src[r][kk];
+        }
+    }
+}
+
+/// A block of rows of a product, its left operand packed, to run in ranges of panels.
+struct Job<'a, T> {
+    rows: usize,
+    fma: bool,
+    m: usize,
+    /// Depth of the whole product (the panels' rows).
+    k: usize,
+    /// This block's rows of the panels: `k0..k0 + kb`. A block after the first adds to `c`.
+    k0: usize,
+    kb: usize,
+    /// `m` rows of `kb`, packed by [`pack_rows`].
+    a: &'a [T],
+    panels: &'a [T],
+    /// `m` rows of at least `panels * NR` values at stride `ldc`.
+    c: SharedMut<T>,
+    ldc: usize,
+    bias: Option<&'a [T]>,
+}
+
+// SAFETY: shared by the tasks of one product, which read `a` and write disjoint panels of `c`.
+unsafe impl<T: Sync> Sync for Job<'_, T> {}
+
+impl<T: Real> Job<'_, T> {
+    /// Panels `p0..p1` of this block.
+    ///
+    /// # Safety
+    /// `p0..p1` within the panels, `c` as documented on the field, and no other caller runs
+    /// an overlapping range at once.
+    #[inline(always)]
+    unsafe fn run(&self, p0: usize, p1: usize) {
+        let (k, kb) = (self.k, self.kb);
+        let acc = self.k0 > 0;
+        for p in p0..p1 {
+            let b = &self.panels[(p * k + self.k0) * NR..(p * k + self.k0 + kb) * NR];
+            let bias = self.bias.map(|bias| &bias[p * NR..(p + 1) * NR]);
+            for (r0, rr) in row_groups(self.m, self.rows) {
+                let a = &self.a[r0 * kb..(r0 + rr) * kb];
+                // SAFETY: rows r0..r0 + rr < m of `c`, the NR columns of panel p (the caller's
+                // contract).
+                let c = unsafe { self.c.ptr().add(r0 * self.ldc + p * NR) };
+                let (a, b) = (a.as_ptr(), b.as_ptr());
+                // SAFETY: `a` holds rr packed rows of kb, `b` kb rows of one panel.
+                unsafe {
+                    match (self.fma, acc) {
+                        (true, false) => {
+                            kernel_rows::<T, true, false>(rr, kb, a, b, c, self.ldc, bias)
+                        }
+                        (true, true) => {
+                            kernel_rows::<T, true, true>(rr, kb, a, b, c, self.ldc, bias)
+                        }
+                        (false, false) => {
+                            kernel_rows::<T, false, false>(rr, kb, a, b, c, self.ldc, bias)
+                        }
+                        (false, true) => {
+                            kernel_rows::<T, false, true>(rr, kb, a, b, c, self.ldc, bias)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Panels `p0..p1` of a block split across tasks (each task a disjoint range).
+    fn panel_range<T: Real>(job: &Job<'_, T>, p0: usize, p1: usize) {
+        // SAFETY: `matmul_panels` checked the operands and gives each task its own range.
+        unsafe { job.run(p0, p1) }
+    }
+}
+
+/// The microkernel for `r` rows (1..=MAX_ROWS).
+///
+/// # Safety
+/// As [`kernel`].
+#[inline(always)]
+unsafe fn kernel_rows<T: Real, const FMA: bool, const ACC: bool>(
+    r: usize,
+    k: usize,
+    a: *const T,
+    b: *const T,
+    c: *mut T,
+    ldc: usize,
+    bias: Option<&[T]>,
+) {
+    // SAFETY: the caller's contract, for `r` rows.
     unsafe {
-        gemm::gemm(
-            n,
-            m,
-            k,
-            gh.as_mut_ptr(),
-            n as isize,
-            1,
-            false,
-            w_t.as_ptr(),
-            n as isize,
-            1,
-            h.as_ptr(),
-            k as isize,
-            1,
-            T::zero(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        )
+        match r {
+            8 => kernel::<T, 8, FMA, ACC>(k, a, b, c, ldc, bias),
+            7 => kernel::<T, 7, FMA, ACC>(k, a, b, c, ldc, bias),
+            6 => kernel::<T, 6, FMA, ACC>(k, a, b, c, ldc, bias),
+            5 => kernel::<T, 5, FMA, ACC>(k, a, b, c, ldc, bias),
+            4 => kernel::<T, 4, FMA, ACC>(k, a, b, c, ldc, bias),
+            3 => kernel::<T, 3, FMA, ACC>(k, a, b, c, ldc, bias),
+            2 => kernel::<T, 2, FMA, ACC>(k, a, b, c, ldc, bias),
+            _ => kernel::<T, 1, FMA, ACC>(k, a, b, c, ldc, bias),
+        }
+    }
+}
+
+/// `R` packed rows times one panel: `R x NR` accumulators, one pass over `k`, starting from zero
+/// or (`ACC`) from the sums already in `c`.
+///
+/// # Safety
+/// `a` holds `k * R` values (packed rows), `b` holds `k * NR` values (one panel), `c` holds
+/// `R` rows of `NR` values at stride `ldc`, and `bias` (if any) `NR` values.
+#[inline(always)]
+unsafe fn kernel<T: Real, const R: usize, const FMA: bool, const ACC: bool>(
+    k: usize,
+    a: *const T,
+    b: *const T,
+    c: *mut T,
+    ldc: usize,
+    bias: Option<&[T]>,
+) {
+    let mut acc = [[T::zero(); NR]; R];
+    if ACC {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row r < R of `c` holds NR values (the caller's contract).
+            *acc = unsafe { std::ptr::read(c.add(r * ldc) as *const [T; NR]) };
+        }
+    }
+    for kk in 0..k {
+        // SAFETY: kk < k: inside the panel and the packed rows (the caller's contract).
+        let (av, bv) = unsafe {
+            (
+                *(a.add(kk * R) as *const [T; R]),
+                *(b.add(kk * NR) as *const [T; NR]),
+            )
+        };
+        for r in 0..R {
+            for j in 0..NR {
+                acc[r][j] = if FMA {
+                    av[r].mul_add(bv[j], acc[r][j])
+                } else {
+                    acc[r][j] + av[r] * bv[j]
+                };
+            }
+        }
+    }
+    // The bias as a whole vector (zero when absent): one add per value, no branch in the loop
+    // (a branch here keeps the compiler from vectorizing the accumulators).
+    let mut bias_v = [T::zero(); NR];
+    if let Some(b) = bias {
+        bias_v.copy_from_slice(&b[..NR]);
+    }
+    for r in 0..R {
+        for j in 0..NR {
+            acc[r][j] += bias_v[j];
+        }
+        // SAFETY: row r < R of `c` has room for NR values (the caller's contract).
+        unsafe { std::ptr::write(c.add(r * ldc) as *mut [T; NR], acc[r]) };
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::panels::{grouped, GatePanels};
     use super::*;
 
-    fn naive(m: usize, k: usize, n: usize, a: &[f64], b: &[f64]) -> Vec<f64> {
-        let mut c = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                c[i * n + j] = (0..k).map(|kk| a[i * k + kk] * b[kk * n + j]).sum();
-            }
+    multiversion! {
+        fn product<T: Real>(plan: Plan, m: usize, k: usize, a: &[T], p: &[T], c: &mut [T], ldc: usize, bias: Option<&[T]>) {
+            matmul_panels(plan, m, k, a, k, p, c, ldc, bias, &mut Vec::new())
         }
-        c
     }
 
+    /// Every row count, with and without bias, fused or not, on one or more threads, against
+    /// a plain triple loop (exact: small integers).
     #[test]
-    fn matmul_small_and_large_paths_agree_with_naive() {
-        for &(m, k, n) in &[(1, 3, 5), (4, 32, 96), (64, 80, 96)] {
+    fn panels_product_matches_a_plain_loop() {
+        for &(m, k, hidden) in &[
+            (1, 3, 5),
+            (7, 32, 16),
+            (13, 80, 40),
+            (64, 128, 96),
+            (9, 600, 20),
+        ] {
             let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 13) as f64) - 6.0).collect();
-            let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 11) as f64) * 0.5).collect();
-            let want = naive(m, k, n, &a, &b);
-            let mut c = vec![1.0; m * n];
-            matmul(m, k, n, &a, &b, n, &mut c, true, Parallelism::None);
-            for (x, y) in c.iter().zip(&want) {
-                assert!((x - (y + 1.0)).abs() < 1e-9);
+            // PyTorch's W (3H, k).
+            let w: Vec<f64> = (0..3 * hidden * k)
+                .map(|i| ((i * 5 % 11) as f64) * 0.5)
+                .collect();
+            let bias: Vec<f64> = (0..3 * hidden).map(|i| i as f64).collect();
+            let packed = GatePanels::pack(&w, hidden, k);
+            let ldc = 3 * hidden.div_ceil(NR) * NR;
+            let mut grouped_bias = vec![0.0; ldc];
+            for gate in 0..3 {
+                for u in 0..hidden {
+                    grouped_bias[grouped(u, gate)] = bias[gate * hidden + u];
+                }
             }
-            matmul(m, k, n, &a, &b, n, &mut c, false, Parallelism::None);
-            assert_eq!(c, want);
-            recurrent_matmul(Parallelism::None, m, k, n, &a, &b, &mut c);
-            assert_eq!(c, want);
+            for rows in 1..=MAX_ROWS {
+                for (fma, threads) in [(true, 1), (false, 1), (true, 3)] {
+                    let plan = Plan { rows, fma, threads };
+                    for with_bias in [false, true] {
+                        let mut c = vec![f64::NAN; m * ldc];
+                        let b = with_bias.then_some(&grouped_bias[..]);
+                        product(plan, m, k, &a, &packed.data, &mut c, ldc, b);
+                        for i in 0..m {
+                            for gate in 0..3 {
+                                for u in 0..hidden {
+                                    let want: f64 = (0..k)
+                                        .map(|kk| a[i * k + kk] * w[(gate * hidden + u) * k + kk])
+                                        .sum::<f64>()
+                                        + if with_bias {
+                                            bias[gate * hidden + u]
+                                        } else {
+                                            0.0
+                                        };
+                                    assert_eq!(
+                                        c[i * ldc + grouped(u, gate)],
+                                        want,
+                                        "{m} {k} {hidden} {rows}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -1,42 +1,32 @@
-//! The CPU recurrence of one layer, on plain slices (the `FusedStep` path on the CPU). Per direction: the input projection runs as
-//! one GEMM per block of steps, just ahead of the steps that read it; each step is one GEMM
-//! `h @ W_hh^T` into a reused buffer and one vectorized pass computing r, z, n and h'. Nothing is
-//! allocated inside the time loop. Both directions of a bidirectional layer run concurrently, and
-//! wide layers split their hidden units across a team of threads that meet at a spin barrier.
-
+//! The CPU recurrence of one layer, on plain slices (the `Auto` path on the CPU). Per direction:
+//! the input projection runs as one matmul per block of steps, just ahead of the steps that read
+//! it; each step is one matmul `h @ W_hh^T` into a reused buffer and one vectorized pass
+//! computing r, z, n and h'. The weights are packed once, when the model is built, in the layout
+//! the matmul microkernel reads. Nothing is allocated inside the time loop. Both directions of a
+//! bidirectional layer run concurrently, and wide layers split their hidden units across a team
+//! of threads that meet at a spin barrier.
 //!
-//! - `time_loop`: the steps of one direction (projection blocks, the step, the SIMD dispatch);
+//! - `panels`: the packed weights of a direction (`DirPack`), grouped by units;
+//! - `gemm`: the matmul microkernel on those panels;
+//! - `simd`: the CPU's SIMD level and the per-level builds of the hot functions;
+//! - `time_loop`: the steps of one direction (projection blocks, the step);
 //! - `team`: splitting a direction's hidden units across threads, and their spin barrier;
-//! - `gemm`: the matrix products (GEMM library or a plain loop for small ones);
 //! - `gates`: the gate update of one row.
 
 mod gates;
 mod gemm;
+mod panels;
+pub(crate) mod simd;
 mod team;
 mod time_loop;
 
 pub(crate) use gates::gate_update;
+pub(crate) use panels::DirPack;
 
 use crate::activation::Real;
 use crate::packing::LengthPlan;
-use time_loop::run_direction;
-
-/// The recurrent weights of one direction, in compute layout.
-pub(crate) struct DirSlices<'a, T> {
-    /// `W_hh^T`, `(H, 3H)` row-major.
-    pub w_hh_t: &'a [T],
-    /// `b_hn`, `(H)`: the part of `bias_hh` that PyTorch applies inside the reset gate.
-    pub b_hn: &'a [T],
-}
-
-/// One layer's weights in compute layout.
-pub(crate) struct LayerSlices<'a, T> {
-    /// `[W_ih^T | W_ih_reverse^T]`, `(in, D * 3H)` row-major.
-    pub w_ih_t: &'a [T],
-    /// `b_ih + [b_hr, b_hz, 0]` per direction, `(D * 3H)`.
-    pub bias: &'a [T],
-    pub dirs: Vec<DirSlices<'a, T>>,
-}
+use team::SharedMut;
+use time_loop::{run_direction, OutView};
 
 /// Sizes of one layer's run.
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +42,7 @@ pub(crate) struct Dims {
 pub(crate) fn layer_forward<T: Real>(
     x: &[T],
     dims: Dims,
-    layer: &LayerSlices<'_, T>,
+    dirs: &[DirPack<T>],
     h0: &[T],
     plan: &LengthPlan,
     threads: usize,
@@ -60,48 +50,39 @@ pub(crate) fn layer_forward<T: Real>(
     let Dims {
         seq_len,
         batch,
-        input,
         hidden,
+        ..
     } = dims;
-    let n_dirs = layer.dirs.len();
-    let rows = seq_len * batch;
-    debug_assert_eq!(x.len(), rows * input);
-    debug_assert_eq!(h0.len(), n_dirs * batch * hidden);
-
-    let run = |d: usize, threads: usize| {
-        let mut out = vec![T::zero(); rows * hidden];
-        let mut hn = vec![T::zero(); batch * hidden];
-        run_direction(
-            x,
-            layer,
-            d,
-            dims,
-            &h0[d * batch * hidden..(d + 1) * batch * hidden],
-            plan,
-            d == 1,
-            &mut out,
-            &mut hn,
-            threads,
-        );
-        (out, hn)
+    let n_dirs = dirs.len();
+    assert!(n_dirs == 1 || n_dirs == 2);
+    assert_eq!(h0.len(), n_dirs * batch * hidden);
+    let stride = n_dirs * hidden;
+    // Both directions write their halves of every row of this one buffer (PyTorch's layout).
+    let mut out = vec![T::zero(); seq_len * batch * stride];
+    let mut hn = vec![T::zero(); n_dirs * batch * hidden];
+    let ptr = SharedMut(out.as_mut_ptr());
+    let run = |d: usize, hn: &mut [T], threads: usize| {
+        let view = OutView {
+            ptr,
+            stride,
+            offset: d * hidden,
+        };
+        let h0 = &h0[d * batch * hidden..(d + 1) * batch * hidden];
+        // SAFETY: `out` holds T * B rows of `stride`, and direction d alone writes columns
+        // d * H..(d + 1) * H of them; `out` is not otherwise touched until both return.
+        unsafe { run_direction(x, &dirs[d], dims, h0, plan, d == 1, view, hn, threads) }
     };
-
     if n_dirs == 1 {
-        return run(0, threads);
-    }
-    let ((out_f, hn_f), (out_b, hn_b)) = if threads > 1 {
-        let per_dir = threads / 2;
-        rayon::join(|| run(0, per_dir), || run(1, per_dir))
+        run(0, &mut hn, threads);
     } else {
-        (run(0, 1), run(1, 1))
-    };
-    // Interleave to PyTorch's layout: forward half, then backward half, of every (t, b) row.
-    let mut out = Vec::with_capacity(rows * 2 * hidden);
-    for (f, b) in out_f.chunks_exact(hidden).zip(out_b.chunks_exact(hidden)) {
-        out.extend_from_slice(f);
-        out.extend_from_slice(b);
+        let (hn_f, hn_b) = hn.split_at_mut(batch * hidden);
+        if threads > 1 {
+            let per_dir = threads / 2;
+            rayon::join(|| run(0, hn_f, per_dir), || run(1, hn_b, per_dir));
+        } else {
+            run(0, hn_f, 1);
+            run(1, hn_b, 1);
+        }
     }
-    let mut hn = hn_f;
-    hn.extend_from_slice(&hn_b);
     (out, hn)
 }

@@ -1,8 +1,10 @@
-//! A direction's team: its hidden units split across a few threads (each with its own columns of
+//! A direction's team: its hidden units split across a few threads (each with its own panels of
 //! `W_hh^T` and its own `gh` buffer), the pointer they share to write disjoint ranges, and the
-//! spin barrier they meet at twice per step.
+//! spin barrier they meet at after each phase of a step.
 
 use crate::activation::Real;
+
+use super::panels::{groups, GROUP};
 
 /// Below this many multiply-adds per step, one thread runs the whole step: splitting would
 /// cost more in synchronisation than it saves.
@@ -11,61 +13,45 @@ const SPLIT_WORK: usize = 1 << 17;
 /// Most threads one direction's steps are split across.
 const MAX_TEAM: usize = 8;
 
-/// Fewer steps than this run on one thread (with the GEMM library's own threading).
+/// Fewer steps than this run on one thread (with the matmul threaded by panels instead).
 const MIN_SPLIT_STEPS: usize = 16;
 
-/// A slice of the hidden units `[u0, u0 + w)` that one thread advances each step, with its own
-/// columns of `W_hh^T` (r, z, n of its units side by side) and its own `gh` buffer.
+/// The groups of hidden units `g0..g1` (see [`super::panels`]) that one thread advances each
+/// step: its panels of `W_hh^T` are contiguous, and its `gh` buffer holds their products.
 pub(super) struct Chunk<T> {
-    pub u0: usize,
-    pub w: usize,
-    /// `(H, 3w)`; empty when the chunk is all units (the layer's `W_hh^T` is used as it is).
-    pub w_t: Vec<T>,
+    pub g0: usize,
+    pub g1: usize,
+    /// `(B, (g1 - g0) * GROUP)`.
     pub gh: Vec<T>,
+    /// The matmuls' packed left operand (grown on first use).
+    pub scratch: Vec<T>,
 }
 
 /// Splits the units so that every thread gets a share of both the matmul and the gate pass.
 pub(super) fn chunks<T: Real>(
-    w_hh_t: &[T],
     hidden: usize,
     batch: usize,
     seq_len: usize,
     threads: usize,
 ) -> Vec<Chunk<T>> {
     let work = batch * hidden * 3 * hidden;
-    // Splitting costs a copy of W_hh^T and a thread start per call: worth it over many steps
-    // (a GRUCell or a short streamed chunk lets the GEMM library thread its matmul instead).
+    let groups = groups(hidden);
+    // Splitting costs a thread start per call: worth it over many steps (a GRUCell or a short
+    // streamed chunk threads its matmul instead).
     let n = if threads > 1 && work >= SPLIT_WORK && seq_len >= MIN_SPLIT_STEPS {
         // At least 32 units per member, and few enough members that the barrier stays cheap.
-        threads.min(hidden / 32).clamp(1, MAX_TEAM)
+        threads.min(hidden / 32).clamp(1, MAX_TEAM).min(groups)
     } else {
         1
     };
-    if n == 1 {
-        return vec![Chunk {
-            u0: 0,
-            w: hidden,
-            w_t: Vec::new(),
-            gh: vec![T::zero(); batch * 3 * hidden],
-        }];
-    }
-    let step = hidden.div_ceil(n).div_ceil(16) * 16;
-    (0..hidden)
-        .step_by(step)
-        .map(|u0| {
-            let w = step.min(hidden - u0);
-            let mut w_t = Vec::with_capacity(hidden * 3 * w);
-            for k in 0..hidden {
-                let row = &w_hh_t[k * 3 * hidden..(k + 1) * 3 * hidden];
-                for gate in 0..3 {
-                    w_t.extend_from_slice(&row[gate * hidden + u0..gate * hidden + u0 + w]);
-                }
-            }
+    (0..n)
+        .map(|i| {
+            let (g0, g1) = (groups * i / n, groups * (i + 1) / n);
             Chunk {
-                u0,
-                w,
-                w_t,
-                gh: vec![T::zero(); batch * 3 * w],
+                g0,
+                g1,
+                gh: vec![T::zero(); batch * (g1 - g0) * GROUP],
+                scratch: Vec::new(),
             }
         })
         .collect()

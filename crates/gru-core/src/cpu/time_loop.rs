@@ -1,13 +1,13 @@
 //! The time loop of one direction: the input projection in blocks just ahead of the steps that
 //! read them, then per step the recurrent matmul and the gate pass, run by every member of the
-//! direction's team on its own hidden units. Nothing is allocated inside the loop.
-
-use gemm::Parallelism;
+//! direction's team on its own groups of hidden units. Nothing is allocated inside the loop.
 
 use super::gates::gate_update;
-use super::gemm::{parallelism, project, recurrent_matmul};
+use super::gemm::{matmul_panels, Plan};
+use super::panels::{groups, DirPack, GROUP, NR};
+use super::simd::multiversion;
 use super::team::{chunks, Chunk, SharedMut, SpinBarrier};
-use super::{Dims, DirSlices, LayerSlices};
+use super::Dims;
 use crate::activation::Real;
 use crate::packing::LengthPlan;
 
@@ -15,19 +15,30 @@ use crate::packing::LengthPlan;
 /// that the projected block stays in cache until its steps consume it.
 const PROJ_ROWS: usize = 512;
 
-/// The time loop of direction `d` (1 = reverse) of `layer` over `x` `(T, B, in)`. The input
-/// projection runs in blocks of steps, just ahead of the steps that read it. `out` is
-/// `(T, B, H)` and must arrive zeroed; `hn` is `(B, H)`.
+/// Where a direction writes its output: `(T, B, stride)` rows, this direction's `H` values at
+/// `offset` of each (both directions of a layer write the same buffer, PyTorch's layout).
+#[derive(Clone, Copy)]
+pub(super) struct OutView<T> {
+    pub ptr: SharedMut<T>,
+    pub stride: usize,
+    pub offset: usize,
+}
+
+/// The time loop of one direction (`reverse`: from the last step back) over `x` `(T, B, in)`.
+/// `out` must arrive zeroed (steps past a sequence's length stay zero); `hn` is `(B, H)`.
+///
+/// # Safety
+/// `out` points at `T * B` rows of `out.stride` values, and nothing else reads or writes this
+/// direction's columns `offset..offset + H` of them during the call.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn run_direction<T: Real>(
+pub(super) unsafe fn run_direction<T: Real>(
     x: &[T],
-    layer: &LayerSlices<'_, T>,
-    d: usize,
+    dir: &DirPack<T>,
     dims: Dims,
     h0: &[T],
     plan: &LengthPlan,
     reverse: bool,
-    out: &mut [T],
+    out: OutView<T>,
     hn: &mut [T],
     threads: usize,
 ) {
@@ -37,13 +48,11 @@ pub(super) fn run_direction<T: Real>(
         input,
         hidden,
     } = dims;
-    let dir = &layer.dirs[d];
-    let g3 = 3 * hidden;
-    let g_all = layer.bias.len();
-    assert_eq!(out.len(), seq_len * batch * hidden);
+    let g_row = groups(hidden) * GROUP;
     assert_eq!(x.len(), seq_len * batch * input);
+    assert!(out.offset + hidden <= out.stride);
     let block = PROJ_ROWS.div_ceil(batch).clamp(1, seq_len);
-    let mut gi = vec![T::zero(); block * batch * g3];
+    let mut gi = vec![T::zero(); block * batch * g_row];
     // State rows in `plan.perm` order, so that the active rows of every step are a prefix.
     // Double-buffered: members read all of one buffer while writing their units of the other.
     let mut h = vec![T::zero(); batch * hidden];
@@ -51,23 +60,22 @@ pub(super) fn run_direction<T: Real>(
         h[i * hidden..(i + 1) * hidden].copy_from_slice(&h0[b * hidden..(b + 1) * hidden]);
     }
     let mut h_next = h.clone();
-    let mut chunks = chunks(dir.w_hh_t, hidden, batch, seq_len, threads);
-    // A lone member may let the GEMM library thread the recurrent matmul (it decides by size).
-    let step_par = if chunks.len() == 1 {
-        parallelism(threads)
-    } else {
-        Parallelism::None
-    };
+    let mut chunks = chunks(hidden, batch, seq_len, threads);
     let members = chunks.len();
+    // A lone member threads its products by panels; a team has split the work already.
+    let mm_plan = if members == 1 {
+        Plan::new::<T>(threads)
+    } else {
+        Plan::new::<T>(1)
+    };
     let barrier = SpinBarrier::new(members);
     let gi_ptr = SharedMut(gi.as_mut_ptr());
     let bufs = [SharedMut(h.as_mut_ptr()), SharedMut(h_next.as_mut_ptr())];
-    let out_ptr = SharedMut(out.as_mut_ptr());
     let (gi_len, h_len) = (gi.len(), h.len());
 
-    // Every member runs this same loop over the steps, on its own chunk of hidden units and its
-    // share of each projected block, meeting the others at a barrier after each phase. Returns
-    // which buffer holds the final state.
+    // Every member runs this same loop over the steps, on its own chunk of units and its share
+    // of each projected block, meeting the others at a barrier after each phase. Returns which
+    // buffer holds the final state.
     let member = |id: usize, chunk: &mut Chunk<T>| -> usize {
         let _poison = barrier.poison_on_panic();
         let mut parity = 0;
@@ -84,23 +92,17 @@ pub(super) fn run_direction<T: Real>(
                 // SAFETY: rows lo..hi of the block are this member's alone, inside `gi`
                 // (rows <= block * batch); nobody reads `gi` until the barrier below.
                 let dst = unsafe {
-                    std::slice::from_raw_parts_mut(gi_ptr.ptr().add(lo * g3), (hi - lo) * g3)
+                    std::slice::from_raw_parts_mut(gi_ptr.ptr().add(lo * g_row), (hi - lo) * g_row)
                 };
-                let x0 = t0 * batch;
+                let x0 = (t0 * batch + lo) * input;
                 project(
+                    mm_plan,
                     hi - lo,
                     input,
-                    g3,
-                    &x[(x0 + lo) * input..(x0 + hi) * input],
-                    &layer.w_ih_t[d * g3..],
-                    g_all,
-                    &layer.bias[d * g3..(d + 1) * g3],
+                    &x[x0..x0 + (hi - lo) * input],
+                    dir,
                     dst,
-                    if members == 1 {
-                        parallelism(threads)
-                    } else {
-                        Parallelism::None
-                    },
+                    &mut chunk.scratch,
                 );
                 barrier.wait();
             }
@@ -124,7 +126,7 @@ pub(super) fn run_direction<T: Real>(
                 continue;
             }
             // SAFETY: during a step `gi` and the input state buffer are only read; members
-            // write disjoint units of the other buffer and of `out` (see `advance_body`).
+            // write disjoint units of the other buffer and of `out` (see `advance`).
             let step = unsafe {
                 Step {
                     t,
@@ -137,8 +139,8 @@ pub(super) fn run_direction<T: Real>(
                     dir,
                     h_in: std::slice::from_raw_parts(h_in.ptr(), h_len),
                     h_out,
-                    out: out_ptr,
-                    par: step_par,
+                    out,
+                    plan: mm_plan,
                 }
             };
             advance(&step, chunk);
@@ -165,6 +167,22 @@ pub(super) fn run_direction<T: Real>(
     }
 }
 
+multiversion! {
+    /// `dst = x @ W_ih^T + bias` for `m` rows of `x` `(m, k)`, grouped rows in `dst`.
+    fn project<T: Real>(
+        plan: Plan,
+        m: usize,
+        k: usize,
+        x: &[T],
+        dir: &DirPack<T>,
+        dst: &mut [T],
+        scratch: &mut Vec<T>,
+    ) {
+        let g_row = dir.bias.len();
+        matmul_panels(plan, m, k, x, k, &dir.w_ih.data, dst, g_row, Some(&dir.bias), scratch)
+    }
+}
+
 /// Everything one chunk needs to advance one time step.
 struct Step<'a, T> {
     t: usize,
@@ -173,113 +191,72 @@ struct Step<'a, T> {
     m: usize,
     batch: usize,
     hidden: usize,
-    /// `(n, B, 3H)` projected inputs of times `t0..t0 + n`.
+    /// `(n, B, G)` projected inputs of times `t0..t0 + n`, grouped rows.
     gi: &'a [T],
     perm: &'a [usize],
-    dir: &'a DirSlices<'a, T>,
+    dir: &'a DirPack<T>,
     h_in: &'a [T],
     h_out: SharedMut<T>,
-    out: SharedMut<T>,
-    /// Threading of the recurrent matmul (`None` inside a team).
-    par: Parallelism,
+    out: OutView<T>,
+    plan: Plan,
 }
 
-/// One step of one chunk: its matmul, then the gate pass over its units of every active row.
-/// Compiled for the best SIMD level of the CPU (closures and generic code would otherwise get
-/// the baseline SSE2 build).
-fn advance<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match simd::level() {
-            // SAFETY: the CPU supports these features (checked at run time by `level`).
-            simd::Level::Avx512 => return unsafe { simd::advance_avx512(s, c) },
-            simd::Level::Avx2 => return unsafe { simd::advance_avx2(s, c) },
-            simd::Level::Baseline => {}
-        }
-    }
-    advance_body(s, c)
-}
-
-#[cfg(target_arch = "x86_64")]
-mod simd {
-    use super::*;
-    use std::sync::OnceLock;
-
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    pub(super) enum Level {
-        Baseline,
-        Avx2,
-        Avx512,
-    }
-
-    pub(super) fn level() -> Level {
-        static LEVEL: OnceLock<Level> = OnceLock::new();
-        *LEVEL.get_or_init(|| {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx2") && has!("fma") {
-                Level::Avx512
-            } else if has!("avx2") && has!("fma") {
-                Level::Avx2
-            } else {
-                Level::Baseline
-            }
-        })
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn advance_avx512<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
-        advance_body(s, c)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn advance_avx2<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
-        advance_body(s, c)
-    }
-}
-
-#[inline(always)]
-fn advance_body<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
-    let (hidden, m) = (s.hidden, s.m);
-    let w3 = 3 * c.w;
-    let w_t = if c.w_t.is_empty() {
-        s.dir.w_hh_t
-    } else {
-        &c.w_t
-    };
-    recurrent_matmul(
-        s.par,
-        m,
-        hidden,
-        w3,
-        &s.h_in[..m * hidden],
-        w_t,
-        &mut c.gh[..m * w3],
-    );
-    for i in 0..m {
-        let b = s.perm[i];
-        let row = ((s.t - s.t0) * s.batch + b) * 3 * hidden;
-        let gi_row = &s.gi[row..row + 3 * hidden];
-        let h_row = i * hidden + c.u0;
-        let out_row = (s.t * s.batch + b) * hidden + c.u0;
-        // SAFETY: `h_row..h_row + w` and `out_row..out_row + w` lie inside `h_next` and `out`
-        // (sizes asserted by the caller; u0 + w <= hidden), and each chunk owns units
-        // `u0..u0 + w`, so no two threads write the same element; nothing reads these buffers
-        // during the step (`h_in` is the other buffer).
-        let (h_dst, o_dst) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(s.h_out.ptr().add(h_row), c.w),
-                std::slice::from_raw_parts_mut(s.out.ptr().add(out_row), c.w),
-            )
-        };
-        gate_update(
-            &gi_row[c.u0..c.u0 + c.w],
-            &gi_row[hidden + c.u0..hidden + c.u0 + c.w],
-            &gi_row[2 * hidden + c.u0..2 * hidden + c.u0 + c.w],
-            &c.gh[i * w3..(i + 1) * w3],
-            &s.dir.b_hn[c.u0..c.u0 + c.w],
-            &s.h_in[h_row..h_row + c.w],
-            h_dst,
-            o_dst,
+multiversion! {
+    /// One step of one chunk: its matmul, then the gate pass over its units of every active row.
+    fn advance<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
+        let (hidden, m) = (s.hidden, s.m);
+        let g_row = s.dir.bias.len();
+        let c_row = (c.g1 - c.g0) * GROUP;
+        matmul_panels(
+            s.plan,
+            m,
+            hidden,
+            &s.h_in[..m * hidden],
+            hidden,
+            s.dir.w_hh.groups(c.g0, c.g1),
+            &mut c.gh[..m * c_row],
+            c_row,
+            None,
+            &mut c.scratch,
         );
+        for i in 0..m {
+            let b = s.perm[i];
+            let gi_row = &s.gi[((s.t - s.t0) * s.batch + b) * g_row..][..g_row];
+            let gh_row = &c.gh[i * c_row..][..c_row];
+            for g in c.g0..c.g1 {
+                let u = g * NR;
+                let w = NR.min(hidden - u);
+                let gi = &gi_row[g * GROUP..][..GROUP];
+                let gh = &gh_row[(g - c.g0) * GROUP..][..GROUP];
+                let h_row = i * hidden + u;
+                let out_row = (s.t * s.batch + b) * s.out.stride + s.out.offset + u;
+                // SAFETY: `h_row..h_row + w` lies inside the state buffer and `out_row..+ w`
+                // inside `out` (sizes asserted by the caller), and each chunk owns its units, so
+                // no two threads write the same element; nothing reads these values during the
+                // step (`h_in` is the other buffer).
+                let (h_dst, o_dst) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(s.h_out.ptr().add(h_row), w),
+                        std::slice::from_raw_parts_mut(s.out.ptr.ptr().add(out_row), w),
+                    )
+                };
+                let h = &s.h_in[h_row..h_row + w];
+                let b_hn = &s.dir.b_hn[u..u + w];
+                if w == NR {
+                    // A full group: fixed-length slices, so the pass compiles to whole vectors.
+                    gate_update(
+                        &gi[..NR], &gi[NR..2 * NR], &gi[2 * NR..],
+                        &gh[..NR], &gh[NR..2 * NR], &gh[2 * NR..],
+                        &b_hn[..NR], &h[..NR], &mut h_dst[..NR], &mut o_dst[..NR],
+                    );
+                } else {
+                    gate_update(
+                        &gi[..w], &gi[NR..NR + w], &gi[2 * NR..2 * NR + w],
+                        &gh[..w], &gh[NR..NR + w], &gh[2 * NR..2 * NR + w],
+                        b_hn, h, h_dst, o_dst,
+                    );
+                }
+            }
+        }
     }
 }
