@@ -115,9 +115,22 @@ pub(crate) fn compute_dtype(dtype: DType) -> DType {
     }
 }
 
-/// What the kernels read, derived from the parameters: transposed, folded, in compute dtype.
+/// What the kernels read, derived from the parameters in compute dtype: on the CPU the packed
+/// weights of its kernel, elsewhere transposed and folded tensors.
 #[derive(Debug, Clone)]
 struct Derived {
+    /// `None` on the CPU: built per call for the kernels that read them (`CandleOps`,
+    /// `FusedStep`), so that a CPU model keeps its weights twice (loaded and packed), not thrice.
+    tensors: Option<DerivedTensors>,
+    /// On CUDA only.
+    persist: Option<PersistWeights>,
+    /// On the CPU only (f32, f64): every direction's weights packed for the CPU kernel.
+    cpu: Option<CpuPack>,
+}
+
+/// The parameters transposed and folded, as the candle-ops and device paths read them.
+#[derive(Debug, Clone)]
+struct DerivedTensors {
     /// `(in, D * 3H)`: `W_ih^T` of each direction side by side.
     w_ih_t: Tensor,
     /// `(D * 3H)`: `b_ih + [b_hr, b_hz, 0]` per direction.
@@ -126,10 +139,6 @@ struct Derived {
     w_hh_t: Vec<Tensor>,
     /// Per direction `(H)`.
     b_hn: Vec<Tensor>,
-    /// On CUDA only.
-    persist: Option<PersistWeights>,
-    /// On the CPU only (f32, f64): every direction's weights packed for the CPU kernel.
-    cpu: Option<CpuPack>,
 }
 
 /// The CPU kernel's packed weights of a layer, per direction, in the compute dtype.
@@ -183,10 +192,8 @@ impl CpuPack {
     }
 }
 
-impl Derived {
-    /// `for_kernels`: also the persistent kernel's stacked weights (on CUDA); tracked (`Var`)
-    /// layers only ever run the candle-ops recurrence and skip them.
-    fn new(params: &[DirectionParams], hidden: usize, for_kernels: bool) -> Result<Self> {
+impl DerivedTensors {
+    fn new(params: &[DirectionParams], hidden: usize) -> Result<Self> {
         let first = &params[0].w_ih;
         let dtype = compute_dtype(first.dtype());
         let device = first.device().clone();
@@ -212,6 +219,33 @@ impl Derived {
                 }
             }
         }
+        Ok(Self {
+            w_ih_t: Tensor::cat(&w_ih_t, 1)?.contiguous()?,
+            bias: Tensor::cat(&bias, 0)?.contiguous()?,
+            w_hh_t,
+            b_hn,
+        })
+    }
+}
+
+impl Derived {
+    /// `for_kernels`: also the kernels' own layouts (packed on the CPU, the persistent kernel's
+    /// stacked weights on CUDA); tracked (`Var`) layers only ever run the candle-ops recurrence
+    /// and skip them.
+    fn new(params: &[DirectionParams], hidden: usize, for_kernels: bool) -> Result<Self> {
+        let first = &params[0].w_ih;
+        let dtype = compute_dtype(first.dtype());
+        let device = first.device();
+        if for_kernels && device.is_cpu() {
+            if let Some(cpu) = CpuPack::new(params, hidden, dtype)? {
+                return Ok(Self {
+                    tensors: None,
+                    persist: None,
+                    cpu: Some(cpu),
+                });
+            }
+        }
+        let tensors = DerivedTensors::new(params, hidden)?;
         let persist = if for_kernels && device.is_cuda() {
             let w_hh = params
                 .iter()
@@ -219,23 +253,27 @@ impl Derived {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             Some(PersistWeights {
                 w_hh: Tensor::stack(&w_hh, 0)?.contiguous()?,
-                b_hn: Tensor::stack(&b_hn, 0)?.contiguous()?,
+                b_hn: Tensor::stack(&tensors.b_hn, 0)?.contiguous()?,
             })
         } else {
             None
         };
-        let cpu = if for_kernels && device.is_cpu() {
-            CpuPack::new(params, hidden, dtype)?
-        } else {
-            None
-        };
         Ok(Self {
+            tensors: Some(tensors),
             persist,
-            cpu,
-            w_ih_t: Tensor::cat(&w_ih_t, 1)?.contiguous()?,
-            bias: Tensor::cat(&bias, 0)?.contiguous()?,
-            w_hh_t,
-            b_hn,
+            cpu: None,
+        })
+    }
+
+    /// The transposed and folded tensors: kept, or built for this call.
+    fn tensors(
+        &self,
+        params: &[DirectionParams],
+        hidden: usize,
+    ) -> Result<std::borrow::Cow<'_, DerivedTensors>> {
+        Ok(match &self.tensors {
+            Some(t) => std::borrow::Cow::Borrowed(t),
+            None => std::borrow::Cow::Owned(DerivedTensors::new(params, hidden)?),
         })
     }
 }
@@ -311,8 +349,10 @@ impl Layer {
                 other => Err(GruError::Internal(format!("no CPU kernel for {other:?}"))),
             };
         }
+        let tensors = d.tensors(&self.params, self.hidden)?;
+        let t = tensors.as_ref();
         if matches!(kernel, Kernel::Auto | Kernel::Persistent) {
-            if let Some(out) = self.try_persistent(d, x, h0, kernel, ctx)? {
+            if let Some(out) = self.try_persistent(d, t, x, h0, kernel, ctx)? {
                 return Ok(out);
             }
         }
@@ -323,13 +363,13 @@ impl Layer {
             }),
             _ => None,
         };
-        let dirs: Vec<DirTensors<'_>> = d
+        let dirs: Vec<DirTensors<'_>> = t
             .w_hh_t
             .iter()
-            .zip(&d.b_hn)
+            .zip(&t.b_hn)
             .map(|(w_hh_t, b_hn)| DirTensors { w_hh_t, b_hn })
             .collect();
-        kernel_ops::layer_forward(x, &d.w_ih_t, &d.bias, &dirs, h0, plan, fused)
+        kernel_ops::layer_forward(x, &t.w_ih_t, &t.bias, &dirs, h0, plan, fused)
     }
 
     /// The persistent kernel when it applies: `Some` output, or `None` for the per-step path
@@ -337,6 +377,7 @@ impl Layer {
     fn try_persistent(
         &self,
         d: &Derived,
+        t: &DerivedTensors,
         x: &Tensor,
         h0: &Tensor,
         kernel: Kernel,
@@ -386,8 +427,8 @@ impl Layer {
         };
         let out = kernel_ops::persistent_layer(
             x,
-            &d.w_ih_t,
-            &d.bias,
+            &t.w_ih_t,
+            &t.bias,
             &w.w_hh,
             &w.b_hn,
             h0,

@@ -4,6 +4,7 @@
 
 /// What the CPU offers the kernels.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum Level {
     /// Whatever the target enables by default (SSE2 on x86-64, NEON on aarch64).
     Baseline,
@@ -102,7 +103,7 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 
