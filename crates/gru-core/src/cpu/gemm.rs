@@ -140,7 +140,14 @@ pub(super) fn matmul_panels<T: Real>(
 #[inline(always)]
 fn row_groups(m: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
     let n = m.div_ceil(rows.max(1));
-    (0..n).map(move |i| (m * i / n, m * (i + 1) / n - m * i / n))
+    // (No division for the common single group: it costs more than a small step's matmul.)
+    (0..n).map(move |i| {
+        if n == 1 {
+            (0, m)
+        } else {
+            (m * i / n, m * (i + 1) / n - m * i / n)
+        }
+    })
 }
 
 /// Packs `bm` rows of `a` (stride `lda`) for the microkernel: in the groups of [`row_groups`],
@@ -259,29 +266,36 @@ unsafe fn kernel_rows<T: Real, const FMA: bool, const ACC: bool>(
     ldc: usize,
     bias: Option<&[T]>,
 ) {
+    // Few rows leave too few accumulators to hide the latency of the multiply-adds: those
+    // kernels keep S independent sums over alternate steps of k (as many as the registers hold)
+    // and add them at the end.
+    let wide = std::mem::size_of::<T>() > 4;
     // SAFETY: the caller's contract, for `r` rows.
     unsafe {
-        match r {
-            8 => kernel::<T, 8, FMA, ACC>(k, a, b, c, ldc, bias),
-            7 => kernel::<T, 7, FMA, ACC>(k, a, b, c, ldc, bias),
-            6 => kernel::<T, 6, FMA, ACC>(k, a, b, c, ldc, bias),
-            5 => kernel::<T, 5, FMA, ACC>(k, a, b, c, ldc, bias),
-            4 => kernel::<T, 4, FMA, ACC>(k, a, b, c, ldc, bias),
-            3 => kernel::<T, 3, FMA, ACC>(k, a, b, c, ldc, bias),
-            2 => kernel::<T, 2, FMA, ACC>(k, a, b, c, ldc, bias),
-            _ => kernel::<T, 1, FMA, ACC>(k, a, b, c, ldc, bias),
+        match (r, wide) {
+            (8, _) => kernel::<T, 8, 1, FMA, ACC>(k, a, b, c, ldc, bias),
+            (7, _) => kernel::<T, 7, 1, FMA, ACC>(k, a, b, c, ldc, bias),
+            (6, _) => kernel::<T, 6, 1, FMA, ACC>(k, a, b, c, ldc, bias),
+            (5, _) => kernel::<T, 5, 1, FMA, ACC>(k, a, b, c, ldc, bias),
+            (4, _) => kernel::<T, 4, 1, FMA, ACC>(k, a, b, c, ldc, bias),
+            (3, false) => kernel::<T, 3, 2, FMA, ACC>(k, a, b, c, ldc, bias),
+            (3, true) => kernel::<T, 3, 1, FMA, ACC>(k, a, b, c, ldc, bias),
+            (2, false) => kernel::<T, 2, 2, FMA, ACC>(k, a, b, c, ldc, bias),
+            (2, true) => kernel::<T, 2, 1, FMA, ACC>(k, a, b, c, ldc, bias),
+            (_, false) => kernel::<T, 1, 4, FMA, ACC>(k, a, b, c, ldc, bias),
+            (_, true) => kernel::<T, 1, 2, FMA, ACC>(k, a, b, c, ldc, bias),
         }
     }
 }
 
-/// `R` packed rows times one panel: `R x NR` accumulators, one pass over `k`, starting from zero
-/// or (`ACC`) from the sums already in `c`.
+/// `R` packed rows times one panel: `S x R x NR` accumulators (`S` sums over alternate steps of
+/// `k`), one pass over `k`, starting from zero or (`ACC`) from the sums already in `c`.
 ///
 /// # Safety
 /// `a` holds `k * R` values (packed rows), `b` holds `k * NR` values (one panel), `c` holds
 /// `R` rows of `NR` values at stride `ldc`, and `bias` (if any) `NR` values.
 #[inline(always)]
-unsafe fn kernel<T: Real, const R: usize, const FMA: bool, const ACC: bool>(
+unsafe fn kernel<T: Real, const R: usize, const S: usize, const FMA: bool, const ACC: bool>(
     k: usize,
     a: *const T,
     b: *const T,
@@ -289,28 +303,29 @@ unsafe fn kernel<T: Real, const R: usize, const FMA: bool, const ACC: bool>(
     ldc: usize,
     bias: Option<&[T]>,
 ) {
-    let mut acc = [[T::zero(); NR]; R];
+    let mut acc = [[[T::zero(); NR]; R]; S];
     if ACC {
-        for (r, acc) in acc.iter_mut().enumerate() {
+        for (r, acc) in acc[0].iter_mut().enumerate() {
             // SAFETY: row r < R of `c` holds NR values (the caller's contract).
             *acc = unsafe { std::ptr::read(c.add(r * ldc) as *const [T; NR]) };
         }
     }
-    for kk in 0..k {
-        // SAFETY: kk < k: inside the panel and the packed rows (the caller's contract).
-        let (av, bv) = unsafe {
-            (
-                *(a.add(kk * R) as *const [T; R]),
-                *(b.add(kk * NR) as *const [T; NR]),
-            )
-        };
+    let whole = k / S * S;
+    for kk in (0..whole).step_by(S) {
+        for (s, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: kk + s < k (the caller's contract).
+            unsafe { step::<T, R, FMA>(acc, a, b, kk + s) };
+        }
+    }
+    for kk in whole..k {
+        // SAFETY: kk < k (the caller's contract).
+        unsafe { step::<T, R, FMA>(&mut acc[0], a, b, kk) };
+    }
+    let (first, rest) = acc.split_first_mut().expect("S >= 1");
+    for other in rest {
         for r in 0..R {
             for j in 0..NR {
-                acc[r][j] = if FMA {
-                    av[r].mul_add(bv[j], acc[r][j])
-                } else {
-                    acc[r][j] + av[r] * bv[j]
-                };
+                first[r][j] += other[r][j];
             }
         }
     }
@@ -322,10 +337,40 @@ unsafe fn kernel<T: Real, const R: usize, const FMA: bool, const ACC: bool>(
     }
     for r in 0..R {
         for j in 0..NR {
-            acc[r][j] += bias_v[j];
+            first[r][j] += bias_v[j];
         }
         // SAFETY: row r < R of `c` has room for NR values (the caller's contract).
-        unsafe { std::ptr::write(c.add(r * ldc) as *mut [T; NR], acc[r]) };
+        unsafe { std::ptr::write(c.add(r * ldc) as *mut [T; NR], first[r]) };
+    }
+}
+
+/// Step `kk` of `k` into one set of sums (a function, not a closure: closures do not get the
+/// caller's SIMD features when they are not inlined).
+///
+/// # Safety
+/// `kk < k` of `kernel`'s operands.
+#[inline(always)]
+unsafe fn step<T: Real, const R: usize, const FMA: bool>(
+    acc: &mut [[T; NR]; R],
+    a: *const T,
+    b: *const T,
+    kk: usize,
+) {
+    // SAFETY: inside the panel and the packed rows (the caller's contract).
+    let (av, bv) = unsafe {
+        (
+            *(a.add(kk * R) as *const [T; R]),
+            *(b.add(kk * NR) as *const [T; NR]),
+        )
+    };
+    for r in 0..R {
+        for j in 0..NR {
+            acc[r][j] = if FMA {
+                av[r].mul_add(bv[j], acc[r][j])
+            } else {
+                acc[r][j] + av[r] * bv[j]
+            };
+        }
     }
 }
 
@@ -340,10 +385,17 @@ mod tests {
         }
     }
 
-    /// Every row count, with and without bias, fused or not, on one or more threads, against
-    /// a plain triple loop (exact: small integers).
+    /// Every row count, with and without bias, fused or not, on one or more threads, in f32
+    /// and f64 (their kernels keep different numbers of sums), against a plain triple loop
+    /// (exact: small integers).
     #[test]
     fn panels_product_matches_a_plain_loop() {
+        check::<f32>();
+        check::<f64>();
+    }
+
+    fn check<T: Real>() {
+        let v = |x: f64| T::from_f64(x);
         for &(m, k, hidden) in &[
             (1, 3, 5),
             (7, 32, 16),
@@ -357,21 +409,23 @@ mod tests {
                 .map(|i| ((i * 5 % 11) as f64) * 0.5)
                 .collect();
             let bias: Vec<f64> = (0..3 * hidden).map(|i| i as f64).collect();
-            let packed = GatePanels::pack(&w, hidden, k);
+            let w_t: Vec<T> = w.iter().map(|&x| v(x)).collect();
+            let a_t: Vec<T> = a.iter().map(|&x| v(x)).collect();
+            let packed = GatePanels::pack(&w_t, hidden, k);
             let ldc = 3 * hidden.div_ceil(NR) * NR;
-            let mut grouped_bias = vec![0.0; ldc];
+            let mut grouped_bias = vec![T::zero(); ldc];
             for gate in 0..3 {
                 for u in 0..hidden {
-                    grouped_bias[grouped(u, gate)] = bias[gate * hidden + u];
+                    grouped_bias[grouped(u, gate)] = v(bias[gate * hidden + u]);
                 }
             }
             for rows in 1..=MAX_ROWS {
                 for (fma, threads) in [(true, 1), (false, 1), (true, 3)] {
                     let plan = Plan { rows, fma, threads };
                     for with_bias in [false, true] {
-                        let mut c = vec![f64::NAN; m * ldc];
+                        let mut c = vec![v(f64::NAN); m * ldc];
                         let b = with_bias.then_some(&grouped_bias[..]);
-                        product(plan, m, k, &a, &packed.data, &mut c, ldc, b);
+                        product(plan, m, k, &a_t, &packed.data, &mut c, ldc, b);
                         for i in 0..m {
                             for gate in 0..3 {
                                 for u in 0..hidden {
@@ -384,9 +438,10 @@ mod tests {
                                             0.0
                                         };
                                     assert_eq!(
-                                        c[i * ldc + grouped(u, gate)],
+                                        c[i * ldc + grouped(u, gate)].to_f64(),
                                         want,
-                                        "{m} {k} {hidden} {rows}"
+                                        "{} {m} {k} {hidden} {rows}",
+                                        T::DTYPE.as_str()
                                     );
                                 }
                             }
