@@ -1,6 +1,6 @@
-//! A direction's team: its hidden units split across a few threads (each with its own panels of
-//! `W_hh^T` and its own `gh` buffer), the pointer they share to write disjoint ranges, and the
-//! spin barrier they meet at after each phase of a step.
+//! A direction's team: its batch rows or its hidden units split across a few threads (each with
+//! its own `gh` buffer), the pointer they share to write disjoint ranges, and the spin barrier
+//! they meet at.
 
 use crate::activation::Real;
 
@@ -16,45 +16,77 @@ const MAX_TEAM: usize = 8;
 /// Fewer steps than this run on one thread (with the matmul threaded by panels instead).
 const MIN_SPLIT_STEPS: usize = 16;
 
-/// The groups of hidden units `g0..g1` (see [`super::panels`]) that one thread advances each
-/// step: its panels of `W_hh^T` are contiguous, and its `gh` buffer holds their products.
+/// Fewest batch rows per member for a split by rows: fewer leave the microkernel too few
+/// accumulators.
+const MIN_ROWS_PER_MEMBER: usize = 4;
+
+/// What one thread of a direction's team advances each step: the state rows `r0..r1` (positions
+/// in the plan's order) and, of those, the groups of hidden units `g0..g1` (see
+/// [`super::panels`]). Its panels of `W_hh^T` are contiguous, and its `gh` buffer holds their
+/// products.
 pub(super) struct Chunk<T> {
+    pub r0: usize,
+    pub r1: usize,
     pub g0: usize,
     pub g1: usize,
-    /// `(B, (g1 - g0) * GROUP)`.
+    /// `(r1 - r0, (g1 - g0) * GROUP)`.
     pub gh: Vec<T>,
     /// The matmuls' packed left operand (grown on first use).
     pub scratch: Vec<T>,
 }
 
-/// Splits the units so that every thread gets a share of both the matmul and the gate pass.
+/// How a direction's steps are shared.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Split {
+    /// One thread.
+    None,
+    /// By batch rows: every member runs all units of its own rows, which depend on no other
+    /// member's, so members meet only around the projection of each block of steps.
+    Rows,
+    /// By hidden units, for batches too small to split by rows: every step reads every unit of
+    /// the previous state, so members meet after each step.
+    Units,
+}
+
+/// Splits a direction's work across up to `threads` members.
 pub(super) fn chunks<T: Real>(
     hidden: usize,
     batch: usize,
     seq_len: usize,
     threads: usize,
-) -> Vec<Chunk<T>> {
+) -> (Split, Vec<Chunk<T>>) {
     let work = batch * hidden * 3 * hidden;
     let groups = groups(hidden);
+    let chunk = |r0: usize, r1: usize, g0: usize, g1: usize| Chunk {
+        r0,
+        r1,
+        g0,
+        g1,
+        gh: vec![T::zero(); (r1 - r0) * (g1 - g0) * GROUP],
+        scratch: Vec::new(),
+    };
     // Splitting costs a thread start per call: worth it over many steps (a GRUCell or a short
     // streamed chunk threads its matmul instead).
-    let n = if threads > 1 && work >= SPLIT_WORK && seq_len >= MIN_SPLIT_STEPS {
-        // At least 32 units per member, and few enough members that the barrier stays cheap.
-        threads.min(hidden / 32).clamp(1, MAX_TEAM).min(groups)
-    } else {
-        1
-    };
-    (0..n)
-        .map(|i| {
-            let (g0, g1) = (groups * i / n, groups * (i + 1) / n);
-            Chunk {
-                g0,
-                g1,
-                gh: vec![T::zero(); batch * (g1 - g0) * GROUP],
-                scratch: Vec::new(),
-            }
-        })
-        .collect()
+    if threads < 2 || work < SPLIT_WORK || seq_len < MIN_SPLIT_STEPS {
+        return (Split::None, vec![chunk(0, batch, 0, groups)]);
+    }
+    let by_rows = threads.min(batch / MIN_ROWS_PER_MEMBER).min(MAX_TEAM);
+    if by_rows >= 2 {
+        let n = by_rows;
+        let split = (0..n)
+            .map(|i| chunk(batch * i / n, batch * (i + 1) / n, 0, groups))
+            .collect();
+        return (Split::Rows, split);
+    }
+    // At least 32 units per member, and few enough members that the barrier stays cheap.
+    let n = threads.min(hidden / 32).clamp(1, MAX_TEAM).min(groups);
+    if n == 1 {
+        return (Split::None, vec![chunk(0, batch, 0, groups)]);
+    }
+    let split = (0..n)
+        .map(|i| chunk(0, batch, groups * i / n, groups * (i + 1) / n))
+        .collect();
+    (Split::Units, split)
 }
 
 /// A pointer shared by the threads of one step, each writing a disjoint range through it.

@@ -6,7 +6,7 @@ use super::gates::gate_update;
 use super::gemm::{matmul_panels, Plan};
 use super::panels::{groups, DirPack, GROUP, NR};
 use super::simd::multiversion;
-use super::team::{chunks, Chunk, SharedMut, SpinBarrier};
+use super::team::{chunks, Chunk, SharedMut, SpinBarrier, Split};
 use super::Dims;
 use crate::activation::Real;
 use crate::packing::LengthPlan;
@@ -54,13 +54,13 @@ pub(super) unsafe fn run_direction<T: Real>(
     let block = PROJ_ROWS.div_ceil(batch).clamp(1, seq_len);
     let mut gi = vec![T::zero(); block * batch * g_row];
     // State rows in `plan.perm` order, so that the active rows of every step are a prefix.
-    // Double-buffered: members read all of one buffer while writing their units of the other.
+    // Double-buffered: members read one buffer while writing their part of the other.
     let mut h = vec![T::zero(); batch * hidden];
     for (i, &b) in plan.perm.iter().enumerate() {
         h[i * hidden..(i + 1) * hidden].copy_from_slice(&h0[b * hidden..(b + 1) * hidden]);
     }
     let mut h_next = h.clone();
-    let mut chunks = chunks(hidden, batch, seq_len, threads);
+    let (split, mut chunks) = chunks(hidden, batch, seq_len, threads);
     let members = chunks.len();
     // A lone member threads its products by panels; a team has split the work already.
     let mm_plan = if members == 1 {
@@ -73,9 +73,9 @@ pub(super) unsafe fn run_direction<T: Real>(
     let bufs = [SharedMut(h.as_mut_ptr()), SharedMut(h_next.as_mut_ptr())];
     let (gi_len, h_len) = (gi.len(), h.len());
 
-    // Every member runs this same loop over the steps, on its own chunk of units and its share
-    // of each projected block, meeting the others at a barrier after each phase. Returns which
-    // buffer holds the final state.
+    // Every member runs this same loop over the steps, on its own chunk and its share of each
+    // projected block, meeting the others at a barrier after each projection and (split by
+    // units) after each step. Returns which buffer holds the final state.
     let member = |id: usize, chunk: &mut Chunk<T>| -> usize {
         let _poison = barrier.poison_on_panic();
         let mut parity = 0;
@@ -84,6 +84,11 @@ pub(super) unsafe fn run_direction<T: Real>(
         for s in 0..seq_len {
             let t = if reverse { seq_len - 1 - s } else { s };
             if s % block == 0 {
+                if s > 0 && split == Split::Rows {
+                    // Members split by rows run their steps without meeting: all must be done
+                    // with the block's projections before the next block overwrites them.
+                    barrier.wait();
+                }
                 // The next block of steps (in this direction's order): times t0..t0 + n.
                 let n = block.min(seq_len - s);
                 t0 = if reverse { t + 1 - n } else { t };
@@ -108,16 +113,17 @@ pub(super) unsafe fn run_direction<T: Real>(
             }
             let m = plan.active[t];
             let (h_in, h_out) = (bufs[parity], bufs[1 - parity]);
-            if m < prev_m && id == 0 {
-                // Rows that just finished keep their last state in both buffers. No member
+            // Rows that just finished keep their last state in both buffers: copied by the
+            // member that owns them (split by units: all own every row, the first copies).
+            let (lo, hi) = (m.max(chunk.r0), prev_m.min(chunk.r1));
+            if lo < hi && (split == Split::Rows || id == 0) {
+                // SAFETY: rows lo..hi < batch of both buffers are in bounds, and no member
                 // touches rows >= m during this step.
-                // SAFETY: rows m..prev_m of both buffers are in bounds and not otherwise
-                // accessed during this step.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
-                        h_in.ptr().add(m * hidden),
-                        h_out.ptr().add(m * hidden),
-                        (prev_m - m) * hidden,
+                        h_in.ptr().add(lo * hidden),
+                        h_out.ptr().add(lo * hidden),
+                        (hi - lo) * hidden,
                     );
                 }
             }
@@ -126,7 +132,7 @@ pub(super) unsafe fn run_direction<T: Real>(
                 continue;
             }
             // SAFETY: during a step `gi` and the input state buffer are only read; members
-            // write disjoint units of the other buffer and of `out` (see `advance`).
+            // write disjoint rows or units of the other buffer and of `out` (see `advance`).
             let step = unsafe {
                 Step {
                     t,
@@ -144,7 +150,9 @@ pub(super) unsafe fn run_direction<T: Real>(
                 }
             };
             advance(&step, chunk);
-            barrier.wait();
+            if split != Split::Rows {
+                barrier.wait();
+            }
             parity = 1 - parity;
         }
         parity
@@ -204,14 +212,19 @@ struct Step<'a, T> {
 multiversion! {
     /// One step of one chunk: its matmul, then the gate pass over its units of every active row.
     fn advance<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
-        let (hidden, m) = (s.hidden, s.m);
+        let hidden = s.hidden;
+        // This chunk's active rows: positions r0..r0 + m of the plan's order.
+        let m = s.m.min(c.r1).saturating_sub(c.r0);
+        if m == 0 {
+            return;
+        }
         let g_row = s.dir.bias.len();
         let c_row = (c.g1 - c.g0) * GROUP;
         matmul_panels(
             s.plan,
             m,
             hidden,
-            &s.h_in[..m * hidden],
+            &s.h_in[c.r0 * hidden..(c.r0 + m) * hidden],
             hidden,
             s.dir.w_hh.groups(c.g0, c.g1),
             &mut c.gh[..m * c_row],
@@ -220,7 +233,8 @@ multiversion! {
             &mut c.scratch,
         );
         for i in 0..m {
-            let b = s.perm[i];
+            let p = c.r0 + i;
+            let b = s.perm[p];
             let gi_row = &s.gi[((s.t - s.t0) * s.batch + b) * g_row..][..g_row];
             let gh_row = &c.gh[i * c_row..][..c_row];
             for g in c.g0..c.g1 {
@@ -228,12 +242,12 @@ multiversion! {
                 let w = NR.min(hidden - u);
                 let gi = &gi_row[g * GROUP..][..GROUP];
                 let gh = &gh_row[(g - c.g0) * GROUP..][..GROUP];
-                let h_row = i * hidden + u;
+                let h_row = p * hidden + u;
                 let out_row = (s.t * s.batch + b) * s.out.stride + s.out.offset + u;
                 // SAFETY: `h_row..h_row + w` lies inside the state buffer and `out_row..+ w`
-                // inside `out` (sizes asserted by the caller), and each chunk owns its units, so
-                // no two threads write the same element; nothing reads these values during the
-                // step (`h_in` is the other buffer).
+                // inside `out` (sizes asserted by the caller), and each chunk owns its rows and
+                // units, so no two threads write the same element; nothing reads these values
+                // during the step (`h_in` is the other buffer).
                 let (h_dst, o_dst) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(s.h_out.ptr().add(h_row), w),
