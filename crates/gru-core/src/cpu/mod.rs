@@ -3,14 +3,14 @@
 //! it; each step is one matmul `h @ W_hh^T` into a reused buffer and one vectorized pass
 //! computing r, z, n and h'. The weights are packed once, when the model is built, in the layout
 //! the matmul microkernel reads. Nothing is allocated inside the time loop. Both directions of a
-//! bidirectional layer run concurrently, and wide layers split their hidden units across a team
-//! of threads that meet at a spin barrier.
+//! bidirectional layer run concurrently, and large layers split a direction's batch rows (or, for
+//! small batches, its hidden units) across a team of threads that meet at a spin barrier.
 //!
 //! - `panels`: the packed weights of a direction (`DirPack`), grouped by units;
 //! - `gemm`: the matmul microkernel on those panels;
 //! - `simd`: the CPU's SIMD level and the per-level builds of the hot functions;
 //! - `time_loop`: the steps of one direction (projection blocks, the step);
-//! - `team`: splitting a direction's hidden units across threads, and their spin barrier;
+//! - `team`: splitting a direction's rows or units across threads, and their spin barrier;
 //! - `gates`: the gate update of one row.
 
 mod gates;

@@ -1,6 +1,7 @@
 //! The time loop of one direction: the input projection in blocks just ahead of the steps that
 //! read them, then per step the recurrent matmul and the gate pass, run by every member of the
-//! direction's team on its own groups of hidden units. Nothing is allocated inside the loop.
+//! direction's team on its own batch rows or groups of hidden units. Nothing is allocated inside
+//! the loop.
 
 use super::gates::gate_update;
 use super::gemm::{matmul_panels, Plan};
