@@ -53,11 +53,7 @@ fn random_gru(cfg: &GruConfig, seed: u64) -> Gru {
             }
         }
     }
-    Gru::new(
-        cfg.clone(),
-        VarBuilder::from_tensors(w, DType::F64, &Device::Cpu),
-    )
-    .unwrap()
+    Gru::new(*cfg, VarBuilder::from_tensors(w, DType::F64, &Device::Cpu)).unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
