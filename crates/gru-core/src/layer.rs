@@ -119,9 +119,9 @@ pub(crate) fn compute_dtype(dtype: DType) -> DType {
 /// weights of its kernel, elsewhere transposed and folded tensors.
 #[derive(Debug, Clone)]
 struct Derived {
-    /// `None` on the CPU: built per call for the kernels that read them (`CandleOps`,
-    /// `FusedStep`), so that a CPU model keeps its weights twice (loaded and packed), not thrice.
-    tensors: Option<DerivedTensors>,
+    /// Empty on the CPU until a kernel that reads them (`CandleOps`, `FusedStep`) first runs,
+    /// so that a CPU model keeps its weights twice (loaded and packed), not thrice.
+    tensors: std::sync::OnceLock<DerivedTensors>,
     /// On CUDA only.
     persist: Option<PersistWeights>,
     /// On the CPU only (f32, f64): every direction's weights packed for the CPU kernel.
@@ -239,7 +239,7 @@ impl Derived {
         if for_kernels && device.is_cpu() {
             if let Some(cpu) = CpuPack::new(params, hidden, dtype)? {
                 return Ok(Self {
-                    tensors: None,
+                    tensors: std::sync::OnceLock::new(),
                     persist: None,
                     cpu: Some(cpu),
                 });
@@ -259,22 +259,20 @@ impl Derived {
             None
         };
         Ok(Self {
-            tensors: Some(tensors),
+            tensors: tensors.into(),
             persist,
             cpu: None,
         })
     }
 
-    /// The transposed and folded tensors: kept, or built for this call.
-    fn tensors(
-        &self,
-        params: &[DirectionParams],
-        hidden: usize,
-    ) -> Result<std::borrow::Cow<'_, DerivedTensors>> {
-        Ok(match &self.tensors {
-            Some(t) => std::borrow::Cow::Borrowed(t),
-            None => std::borrow::Cow::Owned(DerivedTensors::new(params, hidden)?),
-        })
+    /// The transposed and folded tensors, built on first use.
+    fn tensors(&self, params: &[DirectionParams], hidden: usize) -> Result<&DerivedTensors> {
+        if let Some(t) = self.tensors.get() {
+            return Ok(t);
+        }
+        let t = DerivedTensors::new(params, hidden)?;
+        // Another thread may have built them meanwhile: either copy serves.
+        Ok(self.tensors.get_or_init(|| t))
     }
 }
 
@@ -349,8 +347,7 @@ impl Layer {
                 other => Err(GruError::Internal(format!("no CPU kernel for {other:?}"))),
             };
         }
-        let tensors = d.tensors(&self.params, self.hidden)?;
-        let t = tensors.as_ref();
+        let t = d.tensors(&self.params, self.hidden)?;
         if matches!(kernel, Kernel::Auto | Kernel::Persistent) {
             if let Some(out) = self.try_persistent(d, t, x, h0, kernel, ctx)? {
                 return Ok(out);

@@ -5,7 +5,8 @@
 //!
 //! Written as plain Rust over fixed-size arrays: compiled inside [`multiversion!`] functions it
 //! becomes AVX2/AVX-512 (or NEON) code with one fused multiply-add per value. Every value sums
-//! its products in order of `k`, then adds the bias.
+//! its products over `k` (in order, or for kernels of 1-3 rows in 2-4 interleaved partial sums),
+//! then adds the bias: a row's result may differ in the last bits with the batch's size.
 
 use super::panels::NR;
 use super::simd::multiversion;
@@ -30,6 +31,8 @@ const PAR_WORK: usize = 1 << 20;
 pub(crate) struct Plan {
     pub rows: usize,
     pub fma: bool,
+    /// Whether kernels of 1-3 rows keep several partial sums (enough registers for them).
+    pub chains: bool,
     pub threads: usize,
 }
 
@@ -39,6 +42,7 @@ impl Plan {
         Self {
             rows: level.kernel_rows(std::mem::size_of::<T>(), NR),
             fma: level.has_fma(),
+            chains: level.has_many_registers(),
             threads: threads.max(1),
         }
     }
@@ -69,20 +73,14 @@ pub(super) fn matmul_panels<T: Real>(
     bias: Option<&[T]>,
     scratch: &mut Vec<T>,
 ) {
-    let n_panels = if k == 0 { 0 } else { panels.len() / (k * NR) };
+    // (A GRU has at least one input feature and one hidden unit: `GruConfig` checks.)
+    assert!(k > 0, "a product over k = 0");
+    let n_panels = panels.len() / (k * NR);
     assert_eq!(panels.len(), n_panels * k * NR);
     assert!(lda >= k && ldc >= n_panels * NR);
     assert!(m == 0 || (a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n_panels * NR));
     assert!(bias.is_none_or(|b| b.len() >= n_panels * NR));
     if m == 0 || n_panels == 0 {
-        return;
-    }
-    if k == 0 {
-        for row in c.chunks_mut(ldc).take(m) {
-            for (j, v) in row[..n_panels * NR].iter_mut().enumerate() {
-                *v = bias.map_or(T::zero(), |b| b[j]);
-            }
-        }
         return;
     }
     let rows = plan.rows.clamp(1, MAX_ROWS);
@@ -102,6 +100,7 @@ pub(super) fn matmul_panels<T: Real>(
             let job = Job {
                 rows,
                 fma: plan.fma,
+                chains: plan.chains,
                 m: bm,
                 k,
                 k0,
@@ -185,6 +184,7 @@ fn pack_group<T: Real, const R: usize>(a: &[T], lda: usize, k: usize, group: &mu
 struct Job<'a, T> {
     rows: usize,
     fma: bool,
+    chains: bool,
     m: usize,
     /// Depth of the whole product (the panels' rows).
     k: usize,
@@ -224,18 +224,19 @@ impl<T: Real> Job<'_, T> {
                 let (a, b) = (a.as_ptr(), b.as_ptr());
                 // SAFETY: `a` holds rr packed rows of kb, `b` kb rows of one panel.
                 unsafe {
+                    let (ch, ldc) = (self.chains, self.ldc);
                     match (self.fma, acc) {
                         (true, false) => {
-                            kernel_rows::<T, true, false>(rr, kb, a, b, c, self.ldc, bias)
+                            kernel_rows::<T, true, false>(rr, ch, kb, a, b, c, ldc, bias)
                         }
                         (true, true) => {
-                            kernel_rows::<T, true, true>(rr, kb, a, b, c, self.ldc, bias)
+                            kernel_rows::<T, true, true>(rr, ch, kb, a, b, c, ldc, bias)
                         }
                         (false, false) => {
-                            kernel_rows::<T, false, false>(rr, kb, a, b, c, self.ldc, bias)
+                            kernel_rows::<T, false, false>(rr, ch, kb, a, b, c, ldc, bias)
                         }
                         (false, true) => {
-                            kernel_rows::<T, false, true>(rr, kb, a, b, c, self.ldc, bias)
+                            kernel_rows::<T, false, true>(rr, ch, kb, a, b, c, ldc, bias)
                         }
                     }
                 }
@@ -257,8 +258,10 @@ multiversion! {
 /// # Safety
 /// As [`kernel`].
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn kernel_rows<T: Real, const FMA: bool, const ACC: bool>(
     r: usize,
+    chains: bool,
     k: usize,
     a: *const T,
     b: *const T,
@@ -268,8 +271,8 @@ unsafe fn kernel_rows<T: Real, const FMA: bool, const ACC: bool>(
 ) {
     // Few rows leave too few accumulators to hide the latency of the multiply-adds: those
     // kernels keep S independent sums over alternate steps of k (as many as the registers hold)
-    // and add them at the end.
-    let wide = std::mem::size_of::<T>() > 4;
+    // and add them at the end. Without registers to spare (SSE2: 16 of 16 bytes) one sum.
+    let wide = std::mem::size_of::<T>() > 4 || !chains;
     // SAFETY: the caller's contract, for `r` rows.
     unsafe {
         match (r, wide) {
@@ -283,7 +286,8 @@ unsafe fn kernel_rows<T: Real, const FMA: bool, const ACC: bool>(
             (2, false) => kernel::<T, 2, 2, FMA, ACC>(k, a, b, c, ldc, bias),
             (2, true) => kernel::<T, 2, 1, FMA, ACC>(k, a, b, c, ldc, bias),
             (_, false) => kernel::<T, 1, 4, FMA, ACC>(k, a, b, c, ldc, bias),
-            (_, true) => kernel::<T, 1, 2, FMA, ACC>(k, a, b, c, ldc, bias),
+            (_, true) if chains => kernel::<T, 1, 2, FMA, ACC>(k, a, b, c, ldc, bias),
+            (_, true) => kernel::<T, 1, 1, FMA, ACC>(k, a, b, c, ldc, bias),
         }
     }
 }
@@ -421,7 +425,13 @@ mod tests {
             }
             for rows in 1..=MAX_ROWS {
                 for (fma, threads) in [(true, 1), (false, 1), (true, 3)] {
-                    let plan = Plan { rows, fma, threads };
+                    let chains = rows % 2 == 1;
+                    let plan = Plan {
+                        rows,
+                        fma,
+                        chains,
+                        threads,
+                    };
                     for with_bias in [false, true] {
                         let mut c = vec![v(f64::NAN); m * ldc];
                         let b = with_bias.then_some(&grouped_bias[..]);

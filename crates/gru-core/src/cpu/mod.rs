@@ -77,8 +77,9 @@ pub(crate) fn layer_forward<T: Real>(
     } else {
         let (hn_f, hn_b) = hn.split_at_mut(batch * hidden);
         if threads > 1 {
-            let per_dir = threads / 2;
-            rayon::join(|| run(0, hn_f, per_dir), || run(1, hn_b, per_dir));
+            // An odd thread goes to the forward direction.
+            let (fwd, bwd) = (threads.div_ceil(2), threads / 2);
+            rayon::join(|| run(0, hn_f, fwd), || run(1, hn_b, bwd));
         } else {
             run(0, hn_f, 1);
             run(1, hn_b, 1);

@@ -32,6 +32,12 @@ impl Level {
         }
     }
 
+    /// Whether the level has registers to spare for a few extra partial sums (AVX2 and up, or
+    /// aarch64's 32 NEON registers; not SSE2).
+    pub fn has_many_registers(self) -> bool {
+        self != Level::Baseline || cfg!(target_arch = "aarch64")
+    }
+
     /// Rows of the microkernel for `elem` bytes per value and `panel` values per row: as many
     /// as keep its accumulators (rows x panel), one row of the panel and the broadcast value in
     /// registers (16 of them; 32 on AVX-512 and aarch64).

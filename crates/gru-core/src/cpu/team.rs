@@ -20,19 +20,31 @@ const MIN_SPLIT_STEPS: usize = 16;
 /// accumulators.
 const MIN_ROWS_PER_MEMBER: usize = 4;
 
-/// What one thread of a direction's team advances each step: the state rows `r0..r1` (positions
-/// in the plan's order) and, of those, the groups of hidden units `g0..g1` (see
-/// [`super::panels`]). Its panels of `W_hh^T` are contiguous, and its `gh` buffer holds their
-/// products.
+/// What one thread of a direction's team advances each step: the state rows `r0..r1` and, of
+/// those, the groups of hidden units `g0..g1` (see [`super::panels`]). Its rows hold the
+/// sequences at positions `lane, lane + lanes, ...` of the plan's order (longest first); its
+/// panels of `W_hh^T` are contiguous, and its `gh` buffer holds their products.
 pub(super) struct Chunk<T> {
     pub r0: usize,
     pub r1: usize,
+    pub lane: usize,
+    pub lanes: usize,
     pub g0: usize,
     pub g1: usize,
     /// `(r1 - r0, (g1 - g0) * GROUP)`.
     pub gh: Vec<T>,
     /// The matmuls' packed left operand (grown on first use).
     pub scratch: Vec<T>,
+}
+
+impl<T> Chunk<T> {
+    /// How many of this chunk's rows are active when the first `m` sequences of the plan's
+    /// order are.
+    pub fn active(&self, m: usize) -> usize {
+        m.saturating_sub(self.lane)
+            .div_ceil(self.lanes)
+            .min(self.r1 - self.r0)
+    }
 }
 
 /// How a direction's steps are shared.
@@ -57,34 +69,43 @@ pub(super) fn chunks<T: Real>(
 ) -> (Split, Vec<Chunk<T>>) {
     let work = batch * hidden * 3 * hidden;
     let groups = groups(hidden);
-    let chunk = |r0: usize, r1: usize, g0: usize, g1: usize| Chunk {
+    let chunk = |(r0, r1, lane, lanes): (usize, usize, usize, usize), g0: usize, g1: usize| Chunk {
         r0,
         r1,
+        lane,
+        lanes,
         g0,
         g1,
         gh: vec![T::zero(); (r1 - r0) * (g1 - g0) * GROUP],
         scratch: Vec::new(),
     };
+    let all_rows = (0, batch, 0, 1);
     // Splitting costs a thread start per call: worth it over many steps (a GRUCell or a short
     // streamed chunk threads its matmul instead).
     if threads < 2 || work < SPLIT_WORK || seq_len < MIN_SPLIT_STEPS {
-        return (Split::None, vec![chunk(0, batch, 0, groups)]);
+        return (Split::None, vec![chunk(all_rows, 0, groups)]);
     }
     let by_rows = threads.min(batch / MIN_ROWS_PER_MEMBER).min(MAX_TEAM);
     if by_rows >= 2 {
+        // Member i takes every n-th sequence from the i-th: lengths spread evenly.
         let n = by_rows;
+        let mut r0 = 0;
         let split = (0..n)
-            .map(|i| chunk(batch * i / n, batch * (i + 1) / n, 0, groups))
+            .map(|i| {
+                let rows = (batch - i).div_ceil(n);
+                r0 += rows;
+                chunk((r0 - rows, r0, i, n), 0, groups)
+            })
             .collect();
         return (Split::Rows, split);
     }
     // At least 32 units per member, and few enough members that the barrier stays cheap.
     let n = threads.min(hidden / 32).clamp(1, MAX_TEAM).min(groups);
     if n == 1 {
-        return (Split::None, vec![chunk(0, batch, 0, groups)]);
+        return (Split::None, vec![chunk(all_rows, 0, groups)]);
     }
     let split = (0..n)
-        .map(|i| chunk(0, batch, groups * i / n, groups * (i + 1) / n))
+        .map(|i| chunk(all_rows, groups * i / n, groups * (i + 1) / n))
         .collect();
     (Split::Units, split)
 }
@@ -103,7 +124,8 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// A barrier for the few threads of one direction, waited on twice per time step: it spins
+/// A barrier for the few threads of one direction, waited on after each step (split by units)
+/// or around each projected block (split by rows): it spins
 /// (a wake-up through the OS costs more than a step of a small GRU), then yields so that an
 /// oversubscribed machine still makes progress. A member that panics poisons it, and the others
 /// panic instead of waiting forever.

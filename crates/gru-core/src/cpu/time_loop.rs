@@ -51,18 +51,31 @@ pub(super) unsafe fn run_direction<T: Real>(
     } = dims;
     let g_row = groups(hidden) * GROUP;
     assert_eq!(x.len(), seq_len * batch * input);
+    assert_eq!(dir.w_ih.k, input);
+    assert_eq!(dir.w_hh.k, hidden);
     assert!(out.offset + hidden <= out.stride);
     let block = PROJ_ROWS.div_ceil(batch).clamp(1, seq_len);
     let mut gi = vec![T::zero(); block * batch * g_row];
-    // State rows in `plan.perm` order, so that the active rows of every step are a prefix.
+    let (split, mut chunks) = chunks(hidden, batch, seq_len, threads);
+    let members = chunks.len();
+    // State rows in team order: each chunk's rows `r0..r1` hold every `lanes`-th sequence of
+    // the plan's order (longest first), so that a chunk's active rows are a prefix of its range
+    // and sequences of every length are spread over the members.
+    let order: Vec<usize> = if split == Split::Rows {
+        chunks
+            .iter()
+            .flat_map(|c| (c.lane..batch).step_by(c.lanes).map(|p| plan.perm[p]))
+            .collect()
+    } else {
+        plan.perm.clone()
+    };
+    assert_eq!(order.len(), batch);
     // Double-buffered: members read one buffer while writing their part of the other.
     let mut h = vec![T::zero(); batch * hidden];
-    for (i, &b) in plan.perm.iter().enumerate() {
+    for (i, &b) in order.iter().enumerate() {
         h[i * hidden..(i + 1) * hidden].copy_from_slice(&h0[b * hidden..(b + 1) * hidden]);
     }
     let mut h_next = h.clone();
-    let (split, mut chunks) = chunks(hidden, batch, seq_len, threads);
-    let members = chunks.len();
     // A lone member threads its products by panels; a team has split the work already.
     let mm_plan = if members == 1 {
         Plan::new::<T>(threads)
@@ -72,7 +85,7 @@ pub(super) unsafe fn run_direction<T: Real>(
     let barrier = SpinBarrier::new(members);
     let gi_ptr = SharedMut(gi.as_mut_ptr());
     let bufs = [SharedMut(h.as_mut_ptr()), SharedMut(h_next.as_mut_ptr())];
-    let (gi_len, h_len) = (gi.len(), h.len());
+    let gi_len = gi.len();
 
     // Every member runs this same loop over the steps, on its own chunk and its share of each
     // projected block, meeting the others at a barrier after each projection and (split by
@@ -116,10 +129,10 @@ pub(super) unsafe fn run_direction<T: Real>(
             let (h_in, h_out) = (bufs[parity], bufs[1 - parity]);
             // Rows that just finished keep their last state in both buffers: copied by the
             // member that owns them (split by units: all own every row, the first copies).
-            let (lo, hi) = (m.max(chunk.r0), prev_m.min(chunk.r1));
+            let (lo, hi) = (chunk.r0 + chunk.active(m), chunk.r0 + chunk.active(prev_m));
             if lo < hi && (split == Split::Rows || id == 0) {
-                // SAFETY: rows lo..hi < batch of both buffers are in bounds, and no member
-                // touches rows >= m during this step.
+                // SAFETY: rows lo..hi < r1 <= batch of both buffers are in bounds, and no
+                // member touches a chunk's rows past its active ones during this step.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         h_in.ptr().add(lo * hidden),
@@ -142,9 +155,14 @@ pub(super) unsafe fn run_direction<T: Real>(
                     batch,
                     hidden,
                     gi: std::slice::from_raw_parts(gi_ptr.ptr(), gi_len),
-                    perm: &plan.perm,
+                    order: &order,
                     dir,
-                    h_in: std::slice::from_raw_parts(h_in.ptr(), h_len),
+                    // Only this member's rows: split by rows, the others may be writing theirs
+                    // of this buffer (one step ahead or behind).
+                    h_in: std::slice::from_raw_parts(
+                        h_in.ptr().add(chunk.r0 * hidden),
+                        (chunk.r1 - chunk.r0) * hidden,
+                    ),
                     h_out,
                     out,
                     plan: mm_plan,
@@ -171,7 +189,7 @@ pub(super) unsafe fn run_direction<T: Real>(
         })
     };
     let h = if parity == 0 { &h } else { &h_next };
-    for (i, &b) in plan.perm.iter().enumerate() {
+    for (i, &b) in order.iter().enumerate() {
         hn[b * hidden..(b + 1) * hidden].copy_from_slice(&h[i * hidden..(i + 1) * hidden]);
     }
 }
@@ -202,8 +220,10 @@ struct Step<'a, T> {
     hidden: usize,
     /// `(n, B, G)` projected inputs of times `t0..t0 + n`, grouped rows.
     gi: &'a [T],
-    perm: &'a [usize],
+    /// Batch index of each state row.
+    order: &'a [usize],
     dir: &'a DirPack<T>,
+    /// The input state of the chunk's rows `r0..r1`.
     h_in: &'a [T],
     h_out: SharedMut<T>,
     out: OutView<T>,
@@ -214,8 +234,8 @@ multiversion! {
     /// One step of one chunk: its matmul, then the gate pass over its units of every active row.
     fn advance<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
         let hidden = s.hidden;
-        // This chunk's active rows: positions r0..r0 + m of the plan's order.
-        let m = s.m.min(c.r1).saturating_sub(c.r0);
+        // This chunk's active rows: state rows r0..r0 + m.
+        let m = c.active(s.m);
         if m == 0 {
             return;
         }
@@ -225,7 +245,7 @@ multiversion! {
             s.plan,
             m,
             hidden,
-            &s.h_in[c.r0 * hidden..(c.r0 + m) * hidden],
+            &s.h_in[..m * hidden],
             hidden,
             s.dir.w_hh.groups(c.g0, c.g1),
             &mut c.gh[..m * c_row],
@@ -235,7 +255,7 @@ multiversion! {
         );
         for i in 0..m {
             let p = c.r0 + i;
-            let b = s.perm[p];
+            let b = s.order[p];
             let gi_row = &s.gi[((s.t - s.t0) * s.batch + b) * g_row..][..g_row];
             let gh_row = &c.gh[i * c_row..][..c_row];
             for g in c.g0..c.g1 {
@@ -255,7 +275,7 @@ multiversion! {
                         std::slice::from_raw_parts_mut(s.out.ptr.ptr().add(out_row), w),
                     )
                 };
-                let h = &s.h_in[h_row..h_row + w];
+                let h = &s.h_in[i * hidden + u..][..w];
                 let b_hn = &s.dir.b_hn[u..u + w];
                 if w == NR {
                     // A full group: fixed-length slices, so the pass compiles to whole vectors.
