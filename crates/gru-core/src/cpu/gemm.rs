@@ -46,13 +46,12 @@ impl Plan {
             threads: threads.max(1),
         }
     }
+}
 
-    /// Rows per block of the left operand: a multiple of the kernel's rows that fits
-    /// [`A_BLOCK_BYTES`] for `k` columns.
-    fn block_rows<T>(&self, k: usize) -> usize {
-        let rows = self.rows.clamp(1, MAX_ROWS);
-        (A_BLOCK_BYTES / (k * std::mem::size_of::<T>()).max(1)).max(rows) / rows * rows
-    }
+/// Rows per block of the left operand: a multiple of the kernel's `rows` that fits
+/// [`A_BLOCK_BYTES`] for `k` columns.
+fn block_rows<T>(rows: usize, k: usize) -> usize {
+    (A_BLOCK_BYTES / (k * std::mem::size_of::<T>()).max(1)).max(rows) / rows * rows
 }
 
 /// `c = a @ W (+ bias)` over `panels` (each `k x NR`, see [`super::panels`]): `a` `(m, k)` with
@@ -90,7 +89,7 @@ pub(super) fn matmul_panels<T: Real>(
     for kb_i in 0..k_blocks {
         let (k0, k1) = (k * kb_i / k_blocks, k * (kb_i + 1) / k_blocks);
         let kb = k1 - k0;
-        let block = plan.block_rows::<T>(kb);
+        let block = block_rows::<T>(rows, kb);
         if scratch.len() < block.min(m) * kb {
             scratch.resize(block.min(m) * kb, T::zero());
         }
