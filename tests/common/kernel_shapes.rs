@@ -2,8 +2,9 @@
 //! candle's matmul and ops, an independent implementation) in f64, over shapes at every edge of
 //! the kernel's blocking: hidden sizes around its 16-unit groups, inputs around its 256-deep
 //! blocks of k, batches that split a direction by rows, by units or not at all, single steps,
-//! variable lengths, both directions. Both paths are checked against PyTorch elsewhere
-//! (`models/reference/`); this sweep covers the shapes no fixture can afford.
+//! variable lengths, both directions, stacks of layers over several blocks of steps. Both paths
+//! are checked against PyTorch elsewhere (`models/reference/`); this sweep covers the shapes no
+//! fixture can afford.
 
 use std::collections::HashMap;
 
@@ -84,6 +85,13 @@ const SHAPES: &[Shape] = &[
     (40, 264, 1, false, true, 17, 3, true),
     // Too few steps for a team: the projection is threaded by panels, k in 3 blocks.
     (513, 100, 1, false, true, 4, 8, false),
+    // Unidirectional stacks, run layer over layer block by block: split by rows at 2+ threads,
+    // more steps than one block of each member's rows (2 blocks at 2 threads, 3 at 1).
+    (20, 72, 3, false, true, 120, 9, true),
+    // ... not split, 2 blocks, no bias.
+    (5, 24, 2, false, false, 70, 12, true),
+    // ... split by units at 2+ threads: the layers run one after the other.
+    (40, 264, 2, false, true, 17, 3, true),
 ];
 
 /// Runs the sweep with the process's current thread count.

@@ -4,12 +4,23 @@
 
 use candle_core::WithDType;
 
-/// A float type the CPU kernel computes in.
+/// A float type the CPU kernel computes in. `FMA`: the caller runs on a CPU with fused
+/// multiply-add (a build for one without would call libm's software `fma`).
 pub(crate) trait Real: WithDType + Copy + Send + Sync + 'static {
-    fn sigmoid(self) -> Self;
-    fn tanh(self) -> Self;
+    fn sigmoid<const FMA: bool>(self) -> Self;
+    fn tanh<const FMA: bool>(self) -> Self;
     /// `self * a + b` rounded once (one instruction where the target has FMA).
     fn mul_add(self, a: Self, b: Self) -> Self;
+}
+
+/// `a * b + c`, fused when `FMA` (shorter dependency chains in the polynomial).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 impl Real for f32 {
@@ -19,14 +30,14 @@ impl Real for f32 {
     }
 
     #[inline(always)]
-    fn sigmoid(self) -> Self {
-        1.0 / (1.0 + exp_f32(-self))
+    fn sigmoid<const FMA: bool>(self) -> Self {
+        1.0 / (1.0 + exp_f32::<FMA>(-self))
     }
 
     #[inline(always)]
-    fn tanh(self) -> Self {
+    fn tanh<const FMA: bool>(self) -> Self {
         // tanh(x) = 1 - 2 / (e^{2x} + 1): absolute error ~1e-7, well inside f32 tolerances.
-        1.0 - 2.0 / (exp_f32(2.0 * self) + 1.0)
+        1.0 - 2.0 / (exp_f32::<FMA>(2.0 * self) + 1.0)
     }
 }
 
@@ -37,12 +48,12 @@ impl Real for f64 {
     }
 
     #[inline(always)]
-    fn sigmoid(self) -> Self {
+    fn sigmoid<const FMA: bool>(self) -> Self {
         1.0 / (1.0 + (-self).exp())
     }
 
     #[inline(always)]
-    fn tanh(self) -> Self {
+    fn tanh<const FMA: bool>(self) -> Self {
         f64::tanh(self)
     }
 }
@@ -50,7 +61,7 @@ impl Real for f64 {
 /// `e^x` for f32 with Cephes' `expf` polynomial (max error ~2 ulp), written without branches or
 /// libm calls so loops over it vectorize. NaN propagates: the clamps compare false on NaN.
 #[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
+pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
     const HI: f32 = 88.376_26;
     // Keeps 2^n a normal float.
     const LO: f32 = -87.336_54;
@@ -58,16 +69,17 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let x = if x < LO { LO } else { x };
     // n = round(x / ln 2) by the 1.5 * 2^23 trick (rounds to nearest without a libm call).
     const ROUND: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let n = madd::<FMA>(x, std::f32::consts::LOG2_E, ROUND) - ROUND;
     // r = x - n ln 2, with ln 2 split in two for precision.
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let r = madd::<FMA>(n, -0.693_359_4, x);
+    let r = madd::<FMA>(n, 2.121_944_4e-4, r);
     let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_2e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let y = p * (r * r) + r + 1.0;
+    let p = madd::<FMA>(p, r, 1.398_2e-3);
+    let p = madd::<FMA>(p, r, 8.333_452e-3);
+    let p = madd::<FMA>(p, r, 4.166_579_6e-2);
+    let p = madd::<FMA>(p, r, 1.666_666_5e-1);
+    let p = madd::<FMA>(p, r, 0.5);
+    let y = madd::<FMA>(p, r * r, r) + 1.0;
     // 2^n from the bits of n + 127 + 2^23 (an integer-valued float in [2^23, 2^24), whose low
     // mantissa bits are n + 127): no float-to-int cast, whose saturating semantics do not
     // vectorize. For NaN the result is NaN through `y`.
@@ -82,33 +94,43 @@ mod tests {
 
     #[test]
     fn exp_matches_libm() {
-        let mut worst = 0.0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let want = (x as f64).exp();
-            let got = exp_f32(x) as f64;
-            worst = worst.max(((got - want) / want).abs());
-            x += 0.0137;
+        fn worst<const FMA: bool>() -> f64 {
+            let mut worst = 0.0f64;
+            let mut x = -87.0f32;
+            while x < 88.0 {
+                let want = (x as f64).exp();
+                let got = exp_f32::<FMA>(x) as f64;
+                worst = worst.max(((got - want) / want).abs());
+                x += 0.0137;
+            }
+            worst
         }
-        assert!(worst < 3e-7, "worst relative error {worst}");
+        for (fma, worst) in [(false, worst::<false>()), (true, worst::<true>())] {
+            assert!(worst < 3e-7, "fma {fma}: worst relative error {worst}");
+        }
+    }
+
+    fn check_activations<const FMA: bool>() {
+        for i in -2000..=2000 {
+            let x = i as f32 * 0.01;
+            let s = (1.0 / (1.0 + (-(x as f64)).exp())) as f32;
+            assert!((x.sigmoid::<FMA>() - s).abs() < 2e-7, "sigmoid({x})");
+            assert!(
+                (Real::tanh::<FMA>(x) - (x as f64).tanh() as f32).abs() < 3e-7,
+                "tanh({x})"
+            );
+        }
+        assert_eq!(1e4f32.sigmoid::<FMA>(), 1.0);
+        assert!((-1e4f32).sigmoid::<FMA>() < 1e-37);
+        assert_eq!(Real::tanh::<FMA>(1e4f32), 1.0);
+        assert_eq!(Real::tanh::<FMA>(-1e4f32), -1.0);
+        assert!(f32::NAN.sigmoid::<FMA>().is_nan());
+        assert!(Real::tanh::<FMA>(f32::NAN).is_nan());
     }
 
     #[test]
     fn activations_are_accurate_and_saturate() {
-        for i in -2000..=2000 {
-            let x = i as f32 * 0.01;
-            let s = (1.0 / (1.0 + (-(x as f64)).exp())) as f32;
-            assert!((x.sigmoid() - s).abs() < 2e-7, "sigmoid({x})");
-            assert!(
-                (Real::tanh(x) - (x as f64).tanh() as f32).abs() < 3e-7,
-                "tanh({x})"
-            );
-        }
-        assert_eq!(1e4f32.sigmoid(), 1.0);
-        assert!((-1e4f32).sigmoid() < 1e-37);
-        assert_eq!(Real::tanh(1e4f32), 1.0);
-        assert_eq!(Real::tanh(-1e4f32), -1.0);
-        assert!(f32::NAN.sigmoid().is_nan());
-        assert!(Real::tanh(f32::NAN).is_nan());
+        check_activations::<false>();
+        check_activations::<true>();
     }
 }

@@ -83,7 +83,7 @@ impl GateStep<'_> {
             if lengths.is_none_or(|l| (self.t as u32) < l[row]) {
                 let base = (self.t * b + row) * g + self.offset;
                 let gi_row = &gi[base..base + 3 * hs];
-                crate::cpu::gate_update(
+                crate::cpu::gate_update::<T, false>(
                     &gi_row[..hs],
                     &gi_row[hs..2 * hs],
                     &gi_row[2 * hs..],

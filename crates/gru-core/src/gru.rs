@@ -180,17 +180,22 @@ impl Gru {
             Some(l) => LengthPlan::new(l, batch, t_len)?,
         };
 
-        let ctx = RunContext::new(&plan, &self.device, self.kernel)?;
-        let mut x = x;
-        let mut h_n = Vec::with_capacity(cfg.num_layers);
-        for (k, layer) in self.layers.iter().enumerate() {
-            let h0_k = h0.narrow(0, k * n_dirs, n_dirs)?;
-            let (out, hn) = layer.forward(&x, &h0_k, &plan, self.kernel, &ctx)?;
-            h_n.push(hn);
-            x = out;
-        }
-        let mut output = x;
-        let mut h_n = Tensor::cat(&h_n, 0)?;
+        let (mut output, mut h_n) =
+            match Layer::forward_cpu_stack(&self.layers, &x, &h0, &plan, self.kernel)? {
+                Some(out) => out,
+                None => {
+                    let ctx = RunContext::new(&plan, &self.device, self.kernel)?;
+                    let mut x = x;
+                    let mut h_n = Vec::with_capacity(cfg.num_layers);
+                    for (k, layer) in self.layers.iter().enumerate() {
+                        let h0_k = h0.narrow(0, k * n_dirs, n_dirs)?;
+                        let (out, hn) = layer.forward(&x, &h0_k, &plan, self.kernel, &ctx)?;
+                        h_n.push(hn);
+                        x = out;
+                    }
+                    (x, Tensor::cat(&h_n, 0)?)
+                }
+            };
         if cfg.batch_first && batched {
             output = output.transpose(0, 1)?.contiguous()?;
         }

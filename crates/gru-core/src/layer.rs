@@ -442,6 +442,74 @@ impl Layer {
         }
     }
 
+    /// The CPU kernel over a whole stack of unidirectional layers at once, block by block (see
+    /// [`cpu::stack_forward`]), where it applies: `Auto` on the CPU, more than one layer, none
+    /// tracking gradients, f32 or f64. `x` `(T, B, in)` and `h0` `(L, B, H)` in compute dtype;
+    /// `None` where the layers run one at a time.
+    pub fn forward_cpu_stack(
+        layers: &[Layer],
+        x: &Tensor,
+        h0: &Tensor,
+        plan: &LengthPlan,
+        kernel: Kernel,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let applies = kernel == Kernel::Auto
+            && x.device().is_cpu()
+            && layers.len() > 1
+            && !x.track_op()
+            && !h0.track_op()
+            && layers.iter().all(|l| l.num_directions() == 1);
+        if !applies {
+            return Ok(None);
+        }
+        match x.dtype() {
+            DType::F32 => Self::stack_cpu::<f32>(layers, x, h0, plan),
+            DType::F64 => Self::stack_cpu::<f64>(layers, x, h0, plan),
+            _ => Ok(None),
+        }
+    }
+
+    fn stack_cpu<T: Real>(
+        layers: &[Layer],
+        x: &Tensor,
+        h0: &Tensor,
+        plan: &LengthPlan,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let mut dirs = Vec::with_capacity(layers.len());
+        for layer in layers {
+            // Tracked layers (no derived weights) run the candle-ops recurrence instead.
+            let packed = layer.derived.as_ref().and_then(|d| d.cpu.as_ref());
+            match packed.and_then(CpuPack::dirs::<T>) {
+                Some([dir]) => dirs.push(dir),
+                _ => return Ok(None),
+            }
+        }
+        let (seq_len, batch, input) = x.dims3()?;
+        let hidden = layers[0].hidden;
+        let x = x.contiguous()?;
+        let h0 = h0.contiguous()?;
+        let views = CpuViews::new([&x, &h0].into_iter())?;
+        let dims = Dims {
+            seq_len,
+            batch,
+            input,
+            hidden,
+        };
+        let threads = candle_core::utils::get_num_threads();
+        let (out, hn) = cpu::stack_forward(
+            views.slice::<T>(0)?,
+            dims,
+            &dirs,
+            views.slice::<T>(1)?,
+            plan,
+            threads,
+        );
+        Ok(Some((
+            Tensor::from_vec(out, (seq_len, batch, hidden), &Device::Cpu)?,
+            Tensor::from_vec(hn, (layers.len(), batch, hidden), &Device::Cpu)?,
+        )))
+    }
+
     fn forward_cpu<T: Real>(
         &self,
         d: &Derived,

@@ -4,10 +4,10 @@ use crate::activation::Real;
 
 /// PyTorch's GRU update for one row of `w` units:
 /// r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + r * (gh_n + b_hn)), h' = (1 - z) n + z h.
-/// `gi_*` already hold `b_ih` and `b_hr`, `b_hz` (folded at load).
+/// `gi_*` already hold `b_ih` and `b_hr`, `b_hz` (folded at load). `FMA`: see [`Real`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gate_update<T: Real>(
+pub(crate) fn gate_update<T: Real, const FMA: bool>(
     gi_r: &[T],
     gi_z: &[T],
     gi_n: &[T],
@@ -25,9 +25,9 @@ pub(crate) fn gate_update<T: Real>(
     let b_hn = &b_hn[..w];
     let (h_out, out) = (&mut h_out[..w], &mut out[..w]);
     for j in 0..w {
-        let r = (gi_r[j] + gh_r[j]).sigmoid();
-        let z = (gi_z[j] + gh_z[j]).sigmoid();
-        let n = (gi_n[j] + r * (gh_n[j] + b_hn[j])).tanh();
+        let r = (gi_r[j] + gh_r[j]).sigmoid::<FMA>();
+        let z = (gi_z[j] + gh_z[j]).sigmoid::<FMA>();
+        let n = (gi_n[j] + r * (gh_n[j] + b_hn[j])).tanh::<FMA>();
         let hj = n + z * (h[j] - n);
         h_out[j] = hj;
         out[j] = hj;

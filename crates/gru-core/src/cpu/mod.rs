@@ -1,15 +1,16 @@
-//! The CPU recurrence of one layer, on plain slices (the `Auto` path on the CPU). Per direction:
-//! the input projection runs as one matmul per block of steps, just ahead of the steps that read
-//! it; each step is one matmul `h @ W_hh^T` into a reused buffer and one vectorized pass
-//! computing r, z, n and h'. The weights are packed once, when the model is built, in the layout
-//! the matmul microkernel reads. Nothing is allocated inside the time loop. Both directions of a
-//! bidirectional layer run concurrently, and large layers split a direction's batch rows (or, for
-//! small batches, its hidden units) across a team of threads that meet at a spin barrier.
+//! The CPU recurrence, on plain slices (the `Auto` path on the CPU). Per direction: the input
+//! projection runs as one matmul per block of steps, just ahead of the steps that read it; each
+//! step is one matmul `h @ W_hh^T` into a reused buffer and one vectorized pass computing r, z, n
+//! and h'. The weights are packed once, when the model is built, in the layout the matmul
+//! microkernel reads. Nothing is allocated inside the time loop. Both directions of a
+//! bidirectional layer run concurrently; the layers of a unidirectional stack run together, block
+//! by block. Large layers split a direction's batch rows (or, for small batches, its hidden units)
+//! across a team of threads; split by units, they meet at a spin barrier after each step.
 //!
 //! - `panels`: the packed weights of a direction (`DirPack`), grouped by units;
 //! - `gemm`: the matmul microkernel on those panels;
 //! - `simd`: the CPU's SIMD level and the per-level builds of the hot functions;
-//! - `time_loop`: the steps of one direction (projection blocks, the step);
+//! - `time_loop`: the steps of one direction of a stack of layers (projection blocks, the step);
 //! - `team`: splitting a direction's rows or units across threads, and their spin barrier;
 //! - `gates`: the gate update of one row.
 
@@ -26,7 +27,7 @@ pub(crate) use panels::DirPack;
 use crate::activation::Real;
 use crate::packing::LengthPlan;
 use team::SharedMut;
-use time_loop::{run_direction, OutView};
+use time_loop::{run_stack, OutView};
 
 /// Sizes of one layer's run.
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +71,7 @@ pub(crate) fn layer_forward<T: Real>(
         let h0 = &h0[d * batch * hidden..(d + 1) * batch * hidden];
         // SAFETY: `out` holds T * B rows of `stride`, and direction d alone writes columns
         // d * H..(d + 1) * H of them; `out` is not otherwise touched until both return.
-        unsafe { run_direction(x, &dirs[d], dims, h0, plan, d == 1, view, hn, threads) }
+        unsafe { run_stack(x, &[&dirs[d]], dims, h0, plan, d == 1, view, hn, threads) }
     };
     if n_dirs == 1 {
         run(0, &mut hn, threads);
@@ -85,5 +86,35 @@ pub(crate) fn layer_forward<T: Real>(
             run(1, hn_b, 1);
         }
     }
+    (out, hn)
+}
+
+/// Runs a stack of unidirectional layers (`layers[l]` the one direction of layer `l`) block by
+/// block: `x` `(T, B, in)`, `h0` `(L, B, H)`. Returns the last layer's `output` `(T, B, H)` (zero
+/// past each sequence's length) and `h_n` `(L, B, H)`. Only the last layer's outputs are kept
+/// whole.
+pub(crate) fn stack_forward<T: Real>(
+    x: &[T],
+    dims: Dims,
+    layers: &[&DirPack<T>],
+    h0: &[T],
+    plan: &LengthPlan,
+    threads: usize,
+) -> (Vec<T>, Vec<T>) {
+    let Dims {
+        seq_len,
+        batch,
+        hidden,
+        ..
+    } = dims;
+    let mut out = vec![T::zero(); seq_len * batch * hidden];
+    let mut hn = vec![T::zero(); layers.len() * batch * hidden];
+    let view = OutView {
+        ptr: SharedMut(out.as_mut_ptr()),
+        stride: hidden,
+        offset: 0,
+    };
+    // SAFETY: `out` holds T * B rows of H and is not otherwise touched until the call returns.
+    unsafe { run_stack(x, layers, dims, h0, plan, false, view, &mut hn, threads) };
     (out, hn)
 }

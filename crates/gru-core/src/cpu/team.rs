@@ -23,7 +23,8 @@ const MIN_ROWS_PER_MEMBER: usize = 4;
 /// What one thread of a direction's team advances each step: the state rows `r0..r1` and, of
 /// those, the groups of hidden units `g0..g1` (see [`super::panels`]). Its rows hold the
 /// sequences at positions `lane, lane + lanes, ...` of the plan's order (longest first); its
-/// panels of `W_hh^T` are contiguous, and its `gh` buffer holds their products.
+/// panels of `W_hh^T` are contiguous, and its `gh` buffer holds their products. It projects its
+/// own inputs too (its rows, its units), so no other member ever reads what it writes there.
 pub(super) struct Chunk<T> {
     pub r0: usize,
     pub r1: usize,
@@ -35,6 +36,13 @@ pub(super) struct Chunk<T> {
     pub gh: Vec<T>,
     /// The matmuls' packed left operand (grown on first use).
     pub scratch: Vec<T>,
+    /// The projected inputs of the current block of steps: the active rows of each step in turn
+    /// (step `j`'s from row `gi_at[j]`), `(g1 - g0) * GROUP` values each.
+    pub gi: Vec<T>,
+    /// `block + 1` row offsets into `gi`.
+    pub gi_at: Vec<usize>,
+    /// The block's input rows gathered in state-row order, when they are not already contiguous.
+    pub xg: Vec<T>,
 }
 
 impl<T> Chunk<T> {
@@ -53,7 +61,7 @@ pub(super) enum Split {
     /// One thread.
     None,
     /// By batch rows: every member runs all units of its own rows, which depend on no other
-    /// member's, so members meet only around the projection of each block of steps.
+    /// member's, so members never meet.
     Rows,
     /// By hidden units, for batches too small to split by rows: every step reads every unit of
     /// the previous state, so members meet after each step.
@@ -78,6 +86,9 @@ pub(super) fn chunks<T: Real>(
         g1,
         gh: vec![T::zero(); (r1 - r0) * (g1 - g0) * GROUP],
         scratch: Vec::new(),
+        gi: Vec::new(),
+        gi_at: Vec::new(),
+        xg: Vec::new(),
     };
     let all_rows = (0, batch, 0, 1);
     // Splitting costs a thread start per call: worth it over many steps (a GRUCell or a short
@@ -124,8 +135,8 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// A barrier for the few threads of one direction, waited on after each step (split by units)
-/// or around each projected block (split by rows): it spins
+/// A barrier for the few threads of one direction split by units, waited on after each step: it
+/// spins
 /// (a wake-up through the OS costs more than a step of a small GRU), then yields so that an
 /// oversubscribed machine still makes progress. A member that panics poisons it, and the others
 /// panic instead of waiting forever.

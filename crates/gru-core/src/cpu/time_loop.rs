@@ -1,11 +1,13 @@
-//! The time loop of one direction: the input projection in blocks just ahead of the steps that
-//! read them, then per step the recurrent matmul and the gate pass, run by every member of the
-//! direction's team on its own batch rows or groups of hidden units. Nothing is allocated inside
-//! the loop.
+//! The time loop of one direction of a stack of layers: per block of steps and per layer, the
+//! input projection of the block (from the model's input, or from the block's outputs of the
+//! layer below), then per step the recurrent matmul and the gate pass, run by every member of the
+//! direction's team on its own batch rows or groups of hidden units. A unidirectional stack runs
+//! all its layers block by block, so a layer's outputs feed the next while still in cache and
+//! only the last layer's are kept whole. Nothing is allocated inside the loop.
 
 use super::gates::gate_update;
 use super::gemm::{matmul_panels, Plan};
-use super::panels::{groups, DirPack, GROUP, NR};
+use super::panels::{DirPack, GROUP, NR};
 use super::simd::multiversion;
 use super::team::{chunks, Chunk, SharedMut, SpinBarrier, Split};
 use super::Dims;
@@ -25,16 +27,17 @@ pub(super) struct OutView<T> {
     pub offset: usize,
 }
 
-/// The time loop of one direction (`reverse`: from the last step back) over `x` `(T, B, in)`.
-/// `out` must arrive zeroed (steps past a sequence's length stay zero); `hn` is `(B, H)`.
+/// The time loop of one direction (`reverse`: from the last step back) of a stack of `layers`
+/// over `x` `(T, B, in)`, `h0` and `hn` `(L, B, H)`: the last layer's outputs go to `out`, which
+/// must arrive zeroed (steps past a sequence's length stay zero).
 ///
 /// # Safety
 /// `out` points at `T * B` rows of `out.stride` values, and nothing else reads or writes this
 /// direction's columns `offset..offset + H` of them during the call.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn run_direction<T: Real>(
+pub(super) unsafe fn run_stack<T: Real>(
     x: &[T],
-    dir: &DirPack<T>,
+    layers: &[&DirPack<T>],
     dims: Dims,
     h0: &[T],
     plan: &LengthPlan,
@@ -49,14 +52,67 @@ pub(super) unsafe fn run_direction<T: Real>(
         input,
         hidden,
     } = dims;
-    let g_row = groups(hidden) * GROUP;
+    let n_layers = layers.len();
+    let bh = batch * hidden;
+    assert!(n_layers >= 1);
     assert_eq!(x.len(), seq_len * batch * input);
-    assert_eq!(dir.w_ih.k, input);
-    assert_eq!(dir.w_hh.k, hidden);
+    assert!(h0.len() == n_layers * bh && hn.len() == n_layers * bh);
+    for (l, dir) in layers.iter().enumerate() {
+        assert_eq!(dir.w_ih.k, if l == 0 { input } else { hidden });
+        assert_eq!(dir.w_hh.k, hidden);
+    }
     assert!(out.offset + hidden <= out.stride);
-    let block = PROJ_ROWS.div_ceil(batch).clamp(1, seq_len);
-    let mut gi = vec![T::zero(); block * batch * g_row];
     let (split, mut chunks) = chunks(hidden, batch, seq_len, threads);
+    if split == Split::Units && n_layers > 1 {
+        // Members split by units would all read each layer's block of outputs: the layers run
+        // one after the other instead, each layer's outputs kept whole.
+        let mut below: Vec<T> = Vec::new();
+        for (l, dir) in layers.iter().enumerate() {
+            let last = l + 1 == n_layers;
+            let mut y = if last {
+                Vec::new()
+            } else {
+                vec![T::zero(); seq_len * bh]
+            };
+            let view = if last {
+                out
+            } else {
+                OutView {
+                    ptr: SharedMut(y.as_mut_ptr()),
+                    stride: hidden,
+                    offset: 0,
+                }
+            };
+            let (x_l, dims_l) = if l == 0 {
+                (x, dims)
+            } else {
+                (
+                    &below[..],
+                    Dims {
+                        input: hidden,
+                        ..dims
+                    },
+                )
+            };
+            let (h0_l, hn_l) = (&h0[l * bh..(l + 1) * bh], &mut hn[l * bh..(l + 1) * bh]);
+            // SAFETY: `view` is `out` (the caller's contract) or `y`, `T * B` rows of `H`.
+            unsafe {
+                run_stack(
+                    x_l,
+                    &[dir],
+                    dims_l,
+                    h0_l,
+                    plan,
+                    reverse,
+                    view,
+                    hn_l,
+                    threads,
+                )
+            };
+            below = y;
+        }
+        return;
+    }
     let members = chunks.len();
     // State rows in team order: each chunk's rows `r0..r1` hold every `lanes`-th sequence of
     // the plan's order (longest first), so that a chunk's active rows are a prefix of its range
@@ -70,12 +126,18 @@ pub(super) unsafe fn run_direction<T: Real>(
         plan.perm.clone()
     };
     assert_eq!(order.len(), batch);
-    // Double-buffered: members read one buffer while writing their part of the other.
-    let mut h = vec![T::zero(); batch * hidden];
-    for (i, &b) in order.iter().enumerate() {
-        h[i * hidden..(i + 1) * hidden].copy_from_slice(&h0[b * hidden..(b + 1) * hidden]);
+    // Each layer's state, double-buffered (members read one buffer while writing their part of
+    // the other): buffer `q` of layer `l` at `(2 l + q) * B * H`.
+    let mut states = vec![T::zero(); 2 * n_layers * bh];
+    for l in 0..n_layers {
+        for (i, &b) in order.iter().enumerate() {
+            let h = &h0[l * bh + b * hidden..][..hidden];
+            for q in 0..2 {
+                states[(2 * l + q) * bh + i * hidden..][..hidden].copy_from_slice(h);
+            }
+        }
     }
-    let mut h_next = h.clone();
+    let states_ptr = SharedMut(states.as_mut_ptr());
     // A lone member threads its products by panels; a team has split the work already.
     let mm_plan = if members == 1 {
         Plan::new::<T>(threads)
@@ -83,96 +145,112 @@ pub(super) unsafe fn run_direction<T: Real>(
         Plan::new::<T>(1)
     };
     let barrier = SpinBarrier::new(members);
-    let gi_ptr = SharedMut(gi.as_mut_ptr());
-    let bufs = [SharedMut(h.as_mut_ptr()), SharedMut(h_next.as_mut_ptr())];
-    let gi_len = gi.len();
 
-    // Every member runs this same loop over the steps, on its own chunk and its share of each
-    // projected block, meeting the others at a barrier after each projection and (split by
-    // units) after each step. Returns which buffer holds the final state.
-    let member = |id: usize, chunk: &mut Chunk<T>| -> usize {
+    // Every member runs this same loop over blocks of steps and layers, on its own chunk,
+    // projecting its own inputs; split by units, the members meet after each step. Returns
+    // which buffer holds each layer's final state.
+    let member = |id: usize, chunk: &mut Chunk<T>| -> Vec<usize> {
         let _poison = barrier.poison_on_panic();
-        let mut parity = 0;
-        let mut prev_m = batch;
-        let mut t0 = 0;
-        for s in 0..seq_len {
-            let t = if reverse { seq_len - 1 - s } else { s };
-            if s % block == 0 {
-                if s > 0 && split == Split::Rows {
-                    // Members split by rows run their steps without meeting: all must be done
-                    // with the block's projections before the next block overwrites them.
-                    barrier.wait();
-                }
-                // The next block of steps (in this direction's order): times t0..t0 + n.
-                let n = block.min(seq_len - s);
-                t0 = if reverse { t + 1 - n } else { t };
-                let rows = n * batch;
-                let (lo, hi) = (rows * id / members, rows * (id + 1) / members);
-                // SAFETY: rows lo..hi of the block are this member's alone, inside `gi`
-                // (rows <= block * batch); nobody reads `gi` until the barrier below.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(gi_ptr.ptr().add(lo * g_row), (hi - lo) * g_row)
+        let rows = chunk.r1 - chunk.r0;
+        let block = PROJ_ROWS.div_ceil(rows).clamp(1, seq_len);
+        chunk.gi_at.resize(block + 1, 0);
+        // The block's outputs of the layer below the one running, in `gi`'s row order.
+        let mut y = vec![
+            T::zero();
+            if n_layers > 1 {
+                block * rows * hidden
+            } else {
+                0
+            }
+        ];
+        let y_ptr = SharedMut(y.as_mut_ptr());
+        let y_len = y.len();
+        let mut parity = vec![0; n_layers];
+        let mut prev_m = vec![batch; n_layers];
+        let mut s0 = 0;
+        while s0 < seq_len {
+            // The next block of steps (in this direction's order): times t0..t0 + n.
+            let n = block.min(seq_len - s0);
+            let t0 = if reverse { seq_len - s0 - n } else { s0 };
+            for (l, dir) in layers.iter().enumerate() {
+                let src = if l == 0 {
+                    Source::Model {
+                        x,
+                        batch,
+                        rows: &order[chunk.r0..chunk.r1],
+                    }
+                } else {
+                    // SAFETY: nothing writes `y` while this borrow lives (the projection).
+                    Source::Block(unsafe { std::slice::from_raw_parts(y_ptr.ptr(), y_len) })
                 };
-                let x0 = (t0 * batch + lo) * input;
-                project(
-                    mm_plan,
-                    hi - lo,
-                    input,
-                    &x[x0..x0 + (hi - lo) * input],
-                    dir,
-                    dst,
-                    &mut chunk.scratch,
-                );
-                barrier.wait();
-            }
-            let m = plan.active[t];
-            let (h_in, h_out) = (bufs[parity], bufs[1 - parity]);
-            // Rows that just finished keep their last state in both buffers: copied by the
-            // member that owns them (split by units: all own every row, the first copies).
-            let (lo, hi) = (chunk.r0 + chunk.active(m), chunk.r0 + chunk.active(prev_m));
-            if lo < hi && (split == Split::Rows || id == 0) {
-                // SAFETY: rows lo..hi < r1 <= batch of both buffers are in bounds, and no
-                // member touches a chunk's rows past its active ones during this step.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        h_in.ptr().add(lo * hidden),
-                        h_out.ptr().add(lo * hidden),
-                        (hi - lo) * hidden,
+                project_block(mm_plan, dir, src, &plan.active, chunk, t0, n);
+                let dest = if l + 1 == n_layers {
+                    Dest::Model(out)
+                } else {
+                    Dest::Block(y_ptr)
+                };
+                for s in s0..s0 + n {
+                    let t = if reverse { seq_len - 1 - s } else { s };
+                    let m = plan.active[t];
+                    // SAFETY: both buffers of layer l lie inside `states`.
+                    let (h_in, h_out) = unsafe {
+                        (
+                            SharedMut(states_ptr.ptr().add((2 * l + parity[l]) * bh)),
+                            SharedMut(states_ptr.ptr().add((2 * l + 1 - parity[l]) * bh)),
+                        )
+                    };
+                    // Rows that just finished keep their last state in both buffers: copied by
+                    // the member that owns them (split by units: all own every row, the first
+                    // copies).
+                    let (lo, hi) = (
+                        chunk.r0 + chunk.active(m),
+                        chunk.r0 + chunk.active(prev_m[l]),
                     );
+                    if lo < hi && (split == Split::Rows || id == 0) {
+                        // SAFETY: rows lo..hi < r1 <= batch of both buffers are in bounds, and
+                        // no member touches a chunk's rows past its active ones during this step.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                h_in.ptr().add(lo * hidden),
+                                h_out.ptr().add(lo * hidden),
+                                (hi - lo) * hidden,
+                            );
+                        }
+                    }
+                    prev_m[l] = m;
+                    if m == 0 {
+                        continue;
+                    }
+                    // SAFETY: during a step the input state buffer is only read; members write
+                    // disjoint rows or units of the other buffer and of `dest` (see `advance`).
+                    let step = unsafe {
+                        Step {
+                            t,
+                            t0,
+                            m,
+                            batch,
+                            hidden,
+                            order: &order,
+                            dir,
+                            // Only this member's rows: split by rows, the others may be writing
+                            // theirs of this buffer (steps ahead or behind).
+                            h_in: std::slice::from_raw_parts(
+                                h_in.ptr().add(chunk.r0 * hidden),
+                                rows * hidden,
+                            ),
+                            h_out,
+                            dest,
+                            plan: mm_plan,
+                        }
+                    };
+                    advance(&step, chunk);
+                    if split == Split::Units {
+                        barrier.wait();
+                    }
+                    parity[l] = 1 - parity[l];
                 }
             }
-            prev_m = m;
-            if m == 0 {
-                continue;
-            }
-            // SAFETY: during a step `gi` and the input state buffer are only read; members
-            // write disjoint rows or units of the other buffer and of `out` (see `advance`).
-            let step = unsafe {
-                Step {
-                    t,
-                    t0,
-                    m,
-                    batch,
-                    hidden,
-                    gi: std::slice::from_raw_parts(gi_ptr.ptr(), gi_len),
-                    order: &order,
-                    dir,
-                    // Only this member's rows: split by rows, the others may be writing theirs
-                    // of this buffer (one step ahead or behind).
-                    h_in: std::slice::from_raw_parts(
-                        h_in.ptr().add(chunk.r0 * hidden),
-                        (chunk.r1 - chunk.r0) * hidden,
-                    ),
-                    h_out,
-                    out,
-                    plan: mm_plan,
-                }
-            };
-            advance(&step, chunk);
-            if split != Split::Rows {
-                barrier.wait();
-            }
-            parity = 1 - parity;
+            s0 += n;
         }
         parity
     };
@@ -188,45 +266,114 @@ pub(super) unsafe fn run_direction<T: Real>(
             member(0, first)
         })
     };
-    let h = if parity == 0 { &h } else { &h_next };
-    for (i, &b) in order.iter().enumerate() {
-        hn[b * hidden..(b + 1) * hidden].copy_from_slice(&h[i * hidden..(i + 1) * hidden]);
+    for (l, q) in parity.into_iter().enumerate() {
+        let h = &states[(2 * l + q) * bh..][..bh];
+        for (i, &b) in order.iter().enumerate() {
+            hn[l * bh + b * hidden..][..hidden].copy_from_slice(&h[i * hidden..][..hidden]);
+        }
     }
 }
 
+/// Where a layer's projection reads its inputs.
+#[derive(Clone, Copy)]
+enum Source<'a, T> {
+    /// The model's input `(T, B, k)`; `rows`: the batch index of each of the chunk's rows.
+    Model {
+        x: &'a [T],
+        batch: usize,
+        rows: &'a [usize],
+    },
+    /// The block's outputs of the layer below, already in the projection's row order.
+    Block(&'a [T]),
+}
+
+/// Where a layer's steps write their outputs.
+#[derive(Clone, Copy)]
+enum Dest<T> {
+    /// The model's output.
+    Model(OutView<T>),
+    /// The member's block of outputs for the layer above (`H` values per row, in the block's
+    /// projection row order).
+    Block(SharedMut<T>),
+}
+
 multiversion! {
-    /// `dst = x @ W_ih^T + bias` for `m` rows of `x` `(m, k)`, grouped rows in `dst`.
-    fn project<T: Real>(
+    /// Projects a chunk's inputs for times `t0..t0 + n`: `x @ W_ih^T + bias` of its active rows
+    /// (step after step, in state-row order) and its groups of units, into `chunk.gi`.
+    fn project_block<T: Real>(
         plan: Plan,
-        m: usize,
-        k: usize,
-        x: &[T],
         dir: &DirPack<T>,
-        dst: &mut [T],
-        scratch: &mut Vec<T>,
+        src: Source<'_, T>,
+        active: &[usize],
+        chunk: &mut Chunk<T>,
+        t0: usize,
+        n: usize,
     ) {
-        let g_row = dir.bias.len();
-        matmul_panels(plan, m, k, x, k, &dir.w_ih.data, dst, g_row, Some(&dir.bias), scratch)
+        let k = dir.w_ih.k;
+        let mut m = 0;
+        for j in 0..n {
+            chunk.gi_at[j] = m;
+            m += chunk.active(active[t0 + j]);
+        }
+        chunk.gi_at[n] = m;
+        if m == 0 {
+            return;
+        }
+        let c_row = (chunk.g1 - chunk.g0) * GROUP;
+        if chunk.gi.len() < m * c_row {
+            chunk.gi.resize(m * c_row, T::zero());
+        }
+        let a = match src {
+            Source::Block(y) => &y[..m * k],
+            // The block's rows of `x` are contiguous when this chunk has every sequence, in
+            // batch order, all active.
+            Source::Model { x, batch, rows }
+                if m == n * batch && rows.iter().enumerate().all(|(i, &b)| i == b) =>
+            {
+                &x[t0 * batch * k..(t0 + n) * batch * k]
+            }
+            Source::Model { x, batch, rows } => {
+                chunk.xg.clear();
+                for j in 0..n {
+                    let x_t = &x[(t0 + j) * batch * k..][..batch * k];
+                    for &b in &rows[..chunk.gi_at[j + 1] - chunk.gi_at[j]] {
+                        chunk.xg.extend_from_slice(&x_t[b * k..][..k]);
+                    }
+                }
+                &chunk.xg[..]
+            }
+        };
+        let (g0, g1) = (chunk.g0, chunk.g1);
+        matmul_panels(
+            plan,
+            m,
+            k,
+            a,
+            k,
+            dir.w_ih.groups(g0, g1),
+            &mut chunk.gi[..m * c_row],
+            c_row,
+            Some(&dir.bias[g0 * GROUP..g1 * GROUP]),
+            &mut chunk.scratch,
+        );
     }
 }
 
 /// Everything one chunk needs to advance one time step.
 struct Step<'a, T> {
     t: usize,
-    /// First time step of the projected block `gi`.
+    /// First time step of the chunk's projected block.
     t0: usize,
     m: usize,
     batch: usize,
     hidden: usize,
-    /// `(n, B, G)` projected inputs of times `t0..t0 + n`, grouped rows.
-    gi: &'a [T],
     /// Batch index of each state row.
     order: &'a [usize],
     dir: &'a DirPack<T>,
     /// The input state of the chunk's rows `r0..r1`.
     h_in: &'a [T],
     h_out: SharedMut<T>,
-    out: OutView<T>,
+    dest: Dest<T>,
     plan: Plan,
 }
 
@@ -239,7 +386,6 @@ multiversion! {
         if m == 0 {
             return;
         }
-        let g_row = s.dir.bias.len();
         let c_row = (c.g1 - c.g0) * GROUP;
         matmul_panels(
             s.plan,
@@ -253,44 +399,75 @@ multiversion! {
             None,
             &mut c.scratch,
         );
-        for i in 0..m {
-            let p = c.r0 + i;
-            let b = s.order[p];
-            let gi_row = &s.gi[((s.t - s.t0) * s.batch + b) * g_row..][..g_row];
-            let gh_row = &c.gh[i * c_row..][..c_row];
-            for g in c.g0..c.g1 {
-                let u = g * NR;
-                let w = NR.min(hidden - u);
-                let gi = &gi_row[g * GROUP..][..GROUP];
-                let gh = &gh_row[(g - c.g0) * GROUP..][..GROUP];
-                let h_row = p * hidden + u;
-                let out_row = (s.t * s.batch + b) * s.out.stride + s.out.offset + u;
-                // SAFETY: `h_row..h_row + w` lies inside the state buffer and `out_row..+ w`
-                // inside `out` (sizes asserted by the caller), and each chunk owns its rows and
-                // units, so no two threads write the same element; nothing reads these values
-                // during the step (`h_in` is the other buffer).
-                let (h_dst, o_dst) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(s.h_out.ptr().add(h_row), w),
-                        std::slice::from_raw_parts_mut(s.out.ptr.ptr().add(out_row), w),
-                    )
-                };
-                let h = &s.h_in[i * hidden + u..][..w];
-                let b_hn = &s.dir.b_hn[u..u + w];
-                if w == NR {
-                    // A full group: fixed-length slices, so the pass compiles to whole vectors.
-                    gate_update(
-                        &gi[..NR], &gi[NR..2 * NR], &gi[2 * NR..],
-                        &gh[..NR], &gh[NR..2 * NR], &gh[2 * NR..],
-                        &b_hn[..NR], &h[..NR], &mut h_dst[..NR], &mut o_dst[..NR],
-                    );
-                } else {
-                    gate_update(
-                        &gi[..w], &gi[NR..NR + w], &gi[2 * NR..2 * NR + w],
-                        &gh[..w], &gh[NR..NR + w], &gh[2 * NR..2 * NR + w],
-                        b_hn, h, h_dst, o_dst,
-                    );
-                }
+        if s.plan.fma {
+            gate_pass::<T, true>(s, c, m);
+        } else {
+            gate_pass::<T, false>(s, c, m);
+        }
+    }
+}
+
+/// The gate pass of one step over a chunk's units of its first `m` rows, from its products in
+/// `c.gh` and its projected inputs.
+#[inline(always)]
+fn gate_pass<T: Real, const FMA: bool>(s: &Step<'_, T>, c: &Chunk<T>, m: usize) {
+    let hidden = s.hidden;
+    let c_row = (c.g1 - c.g0) * GROUP;
+    let gi_rows = &c.gi[c.gi_at[s.t - s.t0] * c_row..][..m * c_row];
+    for i in 0..m {
+        let p = c.r0 + i;
+        let (o_ptr, o_row) = match s.dest {
+            Dest::Model(v) => (v.ptr, (s.t * s.batch + s.order[p]) * v.stride + v.offset),
+            Dest::Block(y) => (y, (c.gi_at[s.t - s.t0] + i) * hidden),
+        };
+        let gi_row = &gi_rows[i * c_row..][..c_row];
+        let gh_row = &c.gh[i * c_row..][..c_row];
+        for g in c.g0..c.g1 {
+            let u = g * NR;
+            let w = NR.min(hidden - u);
+            let gi = &gi_row[(g - c.g0) * GROUP..][..GROUP];
+            let gh = &gh_row[(g - c.g0) * GROUP..][..GROUP];
+            let h_row = p * hidden + u;
+            // SAFETY: `h_row..h_row + w` lies inside the state buffer and `o_row + u..+ w`
+            // inside the destination (`out`: sizes asserted by the caller; a block of
+            // outputs: row `gi_at[..] + i` of at most `block * rows`), and each chunk owns its
+            // rows and units, so no two threads write the same element; nothing reads these
+            // values during the step (`h_in` is the other buffer).
+            let (h_dst, o_dst) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(s.h_out.ptr().add(h_row), w),
+                    std::slice::from_raw_parts_mut(o_ptr.ptr().add(o_row + u), w),
+                )
+            };
+            let h = &s.h_in[i * hidden + u..][..w];
+            let b_hn = &s.dir.b_hn[u..u + w];
+            if w == NR {
+                // A full group: fixed-length slices, so the pass compiles to whole vectors.
+                gate_update::<T, FMA>(
+                    &gi[..NR],
+                    &gi[NR..2 * NR],
+                    &gi[2 * NR..],
+                    &gh[..NR],
+                    &gh[NR..2 * NR],
+                    &gh[2 * NR..],
+                    &b_hn[..NR],
+                    &h[..NR],
+                    &mut h_dst[..NR],
+                    &mut o_dst[..NR],
+                );
+            } else {
+                gate_update::<T, FMA>(
+                    &gi[..w],
+                    &gi[NR..NR + w],
+                    &gi[2 * NR..2 * NR + w],
+                    &gh[..w],
+                    &gh[NR..NR + w],
+                    &gh[2 * NR..2 * NR + w],
+                    b_hn,
+                    h,
+                    h_dst,
+                    o_dst,
+                );
             }
         }
     }
