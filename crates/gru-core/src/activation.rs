@@ -6,7 +6,7 @@ use candle_core::WithDType;
 
 /// A float type the CPU kernel computes in. `FMA`: the caller runs on a CPU with fused
 /// multiply-add (a build for one without would call libm's software `fma`).
-pub(crate) trait Real: WithDType + Copy + Send + Sync + 'static {
+pub(crate) trait Real: WithDType + Copy + Default + Send + Sync + 'static {
     fn sigmoid<const FMA: bool>(self) -> Self;
     fn tanh<const FMA: bool>(self) -> Self;
     /// `self * a + b` rounded once (one instruction where the target has FMA).

@@ -97,7 +97,7 @@ pub(super) fn matmul_panels<T: Real>(
             let bm = block.min(m - i0);
             pack_rows(&a[i0 * lda + k0..], lda, bm, kb, rows, scratch);
             let job = Job {
-                rows,
+                groups: group_count(bm, rows),
                 fma: plan.fma,
                 chains: plan.chains,
                 m: bm,
@@ -132,13 +132,22 @@ pub(super) fn matmul_panels<T: Real>(
     }
 }
 
-/// Splits `m` rows into groups of at most `rows`, as even as possible (8 rows with a 6-row
+/// How many groups of at most `rows` [`row_groups`] makes of `m` rows.
+#[inline(always)]
+fn group_count(m: usize, rows: usize) -> usize {
+    // (No division for the common single group: it costs more than a small step's matmul.)
+    if m <= rows {
+        1
+    } else {
+        m.div_ceil(rows.max(1))
+    }
+}
+
+/// Splits `m` rows into `n` groups ([`group_count`]), as even as possible (8 rows with a 6-row
 /// kernel: 4 + 4, not 6 + 2): a kernel of few rows has too few accumulators to hide the latency
 /// of its multiply-adds. Yields `(first row, rows)`.
 #[inline(always)]
-fn row_groups(m: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
-    let n = m.div_ceil(rows.max(1));
-    // (No division for the common single group: it costs more than a small step's matmul.)
+fn row_groups(m: usize, n: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).map(move |i| {
         if n == 1 {
             (0, m)
@@ -153,7 +162,7 @@ fn row_groups(m: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
 /// by side.
 #[inline(always)]
 fn pack_rows<T: Real>(a: &[T], lda: usize, bm: usize, k: usize, rows: usize, dst: &mut [T]) {
-    for (r0, rr) in row_groups(bm, rows) {
+    for (r0, rr) in row_groups(bm, group_count(bm, rows)) {
         let group = &mut dst[r0 * k..(r0 + rr) * k];
         let a = &a[r0 * lda..];
         match rr {
@@ -171,6 +180,11 @@ fn pack_rows<T: Real>(a: &[T], lda: usize, bm: usize, k: usize, rows: usize, dst
 
 #[inline(always)]
 fn pack_group<T: Real, const R: usize>(a: &[T], lda: usize, k: usize, group: &mut [T]) {
+    if R == 1 {
+        // One row packs as itself.
+        group[..k].copy_from_slice(&a[..k]);
+        return;
+    }
     let src: [&[T]; R] = std::array::from_fn(|r| &a[r * lda..r * lda + k]);
     for (kk, col) in group.chunks_exact_mut(R).take(k).enumerate() {
         for r in 0..R {
@@ -181,7 +195,8 @@ fn pack_group<T: Real, const R: usize>(a: &[T], lda: usize, k: usize, group: &mu
 
 /// A block of rows of a product, its left operand packed, to run in ranges of panels.
 struct Job<'a, T> {
-    rows: usize,
+    /// `group_count(m, rows)`.
+    groups: usize,
     fma: bool,
     chains: bool,
     m: usize,
@@ -215,7 +230,7 @@ impl<T: Real> Job<'_, T> {
         for p in p0..p1 {
             let b = &self.panels[(p * k + self.k0) * NR..(p * k + self.k0 + kb) * NR];
             let bias = self.bias.map(|bias| &bias[p * NR..(p + 1) * NR]);
-            for (r0, rr) in row_groups(self.m, self.rows) {
+            for (r0, rr) in row_groups(self.m, self.groups) {
                 let a = &self.a[r0 * kb..(r0 + rr) * kb];
                 // SAFETY: rows r0..r0 + rr < m of `c`, the NR columns of panel p (the caller's
                 // contract).

@@ -12,8 +12,10 @@
 //! - `simd`: the CPU's SIMD level and the per-level builds of the hot functions;
 //! - `time_loop`: the steps of one direction of a stack of layers (projection blocks, the step);
 //! - `team`: splitting a direction's rows or units across threads, and their spin barrier;
-//! - `gates`: the gate update of one row.
+//! - `gates`: the gate update of one row;
+//! - `aligned`: buffers that start on a cache line.
 
+mod aligned;
 mod gates;
 mod gemm;
 mod panels;

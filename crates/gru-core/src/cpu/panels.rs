@@ -7,6 +7,7 @@
 //! way, `[r | z | n]` per group of units, and a thread that owns a range of groups reads a
 //! contiguous range of panels: no per-call copy of a thread's columns.
 
+use super::aligned::Aligned;
 use crate::activation::Real;
 
 /// Units per group: the columns of one panel (two AVX2 vectors or one AVX-512 vector of f32).
@@ -24,7 +25,8 @@ pub(crate) fn groups(hidden: usize) -> usize {
 #[derive(Debug, Clone)]
 pub(crate) struct GatePanels<T> {
     pub k: usize,
-    pub data: Vec<T>,
+    /// On a cache line: a panel's row of `NR` f32 is one line.
+    pub data: Aligned<T>,
 }
 
 impl<T: Real> GatePanels<T> {
@@ -32,7 +34,7 @@ impl<T: Real> GatePanels<T> {
     pub fn pack(w: &[T], hidden: usize, k: usize) -> Self {
         assert_eq!(w.len(), 3 * hidden * k);
         let panels = 3 * groups(hidden);
-        let mut data = vec![T::zero(); panels * k * NR];
+        let mut data = Aligned::new(panels * k * NR);
         for g in 0..groups(hidden) {
             let units = NR.min(hidden - g * NR);
             for gate in 0..3 {

@@ -2,6 +2,7 @@
 //! its own `gh` buffer), the pointer they share to write disjoint ranges, and the spin barrier
 //! they meet at.
 
+use super::aligned::Aligned;
 use crate::activation::Real;
 
 use super::panels::{groups, GROUP};
@@ -33,12 +34,12 @@ pub(super) struct Chunk<T> {
     pub g0: usize,
     pub g1: usize,
     /// `(r1 - r0, (g1 - g0) * GROUP)`.
-    pub gh: Vec<T>,
+    pub gh: Aligned<T>,
     /// The matmuls' packed left operand (grown on first use).
     pub scratch: Vec<T>,
     /// The projected inputs of the current block of steps: the active rows of each step in turn
     /// (step `j`'s from row `gi_at[j]`), `(g1 - g0) * GROUP` values each.
-    pub gi: Vec<T>,
+    pub gi: Aligned<T>,
     /// `block + 1` row offsets into `gi`.
     pub gi_at: Vec<usize>,
     /// The block's input rows gathered in state-row order, when they are not already contiguous.
@@ -84,9 +85,9 @@ pub(super) fn chunks<T: Real>(
         lanes,
         g0,
         g1,
-        gh: vec![T::zero(); (r1 - r0) * (g1 - g0) * GROUP],
+        gh: Aligned::new((r1 - r0) * (g1 - g0) * GROUP),
         scratch: Vec::new(),
-        gi: Vec::new(),
+        gi: Aligned::default(),
         gi_at: Vec::new(),
         xg: Vec::new(),
     };

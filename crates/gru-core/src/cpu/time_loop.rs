@@ -5,6 +5,7 @@
 //! all its layers block by block, so a layer's outputs feed the next while still in cache and
 //! only the last layer's are kept whole. Nothing is allocated inside the loop.
 
+use super::aligned::Aligned;
 use super::gates::gate_update;
 use super::gemm::{matmul_panels, Plan};
 use super::panels::{DirPack, GROUP, NR};
@@ -128,7 +129,7 @@ pub(super) unsafe fn run_stack<T: Real>(
     assert_eq!(order.len(), batch);
     // Each layer's state, double-buffered (members read one buffer while writing their part of
     // the other): buffer `q` of layer `l` at `(2 l + q) * B * H`.
-    let mut states = vec![T::zero(); 2 * n_layers * bh];
+    let mut states = Aligned::<T>::new(2 * n_layers * bh);
     for l in 0..n_layers {
         for (i, &b) in order.iter().enumerate() {
             let h = &h0[l * bh + b * hidden..][..hidden];
@@ -154,6 +155,9 @@ pub(super) unsafe fn run_stack<T: Real>(
         let rows = chunk.r1 - chunk.r0;
         let block = PROJ_ROWS.div_ceil(rows).clamp(1, seq_len);
         chunk.gi_at.resize(block + 1, 0);
+        chunk
+            .gi
+            .reserve_zeroed(block * rows * (chunk.g1 - chunk.g0) * GROUP);
         // The block's outputs of the layer below the one running, in `gi`'s row order.
         let mut y = vec![
             T::zero();
@@ -320,9 +324,6 @@ multiversion! {
             return;
         }
         let c_row = (chunk.g1 - chunk.g0) * GROUP;
-        if chunk.gi.len() < m * c_row {
-            chunk.gi.resize(m * c_row, T::zero());
-        }
         let a = match src {
             Source::Block(y) => &y[..m * k],
             // The block's rows of `x` are contiguous when this chunk has every sequence, in
