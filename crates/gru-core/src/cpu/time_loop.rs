@@ -6,7 +6,7 @@
 //! only the last layer's are kept whole. Nothing is allocated inside the loop.
 
 use super::aligned::Aligned;
-use super::gates::gate_update;
+use super::gates::{candidate_update, sigmoid_gates};
 use super::gemm::{matmul_panels, Plan};
 use super::panels::{DirPack, GROUP, NR};
 use super::simd::multiversion;
@@ -409,12 +409,21 @@ multiversion! {
 }
 
 /// The gate pass of one step over a chunk's units of its first `m` rows, from its products in
-/// `c.gh` and its projected inputs.
+/// `c.gh` (overwritten) and its projected inputs: first r and z of every row and unit, then n
+/// and h'.
 #[inline(always)]
-fn gate_pass<T: Real, const FMA: bool>(s: &Step<'_, T>, c: &Chunk<T>, m: usize) {
+fn gate_pass<T: Real, const FMA: bool>(s: &Step<'_, T>, c: &mut Chunk<T>, m: usize) {
     let hidden = s.hidden;
     let c_row = (c.g1 - c.g0) * GROUP;
     let gi_rows = &c.gi[c.gi_at[s.t - s.t0] * c_row..][..m * c_row];
+    let gh_rows = &mut c.gh[..m * c_row];
+    // r and z of a group are its first 2 * NR values (past the last unit: padding, harmless).
+    for (gi, gh) in gi_rows
+        .chunks_exact(GROUP)
+        .zip(gh_rows.chunks_exact_mut(GROUP))
+    {
+        sigmoid_gates::<T, FMA>(&gi[..2 * NR], &mut gh[..2 * NR]);
+    }
     for i in 0..m {
         let p = c.r0 + i;
         let (o_ptr, o_row) = match s.dest {
@@ -422,7 +431,7 @@ fn gate_pass<T: Real, const FMA: bool>(s: &Step<'_, T>, c: &Chunk<T>, m: usize) 
             Dest::Block(y) => (y, (c.gi_at[s.t - s.t0] + i) * hidden),
         };
         let gi_row = &gi_rows[i * c_row..][..c_row];
-        let gh_row = &c.gh[i * c_row..][..c_row];
+        let gh_row = &gh_rows[i * c_row..][..c_row];
         for g in c.g0..c.g1 {
             let u = g * NR;
             let w = NR.min(hidden - u);
@@ -442,33 +451,21 @@ fn gate_pass<T: Real, const FMA: bool>(s: &Step<'_, T>, c: &Chunk<T>, m: usize) 
             };
             let h = &s.h_in[i * hidden + u..][..w];
             let b_hn = &s.dir.b_hn[u..u + w];
+            let (r, z, gi_n, gh_n) = (&gh[..NR], &gh[NR..2 * NR], &gi[2 * NR..], &gh[2 * NR..]);
             if w == NR {
                 // A full group: fixed-length slices, so the pass compiles to whole vectors.
-                gate_update::<T, FMA>(
-                    &gi[..NR],
-                    &gi[NR..2 * NR],
-                    &gi[2 * NR..],
-                    &gh[..NR],
-                    &gh[NR..2 * NR],
-                    &gh[2 * NR..],
+                candidate_update::<T, FMA>(
+                    r,
+                    z,
+                    gi_n,
+                    gh_n,
                     &b_hn[..NR],
                     &h[..NR],
                     &mut h_dst[..NR],
                     &mut o_dst[..NR],
                 );
             } else {
-                gate_update::<T, FMA>(
-                    &gi[..w],
-                    &gi[NR..NR + w],
-                    &gi[2 * NR..2 * NR + w],
-                    &gh[..w],
-                    &gh[NR..NR + w],
-                    &gh[2 * NR..2 * NR + w],
-                    b_hn,
-                    h,
-                    h_dst,
-                    o_dst,
-                );
+                candidate_update::<T, FMA>(r, z, gi_n, gh_n, b_hn, h, h_dst, o_dst);
             }
         }
     }
