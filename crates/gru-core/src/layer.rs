@@ -484,30 +484,11 @@ impl Layer {
                 _ => return Ok(None),
             }
         }
-        let (seq_len, batch, input) = x.dims3()?;
-        let hidden = layers[0].hidden;
-        let x = x.contiguous()?;
-        let h0 = h0.contiguous()?;
-        let views = CpuViews::new([&x, &h0].into_iter())?;
-        let dims = Dims {
-            seq_len,
-            batch,
-            input,
-            hidden,
-        };
-        let threads = candle_core::utils::get_num_threads();
-        let (out, hn) = cpu::stack_forward(
-            views.slice::<T>(0)?,
-            dims,
-            &dirs,
-            views.slice::<T>(1)?,
-            plan,
-            threads,
-        );
-        Ok(Some((
-            Tensor::from_vec(out, (seq_len, batch, hidden), &Device::Cpu)?,
-            Tensor::from_vec(hn, (layers.len(), batch, hidden), &Device::Cpu)?,
-        )))
+        let n = layers.len();
+        let out = run_cpu_kernel(x, h0, layers[0].hidden, 1, n, |x, dims, h0, threads| {
+            cpu::stack_forward(x, dims, &dirs, h0, plan, threads)
+        })?;
+        Ok(Some(out))
     }
 
     fn forward_cpu<T: Real>(
@@ -517,37 +498,45 @@ impl Layer {
         h0: &Tensor,
         plan: &LengthPlan,
     ) -> Result<(Tensor, Tensor)> {
-        let (seq_len, batch, input) = x.dims3()?;
-        let hidden = self.hidden;
         let dirs = d
             .cpu
             .as_ref()
             .and_then(CpuPack::dirs::<T>)
             .ok_or_else(|| GruError::Internal("no packed CPU weights for this layer".into()))?;
-        let x = x.contiguous()?;
-        let h0 = h0.contiguous()?;
-        let views = CpuViews::new([&x, &h0].into_iter())?;
         let n = self.num_directions();
-        let dims = Dims {
-            seq_len,
-            batch,
-            input,
-            hidden,
-        };
-        let threads = candle_core::utils::get_num_threads();
-        let (out, hn) = cpu::layer_forward(
-            views.slice::<T>(0)?,
-            dims,
-            dirs,
-            views.slice::<T>(1)?,
-            plan,
-            threads,
-        );
-        Ok((
-            Tensor::from_vec(out, (seq_len, batch, n * hidden), &Device::Cpu)?,
-            Tensor::from_vec(hn, (n, batch, hidden), &Device::Cpu)?,
-        ))
+        run_cpu_kernel(x, h0, self.hidden, n, n, |x, dims, h0, threads| {
+            cpu::layer_forward(x, dims, dirs, h0, plan, threads)
+        })
     }
+}
+
+/// Runs a CPU kernel `kernel(x, dims, h0, threads)` on the data of `x` `(T, B, in)` and `h0`
+/// (made contiguous) with candle's thread count, and returns its output as `(T, B, D * H)` and
+/// its final states as `(states, B, H)`.
+fn run_cpu_kernel<T: Real>(
+    x: &Tensor,
+    h0: &Tensor,
+    hidden: usize,
+    directions: usize,
+    states: usize,
+    kernel: impl FnOnce(&[T], Dims, &[T], usize) -> (Vec<T>, Vec<T>),
+) -> Result<(Tensor, Tensor)> {
+    let (seq_len, batch, input) = x.dims3()?;
+    let x = x.contiguous()?;
+    let h0 = h0.contiguous()?;
+    let views = CpuViews::new([&x, &h0].into_iter())?;
+    let dims = Dims {
+        seq_len,
+        batch,
+        input,
+        hidden,
+    };
+    let threads = candle_core::utils::get_num_threads();
+    let (out, hn) = kernel(views.slice::<T>(0)?, dims, views.slice::<T>(1)?, threads);
+    Ok((
+        Tensor::from_vec(out, (seq_len, batch, directions * hidden), &Device::Cpu)?,
+        Tensor::from_vec(hn, (states, batch, hidden), &Device::Cpu)?,
+    ))
 }
 
 /// Read access to the CPU storage of contiguous tensors, held for the duration of a kernel call.

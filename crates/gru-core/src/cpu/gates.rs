@@ -1,49 +1,13 @@
-//! The gate update, PyTorch's formula term for term: per row (`gate_update`), or in two stages
-//! over a step's grouped products (`sigmoid_gates`, then `candidate_update`), which gives the
-//! CPU independent work to overlap where one chain r -> n -> h' per unit would stall it.
+//! The gate update, PyTorch's formula term for term, in two stages: r and z (`sigmoid_gates`),
+//! then n and h' (`candidate_update`). The time loop runs each stage over a whole step's grouped
+//! products, which gives the CPU independent work to overlap where one chain r -> n -> h' per
+//! unit would stall it; `gate_update` runs both over one row.
 
+use super::panels::NR;
 use crate::activation::Real;
 
-/// n = tanh(gi_n + r * (gh_n + b_hn)), then h' = (1 - z) n + z h.
-#[inline(always)]
-fn blend<T: Real, const FMA: bool>(r: T, z: T, gi_n: T, gh_n: T, b_hn: T, h: T) -> T {
-    let n = (gi_n + r * (gh_n + b_hn)).tanh::<FMA>();
-    n + z * (h - n)
-}
-
-/// PyTorch's GRU update for one row of `w` units:
-/// r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + r * (gh_n + b_hn)), h' = (1 - z) n + z h.
-/// `gi_*` already hold `b_ih` and `b_hr`, `b_hz` (folded at load). `FMA`: see [`Real`].
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gate_update<T: Real, const FMA: bool>(
-    gi_r: &[T],
-    gi_z: &[T],
-    gi_n: &[T],
-    gh_r: &[T],
-    gh_z: &[T],
-    gh_n: &[T],
-    b_hn: &[T],
-    h: &[T],
-    h_out: &mut [T],
-    out: &mut [T],
-) {
-    let w = h.len();
-    let (gi_r, gi_z, gi_n) = (&gi_r[..w], &gi_z[..w], &gi_n[..w]);
-    let (gh_r, gh_z, gh_n) = (&gh_r[..w], &gh_z[..w], &gh_n[..w]);
-    let b_hn = &b_hn[..w];
-    let (h_out, out) = (&mut h_out[..w], &mut out[..w]);
-    for j in 0..w {
-        let r = (gi_r[j] + gh_r[j]).sigmoid::<FMA>();
-        let z = (gi_z[j] + gh_z[j]).sigmoid::<FMA>();
-        let hj = blend::<T, FMA>(r, z, gi_n[j], gh_n[j], b_hn[j], h[j]);
-        h_out[j] = hj;
-        out[j] = hj;
-    }
-}
-
-/// Stage 1: the reset and update gates, σ(gi + gh), in place of `gh` (the r and z values of a
-/// group of units, side by side).
+/// Stage 1: the reset or update gate, σ(gi + gh), in place of `gh`. `gi` already holds `b_ih`
+/// and `b_hr` or `b_hz` (folded at load). `FMA`: see [`Real`].
 #[inline(always)]
 pub(crate) fn sigmoid_gates<T: Real, const FMA: bool>(gi: &[T], gh: &mut [T]) {
     let gi = &gi[..gh.len()];
@@ -52,7 +16,8 @@ pub(crate) fn sigmoid_gates<T: Real, const FMA: bool>(gi: &[T], gh: &mut [T]) {
     }
 }
 
-/// Stage 2: from the gates `r` and `z` of stage 1, the candidate and the new state of `w` units.
+/// Stage 2, from the gates `r` and `z` of `w` units: n = tanh(gi_n + r * (gh_n + b_hn)), then
+/// h' = (1 - z) n + z h, written to both `h_out` and `out`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn candidate_update<T: Real, const FMA: bool>(
@@ -69,8 +34,47 @@ pub(crate) fn candidate_update<T: Real, const FMA: bool>(
     let (r, z, gi_n, gh_n, b_hn) = (&r[..w], &z[..w], &gi_n[..w], &gh_n[..w], &b_hn[..w]);
     let (h_out, out) = (&mut h_out[..w], &mut out[..w]);
     for j in 0..w {
-        let hj = blend::<T, FMA>(r[j], z[j], gi_n[j], gh_n[j], b_hn[j], h[j]);
+        let n = (gi_n[j] + r[j] * (gh_n[j] + b_hn[j])).tanh::<FMA>();
+        let hj = n + z[j] * (h[j] - n);
         h_out[j] = hj;
         out[j] = hj;
+    }
+}
+
+/// PyTorch's GRU update for one row of `w` units (both stages, `NR` units at a time):
+/// r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + r * (gh_n + b_hn)), h' = (1 - z) n + z h.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gate_update<T: Real, const FMA: bool>(
+    gi_r: &[T],
+    gi_z: &[T],
+    gi_n: &[T],
+    gh_r: &[T],
+    gh_z: &[T],
+    gh_n: &[T],
+    b_hn: &[T],
+    h: &[T],
+    h_out: &mut [T],
+    out: &mut [T],
+) {
+    let w = h.len();
+    for u in (0..w).step_by(NR) {
+        let e = (u + NR).min(w);
+        let (mut r, mut z) = ([T::zero(); NR], [T::zero(); NR]);
+        let (r, z) = (&mut r[..e - u], &mut z[..e - u]);
+        r.copy_from_slice(&gh_r[u..e]);
+        z.copy_from_slice(&gh_z[u..e]);
+        sigmoid_gates::<T, FMA>(&gi_r[u..e], r);
+        sigmoid_gates::<T, FMA>(&gi_z[u..e], z);
+        candidate_update::<T, FMA>(
+            r,
+            z,
+            &gi_n[u..e],
+            &gh_n[u..e],
+            &b_hn[u..e],
+            &h[u..e],
+            &mut h_out[u..e],
+            &mut out[u..e],
+        );
     }
 }

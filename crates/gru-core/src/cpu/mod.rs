@@ -50,43 +50,36 @@ pub(crate) fn layer_forward<T: Real>(
     plan: &LengthPlan,
     threads: usize,
 ) -> (Vec<T>, Vec<T>) {
-    let Dims {
-        seq_len,
-        batch,
-        hidden,
-        ..
-    } = dims;
-    let n_dirs = dirs.len();
-    assert!(n_dirs == 1 || n_dirs == 2);
-    assert_eq!(h0.len(), n_dirs * batch * hidden);
-    let stride = n_dirs * hidden;
+    let [fwd, bwd] = dirs else {
+        assert_eq!(dirs.len(), 1, "one or two directions");
+        return stack_forward(x, dims, &[&dirs[0]], h0, plan, threads);
+    };
+    let bh = dims.batch * dims.hidden;
+    assert_eq!(h0.len(), 2 * bh);
+    let stride = 2 * dims.hidden;
     // Both directions write their halves of every row of this one buffer (PyTorch's layout).
-    let mut out = vec![T::zero(); seq_len * batch * stride];
-    let mut hn = vec![T::zero(); n_dirs * batch * hidden];
+    let mut out = vec![T::zero(); dims.seq_len * dims.batch * stride];
+    let mut hn = vec![T::zero(); 2 * bh];
     let ptr = SharedMut(out.as_mut_ptr());
-    let run = |d: usize, hn: &mut [T], threads: usize| {
+    let run = |d: usize, dir: &DirPack<T>, hn: &mut [T], threads: usize| {
         let view = OutView {
             ptr,
             stride,
-            offset: d * hidden,
+            offset: d * dims.hidden,
         };
-        let h0 = &h0[d * batch * hidden..(d + 1) * batch * hidden];
+        let h0 = &h0[d * bh..(d + 1) * bh];
         // SAFETY: `out` holds T * B rows of `stride`, and direction d alone writes columns
         // d * H..(d + 1) * H of them; `out` is not otherwise touched until both return.
-        unsafe { run_stack(x, &[&dirs[d]], dims, h0, plan, d == 1, view, hn, threads) }
+        unsafe { run_stack(x, &[dir], dims, h0, plan, d == 1, view, hn, threads) }
     };
-    if n_dirs == 1 {
-        run(0, &mut hn, threads);
+    let (hn_f, hn_b) = hn.split_at_mut(bh);
+    if threads > 1 {
+        // An odd thread goes to the forward direction.
+        let (t_fwd, t_bwd) = (threads.div_ceil(2), threads / 2);
+        rayon::join(|| run(0, fwd, hn_f, t_fwd), || run(1, bwd, hn_b, t_bwd));
     } else {
-        let (hn_f, hn_b) = hn.split_at_mut(batch * hidden);
-        if threads > 1 {
-            // An odd thread goes to the forward direction.
-            let (fwd, bwd) = (threads.div_ceil(2), threads / 2);
-            rayon::join(|| run(0, hn_f, fwd), || run(1, hn_b, bwd));
-        } else {
-            run(0, hn_f, 1);
-            run(1, hn_b, 1);
-        }
+        run(0, fwd, hn_f, 1);
+        run(1, bwd, hn_b, 1);
     }
     (out, hn)
 }
@@ -103,17 +96,12 @@ pub(crate) fn stack_forward<T: Real>(
     plan: &LengthPlan,
     threads: usize,
 ) -> (Vec<T>, Vec<T>) {
-    let Dims {
-        seq_len,
-        batch,
-        hidden,
-        ..
-    } = dims;
-    let mut out = vec![T::zero(); seq_len * batch * hidden];
-    let mut hn = vec![T::zero(); layers.len() * batch * hidden];
+    let bh = dims.batch * dims.hidden;
+    let mut out = vec![T::zero(); dims.seq_len * bh];
+    let mut hn = vec![T::zero(); layers.len() * bh];
     let view = OutView {
         ptr: SharedMut(out.as_mut_ptr()),
-        stride: hidden,
+        stride: dims.hidden,
         offset: 0,
     };
     // SAFETY: `out` holds T * B rows of H and is not otherwise touched until the call returns.
