@@ -85,13 +85,17 @@ const SHAPES: &[Shape] = &[
     (40, 264, 1, false, true, 17, 3, true),
     // Too few steps for a team: the projection is threaded by panels, k in 3 blocks.
     (513, 100, 1, false, true, 4, 8, false),
-    // Unidirectional stacks, run layer over layer block by block: split by rows at 2+ threads,
-    // more steps than one block of each member's rows (2 blocks at 2 threads, 3 at 1).
-    (20, 72, 3, false, true, 120, 9, true),
+    // Unidirectional stacks, run layer over layer block by block: split by rows at 2-4 threads,
+    // sequences (up to 114 steps) longer than one block of each member's rows (64 steps at 2
+    // threads, 86 at 3; 4 blocks at 1 thread).
+    (20, 72, 3, false, true, 120, 16, true),
     // ... not split, 2 blocks, no bias.
     (5, 24, 2, false, false, 70, 12, true),
     // ... split by units at 2+ threads: the layers run one after the other.
     (40, 264, 2, false, true, 17, 3, true),
+    // Both directions split by units at 4 threads, every sequence shorter than T (11 and 18
+    // of 32): the reverse direction starts on steps with no active sequence.
+    (40, 256, 1, true, true, 32, 2, true),
 ];
 
 /// Runs the sweep with the process's current thread count.

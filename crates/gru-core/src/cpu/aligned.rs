@@ -5,7 +5,8 @@
 /// Bytes of a cache line.
 const LINE: usize = 64;
 
-/// `len` values starting on a cache line (inside a `Vec` allocated `LINE` bytes longer).
+/// `len` values starting on a cache line (inside a `Vec` of `LINE` bytes more, `start` of them in
+/// front).
 #[derive(Debug)]
 pub(crate) struct Aligned<T> {
     buf: Vec<T>,
@@ -57,9 +58,11 @@ impl<T: Clone> Clone for Aligned<T> {
             off if off <= pad => off,
             _ => 0,
         };
-        // Any values do for the padding in front (`buf` holds at least `pad` of them).
-        buf.extend_from_slice(&self.buf[..start]);
+        // Any value does for the padding (`buf` always holds `len + pad >= 1` values).
+        let filler = &self.buf[..1];
+        (0..start).for_each(|_| buf.extend_from_slice(filler));
         buf.extend_from_slice(self);
+        (start..pad).for_each(|_| buf.extend_from_slice(filler));
         Self {
             buf,
             start,
@@ -89,6 +92,9 @@ mod tests {
             let b = a.clone();
             assert_eq!(&b[..], &a[..]);
             assert_eq!(b.as_ptr() as usize % LINE, 0);
+            let c = b.clone();
+            assert_eq!(&c[..], &a[..]);
+            assert_eq!(c.as_ptr() as usize % LINE, 0);
         }
         let mut c = Aligned::<f64>::new(3);
         c.reserve_zeroed(10);

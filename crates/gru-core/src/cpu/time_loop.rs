@@ -153,6 +153,8 @@ pub(super) unsafe fn run_stack<T: Real>(
     let member = |id: usize, chunk: &mut Chunk<T>| -> Vec<usize> {
         let _poison = barrier.poison_on_panic();
         let rows = chunk.r1 - chunk.r0;
+        // The member's own block of steps: split by rows, members never meet, so their blocks
+        // need not line up; split by units, every member has every row.
         let block = PROJ_ROWS.div_ceil(rows).clamp(1, seq_len);
         chunk.gi_at.resize(block + 1, 0);
         chunk
@@ -170,7 +172,11 @@ pub(super) unsafe fn run_stack<T: Real>(
         let y_ptr = SharedMut(y.as_mut_ptr());
         let y_len = y.len();
         let mut parity = vec![0; n_layers];
-        let mut prev_m = vec![batch; n_layers];
+        // Sequences active at the step before; at the first step, those of the first step: both
+        // buffers hold h0 already, and a copy there (reverse, every sequence shorter than T)
+        // would race with members split by units writing their first active step.
+        let first = if reverse { seq_len - 1 } else { 0 };
+        let mut prev_m = vec![plan.active[first]; n_layers];
         let mut s0 = 0;
         while s0 < seq_len {
             // The next block of steps (in this direction's order): times t0..t0 + n.
