@@ -694,8 +694,19 @@ pub(crate) fn parse(data: &[u8], limits: Limits) -> Result<(Pickle, usize), Pick
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A pickle whose `root` opcode (`}` a dict, `]` a list) is memo 0, then `n` times a pair of
+    /// the previous memo entry twice, memoized: `n` objects that reach one another 2^n ways.
+    pub(crate) fn memo_doubling(root: u8, n: u8) -> Vec<u8> {
+        let mut data = vec![0x80, 0x02, root, b'q', 0];
+        for i in 0..n {
+            data.extend_from_slice(&[b'h', i, b'h', i, 0x86, b'q', i + 1]);
+        }
+        data.push(b'.');
+        data
+    }
 
     fn parse_ok(data: &[u8]) -> Pickle {
         parse(data, Limits::default()).expect("parses").0
@@ -711,12 +722,7 @@ mod tests {
     #[test]
     fn memo_reads_share_instead_of_copying() {
         // A list holding itself twice, doubled 40 times: 40 objects, not 2^40.
-        let mut data = b"\x80\x02]q\x00".to_vec();
-        for i in 0..40u8 {
-            data.extend_from_slice(&[b'h', i, b'h', i, 0x86, b'q', i + 1]);
-        }
-        data.push(b'.');
-        let p = parse_ok(&data);
+        let p = parse_ok(&memo_doubling(b']', 40));
         assert!(p.values.len() < 100);
     }
 

@@ -659,13 +659,8 @@ mod tests {
 
     #[test]
     fn a_memo_doubling_bomb_is_refused_quickly() {
-        // [x, x] nested 48 times: 2^48 paths to one list, in ~300 bytes.
-        let mut data = b"\x80\x02}q\x00".to_vec();
-        for i in 0..48u8 {
-            data.extend_from_slice(&[b'h', i, b'h', i, 0x86, b'q', i + 1]);
-        }
-        data.push(b'.');
-        refused_as_too_much_walking(&data, 20);
+        // [x, x] nested 48 times: 2^48 paths to one dict, in ~300 bytes.
+        refused_as_too_much_walking(&crate::pickle::tests::memo_doubling(b'}', 48), 20);
     }
 
     /// The walk of `data` stops at its budget, within `max_secs`.

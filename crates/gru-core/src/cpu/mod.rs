@@ -28,7 +28,7 @@ pub(crate) use panels::DirPack;
 
 use crate::activation::Real;
 use crate::packing::LengthPlan;
-use team::SharedMut;
+use team::{SharedMut, Split};
 use time_loop::{run_stack, OutView};
 
 /// Sizes of one layer's run.
@@ -87,7 +87,7 @@ pub(crate) fn layer_forward<T: Real>(
 /// Runs a stack of unidirectional layers (`layers[l]` the one direction of layer `l`) block by
 /// block: `x` `(T, B, in)`, `h0` `(L, B, H)`. Returns the last layer's `output` `(T, B, H)` (zero
 /// past each sequence's length) and `h_n` `(L, B, H)`. Only the last layer's outputs are kept
-/// whole.
+/// whole, unless the threads split hidden units.
 pub(crate) fn stack_forward<T: Real>(
     x: &[T],
     dims: Dims,
@@ -97,6 +97,30 @@ pub(crate) fn stack_forward<T: Real>(
     threads: usize,
 ) -> (Vec<T>, Vec<T>) {
     let bh = dims.batch * dims.hidden;
+    let (how, _) = team::split(dims.hidden, dims.batch, dims.seq_len, threads);
+    if layers.len() > 1 && how == Split::Units {
+        // Threads split by units would all read each layer's block of outputs: the layers run
+        // one at a time, each layer's output kept whole for the next.
+        let mut hn = Vec::with_capacity(layers.len() * bh);
+        let mut below: Option<Vec<T>> = None;
+        for (l, dir) in layers.iter().enumerate() {
+            let (x_l, dims_l) = match &below {
+                None => (x, dims),
+                Some(y) => (
+                    &y[..],
+                    Dims {
+                        input: dims.hidden,
+                        ..dims
+                    },
+                ),
+            };
+            let h0_l = &h0[l * bh..(l + 1) * bh];
+            let (y, hn_l) = stack_forward(x_l, dims_l, &[dir], h0_l, plan, threads);
+            hn.extend_from_slice(&hn_l);
+            below = Some(y);
+        }
+        return (below.expect("at least one layer"), hn);
+    }
     let mut out = vec![T::zero(); dims.seq_len * bh];
     let mut hn = vec![T::zero(); layers.len() * bh];
     let view = OutView {

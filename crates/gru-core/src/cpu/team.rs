@@ -69,14 +69,37 @@ pub(super) enum Split {
     Units,
 }
 
-/// Splits a direction's work across up to `threads` members.
+/// How a direction's work splits across up to `threads` members, and into how many.
+pub(super) fn split(hidden: usize, batch: usize, seq_len: usize, threads: usize) -> (Split, usize) {
+    let work = batch * hidden * 3 * hidden;
+    // Splitting costs a thread start per call: worth it over many steps (a GRUCell or a short
+    // streamed chunk threads its matmul instead).
+    if threads < 2 || work < SPLIT_WORK || seq_len < MIN_SPLIT_STEPS {
+        return (Split::None, 1);
+    }
+    let by_rows = threads.min(batch / MIN_ROWS_PER_MEMBER).min(MAX_TEAM);
+    if by_rows >= 2 {
+        return (Split::Rows, by_rows);
+    }
+    // At least 32 units per member, and few enough members that the barrier stays cheap.
+    let n = threads
+        .min(hidden / 32)
+        .clamp(1, MAX_TEAM)
+        .min(groups(hidden));
+    if n == 1 {
+        (Split::None, 1)
+    } else {
+        (Split::Units, n)
+    }
+}
+
+/// Splits a direction's work across up to `threads` members (see [`split`]).
 pub(super) fn chunks<T: Real>(
     hidden: usize,
     batch: usize,
     seq_len: usize,
     threads: usize,
 ) -> (Split, Vec<Chunk<T>>) {
-    let work = batch * hidden * 3 * hidden;
     let groups = groups(hidden);
     let chunk = |(r0, r1, lane, lanes): (usize, usize, usize, usize), g0: usize, g1: usize| Chunk {
         r0,
@@ -91,35 +114,25 @@ pub(super) fn chunks<T: Real>(
         gi_at: Vec::new(),
         xg: Vec::new(),
     };
-    let all_rows = (0, batch, 0, 1);
-    // Splitting costs a thread start per call: worth it over many steps (a GRUCell or a short
-    // streamed chunk threads its matmul instead).
-    if threads < 2 || work < SPLIT_WORK || seq_len < MIN_SPLIT_STEPS {
-        return (Split::None, vec![chunk(all_rows, 0, groups)]);
-    }
-    let by_rows = threads.min(batch / MIN_ROWS_PER_MEMBER).min(MAX_TEAM);
-    if by_rows >= 2 {
+    let (how, n) = split(hidden, batch, seq_len, threads);
+    let chunks = match how {
+        Split::None => vec![chunk((0, batch, 0, 1), 0, groups)],
         // Member i takes every n-th sequence from the i-th: lengths spread evenly.
-        let n = by_rows;
-        let mut r0 = 0;
-        let split = (0..n)
-            .map(|i| {
-                let rows = (batch - i).div_ceil(n);
-                r0 += rows;
-                chunk((r0 - rows, r0, i, n), 0, groups)
-            })
-            .collect();
-        return (Split::Rows, split);
-    }
-    // At least 32 units per member, and few enough members that the barrier stays cheap.
-    let n = threads.min(hidden / 32).clamp(1, MAX_TEAM).min(groups);
-    if n == 1 {
-        return (Split::None, vec![chunk(all_rows, 0, groups)]);
-    }
-    let split = (0..n)
-        .map(|i| chunk(all_rows, groups * i / n, groups * (i + 1) / n))
-        .collect();
-    (Split::Units, split)
+        Split::Rows => {
+            let mut r0 = 0;
+            (0..n)
+                .map(|i| {
+                    let rows = (batch - i).div_ceil(n);
+                    r0 += rows;
+                    chunk((r0 - rows, r0, i, n), 0, groups)
+                })
+                .collect()
+        }
+        Split::Units => (0..n)
+            .map(|i| chunk((0, batch, 0, 1), groups * i / n, groups * (i + 1) / n))
+            .collect(),
+    };
+    (how, chunks)
 }
 
 /// A pointer shared by the threads of one step, each writing a disjoint range through it.

@@ -30,7 +30,8 @@ pub(super) struct OutView<T> {
 
 /// The time loop of one direction (`reverse`: from the last step back) of a stack of `layers`
 /// over `x` `(T, B, in)`, `h0` and `hn` `(L, B, H)`: the last layer's outputs go to `out`, which
-/// must arrive zeroed (steps past a sequence's length stay zero).
+/// must arrive zeroed (steps past a sequence's length stay zero). A stack of more than one layer
+/// must not split by units (see [`super::team::split`]).
 ///
 /// # Safety
 /// `out` points at `T * B` rows of `out.stride` values, and nothing else reads or writes this
@@ -64,56 +65,9 @@ pub(super) unsafe fn run_stack<T: Real>(
     }
     assert!(out.offset + hidden <= out.stride);
     let (split, mut chunks) = chunks(hidden, batch, seq_len, threads);
-    if split == Split::Units && n_layers > 1 {
-        // Members split by units would all read each layer's block of outputs: the layers run
-        // one after the other instead, each layer's outputs kept whole.
-        let mut below: Vec<T> = Vec::new();
-        for (l, dir) in layers.iter().enumerate() {
-            let last = l + 1 == n_layers;
-            let mut y = if last {
-                Vec::new()
-            } else {
-                vec![T::zero(); seq_len * bh]
-            };
-            let view = if last {
-                out
-            } else {
-                OutView {
-                    ptr: SharedMut(y.as_mut_ptr()),
-                    stride: hidden,
-                    offset: 0,
-                }
-            };
-            let (x_l, dims_l) = if l == 0 {
-                (x, dims)
-            } else {
-                (
-                    &below[..],
-                    Dims {
-                        input: hidden,
-                        ..dims
-                    },
-                )
-            };
-            let (h0_l, hn_l) = (&h0[l * bh..(l + 1) * bh], &mut hn[l * bh..(l + 1) * bh]);
-            // SAFETY: `view` is `out` (the caller's contract) or `y`, `T * B` rows of `H`.
-            unsafe {
-                run_stack(
-                    x_l,
-                    &[dir],
-                    dims_l,
-                    h0_l,
-                    plan,
-                    reverse,
-                    view,
-                    hn_l,
-                    threads,
-                )
-            };
-            below = y;
-        }
-        return;
-    }
+    // Members split by units would all read each layer's block of outputs (`stack_forward`
+    // runs such layers one at a time).
+    assert!(n_layers == 1 || split != Split::Units);
     let members = chunks.len();
     // State rows in team order: each chunk's rows `r0..r1` hold every `lanes`-th sequence of
     // the plan's order (longest first), so that a chunk's active rows are a prefix of its range
