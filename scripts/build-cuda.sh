@@ -13,6 +13,8 @@
 # has the real libraries. The stub is never shipped: on the GPU machine the driver's libcuda.so.1
 # is found instead.
 #
+# It also compiles the CUDA kernels' source with NVRTC for sm_80 and sm_90 (scripts/nvrtc_check.py).
+#
 # Output: target/cuda/gru (stripped `gru`) and target/cuda/gpu-tests (stripped test binary of
 # tests/gpu.rs), with --pack also their .xz. About 1.2 GiB of wheels and 10-15 minutes on 2 cores
 # the first time.
@@ -84,6 +86,11 @@ export LD_LIBRARY_PATH="$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$CUDA_HOME/stub -L native=$CUDA_HOME/lib64 -C link-arg=-Wl,-rpath,/usr/local/cuda/lib64"
 export CARGO_TARGET_DIR="$PWD/target/cuda"
 nvcc --version | tail -2 >&2
+
+# The kernels' source through NVRTC as at run time (no GPU needed): sm_80 as on an A100, sm_90
+# with the cluster kernels as on an H100/H200; prints ptxas's registers and spills per kernel.
+"$PY" scripts/nvrtc_check.py "$CUDA_HOME/lib64/libnvrtc.so" crates/gru-core/src/kernels/gru.cu \
+  80 90:cluster
 
 if [ "$MODE" = check ]; then
   cargo check --workspace --all-targets --features cuda

@@ -68,6 +68,17 @@ for k in auto persistent step ops; do
   echo "verify --kernel $k exit code: $?"
 done
 
+# The persistent kernel's two ways of meeting between steps, each forced on every case: the
+# grid barrier (no clusters) and clusters of 2, 4 and 8 blocks (sm_90+), with column splits.
+for knobs in "GRU_PERSISTENT_CLUSTER=0 GRU_PERSISTENT_KSPLIT=1" "GRU_PERSISTENT_CLUSTER=0 GRU_PERSISTENT_ITEMS=8" \
+  "GRU_PERSISTENT_CLUSTER=2 GRU_PERSISTENT_KSPLIT=1" "GRU_PERSISTENT_CLUSTER=4 GRU_PERSISTENT_KSPLIT=3" \
+  "GRU_PERSISTENT_CLUSTER=8"; do
+  stamp "every case on $DEVICE, --kernel persistent, $knobs"
+  # shellcheck disable=SC2086
+  env $knobs LD_LIBRARY_PATH=$GRU_LIBS timeout 120 "$GRU" verify models --device "$DEVICE" --kernel persistent
+  echo "verify --kernel persistent $knobs exit code: $?"
+done
+
 stamp "--device auto"
 gru 60 verify models/reference/uni_l1_h0.case.safetensors --device auto
 echo "auto exit code: $?"
@@ -118,16 +129,21 @@ for t in 1 50 1000; do
       --warmup 3 --iters 50 --impl $impl --json | sed -n 's/.*"impl":"\([^"]*\)".*"median_ms":\([0-9.]*\).*/'"T=$t"' \1 \2/p'
   done
 done
-stamp "persistent kernel: work items per block (GRU_PERSISTENT_ITEMS) vs ms"
+stamp "persistent kernel: cluster size (0: grid barrier) x column split vs ms (one run each)"
 for row in "long|--input-size 64 --hidden-size 128 --seq-len 2000 --batch 8" \
   "medium|--input-size 128 --hidden-size 256 --num-layers 2 --bidirectional --seq-len 100 --batch 32" \
-  "small|--input-size 16 --hidden-size 32 --seq-len 50 --batch 1"; do
+  "h256b16|--input-size 64 --hidden-size 256 --seq-len 500 --batch 16"; do
   IFS='|' read -r name args <<<"$row"
-  for items in 32 64 128 256; do
-    # shellcheck disable=SC2086
-    ms=$(GRU_PERSISTENT_ITEMS=$items gru 60 bench $args --device "$DEVICE" --warmup 3 --iters 10 \
-      --impl ours-persistent --json | sed -n 's/.*"median_ms":\([0-9.]*\).*/\1/p')
-    echo "$name items=$items $ms ms"
+  for cluster in 0 2 4 8; do
+    line="$name cluster=$cluster"
+    for ks in 1 2 4; do
+      # shellcheck disable=SC2086
+      ms=$(GRU_PERSISTENT_CLUSTER=$cluster GRU_PERSISTENT_KSPLIT=$ks gru 60 bench $args \
+        --device "$DEVICE" --warmup 3 --iters 10 --impl ours-persistent --json 2>/dev/null |
+        sed -n 's/.*"median_ms":\([0-9.]*\).*/\1/p')
+      line="$line ks$ks=${ms:-none}"
+    done
+    echo "$line"
   done
 done
 stamp "table (ratio = ours / PyTorch cuDNN, medians of 2 rounds)"

@@ -2,7 +2,8 @@
 //! (`gru_core::kernel_source::CUDA_SOURCE`) is compiled as host C++ with a shim for the CUDA
 //! built-ins (`tests/kernel_host/shim.h`) and launched with the CUDA path's launch geometry
 //! (`tests/kernel_host/launch.cpp`: one OS thread per CUDA thread for the persistent kernel, whose
-//! grid barrier then runs on real atomics). Every reference case in models/reference runs through
+//! grid barrier then runs on real atomics, and the cluster kernels with one std::barrier per
+//! cluster and stores into peer blocks' shared memory). Every reference case in models/reference runs through
 //! the same per-step data flow as the CUDA path, and is compared with PyTorch's numbers.
 
 use std::path::{Path, PathBuf};
@@ -10,7 +11,9 @@ use std::process::Command;
 
 use candle_core::{DType, Device, Tensor, WithDType};
 use candle_gru::models_dir;
-use gru_core::kernel_source::{PersistentPlan, CUDA_SOURCE, GATE_BLOCK};
+use gru_core::kernel_source::{
+    GpuLimits, LayerShape, PersistentPlan, Tuning, CUDA_SOURCE, GATE_BLOCK,
+};
 use gru_verify::{compare, find_cases, Case, CaseKind, Tolerance};
 use gru_weights::WeightFile;
 
@@ -72,12 +75,14 @@ type PersistFn<T> = unsafe extern "C" fn(
     u32,
     u32,
     usize,
+    u32,
     *const T,
     *const T,
     *const T,
     *const T,
     *const u32,
     *mut T,
+    i32,
     i32,
     i32,
     i32,
@@ -102,12 +107,14 @@ impl Elem for f64 {
 enum Mode {
     /// Per step: `gh = h @ W_hh^T` on the host, then one launch of `gru_gate_*`.
     Step,
-    /// One launch of `gru_persist_*` per layer with the plan for `sm_count` SMs and `max_smem`
-    /// bytes of shared memory (`None`: just enough for 2 units per block, which forces many
-    /// blocks and so the grid barrier).
+    /// One launch of `gru_persist_*` (or `gru_persist_cluster<n>_*`) per layer with the plan
+    /// for 132 SMs, `max_smem` bytes of shared memory (`None`: just enough for 2 units per block
+    /// without a column split, which forces many blocks and so the grid barrier), clusters or
+    /// not, and `tuning`.
     Persistent {
-        sm_count: usize,
         max_smem: Option<usize>,
+        clusters: bool,
+        tuning: Tuning,
     },
 }
 
@@ -239,26 +246,57 @@ impl<T: Elem> Run<'_, T> {
                     h_n[d * bh..(d + 1) * bh].copy_from_slice(&buf[last..last + bh]);
                 }
             }
-            Mode::Persistent { sm_count, max_smem } => {
+            Mode::Persistent {
+                max_smem,
+                clusters,
+                tuning,
+            } => {
                 let size = std::mem::size_of::<T>();
-                let smem =
-                    max_smem.unwrap_or_else(|| PersistentPlan::smem_bytes(h, batch, 2, size));
-                let plan = PersistentPlan::new(t_len, batch, h, d_n, size, sm_count, smem)
+                let gpu = GpuLimits {
+                    sm_count: 132,
+                    max_smem: max_smem
+                        .unwrap_or_else(|| PersistentPlan::smem_bytes(h, batch, 2, 1, false, size)),
+                    max_threads: 1024,
+                    cluster_max_threads: if clusters { 1024 } else { 0 },
+                };
+                let shape = LayerShape {
+                    seq_len: t_len,
+                    batch,
+                    hidden: h,
+                    directions: d_n,
+                    elem_size: size,
+                };
+                let plan = PersistentPlan::plan(shape, gpu, tuning)
                     .expect("the reference cases fit the persistent kernel");
+                if let Some(n) = tuning.cluster {
+                    assert_eq!(plan.cluster, n, "{plan:?}");
+                }
+                if let Some(k) = tuning.k_split {
+                    assert_eq!(plan.k_split, k.min(h.div_ceil(4)), "{plan:?}");
+                }
                 let dh = d_n * h;
                 // Output, 2 state rows, h_n, one element per barrier counter; zeroed.
                 let rows = (t_len + 2) * batch * dh;
                 let mut buf = vec![T::default(); rows + d_n * bh + d_n];
                 let w_hh: Vec<T> = w.w_hh.concat();
                 let b_hn: Vec<T> = b_hn.concat();
-                let ints =
-                    [t_len, batch, h, d_n, plan.units, plan.blocks_per_direction].map(|v| v as i32);
+                let ints = [
+                    t_len,
+                    batch,
+                    h,
+                    d_n,
+                    plan.units,
+                    plan.blocks_per_direction,
+                    plan.k_split,
+                ]
+                .map(|v| v as i32);
                 // SAFETY: as above.
                 unsafe {
                     (self.persist)(
                         plan.grid(d_n) as u32,
                         plan.threads as u32,
                         plan.smem_bytes,
+                        plan.cluster as u32,
                         gi.as_ptr(),
                         w_hh.as_ptr(),
                         b_hn.as_ptr(),
@@ -271,9 +309,11 @@ impl<T: Elem> Run<'_, T> {
                         ints[3],
                         ints[4],
                         ints[5],
+                        ints[6],
                     )
                 };
-                let barriers = if plan.blocks_per_direction > 1 {
+                // Only the grid barrier counts arrivals.
+                let barriers = if plan.blocks_per_direction > 1 && plan.cluster == 0 {
                     (t_len - 1) * plan.blocks_per_direction
                 } else {
                     0
@@ -436,15 +476,52 @@ fn cuda_kernel_source_matches_pytorch_on_every_reference_case() {
         "reference cases missing: {}",
         cases.len()
     );
+    let h100 = Some(227 * 1024);
+    let unlimited = Some(64 << 20);
+    let tuned = |cluster, k_split| Tuning {
+        cluster,
+        k_split,
+        ..Tuning::default()
+    };
     let modes = [
         Mode::Step,
+        // The plan's choices without clusters: one block per direction for these sizes.
         Mode::Persistent {
-            sm_count: 132,
-            max_smem: Some(227 * 1024),
+            max_smem: h100,
+            clusters: false,
+            tuning: Tuning::default(),
+        },
+        // Many blocks and the grid barrier, with and without a column split.
+        Mode::Persistent {
+            max_smem: None,
+            clusters: false,
+            tuning: Tuning::default(),
         },
         Mode::Persistent {
-            sm_count: 132,
-            max_smem: None,
+            max_smem: h100,
+            clusters: false,
+            tuning: Tuning {
+                items: 6,
+                ..tuned(None, Some(3))
+            },
+        },
+        // Clusters of 2, 4 and 8 blocks (units past H in the last blocks for small H), with
+        // column splits of 1, 3 (uneven slices) and the plan's choice; shared memory without
+        // limit, so that every case runs in every cluster size (the host has no SM to fill).
+        Mode::Persistent {
+            max_smem: unlimited,
+            clusters: true,
+            tuning: tuned(Some(2), Some(1)),
+        },
+        Mode::Persistent {
+            max_smem: unlimited,
+            clusters: true,
+            tuning: tuned(Some(4), Some(3)),
+        },
+        Mode::Persistent {
+            max_smem: unlimited,
+            clusters: true,
+            tuning: tuned(Some(8), None),
         },
     ];
     let mut ran = 0;

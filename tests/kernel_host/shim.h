@@ -1,8 +1,11 @@
 // Host stand-ins for the CUDA built-ins that kernels/gru.cu uses, so that the exact source NVRTC
 // compiles also builds as host C++ (test `cuda_kernel_source`). Each CUDA thread of a launch is
-// an OS thread (persistent kernel) or an iteration (per-step kernel): see launch.cpp.
+// an OS thread (persistent kernel) or an iteration (per-step kernel): see launch.cpp. The cluster
+// kernels are built too: a cluster is a group of consecutive blocks sharing one std::barrier, and
+// a store into a peer block's shared memory goes to the same offset in that block's buffer.
 #pragma once
 #define GRU_HOST_SHIM 1
+#define GRU_CLUSTER_KERNELS 1
 #include <atomic>
 #include <barrier>
 #include <cmath>
@@ -17,6 +20,7 @@ using std::tanh;
 #define __forceinline__ inline
 #define __shared__
 #define __align__(n) alignas(n)
+#define __cluster_dims__(...)
 
 struct alignas(16) float4 {
     float x, y, z, w;
@@ -34,6 +38,11 @@ namespace gru_host {
 extern thread_local dim3 block_idx, thread_idx, block_dim, grid_dim;
 extern thread_local unsigned char* smem;
 extern thread_local std::barrier<>* block_barrier;
+// Cluster launches only: the barrier of every thread of this block's cluster, and the shared
+// memory of each block of the cluster by rank.
+extern thread_local std::barrier<>* cluster_barrier;
+extern thread_local unsigned char* const* cluster_smem;
+extern thread_local unsigned int cluster_blocks;
 }  // namespace gru_host
 
 #define blockIdx (gru_host::block_idx)
@@ -44,6 +53,8 @@ extern thread_local std::barrier<>* block_barrier;
 
 [[noreturn]] inline void __trap() { std::abort(); }
 inline void __syncthreads() { gru_host::block_barrier->arrive_and_wait(); }
+// Threads of a warp run independently here: nothing to reconverge.
+inline void __syncwarp() {}
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __nanosleep(unsigned int) { std::this_thread::yield(); }
 inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
@@ -51,6 +62,17 @@ inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
 }
 inline unsigned int gru_load_volatile(const unsigned int* p) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+inline unsigned int gru_cluster_size() { return gru_host::cluster_blocks; }
+inline void gru_cluster_sync() {
+    if (!gru_host::cluster_barrier) std::abort();
+    gru_host::cluster_barrier->arrive_and_wait();
+}
+template <typename T> inline void gru_store_peer(T* p, unsigned int rank, T v) {
+    using namespace gru_host;
+    auto offset = reinterpret_cast<unsigned char*>(p) - smem;
+    if (rank >= cluster_blocks || offset < 0) std::abort();
+    *reinterpret_cast<T*>(cluster_smem[rank] + offset) = v;
 }
 template <typename T> inline T __ldcg(const T* p) {
     T v;

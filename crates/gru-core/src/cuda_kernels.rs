@@ -2,7 +2,9 @@
 //! with NVRTC to a CUBIN for the device's own architecture (a CUBIN, not PTX: PTX from a libnvrtc
 //! newer than the driver is refused with `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`), loaded once per
 //! device, its functions kept so that a time step launches without a lock or a lookup; and the
-//! views of tensors that the launches pass as arguments.
+//! views of tensors that the launches pass as arguments. On compute capability 9.0 and up the
+//! cluster kernels are a second program (the same source with `GRU_CLUSTER_KERNELS`): if NVRTC or
+//! the driver refuses it, the other kernels still load and the reason is kept.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, CStr};
@@ -13,7 +15,7 @@ use candle_core::cuda_backend::cudarc::nvrtc::{self, Ptx};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{DType, Layout, Result, Storage};
 
-use crate::kernel_source::CUDA_SOURCE;
+use crate::kernel_source::{GpuLimits, CLUSTER_SIZES, CUDA_SOURCE};
 
 /// The kernels of one device, with what their launch geometry needs to know about it.
 pub(crate) struct CudaKernels {
@@ -21,19 +23,20 @@ pub(crate) struct CudaKernels {
     gate_f64: CudaFunction,
     persist_f32: CudaFunction,
     persist_f64: CudaFunction,
-    /// Multiprocessors the persistent kernel may use (0 without cooperative launch).
-    pub sm_count: usize,
-    /// Shared memory a block may opt in to.
-    pub max_smem: usize,
-    /// Threads per block the persistent kernel can run with (its registers allowing).
-    pub persist_max_threads: usize,
+    /// `gru_persist_cluster<n>_*` for each of `CLUSTER_SIZES`: f32, then f64.
+    cluster: Option<[[CudaFunction; 3]; 2]>,
+    /// Why there are no cluster kernels, if there are none.
+    pub cluster_unavailable: Option<String>,
+    /// What the persistent kernel's plan needs to know about the device, for f32 and f64 (the
+    /// f64 kernels take more registers, so fewer threads per block).
+    limits: [GpuLimits; 2],
 }
 
 impl std::fmt::Debug for CudaKernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaKernels")
-            .field("sm_count", &self.sm_count)
-            .field("max_smem", &self.max_smem)
+            .field("limits", &self.limits)
+            .field("cluster_unavailable", &self.cluster_unavailable)
             .finish_non_exhaustive()
     }
 }
@@ -47,11 +50,36 @@ impl CudaKernels {
         }
     }
 
-    pub fn persist(&self, dtype: DType) -> Result<&CudaFunction> {
+    /// What the persistent kernel's plan needs to know about the device for `dtype` (f32 or
+    /// f64; `None` for other types).
+    pub fn limits(&self, dtype: DType) -> Option<GpuLimits> {
         match dtype {
-            DType::F32 => Ok(&self.persist_f32),
-            DType::F64 => Ok(&self.persist_f64),
+            DType::F32 => Some(self.limits[0]),
+            DType::F64 => Some(self.limits[1]),
+            _ => None,
+        }
+    }
+
+    /// The persistent kernel for `dtype`: with the grid barrier (`cluster` 0) or for clusters of
+    /// `cluster` blocks.
+    pub fn persist(&self, dtype: DType, cluster: usize) -> Result<&CudaFunction> {
+        let d = match dtype {
+            DType::F32 => 0,
+            DType::F64 => 1,
             other => candle_core::bail!("gru: no CUDA persistent kernel for {other:?}"),
+        };
+        if cluster == 0 {
+            return Ok([&self.persist_f32, &self.persist_f64][d]);
+        }
+        let Some(fs) = &self.cluster else {
+            candle_core::bail!(
+                "gru: no cluster kernels on this device: {}",
+                self.cluster_unavailable.as_deref().unwrap_or("unknown")
+            )
+        };
+        match CLUSTER_SIZES.iter().position(|&n| n == cluster) {
+            Some(i) => Ok(&fs[d][i]),
+            None => candle_core::bail!("gru: no cluster kernel for clusters of {cluster}"),
         }
     }
 }
@@ -75,7 +103,7 @@ pub(crate) fn kernels(dev: &CudaDevice) -> Result<Arc<CudaKernels>> {
     let (major, minor) = ctx
         .compute_capability()
         .map_err(|e| msg("compute capability", e))?;
-    let cubin = cubin(major, minor)?;
+    let cubin = cubin(major, minor, false)?;
     let module = ctx
         .load_module(Ptx::from_binary(cubin))
         .map_err(|e| msg(&format!("loading the CUBIN for sm_{major}{minor}"), e))?;
@@ -90,57 +118,117 @@ pub(crate) fn kernels(dev: &CudaDevice) -> Result<Arc<CudaKernels>> {
     let max_smem =
         attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
             as usize;
-    let persist_f32 = load("gru_persist_f32")?;
-    let persist_f64 = load("gru_persist_f64")?;
-    for f in [&persist_f32, &persist_f64] {
-        // Opt in to all of it once; each launch then asks for what its plan needs.
+    // Opt in to all of it once; each launch then asks for what its plan needs.
+    let opt_in = |f: &CudaFunction| {
         f.set_attribute(
             sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             max_smem as i32,
         )
-        .map_err(|e| msg("shared memory opt-in", e))?;
-    }
+        .map_err(|e| msg("shared memory opt-in", e))
+    };
     let max_threads = |f: &CudaFunction| {
         f.get_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)
+            .map(|n| n as usize)
             .map_err(|e| msg("function attribute", e))
     };
-    let persist_max_threads = max_threads(&persist_f32)?.min(max_threads(&persist_f64)?) as usize;
+    let persist = [load("gru_persist_f32")?, load("gru_persist_f64")?];
+    // Threads per block each dtype's grid-barrier kernel runs with (registers allowing).
+    let mut threads = [0, 0];
+    for (f, n) in persist.iter().zip(&mut threads) {
+        opt_in(f)?;
+        *n = max_threads(f)?;
+    }
+    // Clusters: compute capability 9.0 and up, their own program.
+    let cluster = if major < 9 {
+        Err(format!(
+            "compute capability {major}.{minor} (clusters need 9.0)"
+        ))
+    } else {
+        load_cluster_kernels(dev, major, minor, &opt_in, &max_threads).map_err(|e| e.to_string())
+    };
+    let (cluster, cluster_threads, cluster_unavailable) = match cluster {
+        Ok((fs, n)) => (Some(fs), n, None),
+        Err(why) => (None, [0, 0], Some(why)),
+    };
+    let limits = [0, 1].map(|d| GpuLimits {
+        sm_count,
+        max_smem,
+        max_threads: threads[d],
+        cluster_max_threads: cluster_threads[d],
+    });
+    let [persist_f32, persist_f64] = persist;
     let k = Arc::new(CudaKernels {
         gate_f32: load("gru_gate_f32")?,
         gate_f64: load("gru_gate_f64")?,
         persist_f32,
         persist_f64,
-        sm_count,
-        max_smem,
-        persist_max_threads,
+        limits,
+        cluster,
+        cluster_unavailable,
     });
     loaded.insert(dev.id(), k.clone());
     Ok(k)
 }
 
-/// The CUBIN of `CUDA_SOURCE` for `sm_{major}{minor}`, compiled once per capability.
-fn cubin(major: i32, minor: i32) -> Result<Vec<u8>> {
-    type Cache = Mutex<HashMap<(i32, i32), std::result::Result<Vec<u8>, String>>>;
+/// The cluster kernels of `dev` (f32 then f64, one per cluster size), shared memory opted in,
+/// with the fewest threads per block any of each dtype's can run with.
+fn load_cluster_kernels(
+    dev: &CudaDevice,
+    major: i32,
+    minor: i32,
+    opt_in: &dyn Fn(&CudaFunction) -> Result<()>,
+    max_threads: &dyn Fn(&CudaFunction) -> Result<usize>,
+) -> Result<([[CudaFunction; 3]; 2], [usize; 2])> {
+    let module = dev
+        .cuda_stream()
+        .context()
+        .load_module(Ptx::from_binary(cubin(major, minor, true)?))
+        .map_err(|e| msg("loading the cluster kernels", e))?;
+    let mut threads = [usize::MAX; 2];
+    let mut load = |d: usize, n: usize| -> Result<CudaFunction> {
+        let name = format!("gru_persist_cluster{n}_{}", ["f32", "f64"][d]);
+        let f = module
+            .load_function(&name)
+            .map_err(|e| msg(&format!("function {name}"), e))?;
+        opt_in(&f)?;
+        threads[d] = threads[d].min(max_threads(&f)?);
+        Ok(f)
+    };
+    let [a, b, c] = CLUSTER_SIZES;
+    let fs = [
+        [load(0, a)?, load(0, b)?, load(0, c)?],
+        [load(1, a)?, load(1, b)?, load(1, c)?],
+    ];
+    Ok((fs, threads))
+}
+
+/// The CUBIN of `CUDA_SOURCE` for `sm_{major}{minor}` (with `cluster`: its cluster kernels),
+/// compiled once per capability.
+fn cubin(major: i32, minor: i32, cluster: bool) -> Result<Vec<u8>> {
+    type Cache = Mutex<HashMap<(i32, i32, bool), std::result::Result<Vec<u8>, String>>>;
     static CUBINS: OnceLock<Cache> = OnceLock::new();
     let mut cache = CUBINS
         .get_or_init(Default::default)
         .lock()
         .map_err(|_| msg("cache", "poisoned"))?;
     cache
-        .entry((major, minor))
-        .or_insert_with(|| compile_cubin(major, minor))
+        .entry((major, minor, cluster))
+        .or_insert_with(|| compile_cubin(major, minor, cluster))
         .clone()
         .map_err(candle_core::Error::Msg)
 }
 
-fn compile_cubin(major: i32, minor: i32) -> std::result::Result<Vec<u8>, String> {
+fn compile_cubin(major: i32, minor: i32, cluster: bool) -> std::result::Result<Vec<u8>, String> {
     use nvrtc::{result, sys as nsys};
     let fail = |what: &str, e: &dyn std::fmt::Debug| {
         format!("NVRTC could not {what} the GRU kernels for sm_{major}{minor}: {e:?}")
     };
     let src = std::ffi::CString::new(CUDA_SOURCE).map_err(|e| fail("read", &e))?;
     let prog = result::create_program(&src, None).map_err(|e| fail("create", &e))?;
-    let opts = [format!("--gpu-architecture=sm_{major}{minor}")];
+    let mut opts = vec![format!("--gpu-architecture=sm_{major}{minor}")];
+    if cluster {
+        opts.push("-DGRU_CLUSTER_KERNELS".into());
+    }
     // SAFETY: `prog` was created above and is destroyed once, below; buffers are sized by NVRTC.
     let out = unsafe {
         let compiled = result::compile_program(prog, &opts).map_err(|e| {

@@ -10,7 +10,7 @@ use crate::cpu::{self, Dims, DirPack};
 use crate::error::{GruError, Result};
 use crate::kernel_ops::DeviceKernels;
 use crate::kernel_ops::{self, DirTensors, Fused};
-use crate::kernel_source::PersistentPlan;
+use crate::kernel_source::{LayerShape, PersistentPlan, Tuning};
 use crate::packing::LengthPlan;
 use crate::params::DirectionParams;
 
@@ -35,25 +35,24 @@ pub enum Kernel {
 /// enough rows for cuBLAS to do better than a block's share of a GEMV.
 const AUTO_PERSISTENT_MAX_BATCH: usize = 32;
 
-/// Work items and threads per block of the persistent kernel: `GRU_PERSISTENT_ITEMS` and
-/// `GRU_PERSISTENT_THREADS` (tuning knobs for benchmarks), else the defaults.
-fn persistent_tuning() -> (usize, usize) {
-    static TUNING: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+/// The persistent kernel's tuning: `GRU_PERSISTENT_ITEMS`, `GRU_PERSISTENT_THREADS`,
+/// `GRU_PERSISTENT_KSPLIT` and `GRU_PERSISTENT_CLUSTER` (0: no clusters; 2, 4, 8: that size),
+/// knobs for benchmarks; the plan's defaults where unset.
+fn persistent_tuning() -> Tuning {
+    static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
     *TUNING.get_or_init(|| {
-        let var = |name: &str, default: usize| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
+        let var = |name: &str| -> Option<usize> { std::env::var(name).ok()?.parse().ok() };
+        let default = Tuning::default();
+        Tuning {
+            items: var("GRU_PERSISTENT_ITEMS")
                 .filter(|&n| n > 0)
-                .unwrap_or(default)
-        };
-        (
-            var(
-                "GRU_PERSISTENT_ITEMS",
-                crate::kernel_source::ITEMS_PER_BLOCK,
-            ),
-            var("GRU_PERSISTENT_THREADS", crate::kernel_source::MAX_THREADS),
-        )
+                .unwrap_or(default.items),
+            max_threads: var("GRU_PERSISTENT_THREADS")
+                .filter(|&n| n > 0)
+                .unwrap_or(default.max_threads),
+            k_split: var("GRU_PERSISTENT_KSPLIT").filter(|&n| n > 0),
+            cluster: var("GRU_PERSISTENT_CLUSTER"),
+        }
     })
 }
 
@@ -397,42 +396,65 @@ impl Layer {
         if kernel == Kernel::Auto && batch > AUTO_PERSISTENT_MAX_BATCH {
             return Ok(None);
         }
+        // The device's limits for this dtype, and why it has no cluster kernels if it has none.
         #[cfg(feature = "cuda")]
-        let (sm_count, max_smem, max_threads) = (
-            kernels.sm_count,
-            kernels.max_smem,
-            kernels.persist_max_threads,
+        let (gpu, no_clusters) = (
+            kernels.limits(x.dtype()),
+            kernels.cluster_unavailable.as_deref().unwrap_or(""),
         );
         #[cfg(not(feature = "cuda"))]
-        let (sm_count, max_smem, max_threads) = {
+        let (gpu, no_clusters): (Option<crate::kernel_source::GpuLimits>, &str) = {
             let () = kernels;
-            (0, 0, 0)
+            (None, "")
+        };
+        let Some(gpu) = gpu else {
+            return refuse(&format!("no persistent kernel for {:?}", x.dtype()));
+        };
+        let shape = LayerShape {
+            seq_len: t_len,
+            batch,
+            hidden: self.hidden,
+            directions: self.num_directions(),
+            elem_size: x.dtype().size_in_bytes(),
         };
         let tuning = persistent_tuning();
-        let Some(plan) = PersistentPlan::with_items(
-            t_len,
-            batch,
-            self.hidden,
-            self.num_directions(),
-            x.dtype().size_in_bytes(),
-            sm_count,
-            max_smem,
-            tuning.0,
-            tuning.1.min(max_threads),
-        ) else {
-            return refuse("the layer does not fit in the GPU's shared memory and SMs");
+        let Some(plan) = PersistentPlan::plan(shape, gpu, tuning) else {
+            return match tuning.cluster {
+                Some(n) if n > 0 && gpu.cluster_max_threads == 0 => refuse(&format!(
+                    "GRU_PERSISTENT_CLUSTER={n}, but this GPU has no cluster kernels: {no_clusters}"
+                )),
+                Some(n) if n > 0 => refuse(&format!(
+                    "the layer does not fit in clusters of {n} (GRU_PERSISTENT_CLUSTER)"
+                )),
+                _ => refuse("the layer does not fit in the GPU's shared memory and SMs"),
+            };
         };
-        let out = kernel_ops::persistent_layer(
-            x,
-            &t.w_ih_t,
-            &t.bias,
-            &w.w_hh,
-            &w.b_hn,
-            h0,
-            ctx.lengths.as_ref(),
-            plan,
-            kernels,
-        );
+        let run = |plan| {
+            kernel_ops::persistent_layer(
+                x,
+                &t.w_ih_t,
+                &t.bias,
+                &w.w_hh,
+                &w.b_hn,
+                h0,
+                ctx.lengths.as_ref(),
+                plan,
+                kernels,
+            )
+        };
+        let mut out = run(plan);
+        // A cluster launch that failed (its blocks cannot be placed together, or any other
+        // error) where the cluster was the plan's choice: the same layer once more without
+        // clusters; a second error then goes where any other would.
+        if out.is_err() && plan.cluster > 0 && tuning.cluster.is_none() {
+            let no_cluster = Tuning {
+                cluster: Some(0),
+                ..tuning
+            };
+            if let Some(plan) = PersistentPlan::plan(shape, gpu, no_cluster) {
+                out = run(plan);
+            }
+        }
         match out {
             Ok(out) => Ok(Some(out)),
             // Auto: a refused launch (a GPU without cooperative launch, SMs taken by another

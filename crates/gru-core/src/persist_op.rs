@@ -1,5 +1,6 @@
-//! The persistent layer as a candle in-place op (CUDA only): one cooperative launch of
-//! `gru_persist_*` runs every time step of both directions of a layer, each block keeping its
+//! The persistent layer as a candle in-place op (CUDA only): one launch of `gru_persist_*`
+//! (cooperative: its blocks meet at a grid barrier) or `gru_persist_cluster<n>_*` (clusters of
+//! `n` blocks, sm_90+) runs every time step of both directions of a layer, each block keeping its
 //! rows of `W_hh` in shared memory (see `kernels/gru.cu`). The input projection stays one matmul
 //! before it. CUDA's per-step launch overhead is what bounds small batches; this removes it.
 //!
@@ -105,7 +106,9 @@ mod cuda {
         let plan = op.plan;
         let groups = b.div_ceil(4);
         let covered = plan.units * plan.blocks_per_direction >= hs
-            && plan.threads >= (plan.units * b).max(3 * plan.units * groups);
+            && plan.k_split >= 1
+            && plan.threads >= (plan.units * b).max(3 * plan.units * groups * plan.k_split)
+            && (plan.cluster == 0 || plan.cluster == plan.blocks_per_direction);
         let sized =
             op.b_hn.elem_count() == d * hs && op.lengths.is_none_or(|l| l.elem_count() == b);
         if !covered || !sized {
@@ -113,7 +116,7 @@ mod cuda {
                 "gru persistent layer: internal: plan {plan:?} or b_hn/lengths do not fit B {b}, H {hs}, D {d}"
             );
         }
-        let func = op.kernels.persist(buf_s.dtype())?;
+        let func = op.kernels.persist(buf_s.dtype(), plan.cluster)?;
         let stream = buf_s.device().cuda_stream();
         let gi_h = op.gi.storage_and_layout();
         let w_h = op.w_hh.storage_and_layout();
@@ -128,8 +131,17 @@ mod cuda {
         let mut buf = buf_s
             .as_cuda_slice_mut::<T>()?
             .slice_mut(buf_l.start_offset()..);
-        // Fit in i32: checked by `PersistentPlan::new`.
-        let ints = [t_len, b, hs, d, plan.units, plan.blocks_per_direction].map(|v| v as i32);
+        // Fit in i32: checked by `PersistentPlan::plan`.
+        let ints = [
+            t_len,
+            b,
+            hs,
+            d,
+            plan.units,
+            plan.blocks_per_direction,
+            plan.k_split,
+        ]
+        .map(|v| v as i32);
         let mut builder = stream.launch_builder(func);
         builder.arg(&gi);
         builder.arg(&w_hh);
@@ -148,11 +160,30 @@ mod cuda {
             block_dim: (plan.threads as u32, 1, 1),
             shared_mem_bytes: plan.smem_bytes as u32,
         };
+        if plan.cluster > 0 {
+            // A cluster that can never be placed (too few free SMs in a GPC, a MIG slice, MPS
+            // limits) is refused here rather than left to the launch.
+            let placeable = func.occupancy_max_active_clusters(cfg, &stream).w()?;
+            if placeable == 0 {
+                candle_core::bail!(
+                    "gru persistent layer: no cluster of {} blocks of {} threads and {} bytes of \
+                     shared memory can be placed on this GPU",
+                    plan.cluster,
+                    plan.threads,
+                    plan.smem_bytes
+                );
+            }
+        }
         // SAFETY: argument types and order match the kernel's signature; shapes were checked
-        // above and the plan's sizes by `PersistentPlan::new`. A cooperative launch is refused
+        // above and the plan's sizes by `PersistentPlan::plan`. A cooperative launch is refused
         // (an error, not a hang) when its blocks cannot all be resident, which the grid
-        // barrier needs.
-        unsafe { builder.launch_cooperative(cfg) }.w()?;
+        // barrier needs. A cluster kernel's blocks meet only within their cluster, which the
+        // hardware schedules as one (or refuses to launch); its grid is whole clusters.
+        if plan.cluster > 0 {
+            unsafe { builder.launch(cfg) }.w()?;
+        } else {
+            unsafe { builder.launch_cooperative(cfg) }.w()?;
+        }
         Ok(())
     }
 }

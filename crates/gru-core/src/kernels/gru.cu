@@ -57,24 +57,67 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
 }
 
 // --- Persistent layer ---------------------------------------------------------------------------
-// One launch runs every step of one layer, both directions. The grid is D * nb blocks, all
-// co-resident (cooperative launch); block `blk` serves direction d = blk / nb and owns hidden
-// units [j0, j0 + U), j0 = (blk % nb) * U. Its rows of W_hh (gates r, z, n of its units: 3U rows)
-// stay in shared memory for the whole sequence. Per step: each thread first fetches the input
-// projections of its (unit, batch row) (independent of h, so their latency overlaps the rest),
-// the block gets h (from shared memory when one block serves the direction, else from global
-// memory where every block of the direction wrote its units), each thread computes one row of
-// gh for 4 batch rows with 16-byte loads, each thread applies the gates to its (unit, batch row),
-// and the blocks of a direction meet at a barrier (a counter in global memory that only grows:
-// nb arrivals per step). The host guarantees U * B <= blockDim.x and 3U * Bp / 4 <= blockDim.x.
+// One launch runs every step of one layer, both directions. Block `blk` serves direction
+// d = blk / nb and owns hidden units [j0, j0 + U), j0 = (blk % nb) * U. Its rows of W_hh (gates
+// r, z, n of its units: 3U rows) stay in shared memory for the whole sequence. Per step: each
+// thread first fetches the input projections of its (unit, batch row) (independent of h, so their
+// latency overlaps the rest), each thread computes one row of gh for 4 batch rows over one of KS
+// slices of the columns (KS partial sums shorten the dependent chain of adds), each thread
+// applies the gates to its (unit, batch row), summing the KS partials, and the blocks of a
+// direction exchange the new h. Three ways to exchange it:
+// - nb == 1: h stays in this block's shared memory.
+// - gru_persist_*: every block writes its units of h to global memory and the nb blocks meet at
+//   a barrier (a counter in global memory that only grows: nb arrivals per step; all blocks
+//   co-resident by a cooperative launch), then read the whole h back.
+// - gru_persist_cluster<nb>_* (sm_90+, GRU_CLUSTER_KERNELS): the nb blocks of a direction are one
+//   thread-block cluster; each block writes its units of h straight into the shared memory of
+//   every block of the cluster (double-buffered: step s reads buffer s % 2 and fills the other),
+//   and the cluster meets at the hardware cluster barrier. No global memory, no atomics.
+// The host guarantees U * B <= blockDim.x and 3U * Bp / 4 * KS <= blockDim.x.
 //
 // w_hh: (D, 3H, H) as PyTorch stores weight_hh. h0: (D, B, H). buf, zeroed, holds in order:
 // (T, B, D * H) the layer's output (direction d in columns d * H .. (d + 1) * H), (2, B, D * H)
-// the double-buffered state (step s >= 1 reads row s % 2), (D, B, H) h_n, and D barrier counters
-// (one u32 at the start of each of D elements).
-// Shared memory (elements): Ws (3U, S), hs (H4, Bp), gs (3U, Bp), where H4 = H rounded up to 4,
-// S = H4 (+ 4 when H4 / 4 is even, so that rows start on distinct bank groups), Bp = B rounded up
-// to 4; the padding is zero.
+// the double-buffered state of the global exchange (step s >= 1 reads row s % 2), (D, B, H) h_n,
+// and D barrier counters (one u32 at the start of each of D elements).
+// Shared memory (elements): Ws (3U, S), hs (NH, H4, Bp), gs (KS, Bp, 3U), where H4 = H rounded
+// up to 4, S = H4 (+ 4 when H4 / 4 is even, so that rows start on distinct bank groups), Bp = B
+// rounded up to 4, NH = 2 for a cluster, else 1; the padding is zero.
+
+// Thread-block clusters (sm_90+). Only the program built with GRU_CLUSTER_KERNELS (a second NVRTC
+// program, for compute capability 9.0 and up) uses them; elsewhere the stubs are never reached.
+#if defined(GRU_CLUSTER_KERNELS) && !defined(GRU_HOST_SHIM)
+__device__ __forceinline__ unsigned int gru_cluster_size() {
+    unsigned int n;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+    return n;
+}
+// Every thread of every block of the cluster. Arrive has release and wait acquire semantics
+// (the defaults): shared-memory stores to any block of the cluster before it are visible to all
+// threads of the cluster after it.
+__device__ __forceinline__ void gru_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.aligned;" ::: "memory");
+    asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+}
+// The address, in the cluster's shared window, of what `p` points to in this block's shared
+// memory, in the block of rank `rank`.
+__device__ __forceinline__ unsigned int gru_peer_addr(const void* p, unsigned int rank) {
+    unsigned int local, remote;
+    asm volatile("{\n\t.reg .u64 a;\n\tcvta.to.shared.u64 a, %1;\n\tcvt.u32.u64 %0, a;\n\t}"
+                 : "=r"(local) : "l"(p));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    return remote;
+}
+__device__ __forceinline__ void gru_store_peer(float* p, unsigned int rank, float v) {
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(gru_peer_addr(p, rank)), "f"(v) : "memory");
+}
+__device__ __forceinline__ void gru_store_peer(double* p, unsigned int rank, double v) {
+    asm volatile("st.shared::cluster.f64 [%0], %1;" ::"r"(gru_peer_addr(p, rank)), "d"(v) : "memory");
+}
+#elif !defined(GRU_HOST_SHIM)
+__device__ __forceinline__ unsigned int gru_cluster_size() { return 0; }
+__device__ __forceinline__ void gru_cluster_sync() { __trap(); }
+template <typename T> __device__ __forceinline__ void gru_store_peer(T*, unsigned int, T) { __trap(); }
+#endif
 
 // Four consecutive values, 16-byte aligned.
 template <typename T> struct Four { T v[4]; };
@@ -87,22 +130,30 @@ __device__ __forceinline__ Four<double> load4(const double* p) {
     return Four<double>{{a.x, a.y, b.x, b.y}};
 }
 
-template <typename T>
+template <typename T, bool CLUSTER>
 __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
                         const unsigned int* lengths, T* buf, int T_len, int B, int H, int D, int U,
-                        int nb) {
+                        int nb, int KS) {
     GRU_DYNAMIC_SMEM(smem_raw);
     const int R = 3 * U;
-    // The launch must give every gate item and every row item a thread (see PersistentPlan).
-    if (U * B > (int)blockDim.x || R * ((B + 3) / 4) > (int)blockDim.x) __trap();
     const int H4 = (H + 3) & ~3;
     const int S = ((H4 / 4) % 2 == 0) ? H4 + 4 : H4;
     const int Bp = (B + 3) & ~3;
+    const int G4 = Bp / 4;
+    // The launch must give every gate item and every row item a thread (see PersistentPlan),
+    // and a cluster kernel must run as clusters of nb blocks.
+    if (KS < 1 || U * B > (int)blockDim.x || R * G4 * KS > (int)blockDim.x) __trap();
+    if (CLUSTER && gru_cluster_size() != (unsigned int)nb) __trap();
+    // Columns per row item: a multiple of 4 (16-byte loads); the last slices may be short or empty.
+    const int KC = ((H4 / 4 + KS - 1) / KS) * 4;
+    const bool local_h = CLUSTER || nb == 1;  // h lives in shared memory between steps
+    const long long HB = (long long)H4 * Bp;
     T* Ws = (T*)smem_raw;
     T* hs = Ws + (long long)R * S;
-    T* gs = hs + (long long)H4 * Bp;
+    T* gs = hs + (CLUSTER ? 2 : 1) * HB;
     const int d = blockIdx.x / nb;
-    const int j0 = (blockIdx.x % nb) * U;
+    const int rank = blockIdx.x % nb;
+    const int j0 = rank * U;
     const int tid = threadIdx.x, nt = blockDim.x;
     const long long DH = (long long)D * H;
     const long long G = 3 * DH;
@@ -120,15 +171,16 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
         int j = j0 + u;
         Ws[i] = (j < H && k < H) ? w_hh[((long long)d * 3 * H + g * H + j) * H + k] : T(0);
     }
-    for (long long i = tid; i < (long long)H4 * Bp; i += nt) hs[i] = T(0);
+    for (long long i = tid; i < (CLUSTER ? 2 : 1) * HB; i += nt) hs[i] = T(0);
     __syncthreads();
-    if (nb == 1)  // the state lives in shared memory from here on
+    if (local_h)  // the state lives in shared memory from here on (buffer 0 first)
         for (int i = tid; i < B * H; i += nt) {
             int b = i / H, k = i - b * H;
             hs[(long long)k * Bp + b] = h0[i];
         }
 
-    // This thread's gate item (unit u, batch row gb) and matvec item (row mr, batch group mg).
+    // This thread's gate item (unit u, batch row gb) and row item (row mr, batch group mg,
+    // column slice mk).
     const int gu = tid % U, gb = tid / U;
     const int gj = j0 + gu;
     const bool has_gate = gb < B && gj < H;
@@ -144,14 +196,19 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
     };
     T nr = 0, nz = 0, nn = 0;
     fetch(d == 0 ? 0 : T_len - 1, nr, nz, nn);
-    const int mr = tid % R, mg = tid / R;
-    const bool has_row = mg < Bp / 4;
-    __syncthreads();
+    const int mr = tid % R, mrest = tid / R;
+    const int mg = mrest % G4, mk = mrest / G4;
+    const bool has_row = mk < KS;
+    const int k_lo = mk * KC;
+    const int k_hi = k_lo + KC < H4 ? k_lo + KC : H4;
+    // Peers write into this block's second buffer from step 0 on: not before it is zeroed.
+    if (CLUSTER) gru_cluster_sync(); else __syncthreads();
 
     for (int s = 0; s < T_len; ++s) {
         const int t = d == 0 ? s : T_len - 1 - s;
         const int p = s & 1;
         T* h_out = state + (1 - p) * row_stride + (long long)d * H;
+        T* hcur = hs + (CLUSTER ? p * HB : 0);
 
         // This step's input projections were fetched during the previous step; fetch the next
         // step's now: they do not depend on h, so their latency hides behind this step.
@@ -159,7 +216,7 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
         const T xr = nr, xz = nz, xn = nn;
         if (s + 1 < T_len) fetch(d == 0 ? s + 1 : T_len - 2 - s, nr, nz, nn);
         // h of every batch row, transposed: hs[k * Bp + b]. Read around L1: other blocks wrote it.
-        if (nb > 1) {
+        if (!local_h) {
             for (int i = tid; i < B * H; i += nt) {
                 int b = i / H, k = i - b * H;
                 hs[(long long)k * Bp + b] = s == 0 ? h0[i]
@@ -168,12 +225,12 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
             __syncthreads();
         }
 
-        // gh of row mr for batch rows 4 mg .. 4 mg + 3.
+        // gh of row mr for batch rows 4 mg .. 4 mg + 3, over columns k_lo .. k_hi.
         if (has_row) {
             const T* wr = Ws + (long long)mr * S;
-            const T* hk = hs + mg * 4;
+            const T* hk = hcur + mg * 4;
             T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-            for (int k = 0; k < H4; k += 4) {
+            for (int k = k_lo; k < k_hi; k += 4) {
                 Four<T> w = load4(wr + k);
 #pragma unroll
                 for (int kk = 0; kk < 4; ++kk) {
@@ -184,28 +241,54 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
                     a3 += w.v[kk] * h.v[3];
                 }
             }
-            T* o = gs + (long long)mr * Bp + mg * 4;
-            o[0] = a0; o[1] = a1; o[2] = a2; o[3] = a3;
+            // gs[mk][b][row]: consecutive rows (threads) at consecutive addresses, here and in
+            // the gate reads below.
+            T* o = gs + ((long long)mk * Bp + mg * 4) * R + mr;
+            o[0] = a0; o[R] = a1; o[2 * R] = a2; o[3 * R] = a3;
         }
         __syncthreads();
 
         // The gates of this thread's (unit, batch row).
         if (has_gate) {
-            T hp = hs[(long long)gj * Bp + gb];
+            T hp = hcur[(long long)gj * Bp + gb];
             T hn = hp;
             if (valid) {
-                T r = sigm(xr + gs[(long long)gu * Bp + gb]);
-                T z = sigm(xz + gs[(long long)(U + gu) * Bp + gb]);
-                T n = tanh(xn + r * (gs[(long long)(2 * U + gu) * Bp + gb] + bhn));
+                T ar = 0, az = 0, an = 0;
+                for (int m = 0; m < KS; ++m) {
+                    const T* g = gs + ((long long)m * Bp + gb) * R + gu;
+                    ar += g[0];
+                    az += g[U];
+                    an += g[2 * U];
+                }
+                T r = sigm(xr + ar);
+                T z = sigm(xz + az);
+                T n = tanh(xn + r * (an + bhn));
                 hn = n + z * (hp - n);
                 buf[(long long)t * row_stride + (long long)gb * DH + (long long)d * H + gj] = hn;
             }
-            h_out[(long long)gb * DH + gj] = hn;
-            if (nb == 1) hs[(long long)gj * Bp + gb] = hn;
+            if (CLUSTER) {
+                // Into the other buffer of every block of the cluster (none after the last step:
+                // a block may then exit, and its shared memory with it).
+                if (s + 1 < T_len) {
+                    T* dst = hs + (1 - p) * HB + (long long)gj * Bp + gb;
+                    for (int q = 0; q < nb; ++q) gru_store_peer(dst, (unsigned int)q, hn);
+                }
+            } else {
+                h_out[(long long)gb * DH + gj] = hn;
+                if (nb == 1) hs[(long long)gj * Bp + gb] = hn;
+            }
             if (s + 1 == T_len) h_n[(long long)gb * H + gj] = hn;
         }
 
         if (s + 1 == T_len) break;
+        if (CLUSTER) {
+            // Publishes this step's h to every block of the cluster, and orders this step's reads
+            // of gs and hcur before the next step's writes (peers fill hcur's buffer at step
+            // s + 1). The warp reconverges first: the barrier is the .aligned form.
+            __syncwarp();
+            gru_cluster_sync();
+            continue;
+        }
         // Barrier of this direction's nb blocks: publish this step's h, wait for everyone's.
         __syncthreads();
         if (nb > 1) {
@@ -225,13 +308,30 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
     }
 }
 
-extern "C" __global__ void gru_persist_f32(const float* gi, const float* w_hh, const float* b_hn,
-    const float* h0, const unsigned int* lengths, float* buf, int T_len, int B, int H, int D, int U,
-    int nb) {
-    persist<float>(gi, w_hh, b_hn, h0, lengths, buf, T_len, B, H, D, U, nb);
+#define GRU_PERSIST_ARGS(T)                                                                      \
+    const T *gi, const T *w_hh, const T *b_hn, const T *h0, const unsigned int *lengths, T *buf, \
+        int T_len, int B, int H, int D, int U, int nb, int KS
+#define GRU_PERSIST_CALL gi, w_hh, b_hn, h0, lengths, buf, T_len, B, H, D, U, nb, KS
+
+extern "C" __global__ void gru_persist_f32(GRU_PERSIST_ARGS(float)) {
+    persist<float, false>(GRU_PERSIST_CALL);
 }
-extern "C" __global__ void gru_persist_f64(const double* gi, const double* w_hh,
-    const double* b_hn, const double* h0, const unsigned int* lengths, double* buf, int T_len,
-    int B, int H, int D, int U, int nb) {
-    persist<double>(gi, w_hh, b_hn, h0, lengths, buf, T_len, B, H, D, U, nb);
+extern "C" __global__ void gru_persist_f64(GRU_PERSIST_ARGS(double)) {
+    persist<double, false>(GRU_PERSIST_CALL);
 }
+
+// One kernel per cluster size: the size is fixed at compile time (`__cluster_dims__`), so that a
+// plain launch runs the grid as clusters of that many blocks.
+#ifdef GRU_CLUSTER_KERNELS
+#define GRU_CLUSTER_KERNEL(N, T, SUFFIX)                                                          \
+    extern "C" __global__ void __cluster_dims__(N, 1, 1)                                          \
+        gru_persist_cluster##N##_##SUFFIX(GRU_PERSIST_ARGS(T)) {                                  \
+        persist<T, true>(GRU_PERSIST_CALL);                                                       \
+    }
+GRU_CLUSTER_KERNEL(2, float, f32)
+GRU_CLUSTER_KERNEL(4, float, f32)
+GRU_CLUSTER_KERNEL(8, float, f32)
+GRU_CLUSTER_KERNEL(2, double, f64)
+GRU_CLUSTER_KERNEL(4, double, f64)
+GRU_CLUSTER_KERNEL(8, double, f64)
+#endif
