@@ -140,6 +140,7 @@ impl PersistentPlan {
             return None;
         }
         let clusters = gpu.cluster_max_threads > 0;
+        let grid = Self::grid_units(shape, gpu, tuning);
         // By default a cluster only where the grid plan already has 2-8 blocks per direction:
         // fewer, larger blocks than that plan would be a different trade, not yet measured.
         let cluster = match tuning.cluster {
@@ -147,7 +148,7 @@ impl PersistentPlan {
             Some(n) if !clusters || !CLUSTER_SIZES.contains(&n) => return None,
             Some(n) => Some(n),
             None if !clusters => None,
-            None => Self::grid_units(shape, gpu, tuning)
+            None => grid
                 .map(|(_, blocks)| blocks)
                 .filter(|&blocks| blocks > 1)
                 .and_then(|blocks| CLUSTER_SIZES.into_iter().find(|&c| c >= blocks)),
@@ -163,7 +164,7 @@ impl PersistentPlan {
                 return plan;
             }
         }
-        let (units, _) = Self::grid_units(shape, gpu, tuning)?;
+        let (units, _) = grid?;
         // Fewer units per block when shared memory is short (each block then holds less).
         let (h4, s, bp) = Self::padded(hidden, batch);
         let budget = gpu.max_smem / shape.elem_size;
@@ -304,6 +305,14 @@ mod tests {
         }
     }
 
+    fn tuned(cluster: Option<usize>, k_split: Option<usize>) -> Tuning {
+        Tuning {
+            cluster,
+            k_split,
+            ..Tuning::default()
+        }
+    }
+
     fn hopper(clusters: bool) -> GpuLimits {
         GpuLimits {
             sm_count: H100.0,
@@ -339,10 +348,7 @@ mod tests {
         // blocks of 32 units.
         let p = PersistentPlan::plan(shape(100, 32, 256, 2), hopper(true), Tuning::default());
         assert_eq!(p.unwrap().cluster, 0);
-        let eight = Tuning {
-            cluster: Some(8),
-            ..Tuning::default()
-        };
+        let eight = tuned(Some(8), None);
         let p = PersistentPlan::plan(shape(100, 32, 256, 2), hopper(true), eight).unwrap();
         assert_eq!((p.units, p.blocks_per_direction, p.cluster), (32, 8, 8));
         assert_eq!((p.k_split, p.threads, p.grid(2)), (1, 1024, 16));
@@ -352,28 +358,18 @@ mod tests {
             ..hopper(true)
         };
         assert!(PersistentPlan::plan(shape(100, 32, 256, 2), fewer, eight).is_none());
-        // Too many gate items for a cluster of 8 (64 units x 64 rows): the grid barrier.
+        // large: 128 blocks per direction by the grid plan: the grid barrier.
         let p = PersistentPlan::plan(shape(200, 64, 512, 1), hopper(true), Tuning::default());
         assert_eq!(p.unwrap().cluster, 0);
         // Off, forced, forced where there are none, a size without a kernel.
-        let off = Tuning {
-            cluster: Some(0),
-            ..Tuning::default()
-        };
+        let off = tuned(Some(0), None);
         let p = PersistentPlan::plan(shape(2000, 8, 128, 1), hopper(true), off).unwrap();
         assert_eq!((p.cluster, p.blocks_per_direction), (0, 4));
-        let eight = Tuning {
-            cluster: Some(8),
-            k_split: Some(4),
-            ..Tuning::default()
-        };
+        let eight = tuned(Some(8), Some(4));
         let p = PersistentPlan::plan(shape(2000, 8, 128, 1), hopper(true), eight).unwrap();
         assert_eq!((p.units, p.cluster, p.k_split, p.threads), (16, 8, 4, 384));
         assert!(PersistentPlan::plan(shape(2000, 8, 128, 1), hopper(false), eight).is_none());
-        let three = Tuning {
-            cluster: Some(3),
-            ..Tuning::default()
-        };
+        let three = tuned(Some(3), None);
         assert!(PersistentPlan::plan(shape(2000, 8, 128, 1), hopper(true), three).is_none());
     }
 
