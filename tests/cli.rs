@@ -276,6 +276,71 @@ fn run_writes_pytorchs_output() {
         stderr.contains("--input") && stderr.contains("NaN"),
         "{stderr}"
     );
+    // One length too many (the batch is 5): named as PyTorch's count check, not a slicing error.
+    let (code, _, stderr) = gru(&[
+        "run",
+        "--weights",
+        "models/reference/varlen_bi_l2_h0.safetensors",
+        "--input",
+        case.to_str().unwrap(),
+        "--lengths",
+        "3,7,1,7,5,2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("`lengths`: expected 5 lengths (one per batch element), got 6"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_cell_writes_pytorchs_new_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = root().join("models/reference/cell_batched_hx.case.safetensors");
+    let out = dir.path().join("out.safetensors");
+    let mut args = vec![
+        "run",
+        "--weights",
+        "models/reference/cell_batched_hx.safetensors",
+        "--input",
+        case.to_str().unwrap(),
+        "--h0",
+        case.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    // Without --cell: the file holds no GRU, and the error says what to do.
+    let (code, _, stderr) = gru(&args);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("holds a GRUCell, not a GRU: run it with --cell"),
+        "{stderr}"
+    );
+    args.push("--cell");
+    let (code, stdout, stderr) = gru(&args);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let got = WeightFile::open(&out).unwrap();
+    let expected = WeightFile::open(&case)
+        .unwrap()
+        .load("output", &Device::Cpu)
+        .unwrap();
+    for name in ["output", "h_n"] {
+        let cmp = gru_verify::compare(
+            name,
+            &got.load(name, &Device::Cpu).unwrap(),
+            &expected,
+            gru_verify::Tolerance::for_dtype(DType::F32),
+        )
+        .unwrap();
+        assert!(cmp.passed, "{name}: {}", cmp.max_abs);
+    }
+    // A cell has no sequence: lengths are refused.
+    args.extend(["--lengths", "1,1,1,1"]);
+    let (code, _, stderr) = gru(&args);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--lengths"), "{stderr}");
 }
 
 #[test]

@@ -611,3 +611,138 @@ fn one_name_for_two_tensors_is_refused_when_loaded() {
         .to_string();
     assert!(e.contains("two different tensors"), "{e}");
 }
+
+/// A small deterministic PRNG (xorshift64*): the same mutants on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// 1-16 random edits of `b`: a byte, a 32-bit boundary value, a cut span, a copied span, a
+/// truncation, or a run of one pickle opcode (deep nesting, long memo chains).
+fn mutate(rng: &mut Rng, mut b: Vec<u8>) -> Vec<u8> {
+    const OPCODES: &[u8] = b"()]}ehqrstu.0NQRbcdgjlpK";
+    const WORDS: [[u8; 4]; 4] = [[0xff, 0xff, 0xff, 0x7f], [0, 0, 0, 0x80], [0xff; 4], [0; 4]];
+    for _ in 0..[1, 1, 2, 4, 16][rng.below(5)] {
+        if b.is_empty() {
+            break;
+        }
+        let i = rng.below(b.len());
+        match rng.below(10) {
+            0..=3 => b[i] = rng.next() as u8,
+            4 => {
+                let w = WORDS[rng.below(4)];
+                let end = (i + 4).min(b.len());
+                b.splice(i..end, w);
+            }
+            5 => {
+                let end = (i + 1 + rng.below(64)).min(b.len());
+                b.drain(i..end);
+            }
+            6 => {
+                let from = rng.below(b.len());
+                let span: Vec<u8> = b[from..(from + 1 + rng.below(200)).min(b.len())].to_vec();
+                b.splice(i..i, span);
+            }
+            7 => b.truncate(i),
+            _ => {
+                let op = OPCODES[rng.below(OPCODES.len())];
+                b.splice(i..i, std::iter::repeat_n(op, 1 + rng.below(5000)));
+            }
+        }
+    }
+    b
+}
+
+/// A mutant of a checkpoint: in a zip, one member rewritten (its pickle most often, stored
+/// again so the zip itself stays readable); otherwise the raw bytes.
+fn mutant(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
+    let Ok(mut zip) = zip::ZipArchive::new(std::io::Cursor::new(bytes)) else {
+        return mutate(rng, bytes.to_vec());
+    };
+    if rng.below(10) < 3 {
+        return mutate(rng, bytes.to_vec());
+    }
+    let mut members = Vec::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut data).unwrap();
+        members.push((f.name().unwrap().into_owned(), data));
+    }
+    let pickles: Vec<usize> = (0..members.len())
+        .filter(|&i| members[i].0.ends_with(".pkl"))
+        .collect();
+    let target = if !pickles.is_empty() && rng.below(5) > 0 {
+        pickles[rng.below(pickles.len())]
+    } else {
+        rng.below(members.len())
+    };
+    members[target].1 = mutate(rng, std::mem::take(&mut members[target].1));
+    let entries: Vec<(&str, &[u8], bool)> = members
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice(), false))
+        .collect();
+    zip_with(&entries)
+}
+
+/// Every shipped checkpoint, mutated at random (seeded): `inspect` and `convert` either work
+/// or end with exit code 2, under the memory and time limits. The hand-built attacks above
+/// cover what we thought of; this covers what we did not.
+#[test]
+fn mutated_checkpoints_never_crash() {
+    let mut seeds: Vec<PathBuf> = ["models/checkpoints", "models/fixtures"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root().join(d)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(".case.safetensors"))
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 20, "{seeds:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for seed in &seeds {
+        let bytes = std::fs::read(seed).unwrap();
+        for k in 0..6 {
+            let file = d.join("mutant");
+            std::fs::write(&file, mutant(&mut rng, &bytes)).unwrap();
+            let args: &[&str] = if k % 2 == 0 {
+                &["inspect", "mutant"]
+            } else {
+                &["convert", "--weights", "mutant", "--out", "out.safetensors"]
+            };
+            let o = run_limited(d, args);
+            runs += 1;
+            if !matches!(o.code, Some(0 | 2)) {
+                let keep = d.join(format!("crash-{runs}"));
+                std::fs::rename(&file, &keep).unwrap();
+                failures.push(format!(
+                    "{} mutant {k} ({args:?}): exit {:?} after {:?}: {}",
+                    seed.display(),
+                    o.code,
+                    o.elapsed,
+                    o.stderr.lines().last().unwrap_or("")
+                ));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        // Keep the crashing files for a look.
+        eprintln!("crashing mutants kept in {}", dir.keep().display());
+    }
+    eprintln!("{runs} mutants of {} checkpoints", seeds.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,12 +1,13 @@
-//! `gru run`: a GRU from a weight file on an input from safetensors or .npy; writes `output` and
-//! `h_n` to a safetensors file (never over something that is not a regular file).
+//! `gru run`: a GRU (or, with `--cell`, a GRUCell) from a weight file on an input from
+//! safetensors or .npy; writes `output` and `h_n` to a safetensors file or .npy files (never over
+//! something that is not a regular file).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
-use gru_weights::WeightFile;
+use gru_weights::{ModuleKind, WeightFile};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,6 +38,10 @@ pub struct Args {
     /// Let cuBLAS use TF32 for f32 matmuls (CUDA; off by default, as in PyTorch).
     #[arg(long)]
     allow_tf32: bool,
+    /// Run the GRUCell instead of the GRU: input `(B, input_size)` or `(input_size)`, h0 `(B, H)`
+    /// or `(H)`; `output` and `h_n` are both the new state h', as `nn.GRUCell` returns it.
+    #[arg(long, conflicts_with_all = ["lengths", "batch_first"])]
+    cell: bool,
 }
 
 /// Reads one tensor from a .npy file or a safetensors file (by `name`, or its only tensor), told
@@ -72,6 +77,12 @@ fn read_tensor(path: &Path, name: &str, arg: &str) -> anyhow::Result<Tensor> {
         );
     }
     Ok(t)
+}
+
+/// What `gru run` runs.
+enum Module {
+    Gru(gru_core::Gru),
+    Cell(gru_core::GruCell),
 }
 
 /// What `--out` asks for, by its extension.
@@ -115,7 +126,9 @@ fn check_finite(
     let bad = match (valid_steps, t.rank()) {
         (Some((lengths, batch_first)), 3) => {
             let mut found = None;
-            for (b, &len) in lengths.iter().enumerate() {
+            // A count of lengths that does not match the batch is the library's error to give.
+            let batch = t.dim(usize::from(!batch_first))?;
+            for (b, &len) in lengths.iter().enumerate().take(batch) {
                 let seq = if batch_first {
                     t64.get(b)?
                 } else {
@@ -149,33 +162,60 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let device = crate::open_device(a.device)?;
     let dtype = a.dtype;
     let file = WeightFile::open(&a.source.weights)?;
-    let (gru, report) = file.gru(a.source.prefix.as_deref(), dtype, &device)?;
-    let gru = gru.with_batch_first(a.batch_first);
+    let prefix = a.source.prefix.as_deref();
+    if !a.cell && file.select(ModuleKind::Gru, prefix).is_err() {
+        if let Ok(c) = file.select(ModuleKind::GruCell, prefix) {
+            let at = match c.prefix.as_str() {
+                "" => String::new(),
+                p => format!(" at `{p}`"),
+            };
+            bail!(
+                "{}: holds a GRUCell{at}, not a GRU: run it with --cell",
+                a.source.weights.display()
+            );
+        }
+    }
+    let (module, report) = if a.cell {
+        let (cell, report) = file.gru_cell(prefix, dtype, &device)?;
+        (Module::Cell(cell), report)
+    } else {
+        let (gru, report) = file.gru(prefix, dtype, &device)?;
+        (Module::Gru(gru.with_batch_first(a.batch_first)), report)
+    };
     if !report.unused_under_prefix.is_empty() {
         eprintln!(
-            "warning: tensors under `{}` not used by the GRU: {}",
+            "warning: tensors under `{}` not used by the {}: {}",
             report.prefix,
+            if a.cell { "GRUCell" } else { "GRU" },
             report.unused_under_prefix.join(", ")
         );
     }
+    let model_dtype = match &module {
+        Module::Gru(g) => g.dtype(),
+        Module::Cell(c) => c.dtype(),
+    };
     let input = read_tensor(&a.input, "input", "input")?;
     check_finite(
         &input,
         "input",
         a.lengths.as_deref().map(|l| (l, a.batch_first)),
     )?;
-    let input = input.to_dtype(gru.dtype())?.to_device(&device)?;
+    let input = input.to_dtype(model_dtype)?.to_device(&device)?;
     let h0 = match &a.h0 {
         Some(p) => {
             let h = read_tensor(p, "h0", "h0")?;
             check_finite(&h, "h0", None)?;
-            Some(h.to_dtype(gru.dtype())?.to_device(&device)?)
+            Some(h.to_dtype(model_dtype)?.to_device(&device)?)
         }
         None => None,
     };
-    let (output, h_n) = match &a.lengths {
-        Some(l) => gru.forward_with_lengths(&input, l, h0.as_ref())?,
-        None => gru.forward(&input, h0.as_ref())?,
+    let (output, h_n) = match (&module, &a.lengths) {
+        (Module::Gru(gru), Some(l)) => gru.forward_with_lengths(&input, l, h0.as_ref())?,
+        (Module::Gru(gru), None) => gru.forward(&input, h0.as_ref())?,
+        (Module::Cell(cell), _) => {
+            let h = cell.forward(&input, h0.as_ref())?;
+            (h.clone(), h)
+        }
     };
     let (output, h_n) = (
         output.to_device(&Device::Cpu)?,

@@ -179,6 +179,17 @@ impl Checker<'_> {
 fn hidden_from_weight_hh(full: &str, info: &TensorInfo) -> Result<usize> {
     match info.shape.as_slice() {
         &[rows, h] if h > 0 && rows == 3 * h => Ok(h),
+        // The same names are nn.LSTM's (4 gates) and nn.RNN's (1): say so, not just "wrong shape".
+        &[rows, h] if h > 0 && (rows == 4 * h || rows == h) => Err(WeightsError::Tensor {
+            name: full.to_string(),
+            reason: format!(
+                "has shape [{rows}, {h}], that of an nn.{} ({} x hidden_size rows); a GRU's \
+                 weight_hh is [3 x hidden_size, hidden_size] = [{}, {h}]",
+                if rows == h { "RNN" } else { "LSTM" },
+                rows / h,
+                3 * h
+            ),
+        }),
         &[rows, h] => Err(WeightsError::Shape {
             name: full.to_string(),
             expected: vec![3 * h, h],
@@ -407,7 +418,11 @@ mod tests {
         ];
         let d = discover(&v);
         assert!(d.found.is_empty());
-        assert!(matches!(d.rejected[0].1, WeightsError::Shape { .. }));
+        let e = d.rejected[0].1.to_string();
+        assert!(
+            e.contains("`lstm.weight_hh_l0`: has shape [16, 4], that of an nn.LSTM"),
+            "{e}"
+        );
     }
 
     #[test]
