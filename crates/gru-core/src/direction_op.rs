@@ -54,14 +54,76 @@ impl InplaceOp2 for DirectionLoop<'_> {
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::cublas::result::{dgemm, sgemm, CublasError};
+    use candle_core::cuda_backend::cudarc::cublas::sys::{cublasHandle_t, cublasOperation_t};
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdeviceptr;
+    use candle_core::cuda_backend::cudarc::driver::{
+        DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, Layout, Result};
 
     use super::DirectionLoop;
     use crate::cuda_kernels::view;
     use crate::kernel_source::GATE_BLOCK;
+
+    /// cuBLAS's `C = A B` (column-major, no transposes, alpha 1, beta 0, leading dimensions
+    /// m, k, m) on raw device addresses, for f32 and f64: the calls cudarc's `Gemm` makes,
+    /// without its per-call event bookkeeping.
+    pub(super) trait RawGemm: Sized {
+        /// # Safety
+        /// `a`, `b`, `c` address m*k, k*n and m*n elements of `Self` on the handle's stream.
+        unsafe fn gemm_raw(
+            handle: cublasHandle_t,
+            m: usize,
+            n: usize,
+            k: usize,
+            a: CUdeviceptr,
+            b: CUdeviceptr,
+            c: CUdeviceptr,
+        ) -> std::result::Result<(), CublasError>;
+    }
+
+    macro_rules! raw_gemm {
+        ($t:ty, $f:ident) => {
+            impl RawGemm for $t {
+                unsafe fn gemm_raw(
+                    handle: cublasHandle_t,
+                    m: usize,
+                    n: usize,
+                    k: usize,
+                    a: CUdeviceptr,
+                    b: CUdeviceptr,
+                    c: CUdeviceptr,
+                ) -> std::result::Result<(), CublasError> {
+                    let (one, zero): ($t, $t) = (1.0, 0.0);
+                    let op = cublasOperation_t::CUBLAS_OP_N;
+                    let (m, n, k) = (m as i32, n as i32, k as i32);
+                    // SAFETY: the caller's contract; alpha and beta live across the call.
+                    unsafe {
+                        $f(
+                            handle,
+                            op,
+                            op,
+                            m,
+                            n,
+                            k,
+                            &one,
+                            a as *const $t,
+                            m,
+                            b as *const $t,
+                            k,
+                            &zero,
+                            c as *mut $t,
+                            m,
+                        )
+                    }
+                }
+            }
+        };
+    }
+    raw_gemm!(f32, sgemm);
+    raw_gemm!(f64, dgemm);
 
     pub(super) fn run<T>(
         op: &DirectionLoop<'_>,
@@ -71,8 +133,7 @@ mod cuda {
         w_l: &Layout,
     ) -> Result<()>
     where
-        T: CudaDType + DeviceRepr + candle_core::WithDType,
-        candle_core::cuda_backend::cudarc::cublas::CudaBlas: Gemm<T>,
+        T: CudaDType + DeviceRepr + candle_core::WithDType + RawGemm,
     {
         let (t2, b, hs) = buf_l.shape().dims3()?;
         let (hs2, h3) = w_l.shape().dims2()?;
@@ -105,27 +166,30 @@ mod cuda {
         let gi = view::<T>(&gi_h)?;
         let b_hn = view::<T>(&bh_h)?;
         let lengths = len_guard.as_ref().map(view::<u32>).transpose()?;
-        let null_lengths = 0u64; // a null `const unsigned int*`: every step valid
         let w = w_s.as_cuda_slice::<T>()?.slice(w_l.start_offset()..);
         let buf_all = buf_s.as_cuda_slice_mut::<T>()?;
-        let start = buf_l.start_offset();
         // SAFETY: fully written by the first GEMM (beta = 0) before the gate kernel reads it.
         let mut gh = unsafe { stream.alloc::<T>(b * h3) }.w()?;
-        let bh = b * hs;
-        let gemm = GemmConfig {
-            // Column-major: gh^T (3H x B) = W_hh (W_hh^T row-major read as col-major 3H x H)
-            // times h^T (h row-major (B, H) read as col-major H x B).
-            transa: cublasOperation_t::CUBLAS_OP_N,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: h3 as i32,
-            n: b as i32,
-            k: hs as i32,
-            alpha: T::from_f64(1.0),
-            lda: h3 as i32,
-            ldb: hs as i32,
-            beta: T::from_f64(0.0),
-            ldc: h3 as i32,
+        // Raw pointers, taken once: candle's context tracks every buffer with CUDA events, and
+        // passing slices would cost an event wait or record per buffer per call (about 17
+        // driver calls per step besides the GEMM and the launch, the most of this loop's host
+        // time). One stream orders everything here; the guards record the accesses once when
+        // they drop after the loop.
+        let (w_ptr, _w) = w.device_ptr(&stream);
+        let (gi_ptr, _gi) = gi.device_ptr(&stream);
+        let (b_hn_ptr, _b_hn) = b_hn.device_ptr(&stream);
+        let (len_ptr, _len) = match &lengths {
+            Some(l) => {
+                let (p, g) = l.device_ptr(&stream);
+                (p, Some(g))
+            }
+            None => (0, None), // a null `const unsigned int*`: every step valid
         };
+        let (gh_ptr, _gh) = gh.device_ptr_mut(&stream);
+        let (buf_base, _buf) = buf_all.device_ptr_mut(&stream);
+        let elem = std::mem::size_of::<T>() as u64;
+        let buf_ptr = buf_base + buf_l.start_offset() as u64 * elem;
+        let bh = b * hs;
         let cfg = LaunchConfig {
             grid_dim: ((bh as u32).div_ceil(GATE_BLOCK as u32), 1, 1),
             block_dim: (GATE_BLOCK as u32, 1, 1),
@@ -134,27 +198,25 @@ mod cuda {
         let mut parity = 0;
         for s in 0..t_len {
             let t = if op.reverse { t_len - 1 - s } else { s };
-            {
-                let h = buf_all.slice(start + (t_len + parity) * bh..);
-                // SAFETY: shapes checked above; `h` and `gh` hold B * H and B * 3H values.
-                unsafe { blas.gemm(gemm, &w, &h, &mut gh) }.w()?;
-            }
-            let mut buf = buf_all.slice_mut(start..);
+            let h_ptr = buf_ptr + ((t_len + parity) * bh) as u64 * elem;
+            // Column-major: gh^T (3H x B) = W_hh (W_hh^T row-major read as col-major 3H x H)
+            // times h^T (h row-major (B, H) read as col-major H x B).
+            // SAFETY: shapes checked above; `h` and `gh` hold B * H and B * 3H values; the
+            // handle's stream is `stream`.
+            unsafe { T::gemm_raw(*blas.handle(), h3, b, hs, w_ptr, h_ptr, gh_ptr) }.w()?;
             let ints = [b, hs, g, op.offset, t, t_len, parity].map(|v| v as i32);
             let mut builder = stream.launch_builder(func);
-            builder.arg(&gi);
-            builder.arg(&gh);
-            builder.arg(&b_hn);
-            match &lengths {
-                Some(l) => builder.arg(l),
-                None => builder.arg(&null_lengths),
-            };
-            builder.arg(&mut buf);
+            builder.arg(&gi_ptr);
+            builder.arg(&gh_ptr);
+            builder.arg(&b_hn_ptr);
+            builder.arg(&len_ptr);
+            builder.arg(&buf_ptr);
             for v in &ints {
                 builder.arg(v);
             }
-            // SAFETY: argument types and order match the kernel's signature; sizes checked
-            // above; each thread writes only its own (row, unit) elements.
+            // SAFETY: argument types and order match the kernel's signature (pointers as
+            // 64-bit device addresses); sizes checked above; each thread writes only its own
+            // (row, unit) elements.
             unsafe { builder.launch(cfg) }.w()?;
             parity = 1 - parity;
         }
