@@ -129,6 +129,14 @@ for t in 1 50 1000; do
       --warmup 3 --iters 50 --impl $impl --json | sed -n 's/.*"impl":"\([^"]*\)".*"median_ms":\([0-9.]*\).*/'"T=$t"' \1 \2/p'
   done
 done
+stamp "the same without candle's per-buffer CUDA event tracking (bench --no-event-tracking; ms)"
+for t in 1 50; do
+  for impl in ours-persistent ours-step; do
+    gru 60 bench --input-size 16 --hidden-size 32 --seq-len $t --batch 1 --device "$DEVICE" \
+      --warmup 3 --iters 50 --impl $impl --no-event-tracking --json |
+      sed -n 's/.*"impl":"\([^"]*\)".*"median_ms":\([0-9.]*\).*/'"T=$t"' \1 \2/p'
+  done
+done
 stamp "persistent kernel: cluster size (0: grid barrier) x column split vs ms (one run each)"
 for row in "long|--input-size 64 --hidden-size 128 --seq-len 2000 --batch 8" \
   "medium|--input-size 128 --hidden-size 256 --num-layers 2 --bidirectional --seq-len 100 --batch 32" \

@@ -371,6 +371,18 @@ fn bad_arguments_are_one_line_errors() {
             "--batch",
             "1",
         ],
+        vec![
+            "bench",
+            "--input-size",
+            "4",
+            "--hidden-size",
+            "8",
+            "--seq-len",
+            "3",
+            "--batch",
+            "1",
+            "--no-event-tracking",
+        ],
     ] {
         let (code, _, stderr) = gru(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

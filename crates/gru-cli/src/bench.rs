@@ -73,6 +73,22 @@ pub struct Args {
     /// Let cuBLAS use TF32 for f32 matmuls (CUDA; off by default, as in PyTorch).
     #[arg(long)]
     allow_tf32: bool,
+    /// CUDA: turn off the per-buffer event tracking of candle's CUDA context before anything is
+    /// allocated (sound with candle's single stream), to measure what it costs per forward.
+    #[arg(long)]
+    no_event_tracking: bool,
+}
+
+/// `--no-event-tracking`: an error on any device but CUDA.
+fn disable_event_tracking(device: &Device) -> anyhow::Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        // SAFETY: called before this process allocates anything on the device, and everything
+        // here runs on candle's one stream, so no cross-stream ordering is lost.
+        unsafe { d.disable_event_tracking() };
+        return Ok(());
+    }
+    bail!("--no-event-tracking: only for a CUDA device, not {device:?}")
 }
 
 /// xorshift64*: reproducible without a dependency, uniform in [-1, 1).
@@ -171,6 +187,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         bytes,
     )?;
     let device = crate::open_device(a.device)?;
+    if a.no_event_tracking {
+        disable_event_tracking(&device)?;
+    }
     let dtype = a.dtype;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ a.seed.wrapping_mul(0x1000_0001));
     let sd = random_state_dict(&config, &mut rng)?;
@@ -285,6 +304,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 "iters": a.iters,
                 "median_ms": median, "min_ms": times[0], "max_ms": times[times.len() - 1],
                 "gflops": gflops, "peak_mem_mb": peak,
+                "event_tracking": !a.no_event_tracking,
             })
         );
     } else {
