@@ -34,7 +34,10 @@ class Wrapper(nn.Module):
 
     def __init__(self, rnn, depth, second_gru):
         super().__init__()
-        self.embed = nn.Linear(3, 3)
+        self.embed = nn.Embedding(10, 3)
+        # An int64 0-d buffer (num_batches_tracked) and a bool buffer beside the float tensors.
+        self.norm = nn.BatchNorm1d(3)
+        self.register_buffer("mask", torch.tensor([True, False, True]))
         if depth == 0:
             self.rnn = rnn
         else:
@@ -83,7 +86,7 @@ def one_case(rng, out, i):
         rnn = nn.GRU(input_size, hidden, layers, bias=bias, batch_first=batch_first,
                      bidirectional=bidirectional, dropout=0.3 if layers > 1 else 0.0)
     depth = rng.choice([0, 1, 2])
-    model = Wrapper(rnn, depth, rng.random() < 0.3).eval().to(dtype)
+    model = Wrapper(rnn, depth, rng.random() < 0.3).eval().to(dtype)  # .to keeps int/bool buffers
     seq_len, batch = rng.choice([1, 2, 5, 13]), rng.choice([1, 2, 3, 6])
     unbatched = rng.random() < 0.2
     dirs = 2 if bidirectional and not cell else 1
