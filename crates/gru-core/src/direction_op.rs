@@ -68,19 +68,15 @@ mod cuda {
     use crate::kernel_source::GATE_BLOCK;
 
     /// cuBLAS's `C = A B` (column-major, no transposes, alpha 1, beta 0, leading dimensions
-    /// m, k, m) on raw device addresses, for f32 and f64: the calls cudarc's `Gemm` makes,
-    /// without its per-call event bookkeeping.
+    /// m, k, m) on raw device addresses `[a, b, c]`, for f32 and f64: the calls cudarc's `Gemm`
+    /// makes, without its per-call event bookkeeping.
     pub(super) trait RawGemm: Sized {
         /// # Safety
         /// `a`, `b`, `c` address m*k, k*n and m*n elements of `Self` on the handle's stream.
         unsafe fn gemm_raw(
             handle: cublasHandle_t,
-            m: usize,
-            n: usize,
-            k: usize,
-            a: CUdeviceptr,
-            b: CUdeviceptr,
-            c: CUdeviceptr,
+            mnk: (usize, usize, usize),
+            abc: [CUdeviceptr; 3],
         ) -> std::result::Result<(), CublasError>;
     }
 
@@ -89,12 +85,8 @@ mod cuda {
             impl RawGemm for $t {
                 unsafe fn gemm_raw(
                     handle: cublasHandle_t,
-                    m: usize,
-                    n: usize,
-                    k: usize,
-                    a: CUdeviceptr,
-                    b: CUdeviceptr,
-                    c: CUdeviceptr,
+                    (m, n, k): (usize, usize, usize),
+                    [a, b, c]: [CUdeviceptr; 3],
                 ) -> std::result::Result<(), CublasError> {
                     let (one, zero): ($t, $t) = (1.0, 0.0);
                     let op = cublasOperation_t::CUBLAS_OP_N;
@@ -203,7 +195,7 @@ mod cuda {
             // times h^T (h row-major (B, H) read as col-major H x B).
             // SAFETY: shapes checked above; `h` and `gh` hold B * H and B * 3H values; the
             // handle's stream is `stream`.
-            unsafe { T::gemm_raw(*blas.handle(), h3, b, hs, w_ptr, h_ptr, gh_ptr) }.w()?;
+            unsafe { T::gemm_raw(*blas.handle(), (h3, b, hs), [w_ptr, h_ptr, gh_ptr]) }.w()?;
             let ints = [b, hs, g, op.offset, t, t_len, parity].map(|v| v as i32);
             let mut builder = stream.launch_builder(func);
             builder.arg(&gi_ptr);
