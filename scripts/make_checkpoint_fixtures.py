@@ -8,6 +8,7 @@ case whose `weights` metadata points straight at it, for the loader's tests and 
   legacy_flat.ch            legacy, protocol 4, GRU weights as views with offsets into one flat
                             storage (what cuDNN's flatten_parameters() leaves), retagged 'mps'
   zip_flat.pt               the same flat-storage GRU in the zip format
+  zip_flat_input.pt         its input as one bare tensor, torch.save(x) of a non-contiguous view
   legacy_checkpoint.pkl     legacy {'model': sd, 'unique_notes': [...], 'model_repr': str,
                             'global_step': int}
   whole_module_legacy.pkl   torch.save(model) in the legacy format (module classes pickled with
@@ -146,6 +147,10 @@ def main():
     case("legacy_flat", g, "", x_flat, "legacy_flat.ch", lengths=[6, 3])
     torch.save(g.state_dict(), os.path.join(OUT, "zip_flat.pt"))
     case("zip_flat", g, "", x_flat, "zip_flat.pt")
+    # Its input as one bare tensor (`torch.save(x, path)`), stored as a non-contiguous view
+    # (strides (1, T) over a (B, T, I) storage): what `gru run --input` reads.
+    torch.save(x_flat.transpose(0, 1).contiguous().transpose(0, 1),
+               os.path.join(OUT, "zip_flat_input.pt"))
 
     save_legacy({"model": sd, "unique_notes": ["a", "b"], "model_repr": repr(model),
                  "global_step": 1200}, os.path.join(OUT, "legacy_checkpoint.pkl"))

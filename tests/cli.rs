@@ -285,6 +285,50 @@ fn run_writes_pytorchs_output() {
 }
 
 #[test]
+fn run_reads_an_input_saved_as_one_bare_tensor() {
+    // `torch.save(x, path)` of a non-contiguous view: one tensor without a name.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let (code, stdout, stderr) = gru(&[
+        "run",
+        "--weights",
+        "models/checkpoints/zip_flat.pt",
+        "--input",
+        "models/checkpoints/zip_flat_input.pt",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let got = WeightFile::open(&out).unwrap();
+    let case =
+        WeightFile::open(root().join("models/checkpoints/zip_flat.case.safetensors")).unwrap();
+    for name in ["output", "h_n"] {
+        let cmp = gru_verify::compare(
+            name,
+            &got.load(name, &Device::Cpu).unwrap(),
+            &case.load(name, &Device::Cpu).unwrap(),
+            gru_verify::Tolerance::for_dtype(DType::F32),
+        )
+        .unwrap();
+        assert!(cmp.passed, "{name}: {}", cmp.max_abs);
+    }
+    // As weights it is refused for what it is.
+    let (code, _, stderr) = gru(&["inspect", "models/checkpoints/zip_flat_input.pt"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = gru(&[
+        "run",
+        "--weights",
+        "models/checkpoints/zip_flat_input.pt",
+        "--input",
+        "models/checkpoints/zip_flat_input.pt",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("the file is one bare tensor"), "{stderr}");
+}
+
+#[test]
 fn run_cell_writes_pytorchs_new_state() {
     let dir = tempfile::tempdir().unwrap();
     let case = root().join("models/reference/cell_batched_hx.case.safetensors");

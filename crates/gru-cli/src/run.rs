@@ -13,7 +13,8 @@ use gru_weights::{ModuleKind, WeightFile};
 pub struct Args {
     #[command(flatten)]
     source: crate::WeightsArgs,
-    /// Input: a .npy file, or a safetensors file holding `input` (or a single tensor).
+    /// Input: a .npy file, or a safetensors or `torch.save` file holding `input` (or one
+    /// tensor, as `torch.save(x, path)` writes).
     #[arg(long)]
     input: PathBuf,
     /// Initial state h0, same formats (tensor `h0` in safetensors).

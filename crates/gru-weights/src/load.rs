@@ -164,6 +164,15 @@ impl WeightFile {
                         return Err(d.rejected.swap_remove(pos).1);
                     }
                 }
+                if let [only] = self.tensors() {
+                    if only.name.is_empty() {
+                        return Err(WeightsError::Select(format!(
+                            "{}: no {kind} found: the file is one bare tensor \
+                             (`torch.save(tensor, path)`), not a state dict or model",
+                            self.path().display()
+                        )));
+                    }
+                }
                 Err(WeightsError::Select(format!(
                     "{}: no {kind} found; the file holds: {}",
                     self.path().display(),

@@ -524,8 +524,10 @@ pub(crate) fn find_tensors(p: &Pickle) -> Result<Vec<Found>, String> {
         work: p.len().saturating_mul(WORK_PER_OBJECT).max(MIN_WORK),
         name_bytes: MAX_NAME_BYTES,
     };
-    if tensor(p, p.root)?.is_some() {
-        return Err("a single tensor, not a state dict or model: it has no names".into());
+    if let Some(t) = tensor(p, p.root)? {
+        // `torch.save(tensor, path)`: one tensor without a name (""), e.g. an input to run on.
+        w.emit(0, t)?;
+        return Ok(w.out);
     }
     w.walk(p.root, None)?;
     Ok(w.out)
