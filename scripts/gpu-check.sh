@@ -64,7 +64,7 @@ echo "one-case exit code: $?"
 
 for k in auto persistent step ops; do
   stamp "every case on $DEVICE, --kernel $k"
-  gru 120 verify models --device "$DEVICE" --kernel "$k"
+  gru 60 verify models --device "$DEVICE" --kernel "$k"
   echo "verify --kernel $k exit code: $?"
 done
 
@@ -75,7 +75,7 @@ for knobs in "GRU_PERSISTENT_CLUSTER=0 GRU_PERSISTENT_KSPLIT=1" "GRU_PERSISTENT_
   "GRU_PERSISTENT_CLUSTER=8"; do
   stamp "every case on $DEVICE, --kernel persistent, $knobs"
   # shellcheck disable=SC2086
-  env $knobs LD_LIBRARY_PATH=$GRU_LIBS timeout 120 "$GRU" verify models --device "$DEVICE" --kernel persistent
+  env $knobs LD_LIBRARY_PATH=$GRU_LIBS timeout 60 "$GRU" verify models --device "$DEVICE" --kernel persistent
   echo "verify --kernel persistent $knobs exit code: $?"
 done
 
