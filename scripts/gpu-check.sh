@@ -138,13 +138,14 @@ for t in 1 50; do
   done
 done
 stamp "persistent kernel: cluster size (0: grid barrier) x column split vs ms (one run each)"
-for row in "long|--input-size 64 --hidden-size 128 --seq-len 2000 --batch 8" \
+for row in "small|--input-size 16 --hidden-size 32 --seq-len 50 --batch 1" \
+  "long|--input-size 64 --hidden-size 128 --seq-len 2000 --batch 8" \
   "medium|--input-size 128 --hidden-size 256 --num-layers 2 --bidirectional --seq-len 100 --batch 32" \
   "h256b16|--input-size 64 --hidden-size 256 --seq-len 500 --batch 16"; do
   IFS='|' read -r name args <<<"$row"
   for cluster in 0 2 4 8; do
     line="$name cluster=$cluster"
-    for ks in 1 2 4; do
+    for ks in 1 2 4 8; do
       # shellcheck disable=SC2086
       ms=$(GRU_PERSISTENT_CLUSTER=$cluster GRU_PERSISTENT_KSPLIT=$ks gru 60 bench $args \
         --device "$DEVICE" --warmup 3 --iters 10 --impl ours-persistent --json 2>/dev/null |

@@ -83,7 +83,11 @@ pub const MAX_THREADS: usize = 256;
 
 /// Threads per block the column split may grow a block to by default: each row item's chain of
 /// dependent adds gets `k_split` times shorter, the block's barriers a little longer.
-pub const K_SPLIT_THREADS: usize = 512;
+pub const K_SPLIT_THREADS: usize = 1024;
+
+/// Column splits the plan picks from by default, most first (a split of 4 was the fastest of
+/// 1, 2 and 4 for long, medium and a 256-unit layer at batch 16 on an H200; 8 is unmeasured).
+const K_SPLITS: [usize; 3] = [4, 2, 1];
 
 /// The cluster sizes there are kernels for.
 pub const CLUSTER_SIZES: [usize; 3] = [2, 4, 8];
@@ -141,25 +145,31 @@ impl PersistentPlan {
         }
         let clusters = gpu.cluster_max_threads > 0;
         let grid = Self::grid_units(shape, gpu, tuning);
-        // By default a cluster only where the grid plan already has 2-8 blocks per direction:
-        // fewer, larger blocks than that plan would be a different trade, not yet measured.
-        let cluster = match tuning.cluster {
-            Some(0) => None,
+        // By default a cluster only where the grid plan already has 2-8 blocks per direction
+        // (fewer, larger blocks than that plan would be a different trade, not yet measured),
+        // and then the largest that fits: on an H200, long (4 blocks by the grid plan) ran in
+        // 4.3 ms as a cluster of 8, 5.9 ms as one of 4, 8.0 ms with the grid barrier.
+        let candidates: Vec<usize> = match tuning.cluster {
+            Some(0) => Vec::new(),
             Some(n) if !clusters || !CLUSTER_SIZES.contains(&n) => return None,
-            Some(n) => Some(n),
-            None if !clusters => None,
-            None => grid
-                .map(|(_, blocks)| blocks)
-                .filter(|&blocks| blocks > 1)
-                .and_then(|blocks| CLUSTER_SIZES.into_iter().find(|&c| c >= blocks)),
+            Some(n) => vec![n],
+            None if !clusters => Vec::new(),
+            None => match grid {
+                Some((_, blocks)) if blocks > 1 => CLUSTER_SIZES
+                    .into_iter()
+                    .rev()
+                    .filter(|&c| c >= blocks)
+                    .collect(),
+                _ => Vec::new(),
+            },
         };
-        if let Some(n) = cluster {
+        let limit = gpu.cluster_max_threads / 32 * 32;
+        for &n in &candidates {
             let units = hidden.div_ceil(n);
-            let limit = gpu.cluster_max_threads / 32 * 32;
             let plan = (n <= gpu.sm_count)
                 .then(|| Self::fit(shape, gpu.max_smem, tuning, (units, n, n), limit, limit))
                 .flatten();
-            // Forced: that cluster or nothing; chosen: the grid barrier when it does not fit.
+            // Forced: that cluster or nothing; chosen: the next size, then the grid barrier.
             if plan.is_some() || tuning.cluster.is_some() {
                 return plan;
             }
@@ -240,7 +250,7 @@ impl PersistentPlan {
         let cap = gate_items.max(K_SPLIT_THREADS).min(limit);
         let candidates: Vec<usize> = match tuning.k_split {
             Some(k) => vec![k.clamp(1, h4 / 4)],
-            None => [8, 4, 2, 1]
+            None => K_SPLITS
                 .into_iter()
                 .filter(|&k| k == 1 || (row_items * k <= cap && h4 / k >= 16))
                 .collect(),
@@ -332,18 +342,34 @@ mod tests {
         let c = PersistentPlan::plan(shape(50, 1, 32, 1), hopper(true), Tuning::default());
         assert_eq!(c, Some(p));
         let p = PersistentPlan::new(2000, 8, 128, 1, 4, H100.0, H100.1).unwrap();
-        assert_eq!((p.units, p.blocks_per_direction, p.k_split), (32, 4, 2));
-        assert_eq!((p.threads, p.cluster), (384, 0));
+        assert_eq!((p.units, p.blocks_per_direction, p.k_split), (32, 4, 4));
+        assert_eq!((p.threads, p.cluster), (768, 0));
     }
 
     #[test]
     fn several_blocks_per_direction_form_a_cluster_where_there_are_clusters() {
-        // long: 4 blocks -> one cluster of 4, h double-buffered in shared memory.
+        // long: 4 blocks by the grid plan -> one cluster of 8 (the largest that fits), h
+        // double-buffered in shared memory.
         let p = PersistentPlan::plan(shape(2000, 8, 128, 1), hopper(true), Tuning::default());
         let p = p.unwrap();
+        assert_eq!((p.units, p.blocks_per_direction, p.cluster), (16, 8, 8));
+        assert_eq!((p.k_split, p.threads), (4, 384));
+        assert_eq!(p.smem_bytes, (48 * 132 + 2 * 128 * 8 + 4 * 48 * 8) * 4);
+        // Where 8 does not fit (here: a GPU of 6 SMs), the next size down; where no cluster
+        // fits (a thread limit below every cluster plan), the grid barrier.
+        let six_sms = GpuLimits {
+            sm_count: 6,
+            ..hopper(true)
+        };
+        let p = PersistentPlan::plan(shape(2000, 8, 128, 1), six_sms, Tuning::default());
+        let p = p.unwrap();
         assert_eq!((p.units, p.blocks_per_direction, p.cluster), (32, 4, 4));
-        assert_eq!((p.k_split, p.threads), (2, 384));
-        assert_eq!(p.smem_bytes, (96 * 132 + 2 * 128 * 8 + 2 * 96 * 8) * 4);
+        let narrow = GpuLimits {
+            cluster_max_threads: 64,
+            ..hopper(true)
+        };
+        let p = PersistentPlan::plan(shape(2000, 8, 128, 1), narrow, Tuning::default());
+        assert_eq!(p.map(|p| (p.cluster, p.blocks_per_direction)), Some((0, 4)));
         // medium: 32 blocks per direction by the grid plan: no cluster by default; forced, 8
         // blocks of 32 units.
         let p = PersistentPlan::plan(shape(100, 32, 256, 2), hopper(true), Tuning::default());
