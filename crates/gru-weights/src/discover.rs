@@ -179,13 +179,21 @@ impl Checker<'_> {
 fn hidden_from_weight_hh(full: &str, info: &TensorInfo) -> Result<usize> {
     match info.shape.as_slice() {
         &[rows, h] if h > 0 && rows == 3 * h => Ok(h),
+        &[_, 0] => Err(WeightsError::Tensor {
+            name: full.to_string(),
+            reason: "has no columns: hidden_size 0 (nn.GRU requires hidden_size > 0)".into(),
+        }),
         // The same names are nn.LSTM's (4 gates) and nn.RNN's (1): say so, not just "wrong shape".
         &[rows, h] if h > 0 && (rows == 4 * h || rows == h) => Err(WeightsError::Tensor {
             name: full.to_string(),
             reason: format!(
                 "has shape [{rows}, {h}], that of an nn.{} ({} x hidden_size rows); a GRU's \
                  weight_hh is [3 x hidden_size, hidden_size] = [{}, {h}]",
-                if rows == h { "RNN" } else { "LSTM" },
+                if rows == h {
+                    "RNN (or RNNCell)"
+                } else {
+                    "LSTM (or LSTMCell)"
+                },
                 rows / h,
                 3 * h
             ),
@@ -408,6 +416,16 @@ mod tests {
         );
         assert!(g.config.bidirectional && g.config.bias);
         assert_eq!(g.keys.len(), 24);
+    }
+
+    #[test]
+    fn a_hidden_size_of_zero_is_named() {
+        let v = vec![t("weight_ih_l0", &[0, 3]), t("weight_hh_l0", &[0, 0])];
+        let e = discover(&v).rejected.remove(0).1.to_string();
+        assert!(
+            e.contains("`weight_hh_l0`: has no columns: hidden_size 0"),
+            "{e}"
+        );
     }
 
     #[test]
