@@ -164,7 +164,15 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let dtype = a.dtype;
     let file = WeightFile::open(&a.source.weights)?;
     let prefix = a.source.prefix.as_deref();
-    if !a.cell && file.select(ModuleKind::Gru, prefix).is_err() {
+    // A GRUCell where a GRU was asked for (at --prefix, or the file has no GRU at all): say what
+    // to do rather than "no GRU found".
+    let no_gru = || {
+        file.discover()
+            .found
+            .iter()
+            .all(|g| g.kind != ModuleKind::Gru)
+    };
+    if !a.cell && file.select(ModuleKind::Gru, prefix).is_err() && (prefix.is_some() || no_gru()) {
         if let Ok(c) = file.select(ModuleKind::GruCell, prefix) {
             let at = match c.prefix.as_str() {
                 "" => String::new(),
