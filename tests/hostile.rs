@@ -711,12 +711,16 @@ fn mutated_checkpoints_never_crash() {
     assert!(seeds.len() >= 20, "{seeds:?}");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // GRU_MUTATION_SEED and GRU_MUTANTS (per checkpoint) run a longer or different search.
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let mut rng = Rng(env("GRU_MUTATION_SEED").unwrap_or(0x9e37_79b9_7f4a_7c15) | 1);
+    let per_seed = env("GRU_MUTANTS").unwrap_or(8);
     let mut failures = Vec::new();
     let mut runs = 0;
+    let mut slowest = (Duration::ZERO, String::new());
     for seed in &seeds {
         let bytes = std::fs::read(seed).unwrap();
-        for k in 0..6 {
+        for k in 0..per_seed {
             let file = d.join("mutant");
             std::fs::write(&file, mutant(&mut rng, &bytes)).unwrap();
             let args: &[&str] = if k % 2 == 0 {
@@ -726,6 +730,9 @@ fn mutated_checkpoints_never_crash() {
             };
             let o = run_limited(d, args);
             runs += 1;
+            if o.elapsed > slowest.0 {
+                slowest = (o.elapsed, format!("{} mutant {k}", seed.display()));
+            }
             if !matches!(o.code, Some(0 | 2)) {
                 let keep = d.join(format!("crash-{runs}"));
                 std::fs::rename(&file, &keep).unwrap();
@@ -743,6 +750,11 @@ fn mutated_checkpoints_never_crash() {
         // Keep the crashing files for a look.
         eprintln!("crashing mutants kept in {}", dir.keep().display());
     }
-    eprintln!("{runs} mutants of {} checkpoints", seeds.len());
+    eprintln!(
+        "{runs} mutants of {} checkpoints; slowest {:?} ({})",
+        seeds.len(),
+        slowest.0,
+        slowest.1
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
