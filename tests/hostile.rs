@@ -697,7 +697,8 @@ fn mutant(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Every shipped checkpoint, mutated at random (seeded): `inspect` and `convert` either work
-/// or end with exit code 2, under the memory and time limits. The hand-built attacks above
+/// or end with exit code 2, under the memory and time limits; likewise `run` on mutated .npy
+/// inputs. The hand-built attacks above
 /// cover what we thought of; this covers what we did not.
 #[test]
 fn mutated_checkpoints_never_crash() {
@@ -746,12 +747,41 @@ fn mutated_checkpoints_never_crash() {
             }
         }
     }
+    // Inputs too: a valid (6, 3, 5) f32 .npy for models/reference/uni_l1_h0, mutated.
+    let data: Vec<u8> = (0..90)
+        .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
+        .collect();
+    let input = npy("<f4", "(6, 3, 5)", &data);
+    let weights = root().join("models/reference/uni_l1_h0.safetensors");
+    let weights = weights.to_str().unwrap();
+    for k in 0..4 * per_seed {
+        std::fs::write(d.join("x.npy"), mutate(&mut rng, input.clone())).unwrap();
+        let args = [
+            "run",
+            "--weights",
+            weights,
+            "--input",
+            "x.npy",
+            "--out",
+            "y.safetensors",
+        ];
+        let o = run_limited(d, &args);
+        runs += 1;
+        if !matches!(o.code, Some(0 | 2)) {
+            std::fs::rename(d.join("x.npy"), d.join(format!("crash-{runs}.npy"))).unwrap();
+            failures.push(format!(
+                "input mutant {k}: exit {:?}: {}",
+                o.code,
+                o.stderr.lines().last().unwrap_or("")
+            ));
+        }
+    }
     if !failures.is_empty() {
         // Keep the crashing files for a look.
         eprintln!("crashing mutants kept in {}", dir.keep().display());
     }
     eprintln!(
-        "{runs} mutants of {} checkpoints; slowest {:?} ({})",
+        "{runs} mutants of {} checkpoints and one .npy input; slowest {:?} ({})",
         seeds.len(),
         slowest.0,
         slowest.1
