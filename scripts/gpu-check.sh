@@ -21,17 +21,8 @@ exec > >(tee "$LOG/gpu-check.log") 2>&1
 START=$SECONDS
 stamp() { echo "== [$((SECONDS - START)) s] $*"; }
 
-unpack() { # a binary or its .xz -> a runnable path on stdout
-  local p=$1 out
-  if [ -f "$p" ]; then echo "$p"; return; fi
-  if [ -f "$p.xz" ]; then
-    out="/tmp/$(basename "$p")"
-    xz -dc "$p.xz" >"$out" 2>/dev/null ||
-      "$PYTHON" -c 'import lzma,sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$p.xz" >"$out"
-    chmod +x "$out"; echo "$out"; return
-  fi
-  echo "$p"
-}
+# shellcheck source=scripts/gpu_unpack.sh
+. scripts/gpu_unpack.sh
 GRU=$(unpack "$GRU")
 GPU_TESTS=$(unpack "$GPU_TESTS")
 

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Where the GPU time goes, with Nsight Compute (`ncu`, on the GPU machine's image; it reads the
+# hardware counters on Firecracker machines, not on gVisor ones: KINDS.md of the device tool).
+# About 1-2 minutes. Run after scripts/gpu-check.sh has shown parity.
+#
+#   scripts/gpu-profile.sh LOGDIR [GRU_BINARY]
+#
+# 1. Every kernel of ONE small forward (16/32/1L, T=50, B=1), with its duration: what the ~50 us
+#    of fixed cost per forward launches (candle's ops around ours), in launch order.
+# 2. The same for one large forward's first steps (per-step path: cuBLAS GEMM + gate kernel).
+# 3. One launch of the persistent kernel on long (64/128, T=200, B=8; cluster of 8 on sm_90+):
+#    throughput, warp stall reasons, occupancy, shared-memory traffic.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOG=${1:?usage: gpu-profile.sh LOGDIR [GRU_BINARY]}
+mkdir -p "$LOG"
+LOG=$(cd "$LOG" && pwd)
+# shellcheck source=scripts/gpu_unpack.sh
+. scripts/gpu_unpack.sh
+GRU=$(unpack "${2:-target/cuda/gru}")
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+[ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
+"$NCU" --version | tail -1
+# A warm JIT cache first, so that nothing below times the driver compiling candle's PTX.
+"$GRU" bench --input-size 16 --hidden-size 32 --seq-len 50 --batch 1 --device cuda --iters 1 >/dev/null
+
+kernels() { # NAME ARGS...: every kernel the bench launches, name and duration (us)
+  local name=$1; shift
+  echo "== $name: every kernel in launch order (building the model, then one forward)"
+  timeout 120 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv \
+    "$GRU" bench "$@" --device cuda --warmup 0 --iters 1 >"$LOG/$name.csv" 2>"$LOG/$name.err"
+  echo "ncu exit code: $?"
+  # The CSV has one row per kernel and metric: ID, ..., Kernel Name, ..., Metric Value.
+  "${PYTHON:-python3}" - "$LOG/$name.csv" <<'PY'
+import csv, sys
+SCALE = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3,
+         "second": 1e6, "s": 1e6}
+rows = list(csv.reader(open(sys.argv[1], errors="replace")))
+head = next((r for r in rows if "Kernel Name" in r and "Metric Value" in r), None)
+if head is None:
+    print("no kernels recorded"); sys.exit()
+ki, vi = head.index("Kernel Name"), head.index("Metric Value")
+ui = head.index("Metric Unit") if "Metric Unit" in head else None
+body = [r for r in rows[rows.index(head) + 1:] if len(r) == len(head)]
+total = 0.0
+for r in body:
+    us = float(r[vi].replace(",", "")) * SCALE.get(r[ui] if ui is not None else "nsecond", 1e-3)
+    total += us
+    print(f"{us:9.2f} us  {r[ki][:110]}")
+print(f"{len(body)} kernels, {total:.1f} us of GPU time in all")
+PY
+}
+kernels small --input-size 16 --hidden-size 32 --seq-len 50 --batch 1 --impl ours
+kernels large_step --input-size 256 --hidden-size 512 --num-layers 1 --seq-len 4 --batch 64 --impl ours-step
+
+echo "== long: one launch of the persistent kernel (T=200), counters"
+timeout 180 "$NCU" --clock-control none --kernel-name regex:gru_persist --launch-count 1 \
+  --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+  --section MemoryWorkloadAnalysis \
+  "$GRU" bench --input-size 64 --hidden-size 128 --seq-len 200 --batch 8 --device cuda \
+  --warmup 0 --iters 1 --impl ours-persistent >"$LOG/long_persist.txt" 2>&1
+echo "ncu exit code: $?"
+grep -E "gru_persist|Duration|Throughput|Block Size|Grid Size|Cluster|Registers|Shared Memory|Achieved Occupancy|Stall|Warp Cycles|Issued" \
+  "$LOG/long_persist.txt" | head -60
