@@ -17,7 +17,7 @@ pub struct Args {
     /// tensor, as `torch.save(x, path)` writes).
     #[arg(long)]
     input: PathBuf,
-    /// Initial state h0, same formats (tensor `h0` in safetensors).
+    /// Initial state h0, same formats (tensor `h0` in a safetensors file or `torch.save` dict).
     #[arg(long)]
     h0: Option<PathBuf>,
     /// Lengths of a padded variable-length batch, comma-separated (one per batch element).
