@@ -33,6 +33,23 @@ fn gru(args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), stdout, stderr)
 }
 
+/// Asserts that each `(written, reference)` tensor pair of the `gru run` output file `got` and
+/// the PyTorch reference file `reference` agree at the f32 tolerance.
+fn assert_matches(got: &Path, reference: &Path, pairs: &[(&str, &str)]) {
+    let got = WeightFile::open(got).unwrap();
+    let reference = WeightFile::open(reference).unwrap();
+    for (name, ref_name) in pairs {
+        let cmp = gru_verify::compare(
+            name,
+            &got.load(name, &Device::Cpu).unwrap(),
+            &reference.load(ref_name, &Device::Cpu).unwrap(),
+            gru_verify::Tolerance::for_dtype(DType::F32),
+        )
+        .unwrap();
+        assert!(cmp.passed, "{name}: {}", cmp.max_abs);
+    }
+}
+
 #[test]
 fn verify_shipped_models_passes() {
     let (code, out, _) = gru(&["verify", "models"]);
@@ -250,15 +267,7 @@ fn run_writes_pytorchs_output() {
     c.load("h0", &Device::Cpu).unwrap().write_npy(&h0).unwrap();
     let (code, stdout, stderr) = gru(&args);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let got = WeightFile::open(&out).unwrap();
-    let cmp = gru_verify::compare(
-        "output",
-        &got.load("output", &Device::Cpu).unwrap(),
-        &c.load("output", &Device::Cpu).unwrap(),
-        gru_verify::Tolerance::for_dtype(DType::F32),
-    )
-    .unwrap();
-    assert!(cmp.passed);
+    assert_matches(&out, &case, &[("output", "output")]);
     // Refused by name: NaN in a valid position; one length too many (the batch is 5), as
     // PyTorch's count check rather than a slicing error.
     for (lengths, expected) in [
@@ -299,19 +308,8 @@ fn run_reads_an_input_saved_as_one_bare_tensor() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let got = WeightFile::open(&out).unwrap();
-    let case =
-        WeightFile::open(root().join("models/checkpoints/zip_flat.case.safetensors")).unwrap();
-    for name in ["output", "h_n"] {
-        let cmp = gru_verify::compare(
-            name,
-            &got.load(name, &Device::Cpu).unwrap(),
-            &case.load(name, &Device::Cpu).unwrap(),
-            gru_verify::Tolerance::for_dtype(DType::F32),
-        )
-        .unwrap();
-        assert!(cmp.passed, "{name}: {}", cmp.max_abs);
-    }
+    let case = root().join("models/checkpoints/zip_flat.case.safetensors");
+    assert_matches(&out, &case, &[("output", "output"), ("h_n", "h_n")]);
     // As weights it is refused for what it is.
     let (code, _, stderr) = gru(&["inspect", "models/checkpoints/zip_flat_input.pt"]);
     assert_eq!(code, 0, "{stderr}");
@@ -354,21 +352,8 @@ fn run_cell_writes_pytorchs_new_state() {
     args.push("--cell");
     let (code, stdout, stderr) = gru(&args);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let got = WeightFile::open(&out).unwrap();
-    let expected = WeightFile::open(&case)
-        .unwrap()
-        .load("output", &Device::Cpu)
-        .unwrap();
-    for name in ["output", "h_n"] {
-        let cmp = gru_verify::compare(
-            name,
-            &got.load(name, &Device::Cpu).unwrap(),
-            &expected,
-            gru_verify::Tolerance::for_dtype(DType::F32),
-        )
-        .unwrap();
-        assert!(cmp.passed, "{name}: {}", cmp.max_abs);
-    }
+    // A cell case's reference is h' alone, in `output`; both written tensors must equal it.
+    assert_matches(&out, &case, &[("output", "output"), ("h_n", "output")]);
     // A cell has no sequence: lengths are refused.
     args.extend(["--lengths", "1,1,1,1"]);
     let (code, _, stderr) = gru(&args);

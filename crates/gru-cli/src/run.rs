@@ -80,6 +80,29 @@ fn read_tensor(path: &Path, name: &str, arg: &str) -> anyhow::Result<Tensor> {
     Ok(t)
 }
 
+/// Where no GRU could be taken: a GRUCell where one was asked for (at `prefix`, or the file has
+/// no GRU at all) gets an error saying to run it with `--cell`, not "no GRU found".
+fn cell_hint(file: &WeightFile, prefix: Option<&str>) -> Option<anyhow::Error> {
+    let no_gru = || {
+        file.discover()
+            .found
+            .iter()
+            .all(|g| g.kind != ModuleKind::Gru)
+    };
+    if prefix.is_none() && !no_gru() {
+        return None;
+    }
+    let cell = file.select(ModuleKind::GruCell, prefix).ok()?;
+    let at = match cell.prefix.as_str() {
+        "" => String::new(),
+        p => format!(" at `{p}`"),
+    };
+    Some(anyhow::anyhow!(
+        "{}: holds a GRUCell{at}, not a GRU: run it with --cell",
+        file.path().display()
+    ))
+}
+
 /// What `gru run` runs.
 enum Module {
     Gru(gru_core::Gru),
@@ -164,31 +187,13 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let dtype = a.dtype;
     let file = WeightFile::open(&a.source.weights)?;
     let prefix = a.source.prefix.as_deref();
-    // A GRUCell where a GRU was asked for (at --prefix, or the file has no GRU at all): say what
-    // to do rather than "no GRU found".
-    let no_gru = || {
-        file.discover()
-            .found
-            .iter()
-            .all(|g| g.kind != ModuleKind::Gru)
-    };
-    if !a.cell && file.select(ModuleKind::Gru, prefix).is_err() && (prefix.is_some() || no_gru()) {
-        if let Ok(c) = file.select(ModuleKind::GruCell, prefix) {
-            let at = match c.prefix.as_str() {
-                "" => String::new(),
-                p => format!(" at `{p}`"),
-            };
-            bail!(
-                "{}: holds a GRUCell{at}, not a GRU: run it with --cell",
-                a.source.weights.display()
-            );
-        }
-    }
     let (module, report) = if a.cell {
         let (cell, report) = file.gru_cell(prefix, dtype, &device)?;
         (Module::Cell(cell), report)
     } else {
-        let (gru, report) = file.gru(prefix, dtype, &device)?;
+        let (gru, report) = file
+            .gru(prefix, dtype, &device)
+            .map_err(|e| cell_hint(&file, prefix).unwrap_or_else(|| e.into()))?;
         (Module::Gru(gru.with_batch_first(a.batch_first)), report)
     };
     if !report.unused_under_prefix.is_empty() {

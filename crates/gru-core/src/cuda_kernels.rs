@@ -18,17 +18,18 @@ use candle_core::{DType, Layout, Result, Storage};
 use crate::kernel_source::{GpuLimits, CLUSTER_SIZES, CUDA_SOURCE};
 
 /// The kernels of one device, with what their launch geometry needs to know about it.
+/// Every per-dtype array below is indexed by [`dtype_index`]: f32, then f64.
 pub(crate) struct CudaKernels {
-    gate_f32: CudaFunction,
-    gate_f64: CudaFunction,
-    persist_f32: CudaFunction,
-    persist_f64: CudaFunction,
-    /// `gru_persist_cluster<n>_*` for each of `CLUSTER_SIZES`: f32, then f64.
+    /// `gru_gate_*`.
+    gate: [CudaFunction; 2],
+    /// `gru_persist_*` (grid barrier).
+    persist: [CudaFunction; 2],
+    /// `gru_persist_cluster<n>_*` for each of `CLUSTER_SIZES`.
     cluster: Option<[[CudaFunction; 3]; 2]>,
     /// Why there are no cluster kernels, if there are none.
     pub cluster_unavailable: Option<String>,
-    /// What the persistent kernel's plan needs to know about the device, for f32 and f64 (the
-    /// f64 kernels take more registers, so fewer threads per block).
+    /// What the persistent kernel's plan needs to know about the device (the f64 kernels take
+    /// more registers, so fewer threads per block).
     limits: [GpuLimits; 2],
 }
 
@@ -41,35 +42,37 @@ impl std::fmt::Debug for CudaKernels {
     }
 }
 
+/// The kernels' index for `dtype`: 0 for f32, 1 for f64, `None` for types without kernels.
+fn dtype_index(dtype: DType) -> Option<usize> {
+    match dtype {
+        DType::F32 => Some(0),
+        DType::F64 => Some(1),
+        _ => None,
+    }
+}
+
 impl CudaKernels {
     pub fn gate(&self, dtype: DType) -> Result<&CudaFunction> {
-        match dtype {
-            DType::F32 => Ok(&self.gate_f32),
-            DType::F64 => Ok(&self.gate_f64),
-            other => candle_core::bail!("gru: no CUDA gate kernel for {other:?}"),
+        match dtype_index(dtype) {
+            Some(d) => Ok(&self.gate[d]),
+            None => candle_core::bail!("gru: no CUDA gate kernel for {dtype:?}"),
         }
     }
 
     /// What the persistent kernel's plan needs to know about the device for `dtype` (f32 or
     /// f64; `None` for other types).
     pub fn limits(&self, dtype: DType) -> Option<GpuLimits> {
-        match dtype {
-            DType::F32 => Some(self.limits[0]),
-            DType::F64 => Some(self.limits[1]),
-            _ => None,
-        }
+        dtype_index(dtype).map(|d| self.limits[d])
     }
 
     /// The persistent kernel for `dtype`: with the grid barrier (`cluster` 0) or for clusters of
     /// `cluster` blocks.
     pub fn persist(&self, dtype: DType, cluster: usize) -> Result<&CudaFunction> {
-        let d = match dtype {
-            DType::F32 => 0,
-            DType::F64 => 1,
-            other => candle_core::bail!("gru: no CUDA persistent kernel for {other:?}"),
+        let Some(d) = dtype_index(dtype) else {
+            candle_core::bail!("gru: no CUDA persistent kernel for {dtype:?}")
         };
         if cluster == 0 {
-            return Ok([&self.persist_f32, &self.persist_f64][d]);
+            return Ok(&self.persist[d]);
         }
         let Some(fs) = &self.cluster else {
             candle_core::bail!(
@@ -156,12 +159,9 @@ pub(crate) fn kernels(dev: &CudaDevice) -> Result<Arc<CudaKernels>> {
         max_threads: threads[d],
         cluster_max_threads: cluster_threads[d],
     });
-    let [persist_f32, persist_f64] = persist;
     let k = Arc::new(CudaKernels {
-        gate_f32: load("gru_gate_f32")?,
-        gate_f64: load("gru_gate_f64")?,
-        persist_f32,
-        persist_f64,
+        gate: [load("gru_gate_f32")?, load("gru_gate_f64")?],
+        persist,
         limits,
         cluster,
         cluster_unavailable,

@@ -85,8 +85,8 @@ pub const MAX_THREADS: usize = 256;
 /// dependent adds gets `k_split` times shorter, the block's barriers a little longer.
 pub const K_SPLIT_THREADS: usize = 1024;
 
-/// Column splits the plan picks from by default, most first (a split of 4 was the fastest of
-/// 1, 2 and 4 for long, medium and a 256-unit layer at batch 16 on an H200; 8 is unmeasured).
+/// Column splits the plan picks from by default, most first (on an H200 a split of 4 was the
+/// fastest of 1, 2 and 4 for long, medium and a 256-unit layer at batch 16; 8 was no faster).
 const K_SPLITS: [usize; 3] = [4, 2, 1];
 
 /// The cluster sizes there are kernels for.
@@ -246,7 +246,7 @@ impl PersistentPlan {
         if gate_items.max(row_items) > items {
             return None;
         }
-        let h4 = hidden.div_ceil(4) * 4;
+        let (h4, _, _) = Self::padded(hidden, batch);
         let cap = gate_items.max(K_SPLIT_THREADS).min(limit);
         let candidates: Vec<usize> = match tuning.k_split {
             Some(k) => vec![k.clamp(1, h4 / 4)],
