@@ -8,8 +8,10 @@
 # 1. Every kernel of ONE small forward (16/32/1L, T=50, B=1), with its duration: what the ~50 us
 #    of fixed cost per forward launches (candle's ops around ours), in launch order.
 # 2. The same for one large forward's first steps (per-step path: cuBLAS GEMM + gate kernel).
-# 3. One launch of the persistent kernel on long (64/128, T=200, B=8; cluster of 8 on sm_90+):
-#    throughput, warp stall reasons, occupancy, shared-memory traffic.
+# 3. One launch of the persistent kernel on long (64/128, T=200, B=8; cluster of 8 on sm_90+)
+#    and on small (16/32, T=1000, B=1; one block): throughput, warp stall reasons (cycles per
+#    issued instruction, largest first), occupancy, shared-memory traffic, and the SASS lines
+#    where warps stall most (SourceCounters; the whole report is in LOGDIR).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${1:?usage: gpu-profile.sh LOGDIR [GRU_BINARY]}
@@ -54,12 +56,27 @@ PY
 kernels small --input-size 16 --hidden-size 32 --seq-len 50 --batch 1 --impl ours
 kernels large_step --input-size 256 --hidden-size 512 --num-layers 1 --seq-len 4 --batch 64 --impl ours-step
 
-echo "== long: one launch of the persistent kernel (T=200), counters"
-timeout 180 "$NCU" --clock-control none --kernel-name regex:gru_persist --launch-count 1 \
-  --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-  --section MemoryWorkloadAnalysis \
-  "$GRU" bench --input-size 64 --hidden-size 128 --seq-len 200 --batch 8 --device cuda \
-  --warmup 0 --iters 1 --impl ours-persistent >"$LOG/long_persist.txt" 2>&1
-echo "ncu exit code: $?"
-grep -E "gru_persist|Duration|Throughput|Block Size|Grid Size|Cluster|Registers|Shared Memory|Achieved Occupancy|Stall|Warp Cycles|Issued" \
-  "$LOG/long_persist.txt" | head -60
+# The stall reasons as ratios (cycles stalled per issued instruction) with the sections' metrics.
+STALLS='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
+persist() { # NAME ARGS...: one launch of the persistent kernel
+  local name=$1; shift
+  echo "== $name: one launch of the persistent kernel, counters"
+  local rc extra=(--metrics "$STALLS")
+  for _ in 1 2; do # without the stall metrics if this ncu refuses them
+    timeout 180 "$NCU" --clock-control none --kernel-name regex:gru_persist --launch-count 1 \
+      --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+      --section MemoryWorkloadAnalysis --section SourceCounters "${extra[@]}" \
+      "$GRU" bench "$@" --device cuda --warmup 0 --iters 1 --impl ours-persistent \
+      >"$LOG/${name}_persist.txt" 2>&1
+    rc=$?
+    [ $rc = 0 ] || [ ${#extra[@]} = 0 ] && break
+    echo "ncu exit code $rc with the stall metrics; again without them"; extra=()
+  done
+  echo "ncu exit code: $rc"
+  grep -E "gru_persist|Duration|Throughput|Block Size|Grid Size|Cluster|Registers|Shared Memory|Achieved Occupancy|Warp Cycles|Issued" \
+    "$LOG/${name}_persist.txt" | head -40
+  echo "-- stall reasons (cycles per issued instruction), largest first"
+  grep -E "stalled_.*ratio" "$LOG/${name}_persist.txt" | awk '{print $NF, $1}' | sort -gr | head -8
+}
+persist long --input-size 64 --hidden-size 128 --seq-len 200 --batch 8
+persist small --input-size 16 --hidden-size 32 --seq-len 1000 --batch 1

@@ -80,6 +80,7 @@ type PersistFn<T> = unsafe extern "C" fn(
     *const T,
     *const T,
     *const T,
+    *const T,
     *const u32,
     *mut T,
     i32,
@@ -94,12 +95,15 @@ type PersistFn<T> = unsafe extern "C" fn(
 /// The compute types of the kernels.
 trait Elem: WithDType + Default + std::ops::AddAssign {
     const SUFFIX: &'static str;
+    const NAN: Self;
 }
 impl Elem for f32 {
     const SUFFIX: &'static str = "f32";
+    const NAN: Self = f32::NAN;
 }
 impl Elem for f64 {
     const SUFFIX: &'static str = "f64";
+    const NAN: Self = f64::NAN;
 }
 
 /// How the recurrence of each layer runs.
@@ -135,8 +139,30 @@ fn vec_of<T: Elem>(t: &Tensor) -> Vec<T> {
         .unwrap()
 }
 
-/// `gi` `(T, B, D * 3H)`: `x @ W_ih^T + b_ih + [b_hr, b_hz, 0]`, as the CUDA path's matmul gives.
-fn project<T: Elem>(x: &[T], dims: (usize, usize, usize), w: &LayerWeights<T>, h: usize) -> Vec<T> {
+/// The folded bias `(D * 3H)`: `b_ih + [b_hr, b_hz, 0]` per direction (zeros without biases).
+fn folded_bias<T: Elem>(w: &LayerWeights<T>, h: usize) -> Vec<T> {
+    let mut bias = Vec::with_capacity(w.w_ih.len() * 3 * h);
+    for d in 0..w.w_ih.len() {
+        for o in 0..3 * h {
+            let mut acc = w.b_ih[d].get(o).copied().unwrap_or_default();
+            if o < 2 * h {
+                acc += w.b_hh[d].get(o).copied().unwrap_or_default();
+            }
+            bias.push(acc);
+        }
+    }
+    bias
+}
+
+/// `gi` `(T, B, D * 3H)`: `x @ W_ih^T`, plus `bias` `(D * 3H)` when given, as the CUDA path's
+/// input projection gives (the per-step path folds the bias in; the persistent kernel adds it).
+fn project<T: Elem>(
+    x: &[T],
+    dims: (usize, usize, usize),
+    w: &LayerWeights<T>,
+    bias: Option<&[T]>,
+    h: usize,
+) -> Vec<T> {
     let (t_len, batch, input) = dims;
     let d_n = w.w_ih.len();
     let g = d_n * 3 * h;
@@ -145,12 +171,12 @@ fn project<T: Elem>(x: &[T], dims: (usize, usize, usize), w: &LayerWeights<T>, h
         let xr = &x[row * input..(row + 1) * input];
         for d in 0..d_n {
             for o in 0..3 * h {
-                let mut acc = w.b_ih[d].get(o).copied().unwrap_or_default();
-                if o < 2 * h {
-                    acc += w.b_hh[d].get(o).copied().unwrap_or_default();
-                }
+                let mut acc = T::default();
                 for (k, &xv) in xr.iter().enumerate() {
                     acc += xv * w.w_ih[d][o * input + k];
+                }
+                if let Some(b) = bias {
+                    acc += b[d * 3 * h + o];
                 }
                 gi[row * g + d * 3 * h + o] = acc;
             }
@@ -165,7 +191,8 @@ struct Run<'l, T> {
 }
 
 impl<T: Elem> Run<'_, T> {
-    /// One layer: `x` `(T, B, in)`, `h0` `(D, B, H)` -> output `(T, B, D * H)`, h_n `(D, B, H)`.
+    /// One layer: `x` `(T, B, in)`, `h0` `(D, B, H)` (`None`: zeros, passed to the persistent
+    /// kernel as null, as the CUDA path does) -> output `(T, B, D * H)`, h_n `(D, B, H)`.
     #[allow(clippy::type_complexity)]
     fn layer(
         &self,
@@ -173,7 +200,7 @@ impl<T: Elem> Run<'_, T> {
         x: &[T],
         dims: (usize, usize, usize),
         w: &LayerWeights<T>,
-        h0: &[T],
+        h0: Option<&[T]>,
         h: usize,
         lengths: Option<&[u32]>,
     ) -> (Vec<T>, Vec<T>) {
@@ -181,7 +208,7 @@ impl<T: Elem> Run<'_, T> {
         let lengths_ptr = lengths.map_or(std::ptr::null(), |l| l.as_ptr());
         let (t_len, batch, _) = dims;
         let d_n = w.w_ih.len();
-        let gi = project(x, dims, w, h);
+        let bias = folded_bias(w, h);
         let g = d_n * 3 * h;
         let bh = batch * h;
         let b_hn: Vec<Vec<T>> = (0..d_n)
@@ -194,6 +221,9 @@ impl<T: Elem> Run<'_, T> {
         let mut h_n = vec![T::default(); d_n * bh];
         match mode {
             Mode::Step => {
+                let gi = project(x, dims, w, Some(&bias), h);
+                let zeros = vec![T::default(); d_n * bh];
+                let h0 = h0.unwrap_or(&zeros);
                 for d in 0..d_n {
                     // The fused path's buffer: (T + 2, B, H), h0 in row T.
                     let mut buf = vec![T::default(); (t_len + 2) * bh];
@@ -274,10 +304,14 @@ impl<T: Elem> Run<'_, T> {
                 if let Some(k) = tuning.k_split {
                     assert_eq!(plan.k_split, k.min(h.div_ceil(4)), "{plan:?}");
                 }
+                let gi = project(x, dims, w, None, h);
                 let dh = d_n * h;
-                // Output, 2 state rows, h_n, one element per barrier counter; zeroed.
+                // Output, 2 state rows, h_n, one element per barrier counter. Uninitialised on
+                // the GPU but for the counters: NaN here, so that any element the kernel fails
+                // to write shows in the comparison.
                 let rows = (t_len + 2) * batch * dh;
-                let mut buf = vec![T::default(); rows + d_n * bh + d_n];
+                let mut buf = vec![T::NAN; rows + d_n * bh + d_n];
+                buf[rows + d_n * bh..].fill(T::default());
                 let w_hh: Vec<T> = w.w_hh.concat();
                 let b_hn: Vec<T> = b_hn.concat();
                 let ints = [
@@ -300,7 +334,8 @@ impl<T: Elem> Run<'_, T> {
                         gi.as_ptr(),
                         w_hh.as_ptr(),
                         b_hn.as_ptr(),
-                        h0.as_ptr(),
+                        bias.as_ptr(),
+                        h0.map_or(std::ptr::null(), <[T]>::as_ptr),
                         lengths_ptr,
                         buf.as_mut_ptr(),
                         ints[0],
@@ -391,10 +426,7 @@ fn run_case<T: Elem>(lib: &libloading::Library, case: &Case, mode: Mode) -> f64 
     }
     let (t_len, batch, input) = x.dims3().unwrap();
     let h = hidden;
-    let h0: Vec<T> = match &case.h0 {
-        Some(h0) => vec_of(h0),
-        None => vec![T::default(); layers * dirs * batch * h],
-    };
+    let h0: Option<Vec<T>> = case.h0.as_ref().map(vec_of);
     let lengths: Option<Vec<u32>> = case
         .lengths
         .as_ref()
@@ -418,7 +450,9 @@ fn run_case<T: Elem>(lib: &libloading::Library, case: &Case, mode: Mode) -> f64 
                 .map(|d| get(format!("bias_hh{}", suffix(d))))
                 .collect(),
         };
-        let h0_k = &h0[k * dirs * batch * h..(k + 1) * dirs * batch * h];
+        let h0_k = h0
+            .as_deref()
+            .map(|h0| &h0[k * dirs * batch * h..(k + 1) * dirs * batch * h]);
         let (out, hn) = run.layer(
             mode,
             &x,

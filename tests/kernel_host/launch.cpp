@@ -24,8 +24,8 @@ void gru_gate_f32(const float*, const float*, const float*, const unsigned int*,
 void gru_gate_f64(const double*, const double*, const double*, const unsigned int*, double*, int,
                   int, int, int, int, int, int);
 #define GRU_DECLARE(NAME, T)                                                                  \
-    void NAME(const T*, const T*, const T*, const T*, const unsigned int*, T*, int, int, int, int, \
-              int, int, int);
+    void NAME(const T*, const T*, const T*, const T*, const T*, const unsigned int*, T*, int, int, \
+              int, int, int, int, int);
 GRU_DECLARE(gru_persist_f32, float)
 GRU_DECLARE(gru_persist_f64, double)
 GRU_DECLARE(gru_persist_cluster2_f32, float)
@@ -99,7 +99,8 @@ void launch_gate_f64(unsigned grid, unsigned block, const double* gi, const doub
 }
 #define GRU_LAUNCH_PERSIST(T, SUFFIX)                                                             \
     void launch_persist_##SUFFIX(unsigned grid, unsigned block, size_t smem, unsigned cluster,     \
-                                 const T* gi, const T* w_hh, const T* b_hn, const T* h0,           \
+                                 const T* gi, const T* w_hh, const T* b_hn, const T* bias,         \
+                                 const T* h0,                                                      \
                                  const unsigned int* lengths, T* buf, int T_len, int B, int H,     \
                                  int D, int U, int nb, int KS) {                                   \
         auto kernel = cluster == 0   ? gru_persist_##SUFFIX                                        \
@@ -109,7 +110,7 @@ void launch_gate_f64(unsigned grid, unsigned block, const double* gi, const doub
                                      : nullptr;                                                    \
         if (!kernel) std::abort();                                                                 \
         launch_threads(grid, block, smem, cluster, [&] {                                           \
-            kernel(gi, w_hh, b_hn, h0, lengths, buf, T_len, B, H, D, U, nb, KS);                   \
+            kernel(gi, w_hh, b_hn, bias, h0, lengths, buf, T_len, B, H, D, U, nb, KS);             \
         });                                                                                        \
     }
 GRU_LAUNCH_PERSIST(float, f32)

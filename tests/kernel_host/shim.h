@@ -21,6 +21,7 @@ using std::tanh;
 #define __shared__
 #define __align__(n) alignas(n)
 #define __cluster_dims__(...)
+#define __launch_bounds__(...)
 
 struct alignas(16) float4 {
     float x, y, z, w;

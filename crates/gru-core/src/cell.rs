@@ -123,7 +123,7 @@ impl GruCell {
         let x = x.unsqueeze(0)?.to_dtype(cdt)?.contiguous()?;
         let plan = LengthPlan::full(batch, 1);
         let ctx = RunContext::new(&plan, &self.device, self.kernel)?;
-        let (_, h_n) = self.layer.forward(&x, &h, &plan, self.kernel, &ctx)?;
+        let (_, h_n) = self.layer.forward(&x, Some(&h), &plan, self.kernel, &ctx)?;
         let h_n = h_n.squeeze(0)?.to_dtype(self.dtype)?;
         Ok(if batched { h_n } else { h_n.squeeze(0)? })
     }

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::ffi::{c_char, CStr};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::cuda_backend::cudarc::driver::{sys, CudaFunction, CudaView};
+use candle_core::cuda_backend::cudarc::driver::{
+    sys, CudaFunction, CudaStream, CudaView, LaunchConfig,
+};
 use candle_core::cuda_backend::cudarc::nvrtc::{self, Ptx};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{DType, Layout, Result, Storage};
@@ -31,7 +33,13 @@ pub(crate) struct CudaKernels {
     /// What the persistent kernel's plan needs to know about the device (the f64 kernels take
     /// more registers, so fewer threads per block).
     limits: [GpuLimits; 2],
+    /// Whether a cluster launch can be placed, by dtype index and launch geometry: asked of the
+    /// driver once per geometry, not at every launch.
+    placeable: Mutex<HashMap<LaunchKey, bool>>,
 }
+
+/// A cluster launch: dtype index, cluster size, grid, threads, shared memory bytes.
+type LaunchKey = (usize, usize, u32, u32, u32);
 
 impl std::fmt::Debug for CudaKernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,6 +71,41 @@ impl CudaKernels {
     /// f64; `None` for other types).
     pub fn limits(&self, dtype: DType) -> Option<GpuLimits> {
         dtype_index(dtype).map(|d| self.limits[d])
+    }
+
+    /// Whether clusters of `cluster` blocks of the kernel for `dtype` launched as `cfg` can be placed on the
+    /// device at all (`cuOccupancyMaxActiveClusters` > 0): too few free SMs in a GPC, a MIG
+    /// slice or MPS limits can make that none.
+    pub fn cluster_placeable(
+        &self,
+        dtype: DType,
+        cluster: usize,
+        cfg: LaunchConfig,
+        stream: &Arc<CudaStream>,
+    ) -> Result<bool> {
+        let Some(d) = dtype_index(dtype) else {
+            candle_core::bail!("gru: no CUDA persistent kernel for {dtype:?}")
+        };
+        let key = (
+            d,
+            cluster,
+            cfg.grid_dim.0,
+            cfg.block_dim.0,
+            cfg.shared_mem_bytes,
+        );
+        let known = self.placeable.lock().map(|m| m.get(&key).copied());
+        if let Ok(Some(p)) = known {
+            return Ok(p);
+        }
+        let func = self.persist(dtype, cluster)?;
+        let p = func
+            .occupancy_max_active_clusters(cfg, stream)
+            .map_err(|e| msg("cluster occupancy", e))?
+            > 0;
+        if let Ok(mut m) = self.placeable.lock() {
+            m.insert(key, p);
+        }
+        Ok(p)
     }
 
     /// The persistent kernel for `dtype`: with the grid barrier (`cluster` 0) or for clusters of
@@ -165,6 +208,7 @@ pub(crate) fn kernels(dev: &CudaDevice) -> Result<Arc<CudaKernels>> {
         limits,
         cluster,
         cluster_unavailable,
+        placeable: Mutex::default(),
     });
     loaded.insert(dev.id(), k.clone());
     Ok(k)

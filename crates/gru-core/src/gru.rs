@@ -146,14 +146,9 @@ impl Gru {
         let (x, batched) = self.time_major_input(input)?;
         let (t_len, batch, _) = x.dims3()?;
         let n_dirs = cfg.num_directions();
-        let h0 = match h0 {
-            Some(h0) => self.check_h0(h0, batched, batch)?,
-            None => Tensor::zeros(
-                (cfg.num_layers * n_dirs, batch, cfg.hidden_size),
-                compute_dtype(self.dtype),
-                &self.device,
-            )?,
-        };
+        // `None` stays `None`: each layer makes zeros only where its kernel needs them (the
+        // persistent kernel reads none).
+        let h0 = h0.map(|h0| self.check_h0(h0, batched, batch)).transpose()?;
         if batch == 0 {
             // PyTorch returns empty tensors for an empty batch.
             let t = if cfg.batch_first {
@@ -181,15 +176,19 @@ impl Gru {
         };
 
         let (mut output, mut h_n) =
-            match Layer::forward_cpu_stack(&self.layers, &x, &h0, &plan, self.kernel)? {
+            match Layer::forward_cpu_stack(&self.layers, &x, h0.as_ref(), &plan, self.kernel)? {
                 Some(out) => out,
                 None => {
                     let ctx = RunContext::new(&plan, &self.device, self.kernel)?;
                     let mut x = x;
                     let mut h_n = Vec::with_capacity(cfg.num_layers);
                     for (k, layer) in self.layers.iter().enumerate() {
-                        let h0_k = h0.narrow(0, k * n_dirs, n_dirs)?;
-                        let (out, hn) = layer.forward(&x, &h0_k, &plan, self.kernel, &ctx)?;
+                        let h0_k = match &h0 {
+                            Some(h0) => Some(h0.narrow(0, k * n_dirs, n_dirs)?),
+                            None => None,
+                        };
+                        let (out, hn) =
+                            layer.forward(&x, h0_k.as_ref(), &plan, self.kernel, &ctx)?;
                         h_n.push(hn);
                         x = out;
                     }

@@ -98,42 +98,44 @@ pub(crate) fn check_kernel_sizes(
     Ok(())
 }
 
-/// The whole layer in one persistent launch (CUDA): `x` `(T, B, in)`, `h0` `(D, B, H)`,
-/// `w_hh` `(D, 3H, H)`, `b_hn` `(D, H)` -> `output` `(T, B, D * H)`, `h_n` `(D, B, H)`; both are
-/// views of the one zeroed buffer the kernel writes (see `persist_op`), nothing is copied.
+/// The whole layer in one persistent launch (CUDA): `x` `(T, B, in)`, `h0` `(D, B, H)` (`None`:
+/// zeros), `w_hh` `(D, 3H, H)`, `b_hn` `(D, H)`, `bias` `(D * 3H)` -> `output` `(T, B, D * H)`,
+/// `h_n` `(D, B, H)`; both are views of the one buffer the kernel writes (see `persist_op`).
+/// Two launches in all: the input projection's matmul and the kernel.
 pub(crate) fn persistent_layer(
     x: &Tensor,
     w_ih_t: &Tensor,
     bias: &Tensor,
     w_hh: &Tensor,
     b_hn: &Tensor,
-    h0: &Tensor,
+    h0: Option<&Tensor>,
     lengths: Option<&Tensor>,
     plan: PersistentPlan,
     kernels: &DeviceKernels,
 ) -> Result<(Tensor, Tensor)> {
-    let (t_len, batch, _) = x.dims3()?;
-    let (n_dirs, _, hidden) = h0.dims3()?;
-    let gi = input_projection(x, w_ih_t, bias, n_dirs * 3 * hidden)?.contiguous()?;
-    let dh = n_dirs * hidden;
-    let rows = (t_len + 2) * batch * dh;
-    let len = rows + n_dirs * batch * hidden + n_dirs;
-    let buf = Tensor::zeros(len, gi.dtype(), gi.device())?;
-    let h0 = h0.contiguous()?;
+    let (t_len, batch, input) = x.dims3()?;
+    let (n_dirs, _, hidden) = w_hh.dims3()?;
+    // The kernel adds the biases as it reads the projections: no separate add.
+    let gi = x.reshape((t_len * batch, input))?.matmul(w_ih_t)?;
+    let h0 = h0.map(Tensor::contiguous).transpose()?;
     let op = PersistLayer {
-        gi: &gi,
+        seq_len: t_len,
+        batch,
         w_hh,
         b_hn,
+        bias,
+        h0: h0.as_ref(),
         lengths,
         plan,
         kernels,
     };
-    buf.inplace_op2(&h0, &op)?;
+    let buf = gi.contiguous()?.apply_op1_no_bwd(&op)?;
+    let dh = n_dirs * hidden;
     let output = buf
         .narrow(0, 0, t_len * batch * dh)?
         .reshape((t_len, batch, dh))?;
     let h_n = buf
-        .narrow(0, rows, n_dirs * batch * hidden)?
+        .narrow(0, (t_len + 2) * batch * dh, n_dirs * batch * hidden)?
         .reshape((n_dirs, batch, hidden))?;
     Ok((output, h_n))
 }

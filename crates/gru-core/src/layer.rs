@@ -312,11 +312,12 @@ impl Layer {
         self.params.len()
     }
 
-    /// `x` `(T, B, in)` and `h0` `(D, B, H)`, both in compute dtype on this layer's device.
+    /// `x` `(T, B, in)` and `h0` `(D, B, H)` (`None`: zeros), both in compute dtype on this
+    /// layer's device.
     pub fn forward(
         &self,
         x: &Tensor,
-        h0: &Tensor,
+        h0: Option<&Tensor>,
         plan: &LengthPlan,
         kernel: Kernel,
         ctx: &RunContext,
@@ -325,7 +326,7 @@ impl Layer {
         let d = derived.as_ref();
         // The kernels write raw buffers: candle's autograd graph stops there. With anything that
         // tracks gradients only the candle-ops recurrence keeps it.
-        let tracked = self.derived.is_none() || x.track_op() || h0.track_op();
+        let tracked = self.derived.is_none() || x.track_op() || h0.is_some_and(Tensor::track_op);
         let kernel = match (tracked, kernel) {
             (false, k) => k,
             (true, Kernel::Auto | Kernel::CandleOps) => Kernel::CandleOps,
@@ -339,10 +340,12 @@ impl Layer {
                 ))
             }
         };
+        let n_dirs = self.num_directions();
         if kernel == Kernel::Auto && x.device().is_cpu() {
+            let h0 = state_or_zeros(h0, n_dirs, x, self.hidden)?;
             return match x.dtype() {
-                DType::F32 => self.forward_cpu::<f32>(d, x, h0, plan),
-                DType::F64 => self.forward_cpu::<f64>(d, x, h0, plan),
+                DType::F32 => self.forward_cpu::<f32>(d, x, &h0, plan),
+                DType::F64 => self.forward_cpu::<f64>(d, x, &h0, plan),
                 other => Err(GruError::Internal(format!("no CPU kernel for {other:?}"))),
             };
         }
@@ -352,6 +355,7 @@ impl Layer {
                 return Ok(out);
             }
         }
+        let h0 = state_or_zeros(h0, n_dirs, x, self.hidden)?;
         let fused = match kernel {
             Kernel::FusedStep | Kernel::Auto if !x.device().is_metal() => Some(Fused {
                 lengths: ctx.lengths.as_ref(),
@@ -365,7 +369,7 @@ impl Layer {
             .zip(&t.b_hn)
             .map(|(w_hh_t, b_hn)| DirTensors { w_hh_t, b_hn })
             .collect();
-        kernel_ops::layer_forward(x, &t.w_ih_t, &t.bias, &dirs, h0, plan, fused)
+        kernel_ops::layer_forward(x, &t.w_ih_t, &t.bias, &dirs, &h0, plan, fused)
     }
 
     /// The persistent kernel when it applies: `Some` output, or `None` for the per-step path
@@ -375,7 +379,7 @@ impl Layer {
         d: &Derived,
         t: &DerivedTensors,
         x: &Tensor,
-        h0: &Tensor,
+        h0: Option<&Tensor>,
         kernel: Kernel,
         ctx: &RunContext,
     ) -> Result<Option<(Tensor, Tensor)>> {
@@ -471,7 +475,7 @@ impl Layer {
     pub fn forward_cpu_stack(
         layers: &[Layer],
         x: &Tensor,
-        h0: &Tensor,
+        h0: Option<&Tensor>,
         plan: &LengthPlan,
         kernel: Kernel,
     ) -> Result<Option<(Tensor, Tensor)>> {
@@ -479,11 +483,13 @@ impl Layer {
             && x.device().is_cpu()
             && layers.len() > 1
             && !x.track_op()
-            && !h0.track_op()
+            && !h0.is_some_and(Tensor::track_op)
             && layers.iter().all(|l| l.num_directions() == 1);
         if !applies {
             return Ok(None);
         }
+        let h0 = state_or_zeros(h0, layers.len(), x, layers[0].hidden)?;
+        let h0 = h0.as_ref();
         match x.dtype() {
             DType::F32 => Self::stack_cpu::<f32>(layers, x, h0, plan),
             DType::F64 => Self::stack_cpu::<f64>(layers, x, h0, plan),
@@ -530,6 +536,23 @@ impl Layer {
             cpu::layer_forward(x, dims, dirs, h0, plan, threads)
         })
     }
+}
+
+/// `h0` as given, or the zero state `(n, B, H)` for `x` `(T, B, in)`, in its dtype and device.
+fn state_or_zeros<'a>(
+    h0: Option<&'a Tensor>,
+    n: usize,
+    x: &Tensor,
+    hidden: usize,
+) -> Result<std::borrow::Cow<'a, Tensor>> {
+    Ok(match h0 {
+        Some(h0) => std::borrow::Cow::Borrowed(h0),
+        None => std::borrow::Cow::Owned(Tensor::zeros(
+            (n, x.dim(1)?, hidden),
+            x.dtype(),
+            x.device(),
+        )?),
+    })
 }
 
 /// Runs a CPU kernel `kernel(x, dims, h0, threads)` on the data of `x` `(T, B, in)` and `h0`

@@ -1,15 +1,18 @@
-//! The persistent layer as a candle in-place op (CUDA only): one launch of `gru_persist_*`
+//! The persistent layer as a candle op (CUDA only): one launch of `gru_persist_*`
 //! (cooperative: its blocks meet at a grid barrier) or `gru_persist_cluster<n>_*` (clusters of
 //! `n` blocks, sm_90+) runs every time step of both directions of a layer, each block keeping its
 //! rows of `W_hh` in shared memory (see `kernels/gru.cu`). The input projection stays one matmul
 //! before it. CUDA's per-step launch overhead is what bounds small batches; this removes it.
 //!
-//! The buffer is 1-D and zeroed; the kernel writes, in order: `(T, B, D * H)` the layer's output
-//! (zero past each sequence's length), `(2, B, D * H)` the double-buffered state, `(D, B, H)` the
-//! final state `h_n`, then `D` barrier counters (one u32 in each of `D` elements, zero as
-//! allocated). The second operand is `h0` `(D, B, H)`, read only.
+//! The op's operand is the input projection `x @ W_ih^T` `(T * B, D * 3H)`, without the biases
+//! (the kernel adds them). It returns a 1-D buffer: `(T, B, D * H)` the layer's output (zero past
+//! each sequence's length), `(2, B, D * H)` the double-buffered state, `(D, B, H)` the final
+//! state `h_n`, then `D` barrier counters (one u32 in each of `D` elements). The kernel writes
+//! every element of the output and of `h_n`, so the buffer is allocated uninitialised and only
+//! the counters are zeroed, when the grid barrier uses them: a forward is the projection's matmul
+//! and this launch, nothing else.
 
-use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use crate::kernel_ops::DeviceKernels;
 use crate::kernel_source::PersistentPlan;
@@ -17,39 +20,50 @@ use crate::kernel_source::PersistentPlan;
 // Read by the CUDA launch only.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) struct PersistLayer<'a> {
-    /// `(T, B, D * 3H)` input projections, biases folded in.
-    pub gi: &'a Tensor,
+    pub seq_len: usize,
+    pub batch: usize,
     /// `(D, 3H, H)`, PyTorch's `weight_hh` of each direction.
     pub w_hh: &'a Tensor,
     /// `(D, H)`.
     pub b_hn: &'a Tensor,
+    /// `(D * 3H)`: `b_ih + [b_hr, b_hz, 0]` per direction.
+    pub bias: &'a Tensor,
+    /// `(D, B, H)`; `None` for zeros.
+    pub h0: Option<&'a Tensor>,
     /// `(B)` u32; `None` when every sequence runs all `T` steps.
     pub lengths: Option<&'a Tensor>,
     pub plan: PersistentPlan,
     pub kernels: &'a DeviceKernels,
 }
 
-impl InplaceOp2 for PersistLayer<'_> {
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+impl PersistLayer<'_> {
+    /// The buffer's length in elements (see the module's doc).
+    pub fn buffer_len(&self, directions: usize, hidden: usize) -> usize {
+        let dh = directions * hidden;
+        (self.seq_len + 2) * self.batch * dh + directions * self.batch * hidden + directions
+    }
+}
+
+impl CustomOp1 for PersistLayer<'_> {
     fn name(&self) -> &'static str {
         "gru-persistent-layer"
     }
 
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
         candle_core::bail!("gru persistent layer: CUDA only")
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        buf_s: &mut candle_core::CudaStorage,
-        buf_l: &Layout,
-        h0_s: &candle_core::CudaStorage,
-        h0_l: &Layout,
-    ) -> Result<()> {
+        gi_s: &candle_core::CudaStorage,
+        gi_l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        match buf_s.dtype() {
-            candle_core::DType::F32 => cuda::launch::<f32>(self, buf_s, buf_l, h0_s, h0_l),
-            candle_core::DType::F64 => cuda::launch::<f64>(self, buf_s, buf_l, h0_s, h0_l),
+        match gi_s.dtype() {
+            candle_core::DType::F32 => cuda::launch::<f32>(self, gi_s, gi_l),
+            candle_core::DType::F64 => cuda::launch::<f64>(self, gi_s, gi_l),
             other => candle_core::bail!("gru persistent layer: no CUDA kernel for {other:?}"),
         }
     }
@@ -58,46 +72,39 @@ impl InplaceOp2 for PersistLayer<'_> {
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{
+        DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, Layout, Result};
+    use candle_core::{CudaStorage, Layout, Result, Shape, Tensor};
 
     use super::PersistLayer;
     use crate::cuda_kernels::view;
 
-    pub(super) fn launch<T: CudaDType + DeviceRepr>(
+    pub(super) fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
         op: &PersistLayer<'_>,
-        buf_s: &mut CudaStorage,
-        buf_l: &Layout,
-        h0_s: &CudaStorage,
-        h0_l: &Layout,
-    ) -> Result<()> {
-        let (d, b, hs) = h0_l.shape().dims3()?;
-        let (d2, h3, hs2) = op.w_hh.dims3()?;
-        let (t_len, b2, g) = op.gi.dims3()?;
-        let dh = d * hs;
-        let expected = (t_len + 2) * b * dh + d * b * hs + d;
-        if buf_l.shape().elem_count() != expected
-            || d != d2
-            || hs != hs2
-            || b != b2
-            || h3 != 3 * hs
-            || g != d * h3
-        {
+        gi_s: &CudaStorage,
+        gi_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (d, h3, hs) = op.w_hh.dims3()?;
+        let (rows, g) = gi_l.shape().dims2()?;
+        let (t_len, b) = (op.seq_len, op.batch);
+        let h0_ok = op.h0.is_none_or(|h| h.dims() == [d, b, hs]);
+        if rows != t_len * b || h3 != 3 * hs || g != d * h3 || !h0_ok {
             candle_core::bail!(
-                "gru persistent layer: inconsistent shapes buffer {:?}, h0 {:?}, gi {:?}, w_hh {:?}",
-                buf_l.dims(),
-                h0_l.dims(),
-                op.gi.dims(),
+                "gru persistent layer: inconsistent shapes gi {:?} for T {t_len}, B {b}, h0 {:?}, \
+                 w_hh {:?}",
+                gi_l.dims(),
+                op.h0.map(Tensor::dims),
                 op.w_hh.dims()
             );
         }
         for (name, ok) in [
-            ("buffer", buf_l.is_contiguous()),
-            ("h0", h0_l.is_contiguous()),
-            ("gi", op.gi.is_contiguous()),
+            ("gi", gi_l.is_contiguous()),
+            ("h0", op.h0.is_none_or(Tensor::is_contiguous)),
             ("w_hh", op.w_hh.is_contiguous()),
             ("b_hn", op.b_hn.is_contiguous()),
+            ("bias", op.bias.is_contiguous()),
         ] {
             if !ok {
                 candle_core::bail!("gru persistent layer: `{name}` must be contiguous");
@@ -109,28 +116,40 @@ mod cuda {
             && plan.k_split >= 1
             && plan.threads >= (plan.units * b).max(3 * plan.units * groups * plan.k_split)
             && (plan.cluster == 0 || plan.cluster == plan.blocks_per_direction);
-        let sized =
-            op.b_hn.elem_count() == d * hs && op.lengths.is_none_or(|l| l.elem_count() == b);
+        let sized = op.b_hn.elem_count() == d * hs
+            && op.bias.elem_count() == d * h3
+            && op.lengths.is_none_or(|l| l.elem_count() == b);
         if !covered || !sized {
             candle_core::bail!(
-                "gru persistent layer: internal: plan {plan:?} or b_hn/lengths do not fit B {b}, H {hs}, D {d}"
+                "gru persistent layer: internal: plan {plan:?} or b_hn/bias/lengths do not fit \
+                 B {b}, H {hs}, D {d}"
             );
         }
-        let func = op.kernels.persist(buf_s.dtype(), plan.cluster)?;
-        let stream = buf_s.device().cuda_stream();
-        let gi_h = op.gi.storage_and_layout();
+        let func = op.kernels.persist(gi_s.dtype(), plan.cluster)?;
+        let dev = gi_s.device().clone();
+        let stream = dev.cuda_stream();
+        let len = op.buffer_len(d, hs);
+        // SAFETY: plain device memory of `len` elements. The kernel writes every element of the
+        // output and of h_n (the parts of the buffer the caller reads), the counters are zeroed
+        // below where they are used, and the state rows are scratch the kernel writes before it
+        // reads them.
+        let mut buf = unsafe { dev.alloc::<T>(len) }?;
+        if plan.cluster == 0 && plan.blocks_per_direction > 1 {
+            stream.memset_zeros(&mut buf.slice_mut(len - d..)).w()?;
+        }
+        let gi = gi_s.as_cuda_slice::<T>()?.slice(gi_l.start_offset()..);
         let w_h = op.w_hh.storage_and_layout();
         let bh_h = op.b_hn.storage_and_layout();
+        let bias_h = op.bias.storage_and_layout();
+        let h0_guard = op.h0.map(|h| h.storage_and_layout());
         let len_guard = op.lengths.map(|l| l.storage_and_layout());
-        let gi = view::<T>(&gi_h)?;
         let w_hh = view::<T>(&w_h)?;
         let b_hn = view::<T>(&bh_h)?;
-        let h0 = h0_s.as_cuda_slice::<T>()?.slice(h0_l.start_offset()..);
+        let bias = view::<T>(&bias_h)?;
+        let h0 = h0_guard.as_ref().map(view::<T>).transpose()?;
         let lengths = len_guard.as_ref().map(view::<u32>).transpose()?;
-        let null_lengths = 0u64; // a null `const unsigned int*`: every step valid
-        let mut buf = buf_s
-            .as_cuda_slice_mut::<T>()?
-            .slice_mut(buf_l.start_offset()..);
+        // A null pointer: h0 zeros, or every step valid.
+        let null = 0u64;
         // Fit in i32: checked by `PersistentPlan::plan`.
         let ints = [
             t_len,
@@ -146,10 +165,14 @@ mod cuda {
         builder.arg(&gi);
         builder.arg(&w_hh);
         builder.arg(&b_hn);
-        builder.arg(&h0);
+        builder.arg(&bias);
+        match &h0 {
+            Some(h) => builder.arg(h),
+            None => builder.arg(&null),
+        };
         match &lengths {
             Some(l) => builder.arg(l),
-            None => builder.arg(&null_lengths),
+            None => builder.arg(&null),
         };
         builder.arg(&mut buf);
         for v in &ints {
@@ -163,8 +186,11 @@ mod cuda {
         if plan.cluster > 0 {
             // A cluster that can never be placed (too few free SMs in a GPC, a MIG slice, MPS
             // limits) is refused here rather than left to the launch.
-            let placeable = func.occupancy_max_active_clusters(cfg, &stream).w()?;
-            if placeable == 0 {
+            let dtype = gi_s.dtype();
+            if !op
+                .kernels
+                .cluster_placeable(dtype, plan.cluster, cfg, &stream)?
+            {
                 candle_core::bail!(
                     "gru persistent layer: no cluster of {} blocks of {} threads and {} bytes of \
                      shared memory can be placed on this GPU",
@@ -184,6 +210,7 @@ mod cuda {
         } else {
             unsafe { builder.launch_cooperative(cfg) }.w()?;
         }
-        Ok(())
+        drop(builder);
+        Ok((CudaStorage::wrap_cuda_slice(buf, dev), Shape::from(len)))
     }
 }

@@ -3,12 +3,14 @@
 // (its shim header defines GRU_HOST_SHIM and the CUDA built-ins), so keep to what both accept.
 //
 // Layouts (row-major, T steps, B batch rows, H hidden units, D directions, G = D * 3H):
-// - gi   (T, B, G): input projections, b_ih and b_hr, b_hz folded in; direction d at d * 3H,
-//                   gates r|z|n.
+// - gi   (T, B, G): input projections; direction d at d * 3H, gates r|z|n. `gru_gate_*` reads
+//                   them with b_ih and b_hr, b_hz folded in; `gru_persist_*` reads x @ W_ih^T
+//                   alone and adds `bias` (D, 3H), the same fold, itself (one launch fewer).
 // - b_hn (D, H) per launch of `gru_persist_*`, (H) for `gru_gate_*`.
 // - lengths (B): step t of row b is valid iff t < lengths[b]; a row past its length keeps its
-//                state and its output stays zero (buffers are allocated zeroed). A null
-//                `lengths` means every row runs all T steps.
+//                state and its output is zero (`gru_gate_*`: its buffer is allocated zeroed;
+//                `gru_persist_*` writes the zeros). A null `lengths` means every row runs all
+//                T steps.
 // All index arithmetic that can exceed 2^31 is done in 64 bits; the host refuses sizes whose
 // 32-bit arguments (B * H, B * 3H, ...) would overflow before launching.
 
@@ -75,10 +77,12 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
 //   and the cluster meets at the hardware cluster barrier. No global memory, no atomics.
 // The host guarantees U * B <= blockDim.x and 3U * Bp / 4 * KS <= blockDim.x.
 //
-// w_hh: (D, 3H, H) as PyTorch stores weight_hh. h0: (D, B, H). buf, zeroed, holds in order:
-// (T, B, D * H) the layer's output (direction d in columns d * H .. (d + 1) * H), (2, B, D * H)
-// the double-buffered state of the global exchange (step s >= 1 reads row s % 2), (D, B, H) h_n,
-// and D barrier counters (one u32 at the start of each of D elements).
+// w_hh: (D, 3H, H) as PyTorch stores weight_hh. h0: (D, B, H), or null for zeros. buf holds in
+// order: (T, B, D * H) the layer's output (direction d in columns d * H .. (d + 1) * H), (2, B,
+// D * H) the double-buffered state of the global exchange (step s >= 1 reads row s % 2), (D, B, H)
+// h_n, and D barrier counters (one u32 at the start of each of D elements). The kernel writes
+// every element of the output and of h_n, so buf need not be initialised, except the counters,
+// which must be zero when the grid barrier runs (nb > 1, no cluster).
 // Shared memory (elements): Ws (3U, S), hs (NH, H4, Bp), gs (KS, Bp, 3U), where H4 = H rounded
 // up to 4, S = H4 (+ 4 when H4 / 4 is even, so that rows start on distinct bank groups), Bp = B
 // rounded up to 4, NH = 2 for a cluster, else 1; the padding is zero.
@@ -131,7 +135,7 @@ __device__ __forceinline__ Four<double> load4(const double* p) {
 }
 
 template <typename T, bool CLUSTER>
-__device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
+__device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias, const T* h0,
                         const unsigned int* lengths, T* buf, int T_len, int B, int H, int D, int U,
                         int nb, int KS) {
     GRU_DYNAMIC_SMEM(smem_raw);
@@ -162,7 +166,7 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
     T* h_n = state + 2 * row_stride + (long long)d * B * H;
     // This direction's barrier counter: the first 4 bytes of element d of the counter region.
     unsigned int* bar = (unsigned int*)(state + 2 * row_stride + (long long)D * B * H + d);
-    h0 += (long long)d * B * H;
+    if (h0) h0 += (long long)d * B * H;
 
     // This block's weights (row r = g * U + u is gate g of unit j0 + u), zero past H.
     for (long long i = tid; i < (long long)R * S; i += nt) {
@@ -173,7 +177,7 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
     }
     for (long long i = tid; i < (CLUSTER ? 2 : 1) * HB; i += nt) hs[i] = T(0);
     __syncthreads();
-    if (local_h)  // the state lives in shared memory from here on (buffer 0 first)
+    if (local_h && h0)  // the state lives in shared memory from here on (buffer 0 first)
         for (int i = tid; i < B * H; i += nt) {
             int b = i / H, k = i - b * H;
             hs[(long long)k * Bp + b] = h0[i];
@@ -185,13 +189,17 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
     const int gj = j0 + gu;
     const bool has_gate = gb < B && gj < H;
     const T bhn = has_gate ? b_hn[(long long)d * H + gj] : T(0);
+    const T* bias_d = bias + (long long)d * 3 * H + gj;
+    const T br = has_gate ? bias_d[0] : T(0);
+    const T bz = has_gate ? bias_d[H] : T(0);
+    const T bn = has_gate ? bias_d[2 * H] : T(0);
     const unsigned int glen = !has_gate ? 0u : lengths ? lengths[gb] : (unsigned int)T_len;
     const T* gi_d = gi + (long long)d * 3 * H + gj;
     // This thread's input projections of step t (gates r, z, n), or zeros when not valid.
     auto fetch = [&](int t, T& r, T& z, T& n) {
         if (has_gate && (unsigned int)t < glen) {
             const T* g = gi_d + ((long long)t * B + gb) * G;
-            r = g[0]; z = g[H]; n = g[2 * H];
+            r = g[0] + br; z = g[H] + bz; n = g[2 * H] + bn;
         }
     };
     T nr = 0, nz = 0, nn = 0;
@@ -219,7 +227,7 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
         if (!local_h) {
             for (int i = tid; i < B * H; i += nt) {
                 int b = i / H, k = i - b * H;
-                hs[(long long)k * Bp + b] = s == 0 ? h0[i]
+                hs[(long long)k * Bp + b] = s == 0 ? (h0 ? h0[i] : T(0))
                     : __ldcg(state + p * row_stride + (long long)b * DH + (long long)d * H + k);
             }
             __syncthreads();
@@ -252,6 +260,7 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
         if (has_gate) {
             T hp = hcur[(long long)gj * Bp + gb];
             T hn = hp;
+            T* out = buf + (long long)t * row_stride + (long long)gb * DH + (long long)d * H + gj;
             if (valid) {
                 T ar = 0, az = 0, an = 0;
                 for (int m = 0; m < KS; ++m) {
@@ -264,7 +273,9 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
                 T z = sigm(xz + az);
                 T n = tanh(xn + r * (an + bhn));
                 hn = n + z * (hp - n);
-                buf[(long long)t * row_stride + (long long)gb * DH + (long long)d * H + gj] = hn;
+                *out = hn;
+            } else {
+                *out = T(0);  // past this row's length, as pad_packed_sequence pads
             }
             if (CLUSTER) {
                 // Into the other buffer of every block of the cluster (none after the last step:
@@ -273,9 +284,10 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
                     T* dst = hs + (1 - p) * HB + (long long)gj * Bp + gb;
                     for (int q = 0; q < nb; ++q) gru_store_peer(dst, (unsigned int)q, hn);
                 }
+            } else if (nb == 1) {
+                hs[(long long)gj * Bp + gb] = hn;
             } else {
                 h_out[(long long)gb * DH + gj] = hn;
-                if (nb == 1) hs[(long long)gj * Bp + gb] = hn;
             }
             if (s + 1 == T_len) h_n[(long long)gb * H + gj] = hn;
         }
@@ -309,11 +321,15 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* h0,
 }
 
 #define GRU_PERSIST_ARGS(T)                                                                      \
-    const T *gi, const T *w_hh, const T *b_hn, const T *h0, const unsigned int *lengths, T *buf, \
-        int T_len, int B, int H, int D, int U, int nb, int KS
-#define GRU_PERSIST_CALL gi, w_hh, b_hn, h0, lengths, buf, T_len, B, H, D, U, nb, KS
+    const T *gi, const T *w_hh, const T *b_hn, const T *bias, const T *h0,                     \
+        const unsigned int *lengths, T *buf, int T_len, int B, int H, int D, int U, int nb, int KS
+#define GRU_PERSIST_CALL gi, w_hh, b_hn, bias, h0, lengths, buf, T_len, B, H, D, U, nb, KS
 
-extern "C" __global__ void gru_persist_f32(GRU_PERSIST_ARGS(float)) {
+// Register caps on the f32 kernels: the plans' thread counts (up to 768, e.g. medium's column
+// split of 4, the fastest measured) need at most 72 registers (grid) or 80 (cluster) a thread;
+// uncapped, ptxas takes 96 and a block could run only 672 threads. At these caps it spills nothing
+// (scripts/nvrtc_check.py prints both).
+extern "C" __global__ void __launch_bounds__(896) gru_persist_f32(GRU_PERSIST_ARGS(float)) {
     persist<float, false>(GRU_PERSIST_CALL);
 }
 extern "C" __global__ void gru_persist_f64(GRU_PERSIST_ARGS(double)) {
@@ -323,15 +339,17 @@ extern "C" __global__ void gru_persist_f64(GRU_PERSIST_ARGS(double)) {
 // One kernel per cluster size: the size is fixed at compile time (`__cluster_dims__`), so that a
 // plain launch runs the grid as clusters of that many blocks.
 #ifdef GRU_CLUSTER_KERNELS
-#define GRU_CLUSTER_KERNEL(N, T, SUFFIX)                                                          \
-    extern "C" __global__ void __cluster_dims__(N, 1, 1)                                          \
+#define GRU_CLUSTER_KERNEL(N, T, SUFFIX, BOUNDS)                                                  \
+    extern "C" __global__ void __cluster_dims__(N, 1, 1) BOUNDS                                   \
         gru_persist_cluster##N##_##SUFFIX(GRU_PERSIST_ARGS(T)) {                                  \
         persist<T, true>(GRU_PERSIST_CALL);                                                       \
     }
-GRU_CLUSTER_KERNEL(2, float, f32)
-GRU_CLUSTER_KERNEL(4, float, f32)
-GRU_CLUSTER_KERNEL(8, float, f32)
-GRU_CLUSTER_KERNEL(2, double, f64)
-GRU_CLUSTER_KERNEL(4, double, f64)
-GRU_CLUSTER_KERNEL(8, double, f64)
+#define GRU_F32_BOUNDS __launch_bounds__(768)
+#define GRU_NO_BOUNDS
+GRU_CLUSTER_KERNEL(2, float, f32, GRU_F32_BOUNDS)
+GRU_CLUSTER_KERNEL(4, float, f32, GRU_F32_BOUNDS)
+GRU_CLUSTER_KERNEL(8, float, f32, GRU_F32_BOUNDS)
+GRU_CLUSTER_KERNEL(2, double, f64, GRU_NO_BOUNDS)
+GRU_CLUSTER_KERNEL(4, double, f64, GRU_NO_BOUNDS)
+GRU_CLUSTER_KERNEL(8, double, f64, GRU_NO_BOUNDS)
 #endif
