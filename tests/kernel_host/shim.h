@@ -80,3 +80,13 @@ template <typename T> inline T __ldcg(const T* p) {
     __atomic_load(p, &v, __ATOMIC_RELAXED);
     return v;
 }
+// The vector loads element by element (each one atomic, as a GPU's 16-byte load is per element
+// with respect to other blocks' stores).
+inline float4 __ldcg(const float4* p) {
+    const float* f = &p->x;
+    return float4{__ldcg(f), __ldcg(f + 1), __ldcg(f + 2), __ldcg(f + 3)};
+}
+inline double2 __ldcg(const double2* p) {
+    const double* f = &p->x;
+    return double2{__ldcg(f), __ldcg(f + 1)};
+}

@@ -26,14 +26,28 @@ pub enum Kernel {
     /// Per step a matmul and the fused gate kernel (CUDA's path; its CPU twin elsewhere).
     FusedStep,
     /// CUDA only: each layer's whole recurrence in one persistent launch, `W_hh` held on chip
-    /// (what `Auto` picks on CUDA for batches up to 32 when the layer fits). An error on other
+    /// (what `Auto` picks on CUDA for batches up to 64 when the layer fits). An error on other
     /// devices or when the layer does not fit in the GPU's shared memory.
     Persistent,
 }
 
-/// `Auto` takes the persistent kernel on CUDA up to this batch size: beyond it each step has
-/// enough rows for cuBLAS to do better than a block's share of a GEMV.
-const AUTO_PERSISTENT_MAX_BATCH: usize = 32;
+/// `Auto` takes the persistent kernel on CUDA up to this batch size (`GRU_PERSISTENT_MAX_BATCH`
+/// overrides it): beyond it each step has enough rows for cuBLAS to do better than a block's
+/// share of a GEMV. It was 32 while every block transposed the exchanged `h` on each step with
+/// 32-way bank conflicts (the large config, B = 64, ran at 12-14 ms persistent against 8 ms per
+/// step on an H200); without them a cost model that matches those measurements puts B = 64
+/// persistent at about half the per-step time. Not yet measured: scripts/gpu-check.sh times both.
+const AUTO_PERSISTENT_MAX_BATCH: usize = 64;
+
+fn auto_persistent_max_batch() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("GRU_PERSISTENT_MAX_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(AUTO_PERSISTENT_MAX_BATCH)
+    })
+}
 
 /// The persistent kernel's tuning: `GRU_PERSISTENT_ITEMS`, `GRU_PERSISTENT_THREADS`,
 /// `GRU_PERSISTENT_KSPLIT` and `GRU_PERSISTENT_CLUSTER` (0: no clusters; 2, 4, 8: that size),
@@ -397,7 +411,7 @@ impl Layer {
             return refuse("needs a CUDA device (and a build with `--features cuda`)");
         };
         let (t_len, batch, _) = x.dims3()?;
-        if kernel == Kernel::Auto && batch > AUTO_PERSISTENT_MAX_BATCH {
+        if kernel == Kernel::Auto && batch > auto_persistent_max_batch() {
             return Ok(None);
         }
         // The device's limits for this dtype, and why it has no cluster kernels if it has none.

@@ -6,11 +6,11 @@
 //!
 //! The op's operand is the input projection `x @ W_ih^T` `(T * B, D * 3H)`, without the biases
 //! (the kernel adds them). It returns a 1-D buffer: `(T, B, D * H)` the layer's output (zero past
-//! each sequence's length), `(2, B, D * H)` the double-buffered state, `(D, B, H)` the final
-//! state `h_n`, then `D` barrier counters (one u32 in each of `D` elements). The kernel writes
-//! every element of the output and of `h_n`, so the buffer is allocated uninitialised and only
-//! the counters are zeroed, when the grid barrier uses them: a forward is the projection's matmul
-//! and this launch, nothing else.
+//! each sequence's length), `(2, D, H, B)` the double-buffered state of the grid-barrier exchange
+//! (transposed), `(D, B, H)` the final state `h_n`, then `D` barrier counters (one u32 in each of
+//! `D` elements). The kernel writes every element of the output and of `h_n`, so the buffer is
+//! allocated uninitialised and only the counters are zeroed, when the grid barrier uses them: a
+//! forward is the projection's matmul and this launch, nothing else.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 

@@ -70,7 +70,9 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
 // - nb == 1: h stays in this block's shared memory.
 // - gru_persist_*: every block writes its units of h to global memory and the nb blocks meet at
 //   a barrier (a counter in global memory that only grows: nb arrivals per step; all blocks
-//   co-resident by a cooperative launch), then read the whole h back.
+//   co-resident by a cooperative launch), then read the whole h back. The exchanged h is kept
+//   transposed, (H, B) per direction, as the blocks hold it in shared memory: the read-back is a
+//   straight copy (coalesced loads, no bank conflicts) rather than a transpose on every step.
 // - gru_persist_cluster<nb>_* (sm_90+, GRU_CLUSTER_KERNELS): the nb blocks of a direction are one
 //   thread-block cluster; each block writes its units of h straight into the shared memory of
 //   every block of the cluster (double-buffered: step s reads buffer s % 2 and fills the other),
@@ -78,9 +80,9 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
 // The host guarantees U * B <= blockDim.x and 3U * Bp / 4 * KS <= blockDim.x.
 //
 // w_hh: (D, 3H, H) as PyTorch stores weight_hh. h0: (D, B, H), or null for zeros. buf holds in
-// order: (T, B, D * H) the layer's output (direction d in columns d * H .. (d + 1) * H), (2, B,
-// D * H) the double-buffered state of the global exchange (step s >= 1 reads row s % 2), (D, B, H)
-// h_n, and D barrier counters (one u32 at the start of each of D elements). The kernel writes
+// order: (T, B, D * H) the layer's output (direction d in columns d * H .. (d + 1) * H), (2, D,
+// H, B) the double-buffered state of the global exchange (step s >= 1 reads buffer s % 2), (D, B,
+// H) h_n, and D barrier counters (one u32 at the start of each of D elements). The kernel writes
 // every element of the output and of h_n, so buf need not be initialised, except the counters,
 // which must be zero when the grid barrier runs (nb > 1, no cluster).
 // Shared memory (elements): Ws (3U, S), hs (NH, H4, Bp), gs (KS, Bp, 3U), where H4 = H rounded
@@ -134,6 +136,23 @@ __device__ __forceinline__ Four<double> load4(const double* p) {
     return Four<double>{{a.x, a.y, b.x, b.y}};
 }
 
+__device__ __forceinline__ void store4(float* p, Four<float> v) {
+    *(float4*)p = float4{v.v[0], v.v[1], v.v[2], v.v[3]};
+}
+__device__ __forceinline__ void store4(double* p, Four<double> v) {
+    *(double2*)p = double2{v.v[0], v.v[1]};
+    *(double2*)(p + 2) = double2{v.v[2], v.v[3]};
+}
+// load4 from global memory around L1 (other blocks wrote it).
+__device__ __forceinline__ Four<float> ldcg4(const float* p) {
+    float4 q = __ldcg((const float4*)p);
+    return Four<float>{{q.x, q.y, q.z, q.w}};
+}
+__device__ __forceinline__ Four<double> ldcg4(const double* p) {
+    double2 a = __ldcg((const double2*)p), b = __ldcg((const double2*)(p + 2));
+    return Four<double>{{a.x, a.y, b.x, b.y}};
+}
+
 template <typename T, bool CLUSTER>
 __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias, const T* h0,
                         const unsigned int* lengths, T* buf, int T_len, int B, int H, int D, int U,
@@ -162,7 +181,7 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
     const long long DH = (long long)D * H;
     const long long G = 3 * DH;
     const long long row_stride = (long long)B * DH;  // one time row of buf
-    T* state = buf + T_len * row_stride;
+    T* state = buf + T_len * row_stride;  // (2, D, H, B)
     T* h_n = state + 2 * row_stride + (long long)d * B * H;
     // This direction's barrier counter: the first 4 bytes of element d of the counter region.
     unsigned int* bar = (unsigned int*)(state + 2 * row_stride + (long long)D * B * H + d);
@@ -215,7 +234,7 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
     for (int s = 0; s < T_len; ++s) {
         const int t = d == 0 ? s : T_len - 1 - s;
         const int p = s & 1;
-        T* h_out = state + (1 - p) * row_stride + (long long)d * H;
+        T* h_out = state + (1 - p) * row_stride + (long long)d * H * B;  // (H, B)
         T* hcur = hs + (CLUSTER ? p * HB : 0);
 
         // This step's input projections were fetched during the previous step; fetch the next
@@ -223,12 +242,25 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
         const bool valid = has_gate && (unsigned int)t < glen;
         const T xr = nr, xz = nz, xn = nn;
         if (s + 1 < T_len) fetch(d == 0 ? s + 1 : T_len - 2 - s, nr, nz, nn);
-        // h of every batch row, transposed: hs[k * Bp + b]. Read around L1: other blocks wrote it.
+        // h of every batch row, transposed: hs[k * Bp + b]. Consecutive threads take consecutive
+        // b: consecutive shared-memory addresses (no bank conflicts) and, from the exchange
+        // buffer, consecutive global ones.
         if (!local_h) {
-            for (int i = tid; i < B * H; i += nt) {
-                int b = i / H, k = i - b * H;
-                hs[(long long)k * Bp + b] = s == 0 ? (h0 ? h0[i] : T(0))
-                    : __ldcg(state + p * row_stride + (long long)b * DH + (long long)d * H + k);
+            const T* src = state + p * row_stride + (long long)d * H * B;  // (H, B)
+            if (s == 0) {
+                for (int i = tid; i < B * H; i += nt) {
+                    int k = i / B, b = i - k * B;
+                    hs[(long long)k * Bp + b] = h0 ? h0[(long long)b * H + k] : T(0);
+                }
+            } else if (B == Bp) {  // hs's rows are src's rows: a straight copy, 4 at a time
+#pragma unroll 4
+                for (int i = 4 * tid; i < B * H; i += 4 * nt) store4(hs + i, ldcg4(src + i));
+            } else {
+#pragma unroll 4
+                for (int i = tid; i < B * H; i += nt) {
+                    int k = i / B, b = i - k * B;
+                    hs[(long long)k * Bp + b] = __ldcg(src + i);
+                }
             }
             __syncthreads();
         }
@@ -239,14 +271,18 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
             const T* hk = hcur + mg * 4;
             T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
             for (int k = k_lo; k < k_hi; k += 4) {
+                // Every load of the 4 columns first, then the arithmetic: the loads' latencies
+                // overlap instead of adding up (a block has few warps to hide them behind).
                 Four<T> w = load4(wr + k);
+                Four<T> h[4];
+#pragma unroll
+                for (int kk = 0; kk < 4; ++kk) h[kk] = load4(hk + (long long)(k + kk) * Bp);
 #pragma unroll
                 for (int kk = 0; kk < 4; ++kk) {
-                    Four<T> h = load4(hk + (long long)(k + kk) * Bp);
-                    a0 += w.v[kk] * h.v[0];
-                    a1 += w.v[kk] * h.v[1];
-                    a2 += w.v[kk] * h.v[2];
-                    a3 += w.v[kk] * h.v[3];
+                    a0 += w.v[kk] * h[kk].v[0];
+                    a1 += w.v[kk] * h[kk].v[1];
+                    a2 += w.v[kk] * h[kk].v[2];
+                    a3 += w.v[kk] * h[kk].v[3];
                 }
             }
             // gs[mk][b][row]: consecutive rows (threads) at consecutive addresses, here and in
@@ -287,7 +323,7 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
             } else if (nb == 1) {
                 hs[(long long)gj * Bp + gb] = hn;
             } else {
-                h_out[(long long)gb * DH + gj] = hn;
+                h_out[(long long)gj * B + gb] = hn;
             }
             if (s + 1 == T_len) h_n[(long long)gb * H + gj] = hn;
         }
@@ -326,10 +362,10 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
 #define GRU_PERSIST_CALL gi, w_hh, b_hn, bias, h0, lengths, buf, T_len, B, H, D, U, nb, KS
 
 // Register caps on the f32 kernels: the plans' thread counts (up to 768, e.g. medium's column
-// split of 4, the fastest measured) need at most 72 registers (grid) or 80 (cluster) a thread;
-// uncapped, ptxas takes 96 and a block could run only 672 threads. At these caps it spills nothing
-// (scripts/nvrtc_check.py prints both).
-extern "C" __global__ void __launch_bounds__(896) gru_persist_f32(GRU_PERSIST_ARGS(float)) {
+// split of 4, the fastest measured) need at most 80 registers a thread; uncapped, ptxas takes 96
+// and a block could run only 672 threads. At this cap it spills nothing (scripts/nvrtc_check.py
+// prints both).
+extern "C" __global__ void __launch_bounds__(768) gru_persist_f32(GRU_PERSIST_ARGS(float)) {
     persist<float, false>(GRU_PERSIST_CALL);
 }
 extern "C" __global__ void gru_persist_f64(GRU_PERSIST_ARGS(double)) {
