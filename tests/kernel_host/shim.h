@@ -56,7 +56,7 @@ extern thread_local unsigned int cluster_blocks;
 inline void __syncthreads() { gru_host::block_barrier->arrive_and_wait(); }
 // Threads of a warp run independently here: nothing to reconverge.
 inline void __syncwarp() {}
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void gru_fence_gpu() { std::atomic_thread_fence(std::memory_order_acq_rel); }
 inline void __nanosleep(unsigned int) { std::this_thread::yield(); }
 inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);

@@ -20,6 +20,9 @@
 __device__ __forceinline__ unsigned int gru_load_volatile(const unsigned int* p) {
     return *(const volatile unsigned int*)p;
 }
+// The grid barrier's fence: acquire-release at GPU scope is what publishing the block's h and
+// reading the others' needs (__threadfence is the heavier sequentially consistent fence).
+__device__ __forceinline__ void gru_fence_gpu() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
 #endif
 
 template <typename T> __device__ __forceinline__ T sigm(T x) { return T(1) / (T(1) + exp(-x)); }
@@ -292,11 +295,14 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
         }
         __syncthreads();
 
-        // The gates of this thread's (unit, batch row).
+        // The gates of this thread's (unit, batch row). Its output element (zero past the row's
+        // length, as pad_packed_sequence pads) is stored after this step's barrier, below.
+        T* out = nullptr;
+        T out_v = T(0);
         if (has_gate) {
             T hp = hcur[(long long)gj * Bp + gb];
             T hn = hp;
-            T* out = buf + (long long)t * row_stride + (long long)gb * DH + (long long)d * H + gj;
+            out = buf + (long long)t * row_stride + (long long)gb * DH + (long long)d * H + gj;
             if (valid) {
                 T ar = 0, az = 0, an = 0;
                 for (int m = 0; m < KS; ++m) {
@@ -309,9 +315,7 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
                 T z = sigm(xz + az);
                 T n = tanh(xn + r * (an + bhn));
                 hn = n + z * (hp - n);
-                *out = hn;
-            } else {
-                *out = T(0);  // past this row's length, as pad_packed_sequence pads
+                out_v = hn;
             }
             if (CLUSTER) {
                 // Into the other buffer of every block of the cluster (none after the last step:
@@ -325,7 +329,10 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
             } else {
                 h_out[(long long)gj * B + gb] = hn;
             }
-            if (s + 1 == T_len) h_n[(long long)gb * H + gj] = hn;
+            if (s + 1 == T_len) {
+                h_n[(long long)gb * H + gj] = hn;
+                *out = out_v;
+            }
         }
 
         if (s + 1 == T_len) break;
@@ -335,24 +342,29 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
             // s + 1). The warp reconverges first: the barrier is the .aligned form.
             __syncwarp();
             gru_cluster_sync();
-            continue;
-        }
-        // Barrier of this direction's nb blocks: publish this step's h, wait for everyone's.
-        __syncthreads();
-        if (nb > 1) {
-            if (tid == 0) {
-                __threadfence();
-                atomicAdd(bar, 1u);
-                const unsigned int target = (unsigned int)(s + 1) * (unsigned int)nb;
-                while (gru_load_volatile(bar) < target) {
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
-                    __nanosleep(20);  // sm_70+; older GPUs just spin
-#endif
-                }
-                __threadfence();
-            }
+        } else {
+            // Barrier of this direction's nb blocks: publish this step's h, wait for everyone's.
             __syncthreads();
+            if (nb > 1) {
+                if (tid == 0) {
+                    gru_fence_gpu();
+                    atomicAdd(bar, 1u);
+                    const unsigned int target = (unsigned int)(s + 1) * (unsigned int)nb;
+                    while (gru_load_volatile(bar) < target) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
+                        __nanosleep(20);  // sm_70+; older GPUs just spin
+#endif
+                    }
+                    gru_fence_gpu();
+                }
+                __syncthreads();
+            }
         }
+        // This step's output, after the barrier: the barrier's memory fence (a cluster barrier's
+        // release, the grid barrier's fence) waits until every store issued before it
+        // has reached the GPU's memory, so a store of the output there would add a global
+        // store's round trip to every step; here it completes during the next step.
+        if (out) *out = out_v;
     }
 }
 
