@@ -59,11 +59,13 @@ for k in auto persistent step ops; do
   echo "verify --kernel $k exit code: $?"
 done
 
-# The persistent kernel's two ways of meeting between steps, each forced on every case: the
-# grid barrier (no clusters) and clusters of 2, 4 and 8 blocks (sm_90+), with column splits.
+# The persistent kernel's ways of meeting between steps, each forced on every case: the grid
+# barrier (no clusters), clusters of 2, 4 and 8 blocks (sm_90+) with column splits, and the
+# clusters' st.async exchange on mbarriers (GRU_PERSISTENT_ASYNC, not yet run on a GPU).
 for knobs in "GRU_PERSISTENT_CLUSTER=0 GRU_PERSISTENT_KSPLIT=1" "GRU_PERSISTENT_CLUSTER=0 GRU_PERSISTENT_ITEMS=8" \
   "GRU_PERSISTENT_CLUSTER=2 GRU_PERSISTENT_KSPLIT=1" "GRU_PERSISTENT_CLUSTER=4 GRU_PERSISTENT_KSPLIT=3" \
-  "GRU_PERSISTENT_CLUSTER=8"; do
+  "GRU_PERSISTENT_CLUSTER=8" "GRU_PERSISTENT_CLUSTER=4 GRU_PERSISTENT_KSPLIT=3 GRU_PERSISTENT_ASYNC=1" \
+  "GRU_PERSISTENT_CLUSTER=8 GRU_PERSISTENT_ASYNC=1"; do
   stamp "every case on $DEVICE, --kernel persistent, $knobs"
   # shellcheck disable=SC2086
   env $knobs LD_LIBRARY_PATH=$GRU_LIBS timeout 60 "$GRU" verify models --device "$DEVICE" --kernel persistent
@@ -144,6 +146,31 @@ for row in "small|--input-size 16 --hidden-size 32 --seq-len 50 --batch 1" \
       line="$line ks$ks=${ms:-none}"
     done
     echo "$line"
+  done
+done
+stamp "clusters: the cluster barrier vs the st.async exchange (GRU_PERSISTENT_ASYNC=1), alternating; ms"
+for row in "long|--input-size 64 --hidden-size 128 --seq-len 2000 --batch 8" \
+  "long_b1|--input-size 64 --hidden-size 128 --seq-len 2000 --batch 1" \
+  "h256b4|--input-size 64 --hidden-size 256 --seq-len 500 --batch 4"; do
+  IFS='|' read -r name args <<<"$row"
+  line="$name"
+  for round in 1 2 3; do
+    for a in 0 1; do
+      # shellcheck disable=SC2086
+      ms=$(GRU_PERSISTENT_ASYNC=$a gru 60 bench $args --device "$DEVICE" --warmup 3 --iters 10 \
+        --impl ours-persistent --json 2>/dev/null | sed -n 's/.*"median_ms":\([0-9.]*\).*/\1/p')
+      line="$line async$a=${ms:-none}"
+    done
+  done
+  echo "$line"
+done
+stamp "Auto's batch cap for the persistent kernel (GRU_PERSISTENT_MAX_BATCH): large at 64 vs 32; ms"
+for round in 1 2; do
+  for cap in 64 32; do
+    ms=$(GRU_PERSISTENT_MAX_BATCH=$cap gru 60 bench --input-size 256 --hidden-size 512 --num-layers 2 \
+      --seq-len 200 --batch 64 --device "$DEVICE" --warmup 3 --iters 10 --impl ours --json 2>/dev/null |
+      sed -n 's/.*"median_ms":\([0-9.]*\).*/\1/p')
+    echo "large round $round cap $cap: ${ms:-none}"
   done
 done
 stamp "table (ratio = ours / PyTorch cuDNN, medians of 2 rounds)"

@@ -90,6 +90,7 @@ type PersistFn<T> = unsafe extern "C" fn(
     i32,
     i32,
     i32,
+    i32,
 );
 
 /// The compute types of the kernels.
@@ -322,6 +323,7 @@ impl<T: Elem> Run<'_, T> {
                     plan.units,
                     plan.blocks_per_direction,
                     plan.k_split,
+                    usize::from(plan.async_exchange),
                 ]
                 .map(|v| v as i32);
                 // SAFETY: as above.
@@ -345,6 +347,7 @@ impl<T: Elem> Run<'_, T> {
                         ints[4],
                         ints[5],
                         ints[6],
+                        ints[7],
                     )
                 };
                 // Only the grid barrier counts arrivals.
@@ -556,6 +559,23 @@ fn cuda_kernel_source_matches_pytorch_on_every_reference_case() {
             max_smem: unlimited,
             clusters: true,
             tuning: tuned(Some(8), None),
+        },
+        // The st.async exchange on mbarriers, in clusters of 4 and 8.
+        Mode::Persistent {
+            max_smem: unlimited,
+            clusters: true,
+            tuning: Tuning {
+                async_exchange: true,
+                ..tuned(Some(4), Some(3))
+            },
+        },
+        Mode::Persistent {
+            max_smem: unlimited,
+            clusters: true,
+            tuning: Tuning {
+                async_exchange: true,
+                ..tuned(Some(8), None)
+            },
         },
     ];
     let mut ran = 0;

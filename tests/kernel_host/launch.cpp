@@ -25,7 +25,7 @@ void gru_gate_f64(const double*, const double*, const double*, const unsigned in
                   int, int, int, int, int, int);
 #define GRU_DECLARE(NAME, T)                                                                  \
     void NAME(const T*, const T*, const T*, const T*, const T*, const unsigned int*, T*, int, int, \
-              int, int, int, int, int);
+              int, int, int, int, int, int);
 GRU_DECLARE(gru_persist_f32, float)
 GRU_DECLARE(gru_persist_f64, double)
 GRU_DECLARE(gru_persist_cluster2_f32, float)
@@ -102,7 +102,7 @@ void launch_gate_f64(unsigned grid, unsigned block, const double* gi, const doub
                                  const T* gi, const T* w_hh, const T* b_hn, const T* bias,         \
                                  const T* h0,                                                      \
                                  const unsigned int* lengths, T* buf, int T_len, int B, int H,     \
-                                 int D, int U, int nb, int KS) {                                   \
+                                 int D, int U, int nb, int KS, int XA) {                           \
         auto kernel = cluster == 0   ? gru_persist_##SUFFIX                                        \
                       : cluster == 2 ? gru_persist_cluster2_##SUFFIX                               \
                       : cluster == 4 ? gru_persist_cluster4_##SUFFIX                               \
@@ -110,7 +110,7 @@ void launch_gate_f64(unsigned grid, unsigned block, const double* gi, const doub
                                      : nullptr;                                                    \
         if (!kernel) std::abort();                                                                 \
         launch_threads(grid, block, smem, cluster, [&] {                                           \
-            kernel(gi, w_hh, b_hn, bias, h0, lengths, buf, T_len, B, H, D, U, nb, KS);             \
+            kernel(gi, w_hh, b_hn, bias, h0, lengths, buf, T_len, B, H, D, U, nb, KS, XA);         \
         });                                                                                        \
     }
 GRU_LAUNCH_PERSIST(float, f32)

@@ -45,6 +45,9 @@ pub struct Tuning {
     /// Blocks per cluster: `None` the plan's choice (clusters where the GPU has them and a
     /// direction needs more than one block), `Some(0)` never, `Some(n)` exactly `n` (2, 4 or 8).
     pub cluster: Option<usize>,
+    /// A cluster plan exchanges `h` by `st.async` stores counted on mbarriers instead of at the
+    /// cluster barrier (see `kernels/gru.cu`); no effect without a cluster.
+    pub async_exchange: bool,
 }
 
 impl Default for Tuning {
@@ -54,6 +57,7 @@ impl Default for Tuning {
             max_threads: MAX_THREADS,
             k_split: None,
             cluster: None,
+            async_exchange: false,
         }
     }
 }
@@ -71,6 +75,8 @@ pub struct PersistentPlan {
     pub smem_bytes: usize,
     pub k_split: usize,
     pub cluster: usize,
+    /// The cluster exchanges `h` by `st.async` and mbarriers (`Tuning::async_exchange`).
+    pub async_exchange: bool,
 }
 
 /// Work items (row x group of 4 batch rows) a block aims for by default: enough to fill 8 warps,
@@ -266,6 +272,7 @@ impl PersistentPlan {
                 smem_bytes: smem,
                 k_split,
                 cluster,
+                async_exchange: cluster > 0 && tuning.async_exchange,
             })
         })
     }
@@ -279,7 +286,8 @@ impl PersistentPlan {
     }
 
     /// Shared memory of a block with `units` units:
-    /// `Ws (3U, S) + hs (NH, H4, Bp) + gs (k_split, Bp, 3U)`, NH = 2 in a cluster, else 1.
+    /// `Ws (3U, S) + hs (NH, H4, Bp) + gs (k_split, Bp, 3U)`, NH = 2 in a cluster, else 1; a
+    /// cluster's two 8-byte mbarriers after them.
     pub fn smem_bytes(
         hidden: usize,
         batch: usize,
@@ -290,7 +298,8 @@ impl PersistentPlan {
     ) -> usize {
         let (h4, s, bp) = Self::padded(hidden, batch);
         let nh = if cluster { 2 } else { 1 };
-        (3 * units * s + nh * h4 * bp + k_split * 3 * units * bp) * elem_size
+        let mbarriers = if cluster { 16 } else { 0 };
+        (3 * units * s + nh * h4 * bp + k_split * 3 * units * bp) * elem_size + mbarriers
     }
 
     /// Blocks in the whole grid.

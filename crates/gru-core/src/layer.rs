@@ -50,8 +50,9 @@ fn auto_persistent_max_batch() -> usize {
 }
 
 /// The persistent kernel's tuning: `GRU_PERSISTENT_ITEMS`, `GRU_PERSISTENT_THREADS`,
-/// `GRU_PERSISTENT_KSPLIT` and `GRU_PERSISTENT_CLUSTER` (0: no clusters; 2, 4, 8: that size),
-/// knobs for benchmarks; the plan's defaults where unset.
+/// `GRU_PERSISTENT_KSPLIT`, `GRU_PERSISTENT_CLUSTER` (0: no clusters; 2, 4, 8: that size) and
+/// `GRU_PERSISTENT_ASYNC` (1: clusters exchange `h` by `st.async` and mbarriers), knobs for
+/// benchmarks; the plan's defaults where unset.
 fn persistent_tuning() -> Tuning {
     static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
     *TUNING.get_or_init(|| {
@@ -66,6 +67,7 @@ fn persistent_tuning() -> Tuning {
                 .unwrap_or(default.max_threads),
             k_split: var("GRU_PERSISTENT_KSPLIT").filter(|&n| n > 0),
             cluster: var("GRU_PERSISTENT_CLUSTER"),
+            async_exchange: var("GRU_PERSISTENT_ASYNC").is_some_and(|n| n > 0),
         }
     })
 }

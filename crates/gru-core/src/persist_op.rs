@@ -159,6 +159,7 @@ mod cuda {
             plan.units,
             plan.blocks_per_direction,
             plan.k_split,
+            usize::from(plan.async_exchange),
         ]
         .map(|v| v as i32);
         let mut builder = stream.launch_builder(func);

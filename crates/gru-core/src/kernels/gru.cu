@@ -79,7 +79,15 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
 // - gru_persist_cluster<nb>_* (sm_90+, GRU_CLUSTER_KERNELS): the nb blocks of a direction are one
 //   thread-block cluster; each block writes its units of h straight into the shared memory of
 //   every block of the cluster (double-buffered: step s reads buffer s % 2 and fills the other),
-//   and the cluster meets at the hardware cluster barrier. No global memory, no atomics.
+//   and the cluster meets at the hardware cluster barrier. No global memory, no atomics. The
+//   barrier's release is a GPU-wide memory fence on every step. With XA (GRU_PERSISTENT_ASYNC)
+//   the stores are instead `st.async`, each counted by the receiving block's mbarrier of that
+//   buffer (complete_tx), and a block waits on its own mbarrier until all B * H values of the
+//   step have arrived: no cluster barrier, no fence. Peers cannot overwrite a buffer still being
+//   read: a block fills buffer b at step s only after it has every block's h of step s - 1, which
+//   each block sends only after it has read buffer b for the last time (at step s - 1). That
+//   holds for blocks that send; a block with no units (U * nb > H) would not hold the others
+//   back, so it leaves after setup and nobody sends to it.
 // The host guarantees U * B <= blockDim.x and 3U * Bp / 4 * KS <= blockDim.x.
 //
 // w_hh: (D, 3H, H) as PyTorch stores weight_hh. h0: (D, B, H), or null for zeros. buf holds in
@@ -90,7 +98,9 @@ extern "C" __global__ void gru_gate_f64(const double* gi, const double* gh, cons
 // which must be zero when the grid barrier runs (nb > 1, no cluster).
 // Shared memory (elements): Ws (3U, S), hs (NH, H4, Bp), gs (KS, Bp, 3U), where H4 = H rounded
 // up to 4, S = H4 (+ 4 when H4 / 4 is even, so that rows start on distinct bank groups), Bp = B
-// rounded up to 4, NH = 2 for a cluster, else 1; the padding is zero.
+// rounded up to 4, NH = 2 for a cluster, else 1; the padding is zero; then, for a cluster, the
+// two 8-byte mbarriers of the XA exchange (one per buffer; the elements before them are an even
+// number, so they are 8-byte aligned).
 
 // Thread-block clusters (sm_90+). Only the program built with GRU_CLUSTER_KERNELS (a second NVRTC
 // program, for compute capability 9.0 and up) uses them; elsewhere the stubs are never reached.
@@ -122,10 +132,64 @@ __device__ __forceinline__ void gru_store_peer(float* p, unsigned int rank, floa
 __device__ __forceinline__ void gru_store_peer(double* p, unsigned int rank, double v) {
     asm volatile("st.shared::cluster.f64 [%0], %1;" ::"r"(gru_peer_addr(p, rank)), "d"(v) : "memory");
 }
+// The XA exchange's mbarriers (one per buffer, in this block's shared memory).
+__device__ __forceinline__ unsigned int gru_smem_addr(const void* p) {
+    unsigned int a;
+    asm volatile("{\n\t.reg .u64 t;\n\tcvta.to.shared.u64 t, %1;\n\tcvt.u32.u64 %0, t;\n\t}"
+                 : "=r"(a) : "l"(p));
+    return a;
+}
+// `count` arrivals a phase; visible to the cluster's stores after gru_mbar_init_fence and a
+// cluster barrier.
+__device__ __forceinline__ void gru_mbar_init(unsigned long long* bar, unsigned int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(gru_smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void gru_mbar_init_fence() {
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+// This thread's shared-memory writes (the zeroed buffers, h0) before any st.async that peers
+// later make to the same addresses, should st.async run in the async proxy.
+__device__ __forceinline__ void gru_fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+// This block's one arrival of the phase, expecting `bytes` of st.async stores in it (some may
+// have completed already: the transaction count may run below zero until then).
+__device__ __forceinline__ void gru_mbar_expect(unsigned long long* bar, unsigned int bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(gru_smem_addr(bar)), "r"(bytes)
+                 : "memory");
+}
+// Until the phase of parity `parity` has completed (acquire: the stores it counted are visible).
+__device__ __forceinline__ void gru_mbar_wait(unsigned long long* bar, unsigned int parity) {
+    asm volatile(
+        "{\n\t.reg .pred done;\n"
+        "GRU_MBAR_WAIT:\n\t"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
+        "@!done bra GRU_MBAR_WAIT;\n\t}" ::"r"(gru_smem_addr(bar)), "r"(parity) : "memory");
+}
+// `v` into what `p` points to in the block of rank `rank`, counted by that block's `bar`.
+__device__ __forceinline__ void gru_store_peer_async(float* p, unsigned long long* bar,
+                                                     unsigned int rank, float v) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
+                 ::"r"(gru_peer_addr(p, rank)), "r"(__float_as_uint(v)), "r"(gru_peer_addr(bar, rank))
+                 : "memory");
+}
+__device__ __forceinline__ void gru_store_peer_async(double* p, unsigned long long* bar,
+                                                     unsigned int rank, double v) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b64 [%0], %1, [%2];"
+                 ::"r"(gru_peer_addr(p, rank)), "l"(__double_as_longlong(v)), "r"(gru_peer_addr(bar, rank))
+                 : "memory");
+}
 #elif !defined(GRU_HOST_SHIM)
 __device__ __forceinline__ unsigned int gru_cluster_size() { return 0; }
 __device__ __forceinline__ void gru_cluster_sync() { __trap(); }
 template <typename T> __device__ __forceinline__ void gru_store_peer(T*, unsigned int, T) { __trap(); }
+__device__ __forceinline__ void gru_mbar_init(unsigned long long*, unsigned int) { __trap(); }
+__device__ __forceinline__ void gru_mbar_init_fence() { __trap(); }
+__device__ __forceinline__ void gru_fence_proxy_async() { __trap(); }
+__device__ __forceinline__ void gru_mbar_expect(unsigned long long*, unsigned int) { __trap(); }
+__device__ __forceinline__ void gru_mbar_wait(unsigned long long*, unsigned int) { __trap(); }
+template <typename T>
+__device__ __forceinline__ void gru_store_peer_async(T*, unsigned long long*, unsigned int, T) { __trap(); }
 #endif
 
 // Four consecutive values, 16-byte aligned.
@@ -159,7 +223,7 @@ __device__ __forceinline__ Four<double> ldcg4(const double* p) {
 template <typename T, bool CLUSTER>
 __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias, const T* h0,
                         const unsigned int* lengths, T* buf, int T_len, int B, int H, int D, int U,
-                        int nb, int KS) {
+                        int nb, int KS, int XA) {
     GRU_DYNAMIC_SMEM(smem_raw);
     const int R = 3 * U;
     const int H4 = (H + 3) & ~3;
@@ -170,6 +234,7 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
     // and a cluster kernel must run as clusters of nb blocks.
     if (KS < 1 || U * B > (int)blockDim.x || R * G4 * KS > (int)blockDim.x) __trap();
     if (CLUSTER && gru_cluster_size() != (unsigned int)nb) __trap();
+    const bool xa = CLUSTER && XA != 0;  // the st.async exchange (a cluster kernel only)
     // Columns per row item: a multiple of 4 (16-byte loads); the last slices may be short or empty.
     const int KC = ((H4 / 4 + KS - 1) / KS) * 4;
     const bool local_h = CLUSTER || nb == 1;  // h lives in shared memory between steps
@@ -177,6 +242,8 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
     T* Ws = (T*)smem_raw;
     T* hs = Ws + (long long)R * S;
     T* gs = hs + (CLUSTER ? 2 : 1) * HB;
+    unsigned long long* mbar = (unsigned long long*)(gs + (long long)KS * Bp * R);  // [2]
+    const unsigned int step_bytes = (unsigned int)(B * H) * (unsigned int)sizeof(T);
     const int d = blockIdx.x / nb;
     const int rank = blockIdx.x % nb;
     const int j0 = rank * U;
@@ -231,14 +298,32 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
     const bool has_row = mk < KS;
     const int k_lo = mk * KC;
     const int k_hi = k_lo + KC < H4 ? k_lo + KC : H4;
-    // Peers write into this block's second buffer from step 0 on: not before it is zeroed.
+    // The XA exchange's mbarriers, one arrival (this block's expect_tx) a phase.
+    if (xa) gru_fence_proxy_async();
+    if (xa && tid == 0) {
+        gru_mbar_init(&mbar[0], 1);
+        gru_mbar_init(&mbar[1], 1);
+        gru_mbar_init_fence();
+    }
+    // Peers write into this block's second buffer from step 0 on: not before it is zeroed (and
+    // its mbarrier initialised).
     if (CLUSTER) gru_cluster_sync(); else __syncthreads();
+    // The blocks that own units; with XA the others leave (see above).
+    const int nb_live = (H + U - 1) / U;
+    if (xa && rank >= nb_live) return;
 
     for (int s = 0; s < T_len; ++s) {
         const int t = d == 0 ? s : T_len - 1 - s;
         const int p = s & 1;
         T* h_out = state + (1 - p) * row_stride + (long long)d * H * B;  // (H, B)
         T* hcur = hs + (CLUSTER ? p * HB : 0);
+        if (xa) {
+            // This step's h (sent at step s - 1: fill (s - 1) / 2 of buffer p) must have arrived.
+            if (s > 0) gru_mbar_wait(&mbar[p], (unsigned int)((s - 1) >> 1) & 1u);
+            // The other buffer's next phase: the fill of this step (its previous phase, step
+            // s - 2's, completed before this block passed step s - 1's wait).
+            if (tid == 0 && s + 1 < T_len) gru_mbar_expect(&mbar[1 - p], step_bytes);
+        }
 
         // This step's input projections were fetched during the previous step; fetch the next
         // step's now: they do not depend on h, so their latency hides behind this step.
@@ -322,7 +407,11 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
                 // a block may then exit, and its shared memory with it).
                 if (s + 1 < T_len) {
                     T* dst = hs + (1 - p) * HB + (long long)gj * Bp + gb;
-                    for (int q = 0; q < nb; ++q) gru_store_peer(dst, (unsigned int)q, hn);
+                    if (xa)
+                        for (int q = 0; q < nb_live; ++q)
+                            gru_store_peer_async(dst, &mbar[1 - p], (unsigned int)q, hn);
+                    else
+                        for (int q = 0; q < nb; ++q) gru_store_peer(dst, (unsigned int)q, hn);
                 }
             } else if (nb == 1) {
                 hs[(long long)gj * Bp + gb] = hn;
@@ -336,7 +425,10 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
         }
 
         if (s + 1 == T_len) break;
-        if (CLUSTER) {
+        if (xa) {
+            // This block's reads of gs before the next step's writes; h arrives by mbarrier.
+            __syncthreads();
+        } else if (CLUSTER) {
             // Publishes this step's h to every block of the cluster, and orders this step's reads
             // of gs and hcur before the next step's writes (peers fill hcur's buffer at step
             // s + 1). The warp reconverges first: the barrier is the .aligned form.
@@ -370,8 +462,9 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
 
 #define GRU_PERSIST_ARGS(T)                                                                      \
     const T *gi, const T *w_hh, const T *b_hn, const T *bias, const T *h0,                     \
-        const unsigned int *lengths, T *buf, int T_len, int B, int H, int D, int U, int nb, int KS
-#define GRU_PERSIST_CALL gi, w_hh, b_hn, bias, h0, lengths, buf, T_len, B, H, D, U, nb, KS
+        const unsigned int *lengths, T *buf, int T_len, int B, int H, int D, int U, int nb, int KS, \
+        int XA
+#define GRU_PERSIST_CALL gi, w_hh, b_hn, bias, h0, lengths, buf, T_len, B, H, D, U, nb, KS, XA
 
 // Register caps on the f32 kernels: the plans' thread counts (up to 768, e.g. medium's column
 // split of 4, the fastest measured) need at most 80 registers a thread; uncapped, ptxas takes 96
