@@ -142,7 +142,6 @@ inline void gru_mbar_init(unsigned long long* bar, unsigned int count) {
                                                     std::memory_order_release);
 }
 inline void gru_mbar_init_fence() { std::atomic_thread_fence(std::memory_order_release); }
-inline void gru_fence_proxy_async() {}
 inline void gru_mbar_expect(unsigned long long* bar, unsigned int bytes) {
     gru_host::mbar_update(bar, (int)bytes, 1);
 }

@@ -356,6 +356,24 @@ mod tests {
     }
 
     #[test]
+    fn the_async_exchange_is_asked_of_cluster_plans_only() {
+        let tuning = Tuning {
+            async_exchange: true,
+            ..Tuning::default()
+        };
+        // long: a cluster of 8 with the st.async exchange; small (one block): no cluster, none.
+        let p = PersistentPlan::plan(shape(2000, 8, 128, 1), hopper(true), tuning).unwrap();
+        assert_eq!((p.cluster, p.async_exchange), (8, true));
+        let p = PersistentPlan::plan(shape(50, 1, 32, 1), hopper(true), tuning).unwrap();
+        assert_eq!((p.cluster, p.async_exchange), (0, false));
+        let p = PersistentPlan::plan(shape(2000, 8, 128, 1), hopper(false), tuning).unwrap();
+        assert_eq!((p.cluster, p.async_exchange), (0, false));
+        // Off unless asked.
+        let p = PersistentPlan::plan(shape(2000, 8, 128, 1), hopper(true), Tuning::default());
+        assert!(!p.unwrap().async_exchange);
+    }
+
+    #[test]
     fn several_blocks_per_direction_form_a_cluster_where_there_are_clusters() {
         // long: 4 blocks by the grid plan -> one cluster of 8 (the largest that fits), h
         // double-buffered in shared memory.
@@ -363,7 +381,8 @@ mod tests {
         let p = p.unwrap();
         assert_eq!((p.units, p.blocks_per_direction, p.cluster), (16, 8, 8));
         assert_eq!((p.k_split, p.threads), (4, 384));
-        assert_eq!(p.smem_bytes, (48 * 132 + 2 * 128 * 8 + 4 * 48 * 8) * 4);
+        // Ws, two buffers of h, the partial sums, and the two mbarriers of the st.async exchange.
+        assert_eq!(p.smem_bytes, (48 * 132 + 2 * 128 * 8 + 4 * 48 * 8) * 4 + 16);
         // Where 8 does not fit (here: a GPU of 6 SMs), the next size down; where no cluster
         // fits (a thread limit below every cluster plan), the grid barrier.
         let six_sms = GpuLimits {

@@ -132,6 +132,11 @@ __device__ __forceinline__ void gru_store_peer(float* p, unsigned int rank, floa
 __device__ __forceinline__ void gru_store_peer(double* p, unsigned int rank, double v) {
     asm volatile("st.shared::cluster.f64 [%0], %1;" ::"r"(gru_peer_addr(p, rank)), "d"(v) : "memory");
 }
+// st.async needs PTX ISA 8.1 (CUDA 12.1). With an older NVRTC the XA flag is ignored (the cluster
+// barrier exchange runs) rather than the whole cluster program being refused.
+#if __CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 1)
+#define GRU_HAS_ST_ASYNC 1
+#endif
 // The XA exchange's mbarriers (one per buffer, in this block's shared memory).
 __device__ __forceinline__ unsigned int gru_smem_addr(const void* p) {
     unsigned int a;
@@ -147,26 +152,24 @@ __device__ __forceinline__ void gru_mbar_init(unsigned long long* bar, unsigned 
 __device__ __forceinline__ void gru_mbar_init_fence() {
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
-// This thread's shared-memory writes (the zeroed buffers, h0) before any st.async that peers
-// later make to the same addresses, should st.async run in the async proxy.
-__device__ __forceinline__ void gru_fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-}
 // This block's one arrival of the phase, expecting `bytes` of st.async stores in it (some may
 // have completed already: the transaction count may run below zero until then).
 __device__ __forceinline__ void gru_mbar_expect(unsigned long long* bar, unsigned int bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(gru_smem_addr(bar)), "r"(bytes)
                  : "memory");
 }
-// Until the phase of parity `parity` has completed (acquire: the stores it counted are visible).
+// Until the phase of parity `parity` has completed. Acquire at cluster scope: the st.async
+// stores it counted come from other blocks of the cluster (st.async runs in the generic proxy:
+// no proxy fence is needed before ordinary loads of them).
 __device__ __forceinline__ void gru_mbar_wait(unsigned long long* bar, unsigned int parity) {
     asm volatile(
         "{\n\t.reg .pred done;\n"
         "GRU_MBAR_WAIT:\n\t"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n\t"
         "@!done bra GRU_MBAR_WAIT;\n\t}" ::"r"(gru_smem_addr(bar)), "r"(parity) : "memory");
 }
 // `v` into what `p` points to in the block of rank `rank`, counted by that block's `bar`.
+#ifdef GRU_HAS_ST_ASYNC
 __device__ __forceinline__ void gru_store_peer_async(float* p, unsigned long long* bar,
                                                      unsigned int rank, float v) {
     asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
@@ -179,13 +182,16 @@ __device__ __forceinline__ void gru_store_peer_async(double* p, unsigned long lo
                  ::"r"(gru_peer_addr(p, rank)), "l"(__double_as_longlong(v)), "r"(gru_peer_addr(bar, rank))
                  : "memory");
 }
+#else
+template <typename T>
+__device__ __forceinline__ void gru_store_peer_async(T*, unsigned long long*, unsigned int, T) { __trap(); }
+#endif
 #elif !defined(GRU_HOST_SHIM)
 __device__ __forceinline__ unsigned int gru_cluster_size() { return 0; }
 __device__ __forceinline__ void gru_cluster_sync() { __trap(); }
 template <typename T> __device__ __forceinline__ void gru_store_peer(T*, unsigned int, T) { __trap(); }
 __device__ __forceinline__ void gru_mbar_init(unsigned long long*, unsigned int) { __trap(); }
 __device__ __forceinline__ void gru_mbar_init_fence() { __trap(); }
-__device__ __forceinline__ void gru_fence_proxy_async() { __trap(); }
 __device__ __forceinline__ void gru_mbar_expect(unsigned long long*, unsigned int) { __trap(); }
 __device__ __forceinline__ void gru_mbar_wait(unsigned long long*, unsigned int) { __trap(); }
 template <typename T>
@@ -234,7 +240,12 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
     // and a cluster kernel must run as clusters of nb blocks.
     if (KS < 1 || U * B > (int)blockDim.x || R * G4 * KS > (int)blockDim.x) __trap();
     if (CLUSTER && gru_cluster_size() != (unsigned int)nb) __trap();
+#if defined(GRU_HAS_ST_ASYNC) || defined(GRU_HOST_SHIM)
     const bool xa = CLUSTER && XA != 0;  // the st.async exchange (a cluster kernel only)
+#else
+    const bool xa = false;
+    (void)XA;
+#endif
     // Columns per row item: a multiple of 4 (16-byte loads); the last slices may be short or empty.
     const int KC = ((H4 / 4 + KS - 1) / KS) * 4;
     const bool local_h = CLUSTER || nb == 1;  // h lives in shared memory between steps
@@ -299,7 +310,6 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
     const int k_lo = mk * KC;
     const int k_hi = k_lo + KC < H4 ? k_lo + KC : H4;
     // The XA exchange's mbarriers, one arrival (this block's expect_tx) a phase.
-    if (xa) gru_fence_proxy_async();
     if (xa && tid == 0) {
         gru_mbar_init(&mbar[0], 1);
         gru_mbar_init(&mbar[1], 1);
@@ -317,6 +327,12 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
         const int p = s & 1;
         T* h_out = state + (1 - p) * row_stride + (long long)d * H * B;  // (H, B)
         T* hcur = hs + (CLUSTER ? p * HB : 0);
+
+        // This step's input projections were fetched during the previous step; fetch the next
+        // step's now: they do not depend on h, so their latency hides behind this step.
+        const bool valid = has_gate && (unsigned int)t < glen;
+        const T xr = nr, xz = nz, xn = nn;
+        if (s + 1 < T_len) fetch(d == 0 ? s + 1 : T_len - 2 - s, nr, nz, nn);
         if (xa) {
             // This step's h (sent at step s - 1: fill (s - 1) / 2 of buffer p) must have arrived.
             if (s > 0) gru_mbar_wait(&mbar[p], (unsigned int)((s - 1) >> 1) & 1u);
@@ -324,12 +340,6 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
             // s - 2's, completed before this block passed step s - 1's wait).
             if (tid == 0 && s + 1 < T_len) gru_mbar_expect(&mbar[1 - p], step_bytes);
         }
-
-        // This step's input projections were fetched during the previous step; fetch the next
-        // step's now: they do not depend on h, so their latency hides behind this step.
-        const bool valid = has_gate && (unsigned int)t < glen;
-        const T xr = nr, xz = nz, xn = nn;
-        if (s + 1 < T_len) fetch(d == 0 ? s + 1 : T_len - 2 - s, nr, nz, nn);
         // h of every batch row, transposed: hs[k * Bp + b]. Consecutive threads take consecutive
         // b: consecutive shared-memory addresses (no bank conflicts) and, from the exchange
         // buffer, consecutive global ones.
