@@ -4,12 +4,19 @@ GPU: catches what the host-C++ test of the same source cannot (CUDA-only syntax,
 ptxas) and prints ptxas's register and spill report per kernel.
 
     python3 scripts/nvrtc_check.py LIBNVRTC SOURCE [ARCH[:cluster] ...]   # e.g. 80 90:cluster
+
+With GRU_CUBIN_DIR set, each CUBIN is also written there (sm_90_cluster.cubin, ...), for reading
+the SASS without a GPU, e.g. with the cuobjdump that the `triton` wheel ships:
+    GRU_CUBIN_DIR=/tmp/sass python3 scripts/nvrtc_check.py ... 90:cluster
+    venv/lib/python3.*/site-packages/triton/backends/nvidia/bin/cuobjdump -sass /tmp/sass/sm_90_cluster.cubin
 """
 import ctypes
+import os
 import sys
 
 
 def compile_cubin(nvrtc, source: bytes, arch: str, cluster: bool) -> tuple[bool, str, int]:
+    """Compiles; returns (ok, log, CUBIN size) and writes the CUBIN under GRU_CUBIN_DIR if set."""
     prog = ctypes.c_void_p()
     rc = nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source, b"gru.cu", 0, None, None)
     if rc != 0:
@@ -28,6 +35,14 @@ def compile_cubin(nvrtc, source: bytes, arch: str, cluster: bool) -> tuple[bool,
         csize = ctypes.c_size_t()
         rc = nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(csize))
         cubin = csize.value if rc == 0 else 0
+        out_dir = os.environ.get("GRU_CUBIN_DIR")
+        if out_dir and cubin:
+            image = ctypes.create_string_buffer(cubin)
+            if nvrtc.nvrtcGetCUBIN(prog, image) == 0:
+                os.makedirs(out_dir, exist_ok=True)
+                name = f"sm_{arch}{'_cluster' if cluster else ''}.cubin"
+                with open(os.path.join(out_dir, name), "wb") as f:
+                    f.write(image.raw)
     nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
     return rc == 0 and cubin > 0, log.value.decode(errors="replace"), cubin
 
