@@ -507,7 +507,12 @@ fn cuda_kernel_source_matches_pytorch_on_every_reference_case() {
     let (_dir, lib_path) = build_host_kernels();
     // SAFETY: a library this test just built; its initialisers do nothing.
     let lib = unsafe { libloading::Library::new(&lib_path) }.unwrap();
-    let cases = find_cases(&[models_dir().join("reference")]);
+    // `GRU_KERNEL_CASES=DIR` runs another folder of cases instead (e.g. one made by
+    // scripts/make_random_cases.py: a differential fuzz of the kernels against PyTorch).
+    let dir = std::env::var_os("GRU_KERNEL_CASES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| models_dir().join("reference"));
+    let cases = find_cases(&[dir]);
     assert!(
         cases.len() >= 20,
         "reference cases missing: {}",
