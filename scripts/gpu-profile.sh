@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Where the GPU time goes, with Nsight Compute (`ncu`, on the GPU machine's image; it reads the
 # hardware counters on Firecracker machines, not on gVisor ones: KINDS.md of the device tool).
-# About 1-2 minutes. Run after scripts/gpu-check.sh has shown parity.
+# About 2-3 minutes. Run after scripts/gpu-check.sh has shown parity.
 #
 #   scripts/gpu-profile.sh LOGDIR [GRU_BINARY]
 #
 # 1. Every kernel of ONE small forward (16/32/1L, T=50, B=1), with its duration: what the ~50 us
 #    of fixed cost per forward launches (candle's ops around ours), in launch order.
 # 2. The same for one large forward's first steps (per-step path: cuBLAS GEMM + gate kernel).
-# 3. One launch of the persistent kernel on long (64/128, T=200, B=8; cluster of 8 on sm_90+)
-#    and on small (16/32, T=1000, B=1; one block): throughput, warp stall reasons (cycles per
-#    issued instruction, largest first), occupancy, shared-memory traffic, and the SASS lines
-#    where warps stall most (SourceCounters; the whole report is in LOGDIR).
+# 3. One launch of the persistent kernel on long (64/128, T=200, B=8; cluster of 8 on sm_90+),
+#    on small (16/32, T=1000, B=1; one block) and on medium's first layer (grid barrier, 32
+#    blocks per direction): throughput, warp stall reasons (cycles per issued instruction,
+#    largest first), occupancy, shared-memory traffic, and the SASS lines where warps stall most
+#    (SourceCounters; the whole report is in LOGDIR).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${1:?usage: gpu-profile.sh LOGDIR [GRU_BINARY]}
@@ -80,3 +81,5 @@ persist() { # NAME ARGS...: one launch of the persistent kernel
 }
 persist long --input-size 64 --hidden-size 128 --seq-len 200 --batch 8
 persist small --input-size 16 --hidden-size 32 --seq-len 1000 --batch 1
+# The grid barrier (BENCHMARKS.md's cost model: the read-back of h was most of its time).
+persist medium --input-size 128 --hidden-size 256 --seq-len 100 --batch 32 --bidirectional
