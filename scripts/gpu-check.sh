@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One short run on a GPU machine (CUDA 13 driver, PyTorch, Python; no Rust, no network), under
-# 5 minutes: preflight (GPU, driver, the binary's libraries), ONE case, then every case with every
-# kernel, `--device auto`, the GPU test binary (4 host threads sharing one model), a checkpoint
-# saved by PyTorch from a real CUDA model, and the speed grid against PyTorch (cuDNN), alternating.
+# One short run on a GPU machine (CUDA 13 driver, PyTorch, Python; no Rust, no network), about
+# 4 minutes: preflight (GPU, driver, the binary's libraries), ONE case, then every case with every
+# kernel and persistent variant, `--device auto`, the GPU test binary (4 host threads sharing one
+# model), a checkpoint saved by PyTorch from a real CUDA model, the speed grid against PyTorch
+# (cuDNN), alternating, the fixed cost per forward, the cluster x split sweep, the st.async
+# exchange against the cluster barrier, and large with Auto's batch cap at 64 and at 32.
 #
 #   scripts/gpu-check.sh LOGDIR [GRU_BINARY [GPU_TEST_BINARY]]
 #

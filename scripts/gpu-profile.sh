@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Where the GPU time goes, with Nsight Compute (`ncu`, on the GPU machine's image; it reads the
-# hardware counters on Firecracker machines, not on gVisor ones: KINDS.md of the device tool).
+# Where the GPU time goes, with Nsight Compute (`ncu`, on the GPU machine's image; it needs
+# access to the GPU's performance counters, which some sandboxed machines do not give).
 # About 2-3 minutes. Run after scripts/gpu-check.sh has shown parity.
 #
 #   scripts/gpu-profile.sh LOGDIR [GRU_BINARY]

@@ -17,7 +17,8 @@ use crate::params::DirectionParams;
 /// Which implementation runs the recurrence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernel {
-    /// The slice kernel on the CPU, the fused step kernel on CUDA, candle ops on Metal.
+    /// The slice kernel on the CPU; on CUDA the persistent kernel up to batch 64 where the layer
+    /// fits, else the fused step kernel; candle ops on Metal.
     #[default]
     Auto,
     /// Per step a matmul and the gate update composed from candle ops (Metal's path), on any
