@@ -50,6 +50,7 @@ gru() { # gru SECONDS ARGS...: the binary with its libraries, under a time limit
   local limit=$1; shift
   LD_LIBRARY_PATH=$GRU_LIBS timeout "$limit" "$GRU" "$@"
 }
+median_ms() { sed -n 's/.*"median_ms":\([0-9.]*\).*/\1/p'; } # of `bench --json`
 
 stamp "one case on $DEVICE"
 gru 60 verify models/reference/uni_l1_h0.case.safetensors --device "$DEVICE"
@@ -144,7 +145,7 @@ for row in "small|--input-size 16 --hidden-size 32 --seq-len 50 --batch 1" \
       # shellcheck disable=SC2086
       ms=$(GRU_PERSISTENT_CLUSTER=$cluster GRU_PERSISTENT_KSPLIT=$ks gru 60 bench $args \
         --device "$DEVICE" --warmup 3 --iters 10 --impl ours-persistent --json 2>/dev/null |
-        sed -n 's/.*"median_ms":\([0-9.]*\).*/\1/p')
+        median_ms)
       line="$line ks$ks=${ms:-none}"
     done
     echo "$line"
@@ -160,7 +161,7 @@ for row in "long|--input-size 64 --hidden-size 128 --seq-len 2000 --batch 8" \
     for a in 0 1; do
       # shellcheck disable=SC2086
       ms=$(GRU_PERSISTENT_ASYNC=$a gru 60 bench $args --device "$DEVICE" --warmup 3 --iters 10 \
-        --impl ours-persistent --json 2>/dev/null | sed -n 's/.*"median_ms":\([0-9.]*\).*/\1/p')
+        --impl ours-persistent --json 2>/dev/null | median_ms)
       line="$line async$a=${ms:-none}"
     done
   done
@@ -171,7 +172,7 @@ for round in 1 2; do
   for cap in 64 32; do
     ms=$(GRU_PERSISTENT_MAX_BATCH=$cap gru 60 bench --input-size 256 --hidden-size 512 --num-layers 2 \
       --seq-len 200 --batch 64 --device "$DEVICE" --warmup 3 --iters 10 --impl ours --json 2>/dev/null |
-      sed -n 's/.*"median_ms":\([0-9.]*\).*/\1/p')
+      median_ms)
     echo "large round $round cap $cap: ${ms:-none}"
   done
 done

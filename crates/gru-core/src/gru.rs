@@ -183,10 +183,10 @@ impl Gru {
                     let mut x = x;
                     let mut h_n = Vec::with_capacity(cfg.num_layers);
                     for (k, layer) in self.layers.iter().enumerate() {
-                        let h0_k = match &h0 {
-                            Some(h0) => Some(h0.narrow(0, k * n_dirs, n_dirs)?),
-                            None => None,
-                        };
+                        let h0_k = h0
+                            .as_ref()
+                            .map(|h0| h0.narrow(0, k * n_dirs, n_dirs))
+                            .transpose()?;
                         let (out, hn) =
                             layer.forward(&x, h0_k.as_ref(), &plan, self.kernel, &ctx)?;
                         h_n.push(hn);

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::gate_op::GateStep;
 use crate::kernel_source::PersistentPlan;
 use crate::packing::LengthPlan;
-use crate::persist_op::PersistLayer;
+use crate::persist_op::{buffer_layout, PersistLayer};
 
 /// The CUDA kernels of a device, loaded once (`()` without the `cuda` feature).
 #[cfg(feature = "cuda")]
@@ -131,11 +131,12 @@ pub(crate) fn persistent_layer(
     };
     let buf = gi.contiguous()?.apply_op1_no_bwd(&op)?;
     let dh = n_dirs * hidden;
+    let (h_n_at, _) = buffer_layout(t_len, batch, n_dirs, hidden);
     let output = buf
         .narrow(0, 0, t_len * batch * dh)?
         .reshape((t_len, batch, dh))?;
     let h_n = buf
-        .narrow(0, (t_len + 2) * batch * dh, n_dirs * batch * hidden)?
+        .narrow(0, h_n_at, n_dirs * batch * hidden)?
         .reshape((n_dirs, batch, hidden))?;
     Ok((output, h_n))
 }

@@ -36,13 +36,15 @@ pub(crate) struct PersistLayer<'a> {
     pub kernels: &'a DeviceKernels,
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-impl PersistLayer<'_> {
-    /// The buffer's length in elements (see the module's doc).
-    pub fn buffer_len(&self, directions: usize, hidden: usize) -> usize {
-        let dh = directions * hidden;
-        (self.seq_len + 2) * self.batch * dh + directions * self.batch * hidden + directions
-    }
+/// Where `h_n` starts in the buffer, and the buffer's length, in elements (see the module's doc).
+pub(crate) fn buffer_layout(
+    seq_len: usize,
+    batch: usize,
+    directions: usize,
+    hidden: usize,
+) -> (usize, usize) {
+    let h_n = (seq_len + 2) * batch * directions * hidden;
+    (h_n, h_n + directions * batch * hidden + directions)
 }
 
 impl CustomOp1 for PersistLayer<'_> {
@@ -128,7 +130,7 @@ mod cuda {
         let func = op.kernels.persist(gi_s.dtype(), plan.cluster)?;
         let dev = gi_s.device().clone();
         let stream = dev.cuda_stream();
-        let len = op.buffer_len(d, hs);
+        let (_, len) = super::buffer_layout(t_len, b, d, hs);
         // SAFETY: plain device memory of `len` elements. The kernel writes every element of the
         // output and of h_n (the parts of the buffer the caller reads), the counters are zeroed
         // below where they are used, and the state rows are scratch the kernel writes before it

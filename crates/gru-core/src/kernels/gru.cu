@@ -117,13 +117,18 @@ __device__ __forceinline__ void gru_cluster_sync() {
     asm volatile("barrier.cluster.arrive.aligned;" ::: "memory");
     asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
 }
+// The 32-bit shared-memory address of what `p` points to in this block's shared memory.
+__device__ __forceinline__ unsigned int gru_smem_addr(const void* p) {
+    unsigned int a;
+    asm volatile("{\n\t.reg .u64 t;\n\tcvta.to.shared.u64 t, %1;\n\tcvt.u32.u64 %0, t;\n\t}"
+                 : "=r"(a) : "l"(p));
+    return a;
+}
 // The address, in the cluster's shared window, of what `p` points to in this block's shared
 // memory, in the block of rank `rank`.
 __device__ __forceinline__ unsigned int gru_peer_addr(const void* p, unsigned int rank) {
-    unsigned int local, remote;
-    asm volatile("{\n\t.reg .u64 a;\n\tcvta.to.shared.u64 a, %1;\n\tcvt.u32.u64 %0, a;\n\t}"
-                 : "=r"(local) : "l"(p));
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    unsigned int remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(gru_smem_addr(p)), "r"(rank));
     return remote;
 }
 __device__ __forceinline__ void gru_store_peer(float* p, unsigned int rank, float v) {
@@ -138,12 +143,6 @@ __device__ __forceinline__ void gru_store_peer(double* p, unsigned int rank, dou
 #define GRU_HAS_ST_ASYNC 1
 #endif
 // The XA exchange's mbarriers (one per buffer, in this block's shared memory).
-__device__ __forceinline__ unsigned int gru_smem_addr(const void* p) {
-    unsigned int a;
-    asm volatile("{\n\t.reg .u64 t;\n\tcvta.to.shared.u64 t, %1;\n\tcvt.u32.u64 %0, t;\n\t}"
-                 : "=r"(a) : "l"(p));
-    return a;
-}
 // `count` arrivals a phase; visible to the cluster's stores after gru_mbar_init_fence and a
 // cluster barrier.
 __device__ __forceinline__ void gru_mbar_init(unsigned long long* bar, unsigned int count) {
