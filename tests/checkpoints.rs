@@ -229,3 +229,25 @@ fn legacy_double_half_and_bfloat16_storages_load_as_stored() {
         assert_eq!(g.dtype(), dtype);
     }
 }
+
+#[test]
+fn a_quantized_model_is_named_as_such() {
+    // Embedding (float) + quantize_dynamic'd GRU and Linear: the GRU is packed int8 parameters.
+    let f = WeightFile::open(checkpoint("quantized_dynamic.pt")).unwrap();
+    let e = f.gru(None, None, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        e.contains("no GRU found") && e.contains("quantize_dynamic") && e.contains("float model"),
+        "{e}"
+    );
+    // A quantized GRU alone: no float tensor at all.
+    let e = WeightFile::open(checkpoint("quantized_gru.pt"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no float tensors") && e.contains("quantized tensors"),
+        "{e}"
+    );
+    // A float checkpoint has no such note.
+    let f = WeightFile::open(checkpoint("zip_flat.pt")).unwrap();
+    assert_eq!(f.quantized_note(), None);
+}

@@ -483,3 +483,46 @@ fn convert_extracts_a_gru_with_pytorch_names() {
         assert_eq!(d, 0.0, "{}", t.name);
     }
 }
+
+#[test]
+fn convert_writes_weight_norm_as_plain_weights() {
+    // A GRU trained under weight norm becomes a plain `nn.GRU` state dict.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rnn.safetensors");
+    let (code, _, err) = gru(&[
+        "convert",
+        "--weights",
+        "models/reparam/weight_norm.pt",
+        "--prefix",
+        "rnn",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let src = WeightFile::open(root().join("models/reparam/weight_norm.pt")).unwrap();
+    let dst = WeightFile::open(&out).unwrap();
+    assert_eq!(dst.tensors().len(), 16);
+    let w = dst.load("weight_hh_l0", &Device::Cpu).unwrap();
+    let v = src
+        .load("rnn.parametrizations.weight_hh_l0.original1", &Device::Cpu)
+        .unwrap();
+    let computed = src.load("rnn.weight_hh_l0", &Device::Cpu).unwrap();
+    let diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(diff(&w, &computed), 0.0);
+    assert!(diff(&w, &v) > 1e-2);
+    let (code, out, _) = gru(&["inspect", "models/reparam/weight_norm.pt"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("rnn.weight_ih_l1 = weight norm (dim 1) of"),
+        "{out}"
+    );
+}

@@ -702,7 +702,7 @@ fn mutant(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
 /// cover what we thought of; this covers what we did not.
 #[test]
 fn mutated_checkpoints_never_crash() {
-    let mut seeds: Vec<PathBuf> = ["models/checkpoints", "models/fixtures"]
+    let mut seeds: Vec<PathBuf> = ["models/checkpoints", "models/fixtures", "models/reparam"]
         .iter()
         .flat_map(|d| std::fs::read_dir(root().join(d)).unwrap())
         .map(|e| e.unwrap().path())

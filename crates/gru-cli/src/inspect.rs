@@ -20,6 +20,7 @@ pub struct Args {
 pub fn main(a: Args) -> anyhow::Result<()> {
     let file = WeightFile::open(&a.file)?;
     let d = file.discover();
+    let n_computed = computed(&file, file.tensors().iter().map(|t| &t.name)).len();
     if a.json {
         let found: Vec<_> = d
             .found
@@ -36,6 +37,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                     "bias": g.config.bias,
                     "dtype": format!("{:?}", g.dtype).to_lowercase(),
                     "parameters": g.num_parameters,
+                    "computed": computed(&file, &g.keys),
                 })
             })
             .collect();
@@ -48,18 +50,24 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             .tensors()
             .iter()
             .map(|t| {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "name": t.name,
                     "dtype": crate::dtype_name(t.dtype),
                     "shape": t.shape,
-                })
+                });
+                if let Some(how) = file.computed_from(&t.name) {
+                    v["computed_from"] = how.into();
+                }
+                v
             })
             .collect();
         let mut v = serde_json::json!({
                 "file": a.file.display().to_string(),
                 "format": file.format().to_string(),
                 "state_dicts": file.state_dicts(),
-                "tensors": file.tensors().len(),
+                "tensors": file.tensors().len() - n_computed,
+                "computed_weights": n_computed,
+                "quantized": file.quantized_note(),
                 "modules": found,
                 "invalid": rejected,
         });
@@ -71,12 +79,17 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     let sds = file.state_dicts();
     println!(
-        "{}: {}, {} tensors in {} state dict{}",
+        "{}: {}, {} tensors in {} state dict{}{}",
         a.file.display(),
         file.format(),
-        file.tensors().len(),
+        file.tensors().len() - n_computed,
         sds.len(),
-        if sds.len() == 1 { "" } else { "s" }
+        if sds.len() == 1 { "" } else { "s" },
+        if n_computed == 0 {
+            String::new()
+        } else {
+            format!(", and {n_computed} weights computed from weight norm or spectral norm")
+        }
     );
     if sds.len() > 1 || sds.iter().any(|k| !k.is_empty()) {
         const SHOWN: usize = 8;
@@ -98,6 +111,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     if d.found.is_empty() {
         println!("no GRU or GRUCell found");
+        if let Some(q) = file.quantized_note() {
+            println!("note: {q}");
+        }
     }
     for g in &d.found {
         let c = &g.config;
@@ -118,6 +134,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 format!(" (state dict {:?}, inside it {:?})", g.state_dict, g.relative_prefix())
             }
         );
+        for (name, how) in computed(&file, &g.keys) {
+            println!("         {name} = {how}");
+        }
     }
     for (p, e) in &d.rejected {
         println!("skipped  prefix={p:?} (not a valid GRU): {e}");
@@ -126,14 +145,32 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         println!("tensors:");
         for t in file.tensors() {
             println!(
-                "  {:<40} {:<5} {:?}",
+                "  {:<40} {:<5} {:?}{}",
                 format!("{:?}", t.name).trim_matches('"'),
                 crate::dtype_name(t.dtype),
-                t.shape
+                t.shape,
+                file.computed_from(&t.name)
+                    .map(|how| format!("  (computed: {how})"))
+                    .unwrap_or_default()
             );
         }
     } else if file.tensors().len() > d.found.iter().map(|g| g.keys.len()).sum::<usize>() {
         println!("(--all lists every tensor)");
     }
     Ok(())
+}
+
+/// The weights among `names` that the file stores reparametrized, with what each is computed
+/// from.
+fn computed<S: AsRef<str>>(
+    file: &WeightFile,
+    names: impl IntoIterator<Item = S>,
+) -> Vec<(String, String)> {
+    names
+        .into_iter()
+        .filter_map(|n| {
+            let n = n.as_ref();
+            file.computed_from(n).map(|how| (n.to_string(), how))
+        })
+        .collect()
 }

@@ -150,12 +150,40 @@ impl Checker<'_> {
         self.by_name.get(join(self.prefix, name).as_str()).copied()
     }
 
+    /// The error for a missing `name`, which says so when the file stores it reparametrized in
+    /// a way `reparam` does not compute (weight norm and spectral norm it does).
+    fn missing(&self, name: &str, why_missing: &str) -> WeightsError {
+        let full = join(self.prefix, name);
+        let list = join(self.prefix, &format!("parametrizations.{name}."));
+        let mut stored: Vec<&str> = self
+            .by_name
+            .keys()
+            .copied()
+            .filter(|k| k.starts_with(&list) || k.strip_prefix(full.as_str()) == Some("_orig"))
+            .collect();
+        stored.sort_unstable();
+        let reason = match stored.first() {
+            None => format!("is missing: {why_missing}"),
+            Some(first) => format!(
+                "is stored reparametrized (`{first}`{}) by a parametrization this loader cannot \
+                 compute: weight_norm and spectral_norm are read, but another one (orthogonal, \
+                 a custom one, or several chained) is not described by a state dict; save the \
+                 model after `torch.nn.utils.parametrize.remove_parametrizations(module, \"{name}\")`",
+                if stored.len() > 1 {
+                    format!(" and {} more", stored.len() - 1)
+                } else {
+                    String::new()
+                }
+            ),
+        };
+        WeightsError::Tensor { name: full, reason }
+    }
+
     fn require(&mut self, name: &str, shape: &[usize], why_missing: &str) -> Result<()> {
         let full = join(self.prefix, name);
-        let info = self.get(name).ok_or_else(|| WeightsError::Tensor {
-            name: full.clone(),
-            reason: format!("is missing: {why_missing}"),
-        })?;
+        let info = self
+            .get(name)
+            .ok_or_else(|| self.missing(name, why_missing))?;
         if !info.dtype.is_float() {
             return Err(WeightsError::DType {
                 name: full,
@@ -231,15 +259,13 @@ fn check_gru(
         params: 0,
     };
     let whh0 = join(prefix, "weight_hh_l0");
-    let whh0_info = c.get("weight_hh_l0").ok_or_else(|| WeightsError::Tensor {
-        name: whh0.clone(),
-        reason: "is missing: a GRU needs layer 0".into(),
-    })?;
+    let whh0_info = c
+        .get("weight_hh_l0")
+        .ok_or_else(|| c.missing("weight_hh_l0", "a GRU needs layer 0"))?;
     let hidden = hidden_from_weight_hh(&whh0, whh0_info)?;
-    let wih0 = c.get("weight_ih_l0").ok_or_else(|| WeightsError::Tensor {
-        name: join(prefix, "weight_ih_l0"),
-        reason: "is missing: a GRU needs layer 0".into(),
-    })?;
+    let wih0 = c
+        .get("weight_ih_l0")
+        .ok_or_else(|| c.missing("weight_ih_l0", "a GRU needs layer 0"))?;
     if wih0.shape.len() != 2 {
         return Err(WeightsError::Tensor {
             name: join(prefix, "weight_ih_l0"),
@@ -309,10 +335,9 @@ fn check_cell(prefix: &str, by_name: &HashMap<&str, &TensorInfo>) -> Result<GruI
     };
     let whh = join(prefix, "weight_hh");
     let hidden = hidden_from_weight_hh(&whh, c.get("weight_hh").expect("found by discover"))?;
-    let wih = c.get("weight_ih").ok_or_else(|| WeightsError::Tensor {
-        name: join(prefix, "weight_ih"),
-        reason: format!("is missing: `{whh}` exists without it"),
-    })?;
+    let wih = c
+        .get("weight_ih")
+        .ok_or_else(|| c.missing("weight_ih", &format!("`{whh}` exists without it")))?;
     if wih.shape.len() != 2 {
         return Err(WeightsError::Tensor {
             name: join(prefix, "weight_ih"),

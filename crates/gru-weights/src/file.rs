@@ -12,6 +12,7 @@ use safetensors::SafeTensors;
 
 use crate::error::{Result, WeightsError};
 use crate::pth;
+use crate::reparam::{self, Reparam};
 
 /// Name, dtype and shape of one tensor in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub struct WeightFile {
     infos: Vec<TensorInfo>,
     /// Key paths of the state dicts that hold tensors (empty for a top-level one), sorted.
     state_dicts: Vec<String>,
+    /// Weights stored reparametrized (weight norm, spectral norm), listed in `infos` under their
+    /// plain names and computed when loaded.
+    derived: HashMap<String, Reparam>,
 }
 
 impl std::fmt::Debug for WeightFile {
@@ -119,12 +123,14 @@ impl WeightFile {
                     "a safetensors file has no checkpoint keys",
                 ));
             }
-            let infos = safetensors_infos(path, &mmap)?;
+            let mut infos = safetensors_infos(path, &mmap)?;
+            let derived = add_derived(&mut infos);
             return Ok(Self {
                 path: path.to_path_buf(),
                 source: Source::Safetensors(mmap),
                 infos,
                 state_dicts: vec![String::new()],
+                derived,
             });
         }
         let map = Arc::new(mmap);
@@ -172,6 +178,7 @@ impl WeightFile {
             state_dicts.push(f.state_dict.clone());
         }
         infos.sort_by(|a, b| a.name.cmp(&b.name));
+        let derived = add_derived(&mut infos);
         state_dicts.sort();
         state_dicts.dedup();
         Ok(Self {
@@ -184,6 +191,7 @@ impl WeightFile {
             },
             infos,
             state_dicts,
+            derived,
         })
     }
 
@@ -210,6 +218,9 @@ impl WeightFile {
 
     /// The key path of the state dict that holds tensor `name` (a full name).
     pub fn state_dict_of(&self, name: &str) -> &str {
+        if let Some(how) = self.derived.get(name) {
+            return self.state_dict_of(how.sources()[0]);
+        }
         match &self.source {
             Source::Safetensors(_) => "",
             Source::PyTorch {
@@ -221,9 +232,38 @@ impl WeightFile {
         }
     }
 
-    /// Every tensor in the file, by full name, sorted.
+    /// When the file holds quantized weights (a model after `torch.ao.quantization`, whose
+    /// quantized tensors and packed parameters are not listed among its tensors): what marks
+    /// them, and why they are not read.
+    pub fn quantized_note(&self) -> Option<String> {
+        match &self.source {
+            Source::Safetensors(_) => None,
+            Source::PyTorch { checkpoint, .. } => {
+                checkpoint.quantized.as_deref().map(pth::quantized_hint)
+            }
+        }
+    }
+
+    /// Every tensor in the file, by full name, sorted; with the weights stored reparametrized
+    /// (weight norm, spectral norm) also under their plain names (see `computed_from`).
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.infos
+    }
+
+    /// For a weight the file stores reparametrized (`rnn.weight_hh_l0` of a model saved with
+    /// `weight_norm`): what it is computed from, as `weight norm (dim 0) of `..g`, `..v``.
+    /// `None` for a tensor stored as it is.
+    pub fn computed_from(&self, name: &str) -> Option<String> {
+        let name = self.resolve(name).ok()?;
+        self.derived.get(name).map(Reparam::describe)
+    }
+
+    /// The stored tensors a computed weight reads (empty for a stored tensor).
+    pub fn sources_of(&self, name: &str) -> Vec<&str> {
+        match self.resolve(name).ok().and_then(|n| self.derived.get(n)) {
+            Some(how) => how.sources(),
+            None => Vec::new(),
+        }
     }
 
     fn exact(&self, name: &str) -> Option<&TensorInfo> {
@@ -281,9 +321,29 @@ impl WeightFile {
         }
     }
 
-    /// Loads tensor `name` (as `info` resolves it) in its stored dtype on `device`.
+    /// Loads tensor `name` (as `info` resolves it) in its stored dtype on `device`; a weight
+    /// stored reparametrized is computed (on the CPU, then moved).
     pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
         let name = self.resolve(name)?;
+        if let Some(how) = self.derived.get(name) {
+            let w = reparam::compute(name, how, |n| self.load_stored(n)).map_err(|e| match e {
+                e @ WeightsError::Tensor { .. } => e,
+                e => WeightsError::Tensor {
+                    name: name.to_string(),
+                    reason: format!("cannot be computed ({}): {e}", how.describe()),
+                },
+            })?;
+            return Ok(w.to_device(device)?);
+        }
+        self.load_stored_on(name, device)
+    }
+
+    fn load_stored(&self, name: &str) -> Result<Tensor> {
+        self.load_stored_on(name, &Device::Cpu)
+    }
+
+    /// Loads the stored tensor of full name `name`.
+    fn load_stored_on(&self, name: &str, device: &Device) -> Result<Tensor> {
         match &self.source {
             Source::Safetensors(mmap) => {
                 let st = SafeTensors::deserialize(mmap)
@@ -331,6 +391,19 @@ impl WeightFile {
             }
         }
     }
+}
+
+/// Lists the reparametrized weights of `infos` (sorted) under their plain names, keeping the
+/// order, and returns how each is computed.
+fn add_derived(infos: &mut Vec<TensorInfo>) -> HashMap<String, Reparam> {
+    let found = reparam::find(infos);
+    let mut derived = HashMap::with_capacity(found.len());
+    for (info, how) in found {
+        derived.insert(info.name.clone(), how);
+        infos.push(info);
+    }
+    infos.sort_by(|a, b| a.name.cmp(&b.name));
+    derived
 }
 
 /// Validates the whole safetensors layout (header length, JSON, offsets) and lists the tensors.

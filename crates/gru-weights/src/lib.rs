@@ -23,6 +23,7 @@ mod npy;
 mod pickle;
 mod pth;
 mod regular;
+mod reparam;
 mod save;
 mod torch_pickle;
 mod var_builder;

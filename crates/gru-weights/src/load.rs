@@ -173,8 +173,12 @@ impl WeightFile {
                         )));
                     }
                 }
+                let quantized = self
+                    .quantized_note()
+                    .map(|q| format!("; {q}"))
+                    .unwrap_or_default();
                 Err(WeightsError::Select(format!(
-                    "{}: no {kind} found; the file holds: {}",
+                    "{}: no {kind} found; the file holds: {}{quantized}",
                     self.path().display(),
                     list(&d)
                 )))
@@ -210,10 +214,14 @@ impl WeightFile {
         } else {
             format!("{}.", info.prefix)
         };
+        // The stored tensors a computed weight (weight norm, spectral norm) was made from are
+        // used too.
+        let sources: Vec<&str> = info.keys.iter().flat_map(|k| self.sources_of(k)).collect();
         let unused_under_prefix: Vec<String> = self
             .tensors()
             .iter()
             .filter(|t| t.name.starts_with(&prefix_dot) && !info.keys.contains(&t.name))
+            .filter(|t| !sources.contains(&t.name.as_str()))
             .filter(|t| info.prefix.is_empty() || !t.name[prefix_dot.len()..].contains('.'))
             .map(|t| t.name.clone())
             .collect();
@@ -224,7 +232,10 @@ impl WeightFile {
             stored_dtype: info.dtype,
             dtype,
             applied: info.keys.clone(),
-            other_tensors: self.tensors().len() - info.keys.len() - unused_under_prefix.len(),
+            other_tensors: self
+                .tensors()
+                .len()
+                .saturating_sub(info.keys.len() + sources.len() + unused_under_prefix.len()),
             unused_under_prefix,
         };
         let vb = VarBuilder::from_tensors(tensors, dtype, device);

@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Result, WeightsError};
 use crate::pickle::{self, Limits, Value};
-use crate::torch_pickle::{find_tensors, storage_sizes, Found, TensorRef};
+use crate::torch_pickle::{find_tensors, quantized, storage_sizes, Found, TensorRef};
 
 /// Largest pickle read (a state dict of 10,000 tensors pickles to a few MB).
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
@@ -55,6 +55,17 @@ pub(crate) struct Checkpoint {
     pub tensors: Vec<Found>,
     /// A TorchScript archive (it has a `code/` folder).
     pub torchscript: bool,
+    /// What marks the file as holding quantized weights, which are not listed as tensors.
+    pub quantized: Option<String>,
+}
+
+/// Why a quantized model is not read, for messages.
+pub(crate) fn quantized_hint(what: &str) -> String {
+    format!(
+        "it holds {what}: a model quantized with torch.ao.quantization (quantize_dynamic, \
+         convert) runs PyTorch's int8 kernels, which candle-gru does not reproduce; save the \
+         float model's state_dict (before quantizing) instead"
+    )
 }
 
 fn parse_pickle(path: &Path, what: &str, bytes: &[u8]) -> Result<(pickle::Pickle, usize)> {
@@ -65,6 +76,12 @@ fn parse_pickle(path: &Path, what: &str, bytes: &[u8]) -> Result<(pickle::Pickle
 /// The tensors of a parsed main pickle; a pickle with none is described, not accepted.
 fn tensors_of(path: &Path, what: &str, p: &pickle::Pickle) -> Result<Vec<Found>> {
     let found = find_tensors(p).map_err(|e| WeightsError::file(path, format!("{what}: {e}")))?;
+    if let (true, Some(q)) = (found.is_empty(), quantized(p)) {
+        return Err(WeightsError::file(
+            path,
+            format!("{what} holds no float tensors: {}", quantized_hint(&q)),
+        ));
+    }
     if found.is_empty() {
         return Err(WeightsError::file(
             path,
@@ -189,6 +206,7 @@ pub(crate) fn read_zip(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoin
         storages: Storages::Zip { archive, dir },
         tensors,
         torchscript,
+        quantized: quantized(&p),
     })
 }
 
@@ -296,6 +314,7 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         storages: Storages::Legacy(storages),
         tensors,
         torchscript: false,
+        quantized: quantized(&main),
     })
 }
 

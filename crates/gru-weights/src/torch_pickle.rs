@@ -140,6 +140,26 @@ fn storage_ref(p: &Pickle, pid: Id) -> Result<StorageRef, String> {
     })
 }
 
+/// What marks a pickle as holding quantized weights (`torch.ao.quantization`'s output: quantized
+/// tensors, or the packed parameters of a dynamically quantized GRU / Linear), which the walk does
+/// not report as tensors; `None` for a float model.
+pub(crate) fn quantized(p: &Pickle) -> Option<String> {
+    p.values().iter().find_map(|v| match v {
+        Value::Global { module, name }
+            if module == "torch._utils" && name == "_rebuild_qtensor" =>
+        {
+            Some(format!("quantized tensors ({module}.{name})"))
+        }
+        Value::Str(s)
+            if s.starts_with("__torch__.torch.classes.quantized.")
+                || s.starts_with("__torch__.torch.classes.rnn.") =>
+        {
+            Some(format!("packed quantized parameters ({s})"))
+        }
+        _ => None,
+    })
+}
+
 /// Key and element size of every storage the pickle names (legacy files list their storages by
 /// key; the size of each comes from here, whatever holds it).
 pub(crate) fn storage_sizes(p: &Pickle) -> Vec<(String, usize)> {

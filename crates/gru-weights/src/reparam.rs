@@ -1,0 +1,421 @@
+//! Weights that a state dict stores reparametrized: weight norm and spectral norm, by either of
+//! PyTorch's APIs. The weight itself is not in the file; it is computed from what is, as
+//! PyTorch's forward in eval mode computes it, and listed under its plain name (`rnn.weight_hh_l0`)
+//! so that discovery, `gru`, `convert` and the `VarBuilder` see an ordinary tensor.
+//!
+//! | API | stored | weight |
+//! | --- | --- | --- |
+//! | `parametrizations.weight_norm(m, "w", dim)` | `parametrizations.w.original0` (g), `.original1` (v) | `v * g / norm_except_dim(v, dim)` |
+//! | `utils.weight_norm(m, "w", dim)` | `w_g`, `w_v` | the same |
+//! | `parametrizations.spectral_norm(m, "w")` | `parametrizations.w.original`, `.0._u`, `.0._v` | `w / (u . (W v))` |
+//! | `utils.spectral_norm(m, "w")` | `w_orig`, `w_u`, `w_v` | the same |
+//!
+//! `dim` is not stored: weight norm's is read from the shape of `g` (size 1 on every other axis; a
+//! 0-d `g` is `dim=None`, one norm for the whole tensor). Spectral norm's `W` is the weight with
+//! axis `dim` moved first and the rest flattened; `dim` is 0 except for `ConvTranspose` (1), and is
+//! read from the lengths of `u` and `v`; when both fit a weight of 3 or more axes (a convolution
+//! with as many inputs as outputs), the file cannot say which, and loading it is an error.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::error::{Result, WeightsError};
+use crate::file::TensorInfo;
+
+/// How a weight absent from the file is computed from tensors present in it (full names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reparam {
+    /// `v * (g / norm_except_dim(v, 2, dim))`; `dim: None` is one norm over the whole tensor.
+    WeightNorm {
+        g: String,
+        v: String,
+        dim: Option<usize>,
+    },
+    /// `weight / vdot(u, W v)` in eval mode (no power iteration).
+    SpectralNorm {
+        original: String,
+        u: String,
+        v: String,
+        dims: SpectralDims,
+    },
+}
+
+/// Which axis of the weight spectral norm's `u` runs along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpectralDims {
+    One(usize),
+    /// Both 0 and 1 fit `u` and `v`.
+    Ambiguous,
+}
+
+impl Reparam {
+    /// The stored tensors it reads.
+    pub(crate) fn sources(&self) -> Vec<&str> {
+        match self {
+            Reparam::WeightNorm { g, v, .. } => vec![g, v],
+            Reparam::SpectralNorm { original, u, v, .. } => vec![original, u, v],
+        }
+    }
+
+    /// What it is, for listings: `weight norm (dim 0) of `a.w_g`, `a.w_v``.
+    pub(crate) fn describe(&self) -> String {
+        let names = self
+            .sources()
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self {
+            Reparam::WeightNorm { dim: Some(d), .. } => format!("weight norm (dim {d}) of {names}"),
+            Reparam::WeightNorm { dim: None, .. } => format!("weight norm (dim None) of {names}"),
+            Reparam::SpectralNorm {
+                dims: SpectralDims::One(d),
+                ..
+            } => format!("spectral norm (dim {d}) of {names}"),
+            Reparam::SpectralNorm { .. } => format!("spectral norm (dim 0 or 1?) of {names}"),
+        }
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// The axis weight norm normalizes along, from the shapes of `g` and `v`: `Some(None)` for a
+/// whole-tensor norm, `None` when `g` does not fit `v` (then it is not a weight norm).
+fn weight_norm_dim(g: &[usize], v: &[usize]) -> Option<Option<usize>> {
+    if g.is_empty() {
+        return Some(None);
+    }
+    if g.len() != v.len() {
+        return None;
+    }
+    // Where `v` has size 1 on the axis, every choice gives the same norm: the first is taken.
+    (0..v.len())
+        .find(|&d| g[d] == v[d] && g.iter().enumerate().all(|(i, &n)| i == d || n == 1))
+        .map(Some)
+}
+
+/// The axes `d` in {0, 1} for which `u` has `shape[d]` elements and `v` the product of the rest.
+fn spectral_dims(shape: &[usize], u: &[usize], v: &[usize]) -> Option<SpectralDims> {
+    if shape.len() < 2 || u.len() != 1 || v.len() != 1 {
+        return None;
+    }
+    let total: usize = shape.iter().product();
+    let fits = |d: usize| shape[d] > 0 && u[0] == shape[d] && v[0] == total / shape[d];
+    match (fits(0), fits(1)) {
+        // A 2-D weight is a Linear's or an RNN's, whose `dim` is always 0.
+        (true, true) if shape.len() == 2 => Some(SpectralDims::One(0)),
+        (true, true) => Some(SpectralDims::Ambiguous),
+        (true, false) => Some(SpectralDims::One(0)),
+        (false, true) => Some(SpectralDims::One(1)),
+        (false, false) => None,
+    }
+}
+
+/// Every reparametrized weight of `infos` (sorted by name) whose plain name the file lacks, with
+/// its listing (named as the module's own parameter, shaped and typed as the stored value).
+pub(crate) fn find(infos: &[TensorInfo]) -> Vec<(TensorInfo, Reparam)> {
+    let by_name: HashMap<&str, &TensorInfo> = infos.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut out = Vec::new();
+    let mut add = |prefix: &str, param: &str, like: &TensorInfo, how: Reparam| {
+        let name = join(prefix, param);
+        if !by_name.contains_key(name.as_str()) {
+            out.push((
+                TensorInfo {
+                    name,
+                    dtype: like.dtype,
+                    shape: like.shape.clone(),
+                },
+                how,
+            ));
+        }
+    };
+    // Of a ParametrizationList only these may exist: any other tensor under
+    // `parametrizations.{param}.` (a second parametrization, another one's buffers) means a
+    // chain this reading would get wrong.
+    // `infos` is sorted by name, so the names under a prefix are one run of it.
+    let only = |list: &str, allowed: &[&str]| {
+        let under = format!("{list}.");
+        let start = infos.partition_point(|t| t.name.as_str() < under.as_str());
+        infos[start..]
+            .iter()
+            .map_while(|t| t.name.strip_prefix(&under))
+            .all(|rest| allowed.contains(&rest))
+    };
+    for t in infos {
+        let (prefix, last) = match t.name.rsplit_once('.') {
+            Some((p, l)) => (p, l),
+            None => ("", t.name.as_str()),
+        };
+        // parametrizations.weight_norm: `{m}.parametrizations.{param}.original1` is `v`.
+        if last == "original1" {
+            if let Some((m, param)) = split_parametrization(prefix) {
+                let g = format!("{prefix}.original0");
+                if let Some(gi) = by_name.get(g.as_str()) {
+                    if let Some(dim) = weight_norm_dim(&gi.shape, &t.shape) {
+                        if only(prefix, &["original0", "original1"]) {
+                            let how = Reparam::WeightNorm {
+                                g,
+                                v: t.name.clone(),
+                                dim,
+                            };
+                            add(m, param, t, how);
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        // parametrizations.spectral_norm: `.original` with the buffers `.0._u`, `.0._v`.
+        if last == "original" {
+            if let Some((m, param)) = split_parametrization(prefix) {
+                let (u, v) = (format!("{prefix}.0._u"), format!("{prefix}.0._v"));
+                if let (Some(ui), Some(vi)) = (by_name.get(u.as_str()), by_name.get(v.as_str())) {
+                    if let Some(dims) = spectral_dims(&t.shape, &ui.shape, &vi.shape) {
+                        if only(prefix, &["original", "0._u", "0._v"]) {
+                            let how = Reparam::SpectralNorm {
+                                original: t.name.clone(),
+                                u,
+                                v,
+                                dims,
+                            };
+                            add(m, param, t, how);
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        // utils.weight_norm: `{param}_v` with `{param}_g`.
+        if let Some(param) = last.strip_suffix("_v").filter(|p| !p.is_empty()) {
+            let g = join(prefix, &format!("{param}_g"));
+            let orig = join(prefix, &format!("{param}_orig"));
+            if by_name.contains_key(orig.as_str()) {
+                continue; // spectral norm's `_v`, handled from `_orig`
+            }
+            if let Some(gi) = by_name.get(g.as_str()) {
+                if let Some(dim) = weight_norm_dim(&gi.shape, &t.shape) {
+                    let how = Reparam::WeightNorm {
+                        g,
+                        v: t.name.clone(),
+                        dim,
+                    };
+                    add(prefix, param, t, how);
+                }
+            }
+            continue;
+        }
+        // utils.spectral_norm: `{param}_orig` with `{param}_u`, `{param}_v`.
+        if let Some(param) = last.strip_suffix("_orig").filter(|p| !p.is_empty()) {
+            let u = join(prefix, &format!("{param}_u"));
+            let v = join(prefix, &format!("{param}_v"));
+            if let (Some(ui), Some(vi)) = (by_name.get(u.as_str()), by_name.get(v.as_str())) {
+                if let Some(dims) = spectral_dims(&t.shape, &ui.shape, &vi.shape) {
+                    let how = Reparam::SpectralNorm {
+                        original: t.name.clone(),
+                        u,
+                        v,
+                        dims,
+                    };
+                    add(prefix, param, t, how);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Splits `{m}.parametrizations.{param}` into (`m`, `param`).
+fn split_parametrization(list: &str) -> Option<(&str, &str)> {
+    let (head, param) = list.rsplit_once('.')?;
+    if head == "parametrizations" {
+        return Some(("", param));
+    }
+    let m = head.strip_suffix(".parametrizations")?;
+    Some((m, param))
+}
+
+/// Computes the weight `name` stands for, in the dtype of its stored value, on the CPU, from
+/// the stored tensors `load` gives (in f64, rounded once at the end).
+pub(crate) fn compute(
+    name: &str,
+    how: &Reparam,
+    load: impl Fn(&str) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let f64_of =
+        |n: &str| -> Result<Tensor> { Ok(load(n)?.to_device(&Device::Cpu)?.to_dtype(DType::F64)?) };
+    match how {
+        Reparam::WeightNorm { g, v, dim } => {
+            let (gt, vt) = (f64_of(g)?, f64_of(v)?);
+            let dtype = load(v)?.dtype();
+            let w = match dim {
+                None => {
+                    let norm = vt.sqr()?.sum_all()?.sqrt()?;
+                    vt.broadcast_mul(&gt.reshape(())?.div(&norm)?)?
+                }
+                Some(d) => {
+                    // Axis `d` first, the rest flattened: one norm per row.
+                    let moved = vt.transpose(0, *d)?.contiguous()?;
+                    let rows = moved.dim(0)?;
+                    let mat = moved.reshape((rows, ()))?;
+                    let norm = mat.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+                    let scale = gt.flatten_all()?.reshape((rows, 1))?.div(&norm)?;
+                    mat.broadcast_mul(&scale)?
+                        .reshape(moved.shape())?
+                        .transpose(0, *d)?
+                        .contiguous()?
+                }
+            };
+            Ok(w.to_dtype(dtype)?)
+        }
+        Reparam::SpectralNorm {
+            original,
+            u,
+            v,
+            dims,
+        } => {
+            let SpectralDims::One(d) = *dims else {
+                return Err(WeightsError::Tensor {
+                    name: name.to_string(),
+                    reason: format!(
+                        "is spectral-normalized, and `{u}` and `{v}` fit both dim 0 (a convolution) \
+                         and dim 1 (a transposed convolution): the state dict does not say which; \
+                         save the model after `torch.nn.utils.parametrize.remove_parametrizations` \
+                         (or `remove_spectral_norm`)"
+                    ),
+                });
+            };
+            let stored = load(original)?;
+            let dtype = stored.dtype();
+            let w = stored.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+            let moved = w.transpose(0, d)?.contiguous()?;
+            let rows = moved.dim(0)?;
+            let mat = moved.reshape((rows, ()))?;
+            let (ut, vt) = (f64_of(u)?.reshape((1, rows))?, f64_of(v)?.reshape(((), 1))?);
+            let sigma = ut.matmul(&mat.matmul(&vt)?)?.reshape(())?;
+            Ok(w.broadcast_div(&sigma)?.to_dtype(dtype)?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, shape: &[usize]) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+        }
+    }
+
+    #[test]
+    fn weight_norm_axis_comes_from_g() {
+        assert_eq!(weight_norm_dim(&[6, 1], &[6, 4]), Some(Some(0)));
+        assert_eq!(weight_norm_dim(&[1, 4], &[6, 4]), Some(Some(1)));
+        assert_eq!(weight_norm_dim(&[], &[6, 4]), Some(None));
+        assert_eq!(weight_norm_dim(&[1, 1, 3], &[2, 5, 3]), Some(Some(2)));
+        assert_eq!(weight_norm_dim(&[6, 4], &[6, 4]), None);
+        assert_eq!(weight_norm_dim(&[6], &[6, 4]), None);
+    }
+
+    #[test]
+    fn finds_both_apis_and_skips_what_it_cannot_read() {
+        let infos = vec![
+            t("a.parametrizations.weight_hh_l0.original0", &[12, 1]),
+            t("a.parametrizations.weight_hh_l0.original1", &[12, 4]),
+            t("b.weight_ih_g", &[]),
+            t("b.weight_ih_v", &[12, 3]),
+            t("c.parametrizations.weight.original", &[5, 7]),
+            t("c.parametrizations.weight.0._u", &[5]),
+            t("c.parametrizations.weight.0._v", &[7]),
+            t("d.weight_orig", &[4, 2, 3]),
+            t("d.weight_u", &[4]),
+            t("d.weight_v", &[6]),
+            // Two parametrizations chained: not read.
+            t("e.parametrizations.weight.original0", &[3, 1]),
+            t("e.parametrizations.weight.original1", &[3, 2]),
+            t("e.parametrizations.weight.1.base", &[3, 2]),
+            // An unrelated `x_g` / `x_v` pair whose shapes do not fit.
+            t("f.x_g", &[3, 3]),
+            t("f.x_v", &[3, 3]),
+            // Present already: nothing to compute.
+            t("h.weight", &[2, 2]),
+            t("h.weight_g", &[2, 1]),
+            t("h.weight_v", &[2, 2]),
+        ];
+        let mut infos = infos;
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut found: Vec<(String, Reparam)> = find(&infos)
+            .into_iter()
+            .map(|(i, how)| (i.name, how))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a.weight_hh_l0", "b.weight_ih", "c.weight", "d.weight"]
+        );
+        assert!(matches!(
+            found[0].1,
+            Reparam::WeightNorm { dim: Some(0), .. }
+        ));
+        assert!(matches!(found[1].1, Reparam::WeightNorm { dim: None, .. }));
+        assert!(matches!(
+            found[3].1,
+            Reparam::SpectralNorm {
+                dims: SpectralDims::One(0),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn spectral_axis_comes_from_u_and_v() {
+        assert_eq!(
+            spectral_dims(&[5, 7], &[5], &[7]),
+            Some(SpectralDims::One(0))
+        );
+        assert_eq!(
+            spectral_dims(&[5, 7], &[7], &[5]),
+            Some(SpectralDims::One(1))
+        );
+        assert_eq!(spectral_dims(&[5, 7], &[6], &[7]), None);
+        assert_eq!(
+            spectral_dims(&[4, 4], &[4], &[4]),
+            Some(SpectralDims::One(0))
+        );
+        assert_eq!(
+            spectral_dims(&[3, 4, 2], &[4], &[6]),
+            Some(SpectralDims::One(1))
+        );
+        assert_eq!(
+            spectral_dims(&[4, 4, 2], &[4], &[8]),
+            Some(SpectralDims::Ambiguous)
+        );
+    }
+
+    #[test]
+    fn weight_norm_is_computed_per_row() {
+        let dev = Device::Cpu;
+        let v = Tensor::new(&[[3f32, 4.], [0., 2.]], &dev).unwrap();
+        let g = Tensor::new(&[[10f32], [1.]], &dev).unwrap();
+        let how = Reparam::WeightNorm {
+            g: "g".into(),
+            v: "v".into(),
+            dim: Some(0),
+        };
+        let w = compute("w", &how, |n| {
+            Ok(if n == "g" { g.clone() } else { v.clone() })
+        })
+        .unwrap();
+        assert_eq!(w.to_vec2::<f32>().unwrap(), [[6., 8.], [0., 1.]]);
+    }
+}
