@@ -9,6 +9,8 @@ still go wrong. `gru verify models` checks them with the rest. Regenerate with:
     python scripts/make_random_cases.py [--seed 7] [--count 48] [--out models/random]
 A different seed is a quick differential fuzz against PyTorch:
     python scripts/make_random_cases.py --seed 99 --count 300 --out /tmp/fuzz && gru verify /tmp/fuzz
+`--more-formats` adds torch.export archives and weights under weight norm or spectral norm to the
+formats drawn (off by default, so that seed 7 still writes the shipped models/random).
 """
 import argparse
 import os
@@ -26,6 +28,7 @@ from export_reference import export_case, save_weights  # noqa: E402
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "random")
 FORMATS = ["safetensors", "zip", "legacy", "whole_module", "torchscript", "training_dict",
            "dataparallel"]
+MORE_FORMATS = ["export", "weight_norm", "spectral_norm"]
 
 
 class Wrapper(nn.Module):
@@ -45,13 +48,33 @@ class Wrapper(nn.Module):
         if second_gru:
             self.other = nn.GRU(3, 5)
         self.head = nn.Linear(4, 2)
+        self.depth = depth
+
+    @torch.jit.unused
+    def forward(self, x, h0=None):
+        """Runs the GRU (for torch.export; not scripted, as before there was a forward)."""
+        rnn = self.rnn if self.depth == 0 else self.block[1]
+        return rnn(x, h0)
 
 
 def prefix_of(depth):
     return ".".join(["block.1"] * depth + ["rnn"])
 
 
-def save(model, path, fmt):
+def reparametrize(rng, rnn, fmt):
+    """Puts weight norm (random dim, g moved off ||v||) or spectral norm on one weight of `rnn`."""
+    from torch.nn.utils import parametrizations
+    name = "weight_hh" if isinstance(rnn, nn.GRUCell) else "weight_hh_l0"
+    if fmt == "weight_norm":
+        parametrizations.weight_norm(rnn, name, dim=rng.choice([0, 1, None]))
+        g = getattr(rnn.parametrizations, name).original0
+        with torch.no_grad():
+            g.mul_(torch.empty_like(g).uniform_(0.5, 1.5))
+    else:
+        parametrizations.spectral_norm(rnn, name)
+
+
+def save(model, path, fmt, x=None, h0=None):
     sd = model.state_dict()
     if fmt == "safetensors":
         save_weights(model, path)
@@ -69,9 +92,16 @@ def save(model, path, fmt):
         torch.save({"model_state_dict": sd, "optimizer": {"lr": 0.1}, "epoch": 3}, path)
     elif fmt == "dataparallel":
         torch.save({"module." + k: v for k, v in sd.items()}, path)
+    elif fmt == "export":
+        args = (x,) if h0 is None else (x, h0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.export.save(torch.export.export(model, args), path)
+    elif fmt in ("weight_norm", "spectral_norm"):
+        torch.save(sd, path)
 
 
-def one_case(rng, out, i):
+def one_case(rng, out, i, formats):
     input_size = rng.choice([1, 2, 3, 7, 16, 33])
     hidden = rng.choice([1, 2, 5, 8, 17, 32, 64])
     layers = rng.choice([1, 1, 2, 3])
@@ -108,10 +138,13 @@ def one_case(rng, out, i):
             h0 = torch.randn(*hs)
     x = (x * rng.choice([0.5, 1.0, 3.0])).to(dtype)
     h0 = None if h0 is None else h0.to(dtype)
-    fmt = rng.choice(FORMATS)
+    fmt = rng.choice(formats)
+    if fmt in ("weight_norm", "spectral_norm"):
+        reparametrize(rng, rnn, fmt)
+        model.eval()
     name = f"r{i:03d}"
     weights = f"{name}.safetensors" if fmt == "safetensors" else f"{name}_{fmt}.pt"
-    save(model, os.path.join(out, weights), fmt)
+    save(model, os.path.join(out, weights), fmt, x, h0)
     desc = (f"{'GRUCell' if cell else 'GRU'}({input_size}, {hidden}, layers={layers}, bias={bias}, "
             f"batch_first={batch_first}, bidirectional={bidirectional}) {str(dtype)[6:]} at "
             f"'{prefix_of(depth)}', {fmt}, input {tuple(x.shape)}, h0={h0 is not None}, "
@@ -125,13 +158,15 @@ def main():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--count", type=int, default=48)
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--more-formats", action="store_true",
+                    help="also torch.export archives and weight / spectral norm")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     torch.manual_seed(a.seed)
     shutil.rmtree(a.out, ignore_errors=True)
     os.makedirs(a.out)
     for i in range(a.count):
-        one_case(rng, a.out, i)
+        one_case(rng, a.out, i, FORMATS + (MORE_FORMATS if a.more_formats else []))
     print(f"{a.count} cases in {a.out}")
 
 

@@ -12,6 +12,13 @@ the reparametrized values, not the weights, each with a reference case:
   spectral_norm.pt          a GRU 3->5 (2 layers): parametrizations.spectral_norm on weight_hh_l0,
                             torch.nn.utils.spectral_norm on weight_ih_l1, after a few training
                             steps (so that u and v are not their initial values)
+ spectral_square.pt        two GRUs 12->4, whose weight_ih_l0 is square (12 x 12): one under
+                            parametrizations.spectral_norm with dim=1, one under
+                            torch.nn.utils.spectral_norm with the default dim 0; u and v fit both
+                            axes, and the loader must tell them apart by the stored u
+ chained.pt                a GRU 3->4 whose weight_hh_l0 is under weight_norm and then a
+                            parametrization without tensors (x 2): only the state dict's
+                            `_metadata` shows the second one, and loading it must refuse it
   orthogonal.pt             a GRU 3->4 with parametrizations.orthogonal on weight_hh_l0: a state
                             dict cannot say how to compute it, and loading it must say so
 
@@ -26,7 +33,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torch.nn.utils import parametrizations, spectral_norm, weight_norm
+from torch.nn.utils import parametrizations, parametrize, spectral_norm, weight_norm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from export_reference import export_case  # noqa: E402
@@ -100,6 +107,28 @@ def main():
     torch.save(sn.state_dict(), os.path.join(OUT, "spectral_norm.pt"))
     export_case(OUT, "spectral_norm", sn, "gru", x, weights_file="spectral_norm.pt",
                 extra_meta=META)
+
+    square = nn.Module()
+    square.dim1, square.dim0 = nn.GRU(12, 4), nn.GRU(12, 4)
+    parametrizations.spectral_norm(square.dim1, "weight_ih_l0", dim=1)
+    spectral_norm(square.dim0, "weight_ih_l0")
+    x = torch.randn(4, 2, 12)
+    train(square.dim1, x)
+    train(square.dim0, x)
+    torch.save(square.state_dict(), os.path.join(OUT, "spectral_square.pt"))
+    for name in ("dim1", "dim0"):
+        export_case(OUT, f"spectral_square_{name}", square, name, x,
+                    weights_file="spectral_square.pt", extra_meta=META)
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    chained = nn.Module()
+    chained.gru = nn.GRU(3, 4)
+    parametrizations.weight_norm(chained.gru, "weight_hh_l0")
+    parametrize.register_parametrization(chained.gru, "weight_hh_l0", Double())
+    torch.save(chained.state_dict(), os.path.join(OUT, "chained.pt"))
 
     ortho = nn.Module()
     ortho.gru = nn.GRU(3, 4)

@@ -1,5 +1,6 @@
 //! Every kind of PyTorch checkpoint loads without Python and matches PyTorch: legacy torch.save,
-//! whole pickled modules (plain, DataParallel, torch.compile, inside a dict), TorchScript, and
+//! whole pickled modules (plain, DataParallel, torch.compile, inside a dict), TorchScript,
+//! torch.export archives (scripts/make_export_fixtures.py), and
 //! state dicts nested in training checkpoints (models/checkpoints, written by
 //! scripts/make_checkpoint_fixtures.py with real PyTorch).
 
@@ -68,6 +69,17 @@ fn every_checkpoint_kind_lists_its_grus() {
             "zip_flat.pt",
             Format::PyTorch,
             vec![(String::new(), ModuleKind::Gru)],
+        ),
+        ("exported.pt2", Format::ExportedProgram, tagger("")),
+        ("exported_v1.zip", Format::ExportedProgram, tagger("")),
+        ("exported_v2.pt2", Format::ExportedProgram, tagger("")),
+        (
+            "exported_multi.pt2",
+            Format::ExportedProgram,
+            vec![
+                ("decoder.gru".into(), ModuleKind::Gru),
+                ("encoder.gru".into(), ModuleKind::Gru),
+            ],
         ),
         (
             "nested_list.pth",

@@ -788,3 +788,167 @@ fn mutated_checkpoints_never_crash() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A `torch.export` archive with `config` as its weights config and `weight_0` (12 f32) as its
+/// one storage file.
+fn pt2_with(config: &str) -> Vec<u8> {
+    let storage: Vec<u8> = (0..12).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    zip_with(&[
+        ("m/archive_format", b"pt2", false),
+        ("m/data/weights/weight_0", &storage, false),
+        (
+            "m/data/weights/model_weights_config.json",
+            config.as_bytes(),
+            false,
+        ),
+    ])
+}
+
+/// One weights-config entry for `name` with the given JSON fields of its tensor_meta.
+fn pt2_entry(name: &str, path: &str, sizes: &str, strides: &str, offset: &str) -> String {
+    format!(
+        r#""{name}": {{"path_name": "{path}", "is_param": true, "use_pickle": false,
+        "tensor_meta": {{"dtype": 7, "sizes": {sizes}, "strides": {strides},
+        "storage_offset": {offset}, "requires_grad": true, "layout": 7,
+        "device": {{"type": "cpu", "index": null}}}}}}"#
+    )
+}
+
+#[test]
+fn hostile_torch_export_archives_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let int = |v: i128| format!(r#"{{"as_int": {v}}}"#);
+    let ok_hh = pt2_entry(
+        "weight_hh_l0",
+        "weight_0",
+        &format!("[{}, {}]", int(3), int(1)),
+        &format!("[{}, {}]", int(1), int(1)),
+        &int(0),
+    );
+    let ih = |sizes: &str, offset: &str, path: &str| {
+        let e = pt2_entry(
+            "weight_ih_l0",
+            path,
+            sizes,
+            &format!("[{}, {}]", int(3), int(1)),
+            offset,
+        );
+        format!(r#"{{"config": {{{e}, {ok_hh}}}}}"#)
+    };
+    let small = format!("[{}, {}]", int(3), int(3));
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "huge sizes",
+            ih(
+                &format!("[{}, {}]", int(1 << 62), int(1 << 62)),
+                &int(0),
+                "weight_0",
+            ),
+            "`weight_ih_l0`",
+        ),
+        (
+            "negative offset",
+            ih(&small, &int(-5), "weight_0"),
+            "storage offset",
+        ),
+        (
+            "offset past the storage",
+            ih(&small, &int(i64::MAX as i128), "weight_0"),
+            "reaches element",
+        ),
+        (
+            "path traversal",
+            ih(&small, &int(0), "../../etc/passwd"),
+            "names the storage file",
+        ),
+        (
+            "missing storage",
+            ih(&small, &int(0), "weight_7"),
+            "which the archive lacks",
+        ),
+        (
+            "symbolic size",
+            ih(
+                &format!(r#"[{{"as_expr": {{"expr_str": "s0"}}}}, {}]"#, int(3)),
+                &int(0),
+                "weight_0",
+            ),
+            "not a non-negative integer",
+        ),
+        (
+            "deep json",
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            "malformed",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, config, expect) in &cases {
+        std::fs::write(d.join("m.pt2"), pt2_with(config)).unwrap();
+        let o = run_limited(
+            d,
+            &["convert", "--weights", "m.pt2", "--out", "o.safetensors"],
+        );
+        let line = o.stderr.trim_end();
+        if o.code != Some(2) || !line.starts_with("error: ") || !line.contains(expect) {
+            failures.push(format!("{name}: exit {:?}, stderr {line:?}", o.code));
+        }
+    }
+    // The sound archive converts: the attacks above are refused for what they change.
+    std::fs::write(d.join("m.pt2"), pt2_with(&ih(&small, &int(0), "weight_0"))).unwrap();
+    let o = run_limited(
+        d,
+        &["convert", "--weights", "m.pt2", "--out", "o.safetensors"],
+    );
+    if o.code != Some(0) {
+        failures.push(format!("sound archive: exit {:?}, {:?}", o.code, o.stderr));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn state_dicts_stored_inside_an_export_archive_are_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let inner = std::fs::read(root().join("models/checkpoints/zip_flat.pt")).unwrap();
+    let nested_twice = zip_with(&[("serialized_state_dict.pt", &inner, false)]);
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        (
+            "stored",
+            zip_with(&[("serialized_state_dict.pt", &inner, false)]),
+            None,
+        ),
+        (
+            "deflated",
+            zip_with(&[("serialized_state_dict.pt", &inner, true)]),
+            Some("is compressed"),
+        ),
+        (
+            "an archive inside the archive inside",
+            zip_with(&[("serialized_state_dict.pt", &nested_twice, false)]),
+            Some("not a PyTorch checkpoint"),
+        ),
+        (
+            "truncated inside",
+            zip_with(&[("serialized_state_dict.pt", &inner[..inner.len() / 2], false)]),
+            Some("serialized_state_dict.pt, inside it"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, bytes, expect) in &cases {
+        std::fs::write(d.join("m.zip"), bytes).unwrap();
+        let o = run_limited(
+            d,
+            &["convert", "--weights", "m.zip", "--out", "o.safetensors"],
+        );
+        let line = o.stderr.trim_end();
+        let ok = match expect {
+            None => o.code == Some(0),
+            Some(e) => o.code == Some(2) && line.starts_with("error: ") && line.contains(e),
+        };
+        if !ok {
+            failures.push(format!("{name}: exit {:?}, stderr {line:?}", o.code));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

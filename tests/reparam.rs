@@ -28,7 +28,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn every_reparametrized_case_matches_pytorch() {
     let cases = find_cases(&[models_dir().join("reparam")]);
-    assert_eq!(cases.len(), 4, "{cases:?}");
+    assert_eq!(cases.len(), 6, "{cases:?}");
     for p in cases {
         let case = Case::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         let r = run_case(&case, &RunOptions::default())
@@ -114,6 +114,18 @@ fn a_whole_model_var_builder_sees_the_computed_weights() {
 }
 
 #[test]
+fn a_chained_parametrization_is_not_computed() {
+    // weight_norm, then a parametrization without tensors: only `_metadata` shows it.
+    let f = WeightFile::open(reparam("chained.pt")).unwrap();
+    assert_eq!(f.computed_from("gru.weight_hh_l0"), None);
+    let e = f.gru(None, None, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        e.contains("`gru.weight_hh_l0`: is stored reparametrized") && e.contains("chained"),
+        "{e}"
+    );
+}
+
+#[test]
 fn an_unknown_parametrization_is_named() {
     let f = WeightFile::open(reparam("orthogonal.pt")).unwrap();
     let e = f.gru(None, None, &Device::Cpu).unwrap_err().to_string();
@@ -131,10 +143,20 @@ fn values_that_cannot_be_computed_are_errors_naming_the_weight() {
     let dev = Device::Cpu;
     let t = |shape: &[usize]| Tensor::ones(shape, DType::F32, &dev).unwrap();
     let tensors = std::collections::HashMap::from([
-        // Spectral norm of a (4, 4, 2) convolution weight: u and v fit dim 0 and dim 1.
-        ("s.weight_orig".to_string(), t(&[4, 4, 2])),
-        ("s.weight_u".to_string(), t(&[4])),
-        ("s.weight_v".to_string(), t(&[8])),
+        // Spectral norm of a (2, 2, 1) convolution weight: u and v fit dim 0 and dim 1, where
+        // W v is (1, -0.5) and (1, 2), and u points between the two.
+        (
+            "s.weight_orig".to_string(),
+            Tensor::new(&[[[1f32], [2.]], [[-0.5], [0.]]], &dev).unwrap(),
+        ),
+        (
+            "s.weight_u".to_string(),
+            Tensor::new(&[3f32, 1.], &dev).unwrap(),
+        ),
+        (
+            "s.weight_v".to_string(),
+            Tensor::new(&[1f32, 0.], &dev).unwrap(),
+        ),
         // Weight norm of an empty weight.
         ("e.weight_g".to_string(), t(&[0, 1])),
         ("e.weight_v".to_string(), t(&[0, 4])),

@@ -167,7 +167,8 @@ impl Checker<'_> {
             Some(first) => format!(
                 "is stored reparametrized (`{first}`{}) by a parametrization this loader cannot \
                  compute: weight_norm and spectral_norm are read, but another one (orthogonal, \
-                 a custom one, or several chained) is not described by a state dict; save the \
+                 a custom one, several chained, or spectral_norm of a 1-D tensor) is not \
+                 described by a state dict; save the \
                  model after `torch.nn.utils.parametrize.remove_parametrizations(module, \"{name}\")`",
                 if stored.len() > 1 {
                     format!(" and {} more", stored.len() - 1)

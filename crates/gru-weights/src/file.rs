@@ -1,5 +1,5 @@
-//! `WeightFile`: a safetensors file or a PyTorch checkpoint (zip, legacy, TorchScript), memory-
-//! mapped and opened once, listing its tensors by name, dtype and shape, and loading the ones
+//! `WeightFile`: a safetensors file or a PyTorch checkpoint (zip, legacy, TorchScript, `torch.export`),
+//! memory-mapped and opened once, listing its tensors by name, dtype and shape, and loading the ones
 //! asked for.
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +32,8 @@ pub enum Format {
     PyTorchLegacy,
     /// A TorchScript archive (`torch.jit.save` of a scripted or traced model).
     TorchScript,
+    /// A `torch.export.save` archive (`.pt2`): raw storages listed by a JSON weights config.
+    ExportedProgram,
 }
 
 impl std::fmt::Display for Format {
@@ -41,6 +43,7 @@ impl std::fmt::Display for Format {
             Format::PyTorch => "torch.save zip",
             Format::PyTorchLegacy => "legacy torch.save",
             Format::TorchScript => "TorchScript archive",
+            Format::ExportedProgram => "torch.export archive",
         })
     }
 }
@@ -49,7 +52,7 @@ enum Source {
     Safetensors(memmap2::Mmap),
     PyTorch {
         map: Arc<memmap2::Mmap>,
-        checkpoint: pth::Checkpoint,
+        checkpoint: Box<pth::Checkpoint>,
         /// Full name -> index into `checkpoint.tensors`.
         index: HashMap<String, usize>,
         /// Names that two different tensors of the file have.
@@ -124,7 +127,7 @@ impl WeightFile {
                 ));
             }
             let mut infos = safetensors_infos(path, &mmap)?;
-            let derived = add_derived(&mut infos);
+            let derived = add_derived(&mut infos, &[]);
             return Ok(Self {
                 path: path.to_path_buf(),
                 source: Source::Safetensors(mmap),
@@ -178,14 +181,14 @@ impl WeightFile {
             state_dicts.push(f.state_dict.clone());
         }
         infos.sort_by(|a, b| a.name.cmp(&b.name));
-        let derived = add_derived(&mut infos);
+        let derived = add_derived(&mut infos, &checkpoint.chained);
         state_dicts.sort();
         state_dicts.dedup();
         Ok(Self {
             path: path.to_path_buf(),
             source: Source::PyTorch {
                 map,
-                checkpoint,
+                checkpoint: Box::new(checkpoint),
                 index,
                 conflicts,
             },
@@ -202,11 +205,7 @@ impl WeightFile {
     pub fn format(&self) -> Format {
         match &self.source {
             Source::Safetensors(_) => Format::Safetensors,
-            Source::PyTorch { checkpoint, .. } => match &checkpoint.storages {
-                pth::Storages::Legacy(_) => Format::PyTorchLegacy,
-                pth::Storages::Zip { .. } if checkpoint.torchscript => Format::TorchScript,
-                pth::Storages::Zip { .. } => Format::PyTorch,
-            },
+            Source::PyTorch { checkpoint, .. } => checkpoint.format,
         }
     }
 
@@ -326,16 +325,43 @@ impl WeightFile {
     pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
         let name = self.resolve(name)?;
         if let Some(how) = self.derived.get(name) {
-            let w = reparam::compute(name, how, |n| self.load_stored(n)).map_err(|e| match e {
-                e @ WeightsError::Tensor { .. } => e,
-                e => WeightsError::Tensor {
+            let info = self.exact(name).expect("derived names are listed");
+            // Computed in f64: each copy must fit the memory this file justifies.
+            let cap = pth::budget(self.file_len());
+            let fits = info
+                .shape
+                .iter()
+                .try_fold(8u64, |a, &d| a.checked_mul(d as u64))
+                .is_some_and(|bytes| bytes <= cap);
+            if !fits {
+                return Err(WeightsError::Tensor {
                     name: name.to_string(),
-                    reason: format!("cannot be computed ({}): {e}", how.describe()),
+                    reason: format!(
+                        "its shape {:?} needs more memory to compute than this file justifies",
+                        info.shape
+                    ),
+                });
+            }
+            let dtype = info.dtype;
+            let w = reparam::compute(name, how, dtype, |n| self.load_stored(n)).map_err(
+                |e| match e {
+                    e @ WeightsError::Tensor { .. } => e,
+                    e => WeightsError::Tensor {
+                        name: name.to_string(),
+                        reason: format!("cannot be computed ({}): {e}", how.describe()),
+                    },
                 },
-            })?;
+            )?;
             return Ok(w.to_device(device)?);
         }
         self.load_stored_on(name, device)
+    }
+
+    fn file_len(&self) -> usize {
+        match &self.source {
+            Source::Safetensors(mmap) => mmap.len(),
+            Source::PyTorch { map, .. } => map.len(),
+        }
     }
 
     fn load_stored(&self, name: &str) -> Result<Tensor> {
@@ -394,13 +420,26 @@ impl WeightFile {
 }
 
 /// Lists the reparametrized weights of `infos` (sorted) under their plain names, keeping the
-/// order, and returns how each is computed.
-fn add_derived(infos: &mut Vec<TensorInfo>) -> HashMap<String, Reparam> {
-    let found = reparam::find(infos);
+/// order, and returns how each is computed; not those of the parametrization lists `chained`.
+fn add_derived(infos: &mut Vec<TensorInfo>, chained: &[String]) -> HashMap<String, Reparam> {
+    let found = reparam::find(infos, chained);
+    // A name two reparametrizations claim (a crafted file: PyTorch's APIs refuse to stack on
+    // one weight) is derived by neither.
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for (info, _) in &found {
+        *count.entry(info.name.as_str()).or_default() += 1;
+    }
+    let twice: HashSet<String> = count
+        .into_iter()
+        .filter(|&(_, n)| n > 1)
+        .map(|(k, _)| k.to_string())
+        .collect();
     let mut derived = HashMap::with_capacity(found.len());
     for (info, how) in found {
-        derived.insert(info.name.clone(), how);
-        infos.push(info);
+        if !twice.contains(&info.name) {
+            derived.insert(info.name.clone(), how);
+            infos.push(info);
+        }
     }
     infos.sort_by(|a, b| a.name.cmp(&b.name));
     derived

@@ -1,8 +1,9 @@
 //! Load PyTorch GRU weights exactly as users export them.
 //!
 //! A whole model's `state_dict()` saved with `safetensors.torch.save_file` or `torch.save` (zip or
-//! legacy, plain or inside a training checkpoint dict), a whole pickled model, or a TorchScript
-//! archive is read without Python and without running anything in it, and searched for `nn.GRU`
+//! legacy, plain or inside a training checkpoint dict), a whole pickled model, a TorchScript
+//! archive or a `torch.export` archive is read without Python and without running anything in it,
+//! and searched for `nn.GRU`
 //! and `nn.GRUCell` modules at any depth; their configuration is inferred from names and shapes and
 //! every tensor is checked against it.
 //!
@@ -21,6 +22,7 @@ mod file;
 mod load;
 mod npy;
 mod pickle;
+mod pt2;
 mod pth;
 mod regular;
 mod reparam;

@@ -232,10 +232,14 @@ impl WeightFile {
             stored_dtype: info.dtype,
             dtype,
             applied: info.keys.clone(),
+            // Stored tensors only: a computed weight elsewhere is not counted beside its sources.
             other_tensors: self
                 .tensors()
-                .len()
-                .saturating_sub(info.keys.len() + sources.len() + unused_under_prefix.len()),
+                .iter()
+                .filter(|t| self.computed_from(&t.name).is_none())
+                .filter(|t| !info.keys.contains(&t.name) && !sources.contains(&t.name.as_str()))
+                .filter(|t| !unused_under_prefix.contains(&t.name))
+                .count(),
             unused_under_prefix,
         };
         let vb = VarBuilder::from_tensors(tensors, dtype, device);

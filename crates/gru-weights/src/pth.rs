@@ -12,8 +12,9 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use crate::error::{Result, WeightsError};
+use crate::file::Format;
 use crate::pickle::{self, Limits, Value};
-use crate::torch_pickle::{find_tensors, quantized, storage_sizes, Found, TensorRef};
+use crate::torch_pickle::{quantized, storage_sizes, walk_tensors, Found, TensorRef, Tensors};
 
 /// Largest pickle read (a state dict of 10,000 tensors pickles to a few MB).
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
@@ -29,13 +30,16 @@ pub(crate) fn budget(file_len: usize) -> u64 {
 /// every legacy `torch.save` file.
 const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 
-/// A cheaply clonable handle on the mapping, so that each read gets its own cursor.
+/// A cheaply clonable handle on (a window of) the mapping, so that each read gets its own cursor.
 #[derive(Clone)]
-pub(crate) struct SharedMap(pub Arc<memmap2::Mmap>);
+pub(crate) struct SharedMap {
+    map: Arc<memmap2::Mmap>,
+    window: Range<usize>,
+}
 
 impl AsRef<[u8]> for SharedMap {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.map[self.window.clone()]
     }
 }
 
@@ -53,10 +57,17 @@ pub(crate) enum Storages {
 pub(crate) struct Checkpoint {
     pub storages: Storages,
     pub tensors: Vec<Found>,
-    /// A TorchScript archive (it has a `code/` folder).
-    pub torchscript: bool,
+    /// `PyTorch`, `TorchScript` (a zip with a `code/` folder), `ExportedProgram` or
+    /// `PyTorchLegacy`.
+    pub format: Format,
     /// What marks the file as holding quantized weights, which are not listed as tensors.
     pub quantized: Option<String>,
+    /// Parametrization lists holding a chain (`rnn.parametrizations.weight_hh_l0`), sorted: their
+    /// weight cannot be computed from the stored values.
+    pub chained: Vec<String>,
+    /// The bytes of the mapping it was read from: the whole file, or a `torch.save` file stored
+    /// inside it (an older `torch.export` archive's state dict).
+    pub window: Range<usize>,
 }
 
 /// Why a quantized model is not read, for messages.
@@ -74,8 +85,9 @@ fn parse_pickle(path: &Path, what: &str, bytes: &[u8]) -> Result<(pickle::Pickle
 }
 
 /// The tensors of a parsed main pickle; a pickle with none is described, not accepted.
-fn tensors_of(path: &Path, what: &str, p: &pickle::Pickle) -> Result<Vec<Found>> {
-    let found = find_tensors(p).map_err(|e| WeightsError::file(path, format!("{what}: {e}")))?;
+fn tensors_of(path: &Path, what: &str, p: &pickle::Pickle) -> Result<Tensors> {
+    let walked = walk_tensors(p).map_err(|e| WeightsError::file(path, format!("{what}: {e}")))?;
+    let found = &walked.found;
     if let (true, Some(q)) = (found.is_empty(), quantized(p)) {
         return Err(WeightsError::file(
             path,
@@ -91,7 +103,7 @@ fn tensors_of(path: &Path, what: &str, p: &pickle::Pickle) -> Result<Vec<Found>>
             ),
         ));
     }
-    Ok(found)
+    Ok(walked)
 }
 
 /// The byte range of a zip entry in the mapping if it is stored, else its inflated bytes; either
@@ -163,34 +175,12 @@ impl EntryBytes {
 
 /// Reads a zip checkpoint: `torch.save` (state dict, training checkpoint, whole module) or a
 /// TorchScript archive. The top folder may have any name.
-pub(crate) fn read_zip(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoint> {
-    let file_len = map.len();
-    let archive = zip::ZipArchive::new(Cursor::new(SharedMap(map.clone())))
-        .map_err(|e| WeightsError::format(path, "not a readable PyTorch zip file", e))?;
-    let names: Vec<String> = archive
-        .file_names()
-        .filter_map(|n| n.ok().map(|n| n.into_owned()))
-        .collect();
-    let pkl = names
-        .iter()
-        .find(|n| {
-            n.as_str() == "data.pkl"
-                || n.strip_suffix("/data.pkl")
-                    .is_some_and(|d| !d.contains('/'))
-        })
-        .ok_or_else(|| {
-            WeightsError::file(path, "zip file without data.pkl: not a PyTorch checkpoint")
-        })?;
-    let dir = pkl
-        .strip_suffix("data.pkl")
-        .expect("found by suffix")
-        .to_string();
-    let torchscript = names.iter().any(|n| n.starts_with(&format!("{dir}code/")));
-    // torch >= 2.1 records the byte order; storages written big-endian would load byte-swapped.
+/// torch >= 2.1 records the byte order; storages written big-endian would load byte-swapped.
+fn check_byteorder(path: &Path, archive: &Archive, map: &[u8], dir: &str) -> Result<()> {
     let byteorder = format!("{dir}byteorder");
-    if names.contains(&byteorder) {
-        let order = zip_entry(path, &archive, file_len, &byteorder, 16)?;
-        if order.get(&map).starts_with(b"big") {
+    if archive.index_for_name(&byteorder).is_some() {
+        let order = zip_entry(path, archive, map.len(), &byteorder, 16)?;
+        if order.get(map).starts_with(b"big") {
             return Err(WeightsError::file(
                 path,
                 "saved on a big-endian machine: its storages are big-endian, which is not \
@@ -198,15 +188,173 @@ pub(crate) fn read_zip(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoin
             ));
         }
     }
+    Ok(())
+}
+
+pub(crate) fn read_zip(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoint> {
+    let whole = 0..map.len();
+    read_zip_in(path, map, whole, true)
+}
+
+/// The `torch.save` file an older `torch.export` archive keeps its state dict in: torch 2.1-2.5
+/// wrote `serialized_state_dict.pt` at the root, torch 2.6-2.7 a PT2 archive with
+/// `data/weights/{model}.pt` (one program).
+fn nested_state_dict(names: &[String]) -> Option<&String> {
+    names.iter().find(|n| {
+        n.as_str() == "serialized_state_dict.pt"
+            || n.split_once('/').is_some_and(|(_, rest)| {
+                rest.strip_prefix("data/weights/")
+                    .is_some_and(|f| f.ends_with(".pt") && !f.contains('/'))
+            })
+    })
+}
+
+/// Reads the zip archive in `window` of the mapping; `outer`: it is the file itself (an archive
+/// stored inside is read, once).
+fn read_zip_in(
+    path: &Path,
+    map: Arc<memmap2::Mmap>,
+    window: Range<usize>,
+    outer: bool,
+) -> Result<Checkpoint> {
+    let shared = SharedMap {
+        map: map.clone(),
+        window: window.clone(),
+    };
+    let map = &map[window.clone()];
+    let file_len = map.len();
+    // torch writes the archive from byte 0. Letting the zip crate detect an offset instead can
+    // mislead it: a torch.export archive holds a whole torch.save zip (its sample inputs), whose
+    // records it may take for the outer archive's.
+    let config = zip::read::Config {
+        archive_offset: zip::read::ArchiveOffset::Known(0),
+    };
+    let archive = zip::ZipArchive::with_config(config, Cursor::new(shared))
+        .map_err(|e| WeightsError::format(path, "not a readable PyTorch zip file", e))?;
+    let names: Vec<String> = archive
+        .file_names()
+        .filter_map(|n| n.ok().map(|n| n.into_owned()))
+        .collect();
+    let pkl = names.iter().find(|n| {
+        n.as_str() == "data.pkl"
+            || n.strip_suffix("/data.pkl")
+                .is_some_and(|d| !d.contains('/'))
+    });
+    let Some(pkl) = pkl else {
+        let pt2 = crate::pt2::archive_dir(&names);
+        let has_config = |dir: &str| {
+            names
+                .iter()
+                .any(|n| n.starts_with(dir) && n.ends_with("_weights_config.json"))
+        };
+        if let (true, Some(inner)) = (outer, nested_state_dict(&names)) {
+            if !pt2.as_deref().is_some_and(has_config) {
+                return read_nested(path, map, window, &archive, inner);
+            }
+        }
+        return match pt2 {
+            Some(dir) => read_pt2(path, map, window, archive, &names, dir),
+            None => Err(WeightsError::file(
+                path,
+                "zip file without data.pkl: not a PyTorch checkpoint",
+            )),
+        };
+    };
+    let dir = pkl
+        .strip_suffix("data.pkl")
+        .expect("found by suffix")
+        .to_string();
+    let torchscript = names.iter().any(|n| n.starts_with(&format!("{dir}code/")));
+    check_byteorder(path, &archive, map, &dir)?;
     let cap = budget(file_len).min(MAX_PICKLE_BYTES);
     let bytes = zip_entry(path, &archive, file_len, pkl, cap)?;
-    let (p, _) = parse_pickle(path, pkl, bytes.get(&map))?;
-    let tensors = tensors_of(path, pkl, &p)?;
+    let (p, _) = parse_pickle(path, pkl, bytes.get(map))?;
+    let Tensors {
+        found: tensors,
+        chained,
+    } = tensors_of(path, pkl, &p)?;
     Ok(Checkpoint {
         storages: Storages::Zip { archive, dir },
         tensors,
-        torchscript,
+        format: if torchscript {
+            Format::TorchScript
+        } else {
+            Format::PyTorch
+        },
         quantized: quantized(&p),
+        chained,
+        window,
+    })
+}
+
+/// Reads the state dict an older `torch.export` archive keeps as a `torch.save` file inside it
+/// (stored, so it is a window of the mapping).
+fn read_nested(
+    path: &Path,
+    map: &[u8],
+    window: Range<usize>,
+    archive: &Archive,
+    inner: &str,
+) -> Result<Checkpoint> {
+    let entry = zip_entry(path, archive, map.len(), inner, budget(map.len()))?;
+    let EntryBytes::Mapped(range) = entry else {
+        return Err(WeightsError::file(
+            path,
+            format!("{inner} is compressed: a torch.export archive stores it as is"),
+        ));
+    };
+    let full = window.start + range.start..window.start + range.end;
+    let mut checkpoint = read_zip_in(path, archive_map(archive), full, false)
+        .map_err(|e| WeightsError::file(path, format!("{inner}, inside it: {e}")))?;
+    checkpoint.format = Format::ExportedProgram;
+    Ok(checkpoint)
+}
+
+/// The whole mapping an archive reads from.
+fn archive_map(archive: &Archive) -> Arc<memmap2::Mmap> {
+    archive.clone().into_inner().into_inner().map
+}
+
+/// Reads a `torch.export` archive whose folder is `dir`.
+fn read_pt2(
+    path: &Path,
+    map: &[u8],
+    window: Range<usize>,
+    archive: Archive,
+    names: &[String],
+    dir: String,
+) -> Result<Checkpoint> {
+    let file_len = map.len();
+    let read = |name: &str, cap: u64| -> Result<Vec<u8>> {
+        let entry = zip_entry(path, &archive, file_len, name, cap.min(budget(file_len)))?;
+        Ok(entry.get(map).to_vec())
+    };
+    let format = read(&format!("{dir}archive_format"), 16)?;
+    if format.trim_ascii() != b"pt2" {
+        return Err(WeightsError::file(
+            path,
+            format!(
+                "zip file without data.pkl whose archive_format is {:?}, not pt2: not a PyTorch \
+                 checkpoint",
+                String::from_utf8_lossy(&format)
+            ),
+        ));
+    }
+    check_byteorder(path, &archive, map, &dir)?;
+    let tensors = crate::pt2::tensors(path, &archive, names, &dir, read)?;
+    if tensors.is_empty() {
+        return Err(WeightsError::file(
+            path,
+            "a torch.export archive whose programs have no weights",
+        ));
+    }
+    Ok(Checkpoint {
+        storages: Storages::Zip { archive, dir },
+        tensors,
+        format: Format::ExportedProgram,
+        quantized: None,
+        chained: Vec::new(),
+        window,
     })
 }
 
@@ -257,7 +405,10 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     }
     let _sys_info = next("the system info")?;
     let main = next("the main pickle")?;
-    let tensors = tensors_of(path, "the main pickle", &main)?;
+    let Tensors {
+        found: tensors,
+        chained,
+    } = tensors_of(path, "the main pickle", &main)?;
     let keys = next("the storage keys")?;
     let Some(key_ids) = keys.seq(keys.root) else {
         return Err(WeightsError::file(
@@ -313,8 +464,10 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     Ok(Checkpoint {
         storages: Storages::Legacy(storages),
         tensors,
-        torchscript: false,
+        format: Format::PyTorchLegacy,
         quantized: quantized(&main),
+        chained,
+        window: 0..bytes.len(),
     })
 }
 
@@ -331,6 +484,7 @@ impl Checkpoint {
             name: name.to_string(),
             reason: format!("{reason} (in {})", path.display()),
         };
+        let map = &map[self.window.clone()];
         let s = &t.storage;
         let dtype = s.dtype.ok_or_else(|| {
             bad("has an element type candle cannot hold (complex, int8, float8, quantized)".into())

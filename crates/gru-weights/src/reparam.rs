@@ -10,11 +10,18 @@
 //! | `parametrizations.spectral_norm(m, "w")` | `parametrizations.w.original`, `.0._u`, `.0._v` | `w / (u . (W v))` |
 //! | `utils.spectral_norm(m, "w")` | `w_orig`, `w_u`, `w_v` | the same |
 //!
-//! `dim` is not stored: weight norm's is read from the shape of `g` (size 1 on every other axis; a
+//! `dim` is not stored. Weight norm's is read from the shape of `g` (size 1 on every other axis; a
 //! 0-d `g` is `dim=None`, one norm for the whole tensor). Spectral norm's `W` is the weight with
-//! axis `dim` moved first and the rest flattened; `dim` is 0 except for `ConvTranspose` (1), and is
-//! read from the lengths of `u` and `v`; when both fit a weight of 3 or more axes (a convolution
-//! with as many inputs as outputs), the file cannot say which, and loading it is an error.
+//! axis `dim` moved first and the rest flattened; `dim` is the axis `u` and `v` fit. Where several
+//! fit (a square matrix, a convolution with as many inputs as outputs), the stored `u`, the last
+//! power iteration's `normalize(W v)`, tells them apart: the axis whose `W v` points along `u` is
+//! taken, and when none clearly does, loading the weight is an error. Values are computed in f64
+//! and rounded once, within an ulp of PyTorch's own arithmetic.
+//!
+//! A second parametrization chained on the same weight (`parametrizations.w.1`) makes the weight
+//! not computable: seen by its tensors, or, for one without tensors (a custom `Symmetric`), by
+//! the `_metadata` of a pickled state dict. A safetensors file keeps no `_metadata`: there, such a
+//! stateless second parametrization cannot be seen.
 
 use std::collections::HashMap;
 
@@ -32,21 +39,14 @@ pub(crate) enum Reparam {
         v: String,
         dim: Option<usize>,
     },
-    /// `weight / vdot(u, W v)` in eval mode (no power iteration).
+    /// `weight / vdot(u, W v)` in eval mode (no power iteration); `dims`: the axes `u` and `v`
+    /// fit (`W` is the weight with that axis first, the rest flattened), one chosen on load.
     SpectralNorm {
         original: String,
         u: String,
         v: String,
-        dims: SpectralDims,
+        dims: Vec<usize>,
     },
-}
-
-/// Which axis of the weight spectral norm's `u` runs along.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SpectralDims {
-    One(usize),
-    /// Both 0 and 1 fit `u` and `v`.
-    Ambiguous,
 }
 
 impl Reparam {
@@ -69,11 +69,10 @@ impl Reparam {
         match self {
             Reparam::WeightNorm { dim: Some(d), .. } => format!("weight norm (dim {d}) of {names}"),
             Reparam::WeightNorm { dim: None, .. } => format!("weight norm (dim None) of {names}"),
-            Reparam::SpectralNorm {
-                dims: SpectralDims::One(d),
-                ..
-            } => format!("spectral norm (dim {d}) of {names}"),
-            Reparam::SpectralNorm { .. } => format!("spectral norm (dim 0 or 1?) of {names}"),
+            Reparam::SpectralNorm { dims, .. } => {
+                let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+                format!("spectral norm (dim {}) of {names}", dims.join(" or "))
+            }
         }
     }
 }
@@ -101,35 +100,54 @@ fn weight_norm_dim(g: &[usize], v: &[usize]) -> Option<Option<usize>> {
         .map(Some)
 }
 
-/// The axes `d` in {0, 1} for which `u` has `shape[d]` elements and `v` the product of the rest.
-fn spectral_dims(shape: &[usize], u: &[usize], v: &[usize]) -> Option<SpectralDims> {
+/// PyTorch's type promotion of two float dtypes (`None` when either is not a float).
+fn promote(a: DType, b: DType) -> Option<DType> {
+    if !a.is_float() || !b.is_float() {
+        return None;
+    }
+    Some(match (a, b) {
+        _ if a == b => a,
+        (DType::F64, _) | (_, DType::F64) => DType::F64,
+        // f32 with a half type, or f16 with bf16.
+        _ => DType::F32,
+    })
+}
+
+/// The axes `d` for which `u` has `shape[d]` elements and `v` the product of the others; `None`
+/// when there is none (then it is not a spectral norm).
+fn spectral_dims(shape: &[usize], u: &[usize], v: &[usize]) -> Option<Vec<usize>> {
     if shape.len() < 2 || u.len() != 1 || v.len() != 1 {
         return None;
     }
-    let total: usize = shape.iter().product();
-    let fits = |d: usize| shape[d] > 0 && u[0] == shape[d] && v[0] == total / shape[d];
-    match (fits(0), fits(1)) {
-        // A 2-D weight is a Linear's or an RNN's, whose `dim` is always 0.
-        (true, true) if shape.len() == 2 => Some(SpectralDims::One(0)),
-        (true, true) => Some(SpectralDims::Ambiguous),
-        (true, false) => Some(SpectralDims::One(0)),
-        (false, true) => Some(SpectralDims::One(1)),
-        (false, false) => None,
-    }
+    let total = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    let dims: Vec<usize> = (0..shape.len())
+        .filter(|&d| shape[d] > 0 && u[0] == shape[d] && v[0] == total / shape[d])
+        .collect();
+    (!dims.is_empty()).then_some(dims)
 }
 
 /// Every reparametrized weight of `infos` (sorted by name) whose plain name the file lacks, with
 /// its listing (named as the module's own parameter, shaped and typed as the stored value).
-pub(crate) fn find(infos: &[TensorInfo]) -> Vec<(TensorInfo, Reparam)> {
+///
+/// `chained` (sorted) lists the parametrization lists known to hold a second parametrization
+/// (from a pickled state dict's `_metadata`): theirs are not computed.
+pub(crate) fn find(infos: &[TensorInfo], chained: &[String]) -> Vec<(TensorInfo, Reparam)> {
     let by_name: HashMap<&str, &TensorInfo> = infos.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut out = Vec::new();
     let mut add = |prefix: &str, param: &str, like: &TensorInfo, how: Reparam| {
         let name = join(prefix, param);
-        if !by_name.contains_key(name.as_str()) {
+        // Float values only; the result has their promoted dtype, as PyTorch's arithmetic gives.
+        let mut dtype = Some(like.dtype);
+        for src in how.sources() {
+            dtype = dtype
+                .zip(by_name.get(src))
+                .and_then(|(d, i)| promote(d, i.dtype));
+        }
+        if let (false, Some(dtype)) = (by_name.contains_key(name.as_str()), dtype) {
             out.push((
                 TensorInfo {
                     name,
-                    dtype: like.dtype,
+                    dtype,
                     shape: like.shape.clone(),
                 },
                 how,
@@ -141,6 +159,9 @@ pub(crate) fn find(infos: &[TensorInfo]) -> Vec<(TensorInfo, Reparam)> {
     // chain this reading would get wrong.
     // `infos` is sorted by name, so the names under a prefix are one run of it.
     let only = |list: &str, allowed: &[&str]| {
+        if chained.binary_search_by(|c| c.as_str().cmp(list)).is_ok() {
+            return false;
+        }
         let under = format!("{list}.");
         let start = infos.partition_point(|t| t.name.as_str() < under.as_str());
         infos[start..]
@@ -246,6 +267,7 @@ fn split_parametrization(list: &str) -> Option<(&str, &str)> {
 pub(crate) fn compute(
     name: &str,
     how: &Reparam,
+    dtype: DType,
     load: impl Fn(&str) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let f64_of =
@@ -253,7 +275,6 @@ pub(crate) fn compute(
     match how {
         Reparam::WeightNorm { g, v, dim } => {
             let (gt, vt) = (f64_of(g)?, f64_of(v)?);
-            let dtype = load(v)?.dtype();
             let w = match dim {
                 None => {
                     let norm = vt.sqr()?.sum_all()?.sqrt()?;
@@ -280,28 +301,68 @@ pub(crate) fn compute(
             v,
             dims,
         } => {
-            let SpectralDims::One(d) = *dims else {
-                return Err(WeightsError::Tensor {
-                    name: name.to_string(),
-                    reason: format!(
-                        "is spectral-normalized, and `{u}` and `{v}` fit both dim 0 (a convolution) \
-                         and dim 1 (a transposed convolution): the state dict does not say which; \
-                         save the model after `torch.nn.utils.parametrize.remove_parametrizations` \
-                         (or `remove_spectral_norm`)"
-                    ),
-                });
-            };
-            let stored = load(original)?;
-            let dtype = stored.dtype();
-            let w = stored.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
-            let moved = w.transpose(0, d)?.contiguous()?;
-            let rows = moved.dim(0)?;
-            let mat = moved.reshape((rows, ()))?;
-            let (ut, vt) = (f64_of(u)?.reshape((1, rows))?, f64_of(v)?.reshape(((), 1))?);
-            let sigma = ut.matmul(&mat.matmul(&vt)?)?.reshape(())?;
-            Ok(w.broadcast_div(&sigma)?.to_dtype(dtype)?)
+            let w = f64_of(original)?;
+            let (ut, vt) = (f64_of(u)?, f64_of(v)?.reshape(((), 1))?);
+            let mut fits = Vec::with_capacity(dims.len());
+            for &d in dims {
+                fits.push(spectral_fit(&w, d, &ut, &vt)?);
+            }
+            let sigma = choose_sigma(name, dims, &fits)?;
+            Ok(w.affine(1.0 / sigma, 0.0)?.to_dtype(dtype)?)
         }
     }
+}
+
+/// `(sigma, alignment)` of reading the weight along axis `d`: `sigma = u . (W v)` with `W` the
+/// weight with axis `d` first (PyTorch's `permute(d, rest...)`) and the rest flattened, and the
+/// cosine between `u` and `W v`. The stored `u` is the last power iteration's `normalize(W v)`,
+/// so along the axis the model was trained with the cosine is close to 1.
+fn spectral_fit(w: &Tensor, d: usize, u: &Tensor, v: &Tensor) -> Result<(f64, f64)> {
+    let order: Vec<usize> = std::iter::once(d)
+        .chain((0..w.rank()).filter(|&i| i != d))
+        .collect();
+    let moved = w.permute(order)?.contiguous()?;
+    let rows = moved.dim(0)?;
+    let wv = moved.reshape((rows, ()))?.matmul(v)?.flatten_all()?;
+    let sigma = (u * &wv)?.sum_all()?.to_scalar::<f64>()?;
+    let norms = wv.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?
+        * u.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+    Ok((sigma, (sigma / norms).abs()))
+}
+
+/// The `sigma` of the axis the weight was normalized along, among those `u` and `v` fit. Two
+/// axes fit a square matrix or a convolution with as many inputs as outputs; then the one whose
+/// `W v` points along `u` is taken, or, when the stored vectors do not tell, it is an error
+/// naming the weight (unless every reading gives the same `sigma`).
+fn choose_sigma(name: &str, dims: &[usize], fits: &[(f64, f64)]) -> Result<f64> {
+    let same = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+    if fits.iter().all(|f| same(f.0, fits[0].0)) {
+        return Ok(fits[0].0);
+    }
+    let best = (0..fits.len())
+        .max_by(|&a, &b| fits[a].1.total_cmp(&fits[b].1))
+        .expect("at least one axis fits");
+    let runner_up = (0..fits.len())
+        .filter(|&i| i != best)
+        .map(|i| fits[i].1)
+        .fold(0.0, f64::max);
+    if fits[best].1 >= 0.5 && runner_up <= 0.5 * fits[best].1 {
+        return Ok(fits[best].0);
+    }
+    let told: Vec<String> = dims
+        .iter()
+        .zip(fits)
+        .map(|(d, f)| format!("dim {d}: cosine {:.3}", f.1))
+        .collect();
+    Err(WeightsError::Tensor {
+        name: name.to_string(),
+        reason: format!(
+            "is spectral-normalized, and its `u` and `v` fit more than one axis ({}), which its \
+             stored vectors do not tell apart; save the model after \
+             `torch.nn.utils.parametrize.remove_parametrizations` (or `remove_spectral_norm`)",
+            told.join(", ")
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -353,7 +414,7 @@ mod tests {
         ];
         let mut infos = infos;
         infos.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut found: Vec<(String, Reparam)> = find(&infos)
+        let mut found: Vec<(String, Reparam)> = find(&infos, &[])
             .into_iter()
             .map(|(i, how)| (i.name, how))
             .collect();
@@ -368,38 +429,64 @@ mod tests {
             Reparam::WeightNorm { dim: Some(0), .. }
         ));
         assert!(matches!(found[1].1, Reparam::WeightNorm { dim: None, .. }));
-        assert!(matches!(
-            found[3].1,
-            Reparam::SpectralNorm {
-                dims: SpectralDims::One(0),
-                ..
-            }
-        ));
+        assert!(matches!(&found[3].1, Reparam::SpectralNorm { dims, .. } if dims == &[0]));
     }
 
     #[test]
     fn spectral_axis_comes_from_u_and_v() {
-        assert_eq!(
-            spectral_dims(&[5, 7], &[5], &[7]),
-            Some(SpectralDims::One(0))
-        );
-        assert_eq!(
-            spectral_dims(&[5, 7], &[7], &[5]),
-            Some(SpectralDims::One(1))
-        );
+        assert_eq!(spectral_dims(&[5, 7], &[5], &[7]), Some(vec![0]));
+        assert_eq!(spectral_dims(&[5, 7], &[7], &[5]), Some(vec![1]));
         assert_eq!(spectral_dims(&[5, 7], &[6], &[7]), None);
-        assert_eq!(
-            spectral_dims(&[4, 4], &[4], &[4]),
-            Some(SpectralDims::One(0))
+        assert_eq!(spectral_dims(&[4, 4], &[4], &[4]), Some(vec![0, 1]));
+        assert_eq!(spectral_dims(&[3, 4, 2], &[4], &[6]), Some(vec![1]));
+        assert_eq!(spectral_dims(&[4, 4, 2], &[4], &[8]), Some(vec![0, 1]));
+        assert_eq!(spectral_dims(&[4, 3, 4], &[4], &[12]), Some(vec![0, 2]));
+        // A product that overflows is no spectral norm, not a panic.
+        assert_eq!(spectral_dims(&[1 << 62, 4, 0], &[1 << 62], &[0]), None);
+        assert_eq!(spectral_dims(&[1 << 62, 8], &[1 << 62], &[8]), None);
+    }
+
+    #[test]
+    fn the_axis_along_u_is_chosen_or_refused() {
+        // W = [[1, 2], [-0.5, 0]], v = e1: along dim 0 W v = (1, -0.5), along dim 1 (W^T) (1, 2),
+        // orthogonal to each other; u along either picks that axis.
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[1f64, 2.], [-0.5, 0.]], &dev).unwrap();
+        let v = Tensor::new(&[[1f64], [0.]], &dev).unwrap();
+        let fits_for = |u: [f64; 2]| -> Vec<(f64, f64)> {
+            let u = Tensor::new(&u, &dev).unwrap();
+            [0, 1]
+                .iter()
+                .map(|&d| spectral_fit(&w, d, &u, &v).unwrap())
+                .collect()
+        };
+        let (n0, n1) = (1.25f64.sqrt(), 5f64.sqrt());
+        let sigma = choose_sigma("w", &[0, 1], &fits_for([1. / n0, -0.5 / n0])).unwrap();
+        assert!((sigma - n0).abs() < 1e-12, "{sigma}");
+        let sigma = choose_sigma("w", &[0, 1], &fits_for([1. / n1, 2. / n1])).unwrap();
+        assert!((sigma - n1).abs() < 1e-12, "{sigma}");
+        // u halfway between the two readings: not told apart.
+        let e = choose_sigma("w", &[0, 1], &[(1.0, 0.8), (2.0, 0.7)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("`w`:") && e.contains("dim 0: cosine 0.800"),
+            "{e}"
         );
+        // Readings that agree need no choice.
         assert_eq!(
-            spectral_dims(&[3, 4, 2], &[4], &[6]),
-            Some(SpectralDims::One(1))
+            choose_sigma("w", &[0, 1], &[(3.0, 0.1), (3.0, 0.1)]).unwrap(),
+            3.0
         );
-        assert_eq!(
-            spectral_dims(&[4, 4, 2], &[4], &[8]),
-            Some(SpectralDims::Ambiguous)
-        );
+    }
+
+    #[test]
+    fn dtypes_promote_as_in_pytorch() {
+        assert_eq!(promote(DType::F16, DType::F16), Some(DType::F16));
+        assert_eq!(promote(DType::F16, DType::F32), Some(DType::F32));
+        assert_eq!(promote(DType::F16, DType::BF16), Some(DType::F32));
+        assert_eq!(promote(DType::F32, DType::F64), Some(DType::F64));
+        assert_eq!(promote(DType::U8, DType::F32), None);
     }
 
     #[test]
@@ -412,7 +499,7 @@ mod tests {
             v: "v".into(),
             dim: Some(0),
         };
-        let w = compute("w", &how, |n| {
+        let w = compute("w", &how, DType::F32, |n| {
             Ok(if n == "g" { g.clone() } else { v.clone() })
         })
         .unwrap();

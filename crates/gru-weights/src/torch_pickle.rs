@@ -264,6 +264,9 @@ fn rebuild(p: &Pickle, callable: Id, args: Id, depth: usize) -> Result<Option<Te
 struct Walk<'a> {
     p: &'a Pickle,
     out: Vec<Found>,
+    /// Parametrization lists (`rnn.parametrizations.weight_hh_l0`) that hold a second
+    /// parametrization, seen as a module or in a state dict's `_metadata`.
+    chained: Vec<String>,
     path: Vec<Cow<'a, str>>,
     ancestors: Vec<Id>,
     /// Entries left to look at, and name bytes left to write.
@@ -409,6 +412,9 @@ impl<'a> Walk<'a> {
                 | Some(("builtins" | "__builtin__", "dict"))
         );
         if !items.is_empty() || dict_class {
+            if let Some(state) = state {
+                self.note_metadata(*state)?;
+            }
             return Ok(Node::Container(self.dict_entries(id)?.unwrap_or_default()));
         }
         // `torch.compile`'s wrapper pickles as OptimizedModule(module, ..); its state_dict()
@@ -456,6 +462,31 @@ impl<'a> Walk<'a> {
         Ok(Node::Leaf)
     }
 
+    /// A state dict's `_metadata` (an attribute of the pickled OrderedDict) names every module
+    /// of the model, also those without tensors: a second parametrization of a weight shows
+    /// there only.
+    fn note_metadata(&mut self, state: Id) -> Result<(), String> {
+        let Some(attrs) = self.dict_entries(state)? else {
+            return Ok(());
+        };
+        let Some(&(_, meta)) = attrs.iter().find(|(k, _)| k == "_metadata") else {
+            return Ok(());
+        };
+        for (module, _) in self.dict_entries(meta)?.unwrap_or_default() {
+            let segments: Vec<&str> = module.split('.').collect();
+            if let Some(list) = chained_list(&segments) {
+                let mut full: Vec<&str> = self.path.iter().map(|s| s.as_ref()).collect();
+                full.push(&list);
+                let full = full
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>();
+                self.chained.push(full.join("."));
+            }
+        }
+        Ok(())
+    }
+
     fn emit(&mut self, start: usize, tensor: TensorRef) -> Result<(), String> {
         let name = self.path.join(".");
         if name.len() > MAX_NAME_LEN {
@@ -493,6 +524,12 @@ impl<'a> Walk<'a> {
             Node::Object(e) => (e, true),
             Node::Leaf => return Ok(()),
         };
+        if is_object {
+            let segments: Vec<&str> = self.path.iter().map(|s| s.as_ref()).collect();
+            if let Some(list) = chained_list(&segments) {
+                self.chained.push(list);
+            }
+        }
         let mut tensors = Vec::new();
         for (i, (key, v)) in entries.iter().enumerate() {
             match tensor(self.p, *v) {
@@ -534,11 +571,34 @@ impl<'a> Walk<'a> {
     }
 }
 
+/// `a.parametrizations.w` for the path of a second (or later) parametrization of `a.w`
+/// (`a.parametrizations.w.1`).
+fn chained_list(path: &[&str]) -> Option<String> {
+    let [.., "parametrizations", _, index] = path else {
+        return None;
+    };
+    let index: usize = index.parse().ok()?;
+    (index >= 1).then(|| path[..path.len() - 1].join("."))
+}
+
+/// What the walk found: every tensor, and the parametrization lists holding a chain.
+pub(crate) struct Tensors {
+    pub found: Vec<Found>,
+    pub chained: Vec<String>,
+}
+
 /// Every tensor reachable from the pickle's root, with its name and state dict.
+#[cfg(test)]
 pub(crate) fn find_tensors(p: &Pickle) -> Result<Vec<Found>, String> {
+    Ok(walk_tensors(p)?.found)
+}
+
+/// `find_tensors`, with the parametrization chains seen on the way.
+pub(crate) fn walk_tensors(p: &Pickle) -> Result<Tensors, String> {
     let mut w = Walk {
         p,
         out: Vec::new(),
+        chained: Vec::new(),
         path: Vec::new(),
         ancestors: Vec::new(),
         work: p.len().saturating_mul(WORK_PER_OBJECT).max(MIN_WORK),
@@ -547,10 +607,15 @@ pub(crate) fn find_tensors(p: &Pickle) -> Result<Vec<Found>, String> {
     if let Some(t) = tensor(p, p.root)? {
         // `torch.save(tensor, path)`: one tensor without a name (""), e.g. an input to run on.
         w.emit(0, t)?;
-        return Ok(w.out);
+    } else {
+        w.walk(p.root, None)?;
     }
-    w.walk(p.root, None)?;
-    Ok(w.out)
+    w.chained.sort();
+    w.chained.dedup();
+    Ok(Tensors {
+        found: w.out,
+        chained: w.chained,
+    })
 }
 
 #[cfg(test)]
