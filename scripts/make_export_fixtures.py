@@ -13,6 +13,10 @@ reference case whose `weights` is the archive itself:
                       still reads it, which the script checks)
   exported_v2.pt2     the tagger as torch 2.6-2.7 wrote it: a PT2 archive whose weights are one
                       torch.save file, data/weights/model.pt
+  exported_wn.pt2     a GRUCell 3->4 whose weight_hh is under weight_norm (g moved off ||v||):
+                      computed from the archive, with a reference case
+  exported_chained.pt2  the same with a second parametrization without tensors (x 2) chained on
+                      weight_hh: only the program's graph shows it, and loading must refuse it
 
 Regenerate: python scripts/make_export_fixtures.py (seed 2468).
 """
@@ -114,6 +118,26 @@ def main():
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
                 meta = {**f.metadata(), "weights": weights}
             save_file(tensors, os.path.join(OUT, f"{name}_{version}.case.safetensors"), metadata=meta)
+    from torch.nn.utils import parametrizations, parametrize
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    for name, chained in (("exported_wn", False), ("exported_chained", True)):
+        cell = Wrap(nn.GRUCell(3, 4))
+        parametrizations.weight_norm(cell.gru, "weight_hh")
+        with torch.no_grad():
+            g = cell.gru.parametrizations.weight_hh.original0
+            g.mul_(torch.empty_like(g).uniform_(0.5, 1.5))
+        if chained:
+            parametrize.register_parametrization(cell.gru, "weight_hh", Double())
+        cell.eval()
+        x = torch.randn(2, 3)
+        torch.export.save(torch.export.export(cell, (x,)), os.path.join(OUT, f"{name}.pt2"))
+        if not chained:
+            export_case(OUT, name, cell, "gru", x, h0=torch.randn(2, 4),
+                        weights_file=f"{name}.pt2", extra_meta=META)
     print("wrote", path, "exported_multi.pt2, exported_v1.zip, exported_v2.pt2", json.dumps(META))
 
 

@@ -185,3 +185,24 @@ fn values_that_cannot_be_computed_are_errors_naming_the_weight() {
         "{e}"
     );
 }
+
+#[test]
+fn an_exported_program_shows_its_chains_in_its_graph() {
+    // torch.export archives: the weights config lists tensors only; the graph lists modules.
+    let dir = models_dir().join("checkpoints");
+    let f = WeightFile::open(dir.join("exported_wn.pt2")).unwrap();
+    assert!(f
+        .computed_from("gru.weight_hh")
+        .unwrap()
+        .starts_with("weight norm (dim 0)"));
+    let f = WeightFile::open(dir.join("exported_chained.pt2")).unwrap();
+    assert_eq!(f.computed_from("gru.weight_hh"), None);
+    let e = f
+        .gru_cell(None, None, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`gru.weight_hh`: is stored reparametrized") && e.contains("chained"),
+        "{e}"
+    );
+}

@@ -108,8 +108,8 @@ fn split_name(name: &str) -> (&str, &str) {
 
 /// Finds every GRU and GRUCell in `tensors`.
 pub fn discover(tensors: &[TensorInfo]) -> Discovery {
-    let by_name: HashMap<&str, &TensorInfo> =
-        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let index = Index::new(tensors);
+    let by_name = &index.by_name;
     // prefix -> parameter names under it that look like GRU / GRUCell parameters.
     let mut gru_params: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     let mut cell_prefixes: Vec<&str> = Vec::new();
@@ -119,17 +119,24 @@ pub fn discover(tensors: &[TensorInfo]) -> Discovery {
             gru_params.entry(prefix).or_default().push(param);
         } else if param == "weight_hh" {
             cell_prefixes.push(prefix);
+        } else if param == "weight_ih" && !by_name.contains_key(join(prefix, "weight_hh").as_str())
+        {
+            // A GRUCell whose weight_hh is stored reparametrized in a way not computed: a
+            // candidate, so that the error says why it is missing.
+            if index.stored_for.contains_key(&join(prefix, "weight_hh")) {
+                cell_prefixes.push(prefix);
+            }
         }
     }
     let mut out = Discovery::default();
     for (prefix, params) in gru_params {
-        match check_gru(prefix, &params, &by_name) {
+        match check_gru(prefix, &params, &index) {
             Ok(info) => out.found.push(info),
             Err(e) => out.rejected.push((prefix.to_string(), e)),
         }
     }
     for prefix in cell_prefixes {
-        match check_cell(prefix, &by_name) {
+        match check_cell(prefix, &index) {
             Ok(info) => out.found.push(info),
             Err(e) => out.rejected.push((prefix.to_string(), e)),
         }
@@ -138,40 +145,68 @@ pub fn discover(tensors: &[TensorInfo]) -> Discovery {
     out
 }
 
+/// The file's tensors by name, and for each weight stored reparametrized (any
+/// `{m}.parametrizations.{w}.*`, `{m}.{w}_orig`), the first of its stored tensors and how many.
+struct Index<'a> {
+    by_name: HashMap<&'a str, &'a TensorInfo>,
+    stored_for: HashMap<String, (&'a str, usize)>,
+}
+
+impl<'a> Index<'a> {
+    fn new(tensors: &'a [TensorInfo]) -> Self {
+        let mut stored_for: HashMap<String, (&'a str, usize)> = HashMap::new();
+        for t in tensors {
+            let name = t.name.as_str();
+            let plain = match name.split_once("parametrizations.") {
+                Some((m, rest)) if m.is_empty() || m.ends_with('.') => {
+                    let w = rest.split('.').next().unwrap_or(rest);
+                    join(m.trim_end_matches('.'), w)
+                }
+                _ => match name.strip_suffix("_orig") {
+                    Some(p) => p.to_string(),
+                    None => continue,
+                },
+            };
+            let e = stored_for.entry(plain).or_insert((name, 0));
+            e.0 = e.0.min(name);
+            e.1 += 1;
+        }
+        Index {
+            by_name: tensors.iter().map(|t| (t.name.as_str(), t)).collect(),
+            stored_for,
+        }
+    }
+}
+
 struct Checker<'a> {
     prefix: &'a str,
-    by_name: &'a HashMap<&'a str, &'a TensorInfo>,
+    index: &'a Index<'a>,
     keys: Vec<String>,
     params: usize,
 }
 
 impl Checker<'_> {
     fn get(&self, name: &str) -> Option<&TensorInfo> {
-        self.by_name.get(join(self.prefix, name).as_str()).copied()
+        self.index
+            .by_name
+            .get(join(self.prefix, name).as_str())
+            .copied()
     }
 
     /// The error for a missing `name`, which says so when the file stores it reparametrized in
     /// a way `reparam` does not compute (weight norm and spectral norm it does).
     fn missing(&self, name: &str, why_missing: &str) -> WeightsError {
         let full = join(self.prefix, name);
-        let list = join(self.prefix, &format!("parametrizations.{name}."));
-        let mut stored: Vec<&str> = self
-            .by_name
-            .keys()
-            .copied()
-            .filter(|k| k.starts_with(&list) || k.strip_prefix(full.as_str()) == Some("_orig"))
-            .collect();
-        stored.sort_unstable();
-        let reason = match stored.first() {
+        let reason = match self.index.stored_for.get(&full) {
             None => format!("is missing: {why_missing}"),
-            Some(first) => format!(
+            Some(&(first, count)) => format!(
                 "is stored reparametrized (`{first}`{}) by a parametrization this loader cannot \
                  compute: weight_norm and spectral_norm are read, but another one (orthogonal, \
                  a custom one, several chained, or spectral_norm of a 1-D tensor) is not \
                  described by a state dict; save the \
                  model after `torch.nn.utils.parametrize.remove_parametrizations(module, \"{name}\")`",
-                if stored.len() > 1 {
-                    format!(" and {} more", stored.len() - 1)
+                if count > 1 {
+                    format!(" and {} more", count - 1)
                 } else {
                     String::new()
                 }
@@ -239,11 +274,7 @@ fn hidden_from_weight_hh(full: &str, info: &TensorInfo) -> Result<usize> {
     }
 }
 
-fn check_gru(
-    prefix: &str,
-    params: &[&str],
-    by_name: &HashMap<&str, &TensorInfo>,
-) -> Result<GruInfo> {
+fn check_gru(prefix: &str, params: &[&str], index: &Index) -> Result<GruInfo> {
     let mut layers = 0;
     let mut bidirectional = false;
     let mut bias = false;
@@ -255,7 +286,7 @@ fn check_gru(
     }
     let mut c = Checker {
         prefix,
-        by_name,
+        index,
         keys: Vec::new(),
         params: 0,
     };
@@ -327,15 +358,18 @@ fn check_gru(
     })
 }
 
-fn check_cell(prefix: &str, by_name: &HashMap<&str, &TensorInfo>) -> Result<GruInfo> {
+fn check_cell(prefix: &str, index: &Index) -> Result<GruInfo> {
     let mut c = Checker {
         prefix,
-        by_name,
+        index,
         keys: Vec::new(),
         params: 0,
     };
     let whh = join(prefix, "weight_hh");
-    let hidden = hidden_from_weight_hh(&whh, c.get("weight_hh").expect("found by discover"))?;
+    let whh_info = c
+        .get("weight_hh")
+        .ok_or_else(|| c.missing("weight_hh", "a GRUCell needs it"))?;
+    let hidden = hidden_from_weight_hh(&whh, whh_info)?;
     let wih = c
         .get("weight_ih")
         .ok_or_else(|| c.missing("weight_ih", &format!("`{whh}` exists without it")))?;

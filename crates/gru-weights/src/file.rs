@@ -127,7 +127,8 @@ impl WeightFile {
                 ));
             }
             let mut infos = safetensors_infos(path, &mmap)?;
-            let derived = add_derived(&mut infos, &[]);
+            // A safetensors file keeps no module list: chains without tensors cannot be seen.
+            let derived = add_derived(&mut infos, Some(&[]));
             return Ok(Self {
                 path: path.to_path_buf(),
                 source: Source::Safetensors(mmap),
@@ -181,7 +182,7 @@ impl WeightFile {
             state_dicts.push(f.state_dict.clone());
         }
         infos.sort_by(|a, b| a.name.cmp(&b.name));
-        let derived = add_derived(&mut infos, &checkpoint.chained);
+        let derived = add_derived(&mut infos, checkpoint.chained.as_deref());
         state_dicts.sort();
         state_dicts.dedup();
         Ok(Self {
@@ -421,7 +422,10 @@ impl WeightFile {
 
 /// Lists the reparametrized weights of `infos` (sorted) under their plain names, keeping the
 /// order, and returns how each is computed; not those of the parametrization lists `chained`.
-fn add_derived(infos: &mut Vec<TensorInfo>, chained: &[String]) -> HashMap<String, Reparam> {
+fn add_derived(
+    infos: &mut Vec<TensorInfo>,
+    chained: Option<&[String]>,
+) -> HashMap<String, Reparam> {
     let found = reparam::find(infos, chained);
     // A name two reparametrizations claim (a crafted file: PyTorch's APIs refuse to stack on
     // one weight) is derived by neither.

@@ -17,10 +17,50 @@ use serde::Deserialize;
 
 use crate::error::{Result, WeightsError};
 use crate::pth::Archive;
-use crate::torch_pickle::{Found, StorageRef, TensorRef};
+use crate::torch_pickle::{Found, StorageRef, TensorRef, MAX_NAME_LEN, MAX_TENSORS};
 
-/// Largest weights config read (a model of 10,000 tensors needs a few MB).
+/// Most bytes of weights configs read in all (a model of 10,000 tensors needs a few MB).
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+/// The parts of a program's graph (`models/{model}.json`) read: the module path of every module
+/// the program calls, which lists a parametrization without tensors too.
+#[derive(Deserialize)]
+struct Graph {
+    graph_module: GraphModule,
+}
+
+#[derive(Deserialize)]
+struct GraphModule {
+    module_call_graph: Vec<ModuleCall>,
+}
+
+#[derive(Deserialize)]
+struct ModuleCall {
+    fqn: String,
+}
+
+/// The parametrization lists that hold a second parametrization (`cell.parametrizations.w`),
+/// from a program's graph JSON, under the program's state dict `state_dict`; `None` when the
+/// graph cannot be read (then no reparametrized weight of the archive is computed).
+pub(crate) fn graph_chains(json: &[u8], state_dict: &str) -> Option<Vec<String>> {
+    let graph: Graph = serde_json::from_slice(json).ok()?;
+    let mut chains = Vec::new();
+    for call in graph.graph_module.module_call_graph {
+        let segments: Vec<&str> = call.fqn.split('.').collect();
+        if let Some(list) = crate::torch_pickle::chained_list(&segments) {
+            chains.push(if state_dict.is_empty() {
+                list
+            } else {
+                format!("{state_dict}.{list}")
+            });
+        }
+    }
+    Some(chains)
+}
+
+/// The tensors of a PT2 archive and the parametrization chains its graphs show (`None`: a
+/// graph could not be read).
+pub(crate) type Read = (Vec<Found>, Option<Vec<String>>);
 
 #[derive(Deserialize)]
 struct PayloadConfig {
@@ -99,7 +139,7 @@ pub(crate) fn tensors(
     names: &[String],
     dir: &str,
     read: impl Fn(&str, u64) -> Result<Vec<u8>>,
-) -> Result<Vec<Found>> {
+) -> Result<Read> {
     let weights = format!("{dir}data/weights/");
     let configs: Vec<(&str, &String)> = names
         .iter()
@@ -117,20 +157,44 @@ pub(crate) fn tensors(
         ));
     }
     let mut out = Vec::new();
+    let mut chains = Some(Vec::new());
+    let mut config_bytes_left = MAX_CONFIG_BYTES;
     for (model, config_name) in configs {
-        let bytes = read(config_name, MAX_CONFIG_BYTES)?;
+        let bytes = read(config_name, config_bytes_left)?;
+        config_bytes_left -= bytes.len() as u64;
         let config: PayloadConfig = serde_json::from_slice(&bytes)
             .map_err(|e| WeightsError::format(path, format!("malformed {config_name}"), e))?;
         let state_dict = if model == "model" { "" } else { model };
+        let graph = read(&format!("{dir}models/{model}.json"), u64::MAX).ok();
+        let found = graph.and_then(|g| graph_chains(&g, state_dict));
+        chains = chains.zip(found).map(|(mut a, b)| {
+            a.extend(b);
+            a
+        });
         for (fqn, meta) in config.config {
             if meta.use_pickle {
                 continue;
+            }
+            if out.len() >= MAX_TENSORS {
+                return Err(WeightsError::file(
+                    path,
+                    format!("more than {MAX_TENSORS} tensors"),
+                ));
             }
             let name = if state_dict.is_empty() {
                 fqn
             } else {
                 format!("{state_dict}.{fqn}")
             };
+            if name.len() > MAX_NAME_LEN {
+                return Err(WeightsError::file(
+                    path,
+                    format!(
+                        "a tensor name of {} bytes (at most {MAX_NAME_LEN}) in {config_name}",
+                        name.len()
+                    ),
+                ));
+            }
             let tensor =
                 tensor_ref(archive, &weights, &meta).map_err(|reason| WeightsError::Tensor {
                     name: name.clone(),
@@ -145,7 +209,11 @@ pub(crate) fn tensors(
             });
         }
     }
-    Ok(out)
+    if let Some(c) = chains.as_mut() {
+        c.sort();
+        c.dedup();
+    }
+    Ok((out, chains))
 }
 
 fn tensor_ref(
@@ -189,6 +257,12 @@ fn tensor_ref(
         .by_name(&entry)
         .map_err(|_| format!("names the storage file {entry}, which the archive lacks"))?
         .size();
+    if elem_size > 0 && size % elem_size as u64 != 0 {
+        return Err(format!(
+            "has a storage file {entry} of {size} bytes, not a multiple of its {elem_size}-byte \
+             elements"
+        ));
+    }
     let numel = if elem_size == 0 {
         0
     } else {

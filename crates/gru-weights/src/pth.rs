@@ -63,8 +63,9 @@ pub(crate) struct Checkpoint {
     /// What marks the file as holding quantized weights, which are not listed as tensors.
     pub quantized: Option<String>,
     /// Parametrization lists holding a chain (`rnn.parametrizations.weight_hh_l0`), sorted: their
-    /// weight cannot be computed from the stored values.
-    pub chained: Vec<String>,
+    /// weight cannot be computed from the stored values. `None`: the file cannot tell (a
+    /// `torch.export` archive whose graph is unreadable), so none is computed.
+    pub chained: Option<Vec<String>>,
     /// The bytes of the mapping it was read from: the whole file, or a `torch.save` file stored
     /// inside it (an older `torch.export` archive's state dict).
     pub window: Range<usize>,
@@ -200,13 +201,16 @@ pub(crate) fn read_zip(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoin
 /// wrote `serialized_state_dict.pt` at the root, torch 2.6-2.7 a PT2 archive with
 /// `data/weights/{model}.pt` (one program).
 fn nested_state_dict(names: &[String]) -> Option<&String> {
-    names.iter().find(|n| {
+    let mut found = names.iter().filter(|n| {
         n.as_str() == "serialized_state_dict.pt"
             || n.split_once('/').is_some_and(|(_, rest)| {
                 rest.strip_prefix("data/weights/")
                     .is_some_and(|f| f.ends_with(".pt") && !f.contains('/'))
             })
-    })
+    });
+    let first = found.next();
+    // Several programs' state dicts: which one is meant is not known here.
+    first.filter(|_| found.next().is_none())
 }
 
 /// Reads the zip archive in `window` of the mapping; `outer`: it is the file itself (an archive
@@ -242,15 +246,9 @@ fn read_zip_in(
     });
     let Some(pkl) = pkl else {
         let pt2 = crate::pt2::archive_dir(&names);
-        let has_config = |dir: &str| {
-            names
-                .iter()
-                .any(|n| n.starts_with(dir) && n.ends_with("_weights_config.json"))
-        };
+        // torch prefers the older layout's state dict file where an archive has one.
         if let (true, Some(inner)) = (outer, nested_state_dict(&names)) {
-            if !pt2.as_deref().is_some_and(has_config) {
-                return read_nested(path, map, window, &archive, inner);
-            }
+            return read_nested(path, map, window, &archive, inner);
         }
         return match pt2 {
             Some(dir) => read_pt2(path, map, window, archive, &names, dir),
@@ -282,7 +280,7 @@ fn read_zip_in(
             Format::PyTorch
         },
         quantized: quantized(&p),
-        chained,
+        chained: Some(chained),
         window,
     })
 }
@@ -307,6 +305,13 @@ fn read_nested(
     let mut checkpoint = read_zip_in(path, archive_map(archive), full, false)
         .map_err(|e| WeightsError::file(path, format!("{inner}, inside it: {e}")))?;
     checkpoint.format = Format::ExportedProgram;
+    // Its state dict is a plain dict (no `_metadata`): the program's graph tells the chains.
+    let graph = match inner.split_once("/data/weights/") {
+        Some((root, file)) => format!("{root}/models/{}.json", file.trim_end_matches(".pt")),
+        None => "serialized_exported_program.json".to_string(),
+    };
+    let bytes = zip_entry(path, archive, map.len(), &graph, budget(map.len())).ok();
+    checkpoint.chained = bytes.and_then(|b| crate::pt2::graph_chains(b.get(map), ""));
     Ok(checkpoint)
 }
 
@@ -341,7 +346,7 @@ fn read_pt2(
         ));
     }
     check_byteorder(path, &archive, map, &dir)?;
-    let tensors = crate::pt2::tensors(path, &archive, names, &dir, read)?;
+    let (tensors, chained) = crate::pt2::tensors(path, &archive, names, &dir, read)?;
     if tensors.is_empty() {
         return Err(WeightsError::file(
             path,
@@ -353,7 +358,7 @@ fn read_pt2(
         tensors,
         format: Format::ExportedProgram,
         quantized: None,
-        chained: Vec::new(),
+        chained,
         window,
     })
 }
@@ -466,7 +471,7 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         tensors,
         format: Format::PyTorchLegacy,
         quantized: quantized(&main),
-        chained,
+        chained: Some(chained),
         window: 0..bytes.len(),
     })
 }

@@ -77,6 +77,10 @@ impl Reparam {
     }
 }
 
+/// Most axes of a weight read as reparametrized (PyTorch's weights have at most 5: Conv3d); the
+/// axis searches are quadratic in it.
+const MAX_RANK: usize = 8;
+
 fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
@@ -88,6 +92,9 @@ fn join(prefix: &str, name: &str) -> String {
 /// The axis weight norm normalizes along, from the shapes of `g` and `v`: `Some(None)` for a
 /// whole-tensor norm, `None` when `g` does not fit `v` (then it is not a weight norm).
 fn weight_norm_dim(g: &[usize], v: &[usize]) -> Option<Option<usize>> {
+    if v.len() > MAX_RANK {
+        return None;
+    }
     if g.is_empty() {
         return Some(None);
     }
@@ -116,7 +123,7 @@ fn promote(a: DType, b: DType) -> Option<DType> {
 /// The axes `d` for which `u` has `shape[d]` elements and `v` the product of the others; `None`
 /// when there is none (then it is not a spectral norm).
 fn spectral_dims(shape: &[usize], u: &[usize], v: &[usize]) -> Option<Vec<usize>> {
-    if shape.len() < 2 || u.len() != 1 || v.len() != 1 {
+    if shape.len() < 2 || shape.len() > MAX_RANK || u.len() != 1 || v.len() != 1 {
         return None;
     }
     let total = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
@@ -130,8 +137,9 @@ fn spectral_dims(shape: &[usize], u: &[usize], v: &[usize]) -> Option<Vec<usize>
 /// its listing (named as the module's own parameter, shaped and typed as the stored value).
 ///
 /// `chained` (sorted) lists the parametrization lists known to hold a second parametrization
-/// (from a pickled state dict's `_metadata`): theirs are not computed.
-pub(crate) fn find(infos: &[TensorInfo], chained: &[String]) -> Vec<(TensorInfo, Reparam)> {
+/// (from a pickled state dict's `_metadata`, or an exported program's graph): theirs are not
+/// computed; `None` (the file cannot tell) computes none of `torch.nn.utils.parametrizations`'.
+pub(crate) fn find(infos: &[TensorInfo], chained: Option<&[String]>) -> Vec<(TensorInfo, Reparam)> {
     let by_name: HashMap<&str, &TensorInfo> = infos.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut out = Vec::new();
     let mut add = |prefix: &str, param: &str, like: &TensorInfo, how: Reparam| {
@@ -159,6 +167,9 @@ pub(crate) fn find(infos: &[TensorInfo], chained: &[String]) -> Vec<(TensorInfo,
     // chain this reading would get wrong.
     // `infos` is sorted by name, so the names under a prefix are one run of it.
     let only = |list: &str, allowed: &[&str]| {
+        let Some(chained) = chained else {
+            return false;
+        };
         if chained.binary_search_by(|c| c.as_str().cmp(list)).is_ok() {
             return false;
         }
@@ -414,7 +425,7 @@ mod tests {
         ];
         let mut infos = infos;
         infos.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut found: Vec<(String, Reparam)> = find(&infos, &[])
+        let mut found: Vec<(String, Reparam)> = find(&infos, Some(&[]))
             .into_iter()
             .map(|(i, how)| (i.name, how))
             .collect();
@@ -430,6 +441,32 @@ mod tests {
         ));
         assert!(matches!(found[1].1, Reparam::WeightNorm { dim: None, .. }));
         assert!(matches!(&found[3].1, Reparam::SpectralNorm { dims, .. } if dims == &[0]));
+    }
+
+    #[test]
+    fn chains_and_unknown_chains_stop_parametrizations() {
+        let mut infos = vec![
+            t("a.parametrizations.w.original0", &[3, 1]),
+            t("a.parametrizations.w.original1", &[3, 2]),
+            t("b.parametrizations.w.original0", &[3, 1]),
+            t("b.parametrizations.w.original1", &[3, 2]),
+            t("c.w_g", &[3, 1]),
+            t("c.w_v", &[3, 2]),
+        ];
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        let names = |chained| -> Vec<String> {
+            let mut v: Vec<String> = find(&infos, chained)
+                .into_iter()
+                .map(|f| f.0.name)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(Some(&[])), ["a.w", "b.w", "c.w"]);
+        let chained = ["b.parametrizations.w".to_string()];
+        assert_eq!(names(Some(&chained)), ["a.w", "c.w"]);
+        // Chains unknown (an export graph that cannot be read): only the old API's hooks.
+        assert_eq!(names(None), ["c.w"]);
     }
 
     #[test]

@@ -27,10 +27,10 @@ const MIN_WORK: usize = 1 << 18;
 /// Key bytes hashed per unit of work.
 const KEY_BYTES_PER_WORK: usize = 64;
 /// Most tensors named, and most bytes of names: what a real checkpoint needs, many times over.
-const MAX_TENSORS: usize = 1 << 20;
-const MAX_NAME_BYTES: usize = 256 << 20;
+pub(crate) const MAX_TENSORS: usize = 1 << 20;
+pub(crate) const MAX_NAME_BYTES: usize = 256 << 20;
 /// Longest tensor name (a dotted path).
-const MAX_NAME_LEN: usize = 4096;
+pub(crate) const MAX_NAME_LEN: usize = 4096;
 
 /// A reference to (part of) a storage, as the persistent id gives it.
 #[derive(Debug, Clone, PartialEq)]
@@ -266,7 +266,7 @@ struct Walk<'a> {
     out: Vec<Found>,
     /// Parametrization lists (`rnn.parametrizations.weight_hh_l0`) that hold a second
     /// parametrization, seen as a module or in a state dict's `_metadata`.
-    chained: Vec<String>,
+    chained: HashSet<String>,
     path: Vec<Cow<'a, str>>,
     ancestors: Vec<Id>,
     /// Entries left to look at, and name bytes left to write.
@@ -474,15 +474,33 @@ impl<'a> Walk<'a> {
         };
         for (module, _) in self.dict_entries(meta)?.unwrap_or_default() {
             let segments: Vec<&str> = module.split('.').collect();
-            if let Some(list) = chained_list(&segments) {
-                let mut full: Vec<&str> = self.path.iter().map(|s| s.as_ref()).collect();
-                full.push(&list);
-                let full = full
-                    .into_iter()
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>();
-                self.chained.push(full.join("."));
+            if chained_list(&segments).is_some() {
+                let p = self.path.clone();
+                let mut full: Vec<&str> = p.iter().map(|s| s.as_ref()).collect();
+                full.extend(&segments[..segments.len() - 1]);
+                self.note_chain(&full)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Records the parametrization list at `parts` (empty parts skipped), charged to the name
+    /// budget like a tensor's name.
+    fn note_chain(&mut self, parts: &[&str]) -> Result<(), String> {
+        let parts: Vec<&str> = parts.iter().copied().filter(|s| !s.is_empty()).collect();
+        let len = parts.iter().map(|s| s.len() + 1).sum::<usize>();
+        if len > MAX_NAME_LEN {
+            return Err(format!(
+                "a module path of {len} bytes (at most {MAX_NAME_LEN})"
+            ));
+        }
+        let name = parts.join(".");
+        if !self.chained.contains(&name) {
+            self.name_bytes = self
+                .name_bytes
+                .checked_sub(name.len())
+                .ok_or("more module names than the walk allows")?;
+            self.chained.insert(name);
         }
         Ok(())
     }
@@ -525,9 +543,10 @@ impl<'a> Walk<'a> {
             Node::Leaf => return Ok(()),
         };
         if is_object {
-            let segments: Vec<&str> = self.path.iter().map(|s| s.as_ref()).collect();
-            if let Some(list) = chained_list(&segments) {
-                self.chained.push(list);
+            let p = self.path.clone();
+            let segments: Vec<&str> = p.iter().map(|s| s.as_ref()).collect();
+            if chained_list(&segments).is_some() {
+                self.note_chain(&segments[..segments.len() - 1])?;
             }
         }
         let mut tensors = Vec::new();
@@ -573,7 +592,7 @@ impl<'a> Walk<'a> {
 
 /// `a.parametrizations.w` for the path of a second (or later) parametrization of `a.w`
 /// (`a.parametrizations.w.1`).
-fn chained_list(path: &[&str]) -> Option<String> {
+pub(crate) fn chained_list(path: &[&str]) -> Option<String> {
     let [.., "parametrizations", _, index] = path else {
         return None;
     };
@@ -598,7 +617,7 @@ pub(crate) fn walk_tensors(p: &Pickle) -> Result<Tensors, String> {
     let mut w = Walk {
         p,
         out: Vec::new(),
-        chained: Vec::new(),
+        chained: HashSet::new(),
         path: Vec::new(),
         ancestors: Vec::new(),
         work: p.len().saturating_mul(WORK_PER_OBJECT).max(MIN_WORK),
@@ -610,11 +629,11 @@ pub(crate) fn walk_tensors(p: &Pickle) -> Result<Tensors, String> {
     } else {
         w.walk(p.root, None)?;
     }
-    w.chained.sort();
-    w.chained.dedup();
+    let mut chained: Vec<String> = w.chained.into_iter().collect();
+    chained.sort();
     Ok(Tensors {
         found: w.out,
-        chained: w.chained,
+        chained,
     })
 }
 
