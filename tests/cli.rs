@@ -6,10 +6,13 @@ use std::process::Command;
 
 #[path = "common/case_file.rs"]
 mod case_file;
+#[path = "common/tensor_diff.rs"]
+mod tensor_diff;
 
 use candle_core::{DType, Device, Tensor};
 use case_file::rewrite_case;
 use gru_weights::WeightFile;
+use tensor_diff::max_diff;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -202,8 +205,7 @@ fn run_writes_npy_when_asked_and_refuses_other_extensions() {
         let a = st.load(name, &Device::Cpu).unwrap();
         let b = gru_weights::read_npy(&path).unwrap();
         assert_eq!(a.dims(), b.dims(), "{name}");
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{name}");
+        assert_eq!(max_diff(&a, &b), 0.0, "{name}");
     }
     let bad = dir.path().join("y.pt");
     let (code, _, err) = gru(&[
@@ -445,22 +447,29 @@ fn bench_runs_every_implementation() {
     }
 }
 
-#[test]
-fn convert_extracts_a_gru_with_pytorch_names() {
+/// `gru convert --weights WEIGHTS --prefix PREFIX` into a temporary folder: the source and the
+/// written file, opened, and the folder (kept while the file is used).
+fn convert(weights: &str, prefix: &str) -> (WeightFile, WeightFile, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("enc.safetensors");
+    let out = dir.path().join("gru.safetensors");
     let (code, _, err) = gru(&[
         "convert",
         "--weights",
-        "models/fixtures/training_checkpoint.pt",
+        weights,
         "--prefix",
-        "encoder.rnn",
+        prefix,
         "--out",
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let src = WeightFile::open(root().join("models/fixtures/training_checkpoint.pt")).unwrap();
+    let src = WeightFile::open(root().join(weights)).unwrap();
     let dst = WeightFile::open(&out).unwrap();
+    (src, dst, dir)
+}
+
+#[test]
+fn convert_extracts_a_gru_with_pytorch_names() {
+    let (src, dst, _dir) = convert("models/fixtures/training_checkpoint.pt", "encoder.rnn");
     assert_eq!(dst.tensors().len(), 16);
     for t in dst.tensors() {
         assert!(
@@ -472,53 +481,22 @@ fn convert_extracts_a_gru_with_pytorch_names() {
         let b = src
             .load(&format!("encoder.rnn.{}", t.name), &Device::Cpu)
             .unwrap();
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(d, 0.0, "{}", t.name);
+        assert_eq!(max_diff(&a, &b), 0.0, "{}", t.name);
     }
 }
 
 #[test]
 fn convert_writes_weight_norm_as_plain_weights() {
     // A GRU trained under weight norm becomes a plain `nn.GRU` state dict.
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("rnn.safetensors");
-    let (code, _, err) = gru(&[
-        "convert",
-        "--weights",
-        "models/reparam/weight_norm.pt",
-        "--prefix",
-        "rnn",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let src = WeightFile::open(root().join("models/reparam/weight_norm.pt")).unwrap();
-    let dst = WeightFile::open(&out).unwrap();
+    let (src, dst, _dir) = convert("models/reparam/weight_norm.pt", "rnn");
     assert_eq!(dst.tensors().len(), 16);
     let w = dst.load("weight_hh_l0", &Device::Cpu).unwrap();
     let v = src
         .load("rnn.parametrizations.weight_hh_l0.original1", &Device::Cpu)
         .unwrap();
     let computed = src.load("rnn.weight_hh_l0", &Device::Cpu).unwrap();
-    let diff = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert_eq!(diff(&w, &computed), 0.0);
-    assert!(diff(&w, &v) > 1e-2);
+    assert_eq!(max_diff(&w, &computed), 0.0);
+    assert!(max_diff(&w, &v) > 1e-2);
     let (code, out, _) = gru(&["inspect", "models/reparam/weight_norm.pt"]);
     assert_eq!(code, 0);
     assert!(

@@ -7,34 +7,22 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use candle_gru::models_dir;
 use gru_core::Gru;
-use gru_verify::{find_cases, run_case, Case, RunOptions};
 use gru_weights::{ModuleKind, WeightFile};
+
+#[path = "common/folder_cases.rs"]
+mod folder_cases;
+#[path = "common/tensor_diff.rs"]
+mod tensor_diff;
+use folder_cases::assert_folder_passes;
+use tensor_diff::max_diff;
 
 fn reparam(name: &str) -> PathBuf {
     models_dir().join("reparam").join(name)
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
-
 #[test]
 fn every_reparametrized_case_matches_pytorch() {
-    let cases = find_cases(&[models_dir().join("reparam")]);
-    assert_eq!(cases.len(), 6, "{cases:?}");
-    for p in cases {
-        let case = Case::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let r = run_case(&case, &RunOptions::default())
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        assert!(r.passed, "{}: {:?}", r.name, r.divergence);
-    }
+    assert_eq!(assert_folder_passes(&models_dir().join("reparam")), 6);
 }
 
 #[test]

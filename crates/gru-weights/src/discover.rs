@@ -413,13 +413,7 @@ fn check_cell(prefix: &str, index: &Index) -> Result<GruInfo> {
 mod tests {
     use super::*;
 
-    fn t(name: &str, shape: &[usize]) -> TensorInfo {
-        TensorInfo {
-            name: name.into(),
-            dtype: DType::F32,
-            shape: shape.to_vec(),
-        }
-    }
+    use crate::file::f32_info as t;
 
     fn gru_tensors(prefix: &str, i: usize, h: usize, layers: usize, bi: bool) -> Vec<TensorInfo> {
         let mut v = Vec::new();

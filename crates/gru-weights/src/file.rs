@@ -22,6 +22,16 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
 }
 
+/// An f32 tensor's listing, for the crate's tests.
+#[cfg(test)]
+pub(crate) fn f32_info(name: &str, shape: &[usize]) -> TensorInfo {
+    TensorInfo {
+        name: name.into(),
+        dtype: DType::F32,
+        shape: shape.to_vec(),
+    }
+}
+
 /// The on-disk format of a weight file, told from its bytes, never from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -380,13 +380,7 @@ fn choose_sigma(name: &str, dims: &[usize], fits: &[(f64, f64)]) -> Result<f64> 
 mod tests {
     use super::*;
 
-    fn t(name: &str, shape: &[usize]) -> TensorInfo {
-        TensorInfo {
-            name: name.into(),
-            dtype: DType::F32,
-            shape: shape.to_vec(),
-        }
-    }
+    use crate::file::f32_info as t;
 
     #[test]
     fn weight_norm_axis_comes_from_g() {
