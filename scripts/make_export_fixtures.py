@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes models/checkpoints/ torch.export archives (the PT2 archive format), each with a
-reference case whose `weights` is the archive itself:
+"""Writes models/checkpoints/ torch.export archives (the PT2 archive format), each loadable one
+with a reference case whose `weights` is the archive itself:
 
   exported.pt2        torch.export.save of a tagger (Embedding -> 2-layer bidirectional
                       batch-first GRU 6->5 -> GRUCell 10->4), exported in eval mode; the case
@@ -138,7 +138,8 @@ def main():
         if not chained:
             export_case(OUT, name, cell, "gru", x, h0=torch.randn(2, 4),
                         weights_file=f"{name}.pt2", extra_meta=META)
-    print("wrote", path, "exported_multi.pt2, exported_v1.zip, exported_v2.pt2", json.dumps(META))
+    print("wrote", path, "exported_multi.pt2, exported_v1.zip, exported_v2.pt2, exported_wn.pt2,",
+          "exported_chained.pt2", json.dumps(META))
 
 
 if __name__ == "__main__":

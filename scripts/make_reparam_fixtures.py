@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes models/reparam/: GRUs trained with weight norm or spectral norm, whose state dicts hold
-the reparametrized values, not the weights, each with a reference case:
+the reparametrized values, not the weights, each loadable one with a reference case:
 
   weight_norm.pt            a tagger (Linear -> 2-layer bidirectional batch-first GRU 5->8 -> a
                             GRUCell) under torch.nn.utils.parametrizations.weight_norm: dim 0 on
@@ -12,11 +12,11 @@ the reparametrized values, not the weights, each with a reference case:
   spectral_norm.pt          a GRU 3->5 (2 layers): parametrizations.spectral_norm on weight_hh_l0,
                             torch.nn.utils.spectral_norm on weight_ih_l1, after a few training
                             steps (so that u and v are not their initial values)
- spectral_square.pt        two GRUs 12->4, whose weight_ih_l0 is square (12 x 12): one under
+  spectral_square.pt        two GRUs 12->4, whose weight_ih_l0 is square (12 x 12): one under
                             parametrizations.spectral_norm with dim=1, one under
                             torch.nn.utils.spectral_norm with the default dim 0; u and v fit both
                             axes, and the loader must tell them apart by the stored u
- chained.pt                a GRU 3->4 whose weight_hh_l0 is under weight_norm and then a
+  chained.pt                a GRU 3->4 whose weight_hh_l0 is under weight_norm and then a
                             parametrization without tensors (x 2): only the state dict's
                             `_metadata` shows the second one, and loading it must refuse it
   orthogonal.pt             a GRU 3->4 with parametrizations.orthogonal on weight_hh_l0: a state

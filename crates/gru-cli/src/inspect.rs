@@ -6,8 +6,8 @@ use gru_weights::WeightFile;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A safetensors file, a torch.save checkpoint (zip or legacy, any extension) or a
-    /// TorchScript archive.
+    /// A safetensors file, a torch.save checkpoint (zip or legacy, any extension), a
+    /// TorchScript archive or a torch.export archive.
     file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -88,7 +88,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         if n_computed == 0 {
             String::new()
         } else {
-            format!(", and {n_computed} weights computed from weight norm or spectral norm")
+            format!(
+                ", and {n_computed} weight{} computed from weight norm or spectral norm",
+                if n_computed == 1 { "" } else { "s" }
+            )
         }
     );
     if sds.len() > 1 || sds.iter().any(|k| !k.is_empty()) {

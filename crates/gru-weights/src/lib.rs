@@ -3,9 +3,9 @@
 //! A whole model's `state_dict()` saved with `safetensors.torch.save_file` or `torch.save` (zip or
 //! legacy, plain or inside a training checkpoint dict), a whole pickled model, a TorchScript
 //! archive or a `torch.export` archive is read without Python and without running anything in it,
-//! and searched for `nn.GRU`
-//! and `nn.GRUCell` modules at any depth; their configuration is inferred from names and shapes and
-//! every tensor is checked against it.
+//! and searched for `nn.GRU` and `nn.GRUCell` modules at any depth; their configuration is
+//! inferred from names and shapes and every tensor is checked against it. Weights trained under
+//! weight norm or spectral norm are computed from their stored values on load.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -2,7 +2,8 @@
 //! = `pt2`, whose weights are raw storage files under `data/weights/`, described by one JSON
 //! config per exported program (`data/weights/{model}_weights_config.json`: for each parameter or
 //! buffer by its module path, the storage file, dtype, sizes, strides and storage offset). No
-//! pickle is involved; the graph (`models/{model}.json`) is not read.
+//! pickle is involved. The graph (`models/{model}.json`) is read only for the module paths that show
+//! a chained parametrization; when it cannot be read, no reparametrized weight is computed.
 //!
 //! A program named `model` (what `torch.export.save` writes) is the top-level state dict; others
 //! (`package_pt2` of several programs) are state dicts under their names. Weights pickled in the

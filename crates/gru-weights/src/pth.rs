@@ -1,7 +1,9 @@
 //! PyTorch checkpoints without Python: `torch.save` zip archives (torch >= 1.6), legacy
-//! `torch.save` files (torch < 1.6, or `_use_new_zipfile_serialization=False`) and TorchScript
-//! archives (`torch.jit.save`). Pickles go through our bounded reader (`pickle`), their meaning
-//! through `torch_pickle`; storages are sliced from the mapped file. Nothing is executed.
+//! `torch.save` files (torch < 1.6, or `_use_new_zipfile_serialization=False`), TorchScript
+//! archives (`torch.jit.save`), and `torch.export` archives: the current layout through `pt2`, the
+//! older ones (a `torch.save` file stored inside) as a window of the mapping (`read_nested`).
+//! Pickles go through our bounded reader (`pickle`), their meaning through `torch_pickle`;
+//! storages are sliced from the mapped file. Nothing is executed.
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read};

@@ -20,7 +20,8 @@
 //!
 //! A second parametrization chained on the same weight (`parametrizations.w.1`) makes the weight
 //! not computable: seen by its tensors, or, for one without tensors (a custom `Symmetric`), by
-//! the `_metadata` of a pickled state dict. A safetensors file keeps no `_metadata`: there, such a
+//! the `_metadata` of a pickled state dict, a pickled module, or a `torch.export` program's graph
+//! (`pt2::graph_chains`). A safetensors file keeps no `_metadata`: there, such a
 //! stateless second parametrization cannot be seen.
 
 use std::collections::HashMap;
