@@ -253,3 +253,24 @@ fn a_quantized_model_is_named_as_such() {
     let f = WeightFile::open(checkpoint("zip_flat.pt")).unwrap();
     assert_eq!(f.quantized_note(), None);
 }
+
+#[test]
+fn a_distributed_checkpoint_is_refused_with_its_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    // torch.distributed.checkpoint: a folder of `.metadata` and `.distcp` shards.
+    std::fs::write(dir.path().join(".metadata"), b"\x80\x02}q\x00.").unwrap();
+    let e = WeightFile::open(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("dcp_to_torch_save"), "{e}");
+    // A shard is torch.save archives one after another: not one archive.
+    let one = std::fs::read(checkpoint("zip_flat.pt")).unwrap();
+    let shard = dir.path().join("__0_0.distcp");
+    std::fs::write(&shard, [one.as_slice(), one.as_slice()].concat()).unwrap();
+    let e = WeightFile::open(&shard).unwrap_err().to_string();
+    assert!(
+        e.contains("more than one zip archive") && e.contains("dcp_to_torch_save"),
+        "{e}"
+    );
+    // Data before an archive too.
+    std::fs::write(&shard, [b"junk".as_slice(), one.as_slice()].concat()).unwrap();
+    assert!(WeightFile::open(&shard).is_err());
+}

@@ -118,6 +118,9 @@ impl WeightFile {
     /// (`model_state_dict`, `generator`, `models.0`).
     pub fn open_with_key(path: impl AsRef<Path>, key: Option<&str>) -> Result<Self> {
         let path = path.as_ref();
+        if path.is_dir() && path.join(".metadata").is_file() {
+            return Err(WeightsError::file(path, pth::DCP_HINT));
+        }
         let file = crate::regular::open_regular(path)?;
         let len = file
             .metadata()

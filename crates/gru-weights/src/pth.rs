@@ -199,6 +199,60 @@ pub(crate) fn read_zip(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoin
     read_zip_in(path, map, whole, true)
 }
 
+/// What to do with a `torch.distributed.checkpoint`, which is not read.
+pub(crate) const DCP_HINT: &str = "a torch.distributed.checkpoint folder (`.metadata` and \
+    `*.distcp` shards) is not read: convert it to one file with \
+    `torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, \"model.pt\")`";
+
+/// Whether the zip's central directory, as its last end record declares it, ends where that
+/// record (or its zip64 record) starts, as in a file that is one archive from byte 0. Several
+/// archives written one after another (a `.distcp` shard) fail this: the last one's offsets are
+/// relative to its own start. A file whose end record cannot be found passes, for the zip
+/// reader to name what is wrong.
+fn directory_ends_at_record(map: &[u8]) -> bool {
+    const EOCD: &[u8] = b"PK\x05\x06";
+    let from = map.len().saturating_sub(22 + 0xFFFF);
+    let Some(at) = map[from..]
+        .windows(4)
+        .rposition(|w| w == EOCD)
+        .map(|i| from + i)
+    else {
+        return true;
+    };
+    let Some(rec) = map.get(at..at + 22) else {
+        return true;
+    };
+    let u32_at = |i: usize| u64::from(u32::from_le_bytes(rec[i..i + 4].try_into().expect("4")));
+    let (mut size, mut offset) = (u32_at(12), u32_at(16));
+    // The directory ends at the end record, or at the zip64 record when a locator (the 20 bytes
+    // before the end record) points to one; zip64 sizes replace saturated 32-bit ones.
+    let mut record_at = at as u64;
+    let locator = at.checked_sub(20).and_then(|l| map.get(l..at));
+    if let Some(loc) = locator.filter(|l| l.starts_with(b"PK\x06\x07")) {
+        let z_at = u64::from_le_bytes(loc[8..16].try_into().expect("8 bytes"));
+        let z = usize::try_from(z_at)
+            .ok()
+            .and_then(|r| map.get(r..r.checked_add(56)?));
+        let Some(z) = z.filter(|z| z.starts_with(b"PK\x06\x06")) else {
+            return false;
+        };
+        let u64_at = |i: usize| u64::from_le_bytes(z[i..i + 8].try_into().expect("8 bytes"));
+        // The zip64 record ends where the locator starts: a pointer relative to a later
+        // archive's start lands on an earlier archive's record instead.
+        if z_at.checked_add(12).and_then(|e| e.checked_add(u64_at(4))) != Some(at as u64 - 20) {
+            return false;
+        }
+        if size == u64::from(u32::MAX) {
+            size = u64_at(40);
+        }
+        if offset == u64::from(u32::MAX) {
+            offset = u64_at(48);
+        }
+        record_at = z_at;
+    }
+    offset.checked_add(size) == Some(record_at)
+}
+
 /// The `torch.save` file an older `torch.export` archive keeps its state dict in: torch 2.1-2.5
 /// wrote `serialized_state_dict.pt` at the root, torch 2.6-2.7 a PT2 archive with
 /// `data/weights/{model}.pt` (one program).
@@ -229,6 +283,15 @@ fn read_zip_in(
     };
     let map = &map[window.clone()];
     let file_len = map.len();
+    if outer && !directory_ends_at_record(map) {
+        return Err(WeightsError::file(
+            path,
+            format!(
+                "holds more than one zip archive (data before it, or archives one after another, \
+                 as a torch.distributed.checkpoint shard has); {DCP_HINT}"
+            ),
+        ));
+    }
     // torch writes the archive from byte 0. Letting the zip crate detect an offset instead can
     // mislead it: a torch.export archive holds a whole torch.save zip (its sample inputs), whose
     // records it may take for the outer archive's.
