@@ -255,22 +255,41 @@ fn a_quantized_model_is_named_as_such() {
 }
 
 #[test]
-fn a_distributed_checkpoint_is_refused_with_its_conversion() {
+fn a_file_of_several_archives_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    // torch.distributed.checkpoint: a folder of `.metadata` and `.distcp` shards.
-    std::fs::write(dir.path().join(".metadata"), b"\x80\x02}q\x00.").unwrap();
-    let e = WeightFile::open(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("dcp_to_torch_save"), "{e}");
-    // A shard is torch.save archives one after another: not one archive.
+    // A distributed checkpoint's shard is torch.save archives one after another.
     let one = std::fs::read(checkpoint("zip_flat.pt")).unwrap();
     let shard = dir.path().join("__0_0.distcp");
     std::fs::write(&shard, [one.as_slice(), one.as_slice()].concat()).unwrap();
     let e = WeightFile::open(&shard).unwrap_err().to_string();
     assert!(
-        e.contains("more than one zip archive") && e.contains("dcp_to_torch_save"),
+        e.contains("more than one zip archive") && e.contains("open the folder"),
         "{e}"
     );
     // Data before an archive too.
     std::fs::write(&shard, [b"junk".as_slice(), one.as_slice()].concat()).unwrap();
     assert!(WeightFile::open(&shard).is_err());
+}
+
+#[test]
+fn a_sharded_distributed_checkpoint_assembles_tensor_for_tensor() {
+    // Two ranks' DTensor shards (rows 11 + 10, and columns for proj.weight), against the whole
+    // state dict PyTorch saved beside it.
+    let f = WeightFile::open(checkpoint("dcp_sharded")).unwrap();
+    assert_eq!(f.format(), Format::DistributedCheckpoint);
+    let reference = WeightFile::open(checkpoint("dcp_sharded_reference.safetensors")).unwrap();
+    assert_eq!(f.tensors().len(), reference.tensors().len());
+    for t in reference.tensors() {
+        let a = f.load(&t.name, &Device::Cpu).unwrap();
+        let b = reference.load(&t.name, &Device::Cpu).unwrap();
+        assert_eq!(a.dims(), b.dims(), "{}", t.name);
+        assert_eq!(max_diff(&a, &b), 0.0, "{}", t.name);
+    }
+    // Its `.metadata` opens it too; a shard alone is named as such.
+    let by_metadata = WeightFile::open(checkpoint("dcp_sharded/.metadata")).unwrap();
+    assert_eq!(by_metadata.tensors().len(), f.tensors().len());
+    let e = WeightFile::open(checkpoint("dcp_sharded/__1_0.distcp"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("open the folder"), "{e}");
 }

@@ -747,6 +747,42 @@ fn mutated_checkpoints_never_crash() {
             }
         }
     }
+    // A distributed checkpoint folder: its `.metadata` or one of its shards mutated.
+    let dcp = root().join("models/checkpoints/dcp_sharded");
+    let parts = [".metadata", "__0_0.distcp", "__1_0.distcp"];
+    let folder = d.join("dcp");
+    std::fs::create_dir_all(&folder).unwrap();
+    for k in 0..4 * per_seed {
+        for p in parts {
+            std::fs::copy(dcp.join(p), folder.join(p)).unwrap();
+        }
+        let victim = parts[k as usize % parts.len()];
+        let bytes = std::fs::read(dcp.join(victim)).unwrap();
+        std::fs::write(folder.join(victim), mutant(&mut rng, &bytes)).unwrap();
+        let args: &[&str] = if k % 2 == 0 {
+            &["inspect", "dcp"]
+        } else {
+            &[
+                "convert",
+                "--weights",
+                "dcp",
+                "--prefix",
+                "model.rnn",
+                "--out",
+                "o.safetensors",
+            ]
+        };
+        let o = run_limited(d, args);
+        runs += 1;
+        if !matches!(o.code, Some(0 | 2)) {
+            failures.push(format!(
+                "dcp_sharded/{victim} mutant {k} ({args:?}): exit {:?} after {:?}: {}",
+                o.code,
+                o.elapsed,
+                o.stderr.lines().last().unwrap_or("")
+            ));
+        }
+    }
     // Inputs too: a valid (6, 3, 5) f32 .npy for models/reference/uni_l1_h0, mutated.
     let data: Vec<u8> = (0..90)
         .flat_map(|i| (i as f32 * 0.01).to_le_bytes())

@@ -7,7 +7,7 @@ use gru_weights::WeightFile;
 #[derive(clap::Args)]
 pub struct Args {
     /// A safetensors file, a torch.save checkpoint (zip or legacy, any extension), a
-    /// TorchScript archive or a torch.export archive.
+    /// TorchScript archive, a torch.export archive or a torch.distributed.checkpoint folder.
     file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]

@@ -40,7 +40,8 @@ enum Command {
 /// Where a command takes its GRU from.
 #[derive(clap::Args)]
 pub struct WeightsArgs {
-    /// A .safetensors state_dict or a .pt/.pth checkpoint (plain or a training checkpoint dict).
+    /// A .safetensors state_dict, a .pt/.pth checkpoint (plain or a training checkpoint dict), a
+    /// TorchScript or torch.export archive, or a torch.distributed.checkpoint folder.
     #[arg(long)]
     weights: std::path::PathBuf,
     /// Module path of the GRU in the file (needed when it holds several), e.g. `encoder.rnn`.

@@ -44,6 +44,8 @@ pub enum Format {
     TorchScript,
     /// A `torch.export.save` archive (`.pt2`): raw storages listed by a JSON weights config.
     ExportedProgram,
+    /// A `torch.distributed.checkpoint` folder (`.metadata` and `*.distcp` shards).
+    DistributedCheckpoint,
 }
 
 impl std::fmt::Display for Format {
@@ -54,6 +56,7 @@ impl std::fmt::Display for Format {
             Format::PyTorchLegacy => "legacy torch.save",
             Format::TorchScript => "TorchScript archive",
             Format::ExportedProgram => "torch.export archive",
+            Format::DistributedCheckpoint => "torch.distributed.checkpoint folder",
         })
     }
 }
@@ -68,6 +71,8 @@ enum Source {
         /// Names that two different tensors of the file have.
         conflicts: HashSet<String>,
     },
+    /// A `torch.distributed.checkpoint` folder.
+    Dcp(Box<crate::dcp::Dcp>),
 }
 
 /// An opened weight file.
@@ -99,7 +104,7 @@ impl std::fmt::Debug for WeightFile {
 }
 
 /// Memory-maps `file`; the one `unsafe` of this crate.
-fn map(path: &Path, file: &File) -> Result<memmap2::Mmap> {
+pub(crate) fn map(path: &Path, file: &File) -> Result<memmap2::Mmap> {
     // SAFETY: the map is read-only and lives as long as the `WeightFile`. As with every mmap, a
     // process that truncates or rewrites the file meanwhile could change what we read; weight
     // files are not modified while a model loads (candle's `MmapedSafetensors` makes the same
@@ -108,8 +113,9 @@ fn map(path: &Path, file: &File) -> Result<memmap2::Mmap> {
 }
 
 impl WeightFile {
-    /// Opens a safetensors file, a `torch.save` checkpoint (zip or legacy) or a TorchScript
-    /// archive, telling them apart by content, not by name.
+    /// Opens a safetensors file, a `torch.save` checkpoint (zip or legacy), a TorchScript or
+    /// `torch.export` archive, telling them apart by content, not by name; or a
+    /// `torch.distributed.checkpoint` folder (or its `.metadata`).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with_key(path, None)
     }
@@ -118,8 +124,16 @@ impl WeightFile {
     /// (`model_state_dict`, `generator`, `models.0`).
     pub fn open_with_key(path: impl AsRef<Path>, key: Option<&str>) -> Result<Self> {
         let path = path.as_ref();
-        if path.is_dir() && path.join(".metadata").is_file() {
-            return Err(WeightsError::file(path, pth::DCP_HINT));
+        if let Some(dir) = crate::dcp::folder_of(path) {
+            let (dcp, mut infos) = crate::dcp::Dcp::open(&dir, key)?;
+            let derived = add_derived(&mut infos, Some(&[]));
+            return Ok(Self {
+                path: dir,
+                source: Source::Dcp(Box::new(dcp)),
+                infos,
+                state_dicts: vec![String::new()],
+                derived,
+            });
         }
         let file = crate::regular::open_regular(path)?;
         let len = file
@@ -220,6 +234,7 @@ impl WeightFile {
         match &self.source {
             Source::Safetensors(_) => Format::Safetensors,
             Source::PyTorch { checkpoint, .. } => checkpoint.format,
+            Source::Dcp(_) => Format::DistributedCheckpoint,
         }
     }
 
@@ -235,7 +250,7 @@ impl WeightFile {
             return self.state_dict_of(how.sources()[0]);
         }
         match &self.source {
-            Source::Safetensors(_) => "",
+            Source::Safetensors(_) | Source::Dcp(_) => "",
             Source::PyTorch {
                 checkpoint, index, ..
             } => index
@@ -250,7 +265,7 @@ impl WeightFile {
     /// them, and why they are not read.
     pub fn quantized_note(&self) -> Option<String> {
         match &self.source {
-            Source::Safetensors(_) => None,
+            Source::Safetensors(_) | Source::Dcp(_) => None,
             Source::PyTorch { checkpoint, .. } => {
                 checkpoint.quantized.as_deref().map(pth::quantized_hint)
             }
@@ -330,7 +345,7 @@ impl WeightFile {
                 .ok()
                 .and_then(|(_, m)| m.metadata().clone())
                 .unwrap_or_default(),
-            Source::PyTorch { .. } => HashMap::new(),
+            Source::PyTorch { .. } | Source::Dcp(_) => HashMap::new(),
         }
     }
 
@@ -375,6 +390,7 @@ impl WeightFile {
         match &self.source {
             Source::Safetensors(mmap) => mmap.len(),
             Source::PyTorch { map, .. } => map.len(),
+            Source::Dcp(d) => usize::try_from(d.chunk_bytes).unwrap_or(usize::MAX),
         }
     }
 
@@ -429,6 +445,7 @@ impl WeightFile {
                     .load(&self.path, map, name, &found.tensor)?
                     .to_device(device)?)
             }
+            Source::Dcp(d) => Ok(d.load(name)?.to_device(device)?),
         }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! A whole model's `state_dict()` saved with `safetensors.torch.save_file` or `torch.save` (zip or
 //! legacy, plain or inside a training checkpoint dict), a whole pickled model, a TorchScript
-//! archive or a `torch.export` archive is read without Python and without running anything in it,
-//! and searched for `nn.GRU` and `nn.GRUCell` modules at any depth; their configuration is
-//! inferred from names and shapes and every tensor is checked against it. Weights trained under
+//! archive, a `torch.export` archive or a `torch.distributed.checkpoint` folder is read without
+//! Python and without running anything in it, and searched for `nn.GRU` and `nn.GRUCell` modules
+//! at any depth; their configuration is inferred from names and shapes and every tensor is
+//! checked against it. Weights trained under
 //! weight norm or spectral norm are computed from their stored values on load.
 //!
 //! ```no_run
@@ -16,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod dcp;
 mod discover;
 mod error;
 mod file;

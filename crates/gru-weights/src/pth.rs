@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, WeightsError};
 use crate::file::Format;
@@ -199,10 +199,9 @@ pub(crate) fn read_zip(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoin
     read_zip_in(path, map, whole, true)
 }
 
-/// What to do with a `torch.distributed.checkpoint`, which is not read.
-pub(crate) const DCP_HINT: &str = "a torch.distributed.checkpoint folder (`.metadata` and \
-    `*.distcp` shards) is not read: convert it to one file with \
-    `torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, \"model.pt\")`";
+/// What to do with a `torch.distributed.checkpoint` shard.
+pub(crate) const DCP_HINT: &str = "a torch.distributed.checkpoint shard (`*.distcp`) is read \
+    through its checkpoint: open the folder (or its `.metadata`) instead";
 
 /// Whether the zip's central directory, as its last end record declares it, ends where that
 /// record (or its zip64 record) starts, as in a file that is one archive from byte 0. Several
@@ -550,6 +549,23 @@ impl Checkpoint {
         name: &str,
         t: &TensorRef,
     ) -> Result<Tensor> {
+        let (bytes, dtype) = self.load_bytes(path, map, name, t)?;
+        Ok(Tensor::from_raw_buffer(
+            &bytes,
+            dtype,
+            &t.shape,
+            &Device::Cpu,
+        )?)
+    }
+
+    /// One tensor's elements, contiguous, with their dtype.
+    pub(crate) fn load_bytes(
+        &self,
+        path: &Path,
+        map: &[u8],
+        name: &str,
+        t: &TensorRef,
+    ) -> Result<(Vec<u8>, DType)> {
         let bad = |reason: String| WeightsError::Tensor {
             name: name.to_string(),
             reason: format!("{reason} (in {})", path.display()),
@@ -586,13 +602,29 @@ impl Checkpoint {
         }
         let bytes =
             gather(storage, s.elem_size, s.numel, s.view, t, budget(map.len())).map_err(bad)?;
-        Ok(Tensor::from_raw_buffer(
-            &bytes,
-            dtype,
-            &t.shape,
-            &Device::Cpu,
-        )?)
+        Ok((bytes, dtype))
     }
+}
+
+/// The one tensor of a `torch.save(tensor)` zip archive at `window` of the mapping (a chunk of a
+/// `torch.distributed.checkpoint` shard): its elements, contiguous, dtype and shape.
+pub(crate) fn read_bare_tensor(
+    path: &Path,
+    map: &Arc<memmap2::Mmap>,
+    window: Range<usize>,
+) -> Result<(Vec<u8>, DType, Vec<usize>)> {
+    let checkpoint = read_zip_in(path, map.clone(), window, false)?;
+    let [found] = checkpoint.tensors.as_slice() else {
+        return Err(WeightsError::file(
+            path,
+            format!(
+                "a chunk holds {} tensors, not one",
+                checkpoint.tensors.len()
+            ),
+        ));
+    };
+    let (bytes, dtype) = checkpoint.load_bytes(path, map, &found.name, &found.tensor)?;
+    Ok((bytes, dtype, found.tensor.shape.clone()))
 }
 
 /// Copies the elements of a strided view into a contiguous buffer, after checking (with checked

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Writes models/checkpoints/dcp_sharded/: a torch.distributed.checkpoint of a tagger
+(Linear -> 2-layer bidirectional batch-first GRU 4->7 -> GRUCell 14->3) saved by two ranks, each
+parameter a DTensor sharded across them (rows, or columns for the Linear's weight; 21 rows split
+11 + 10, so the chunks differ in size), a reference case for its GRU and its GRUCell whose
+`weights` is the folder, and dcp_sharded_reference.safetensors: the whole state dict as one file,
+for a tensor-for-tensor comparison. Two CPU processes over gloo; nothing needs a GPU.
+
+Regenerate: python scripts/make_dcp_fixture.py (seed 99).
+"""
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export_reference import export_case  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "checkpoints")
+FOLDER = "dcp_sharded"
+META = {"seed": "99", "generator": "scripts/make_dcp_fixture.py"}
+
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 4)
+        self.rnn = nn.GRU(4, 7, num_layers=2, bidirectional=True, batch_first=True)
+        self.cell = nn.GRUCell(14, 3)
+
+
+def model():
+    torch.manual_seed(99)
+    return Tagger().eval()
+
+
+def save(rank, world, init):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,))
+    sd = {}
+    for name, t in model().state_dict().items():
+        placement = Shard(1) if name == "proj.weight" else Shard(0)
+        sd[name] = distribute_tensor(t, mesh, [placement])
+    dcp.save({"model": sd}, checkpoint_id=os.path.join(OUT, FOLDER))
+    dist.destroy_process_group()
+
+
+def main():
+    path = os.path.join(OUT, FOLDER)
+    shutil.rmtree(path, ignore_errors=True)
+    init = "file://" + os.path.join(tempfile.mkdtemp(), "rendezvous")
+    mp.spawn(save, args=(2, init), nprocs=2, join=True)
+    m = model()
+    from safetensors.torch import save_file
+    save_file({f"model.{k}": v.contiguous() for k, v in m.state_dict().items()},
+              os.path.join(OUT, f"{FOLDER}_reference.safetensors"))
+    torch.manual_seed(7)
+    export_case(OUT, "dcp_sharded_rnn", m, "rnn", torch.randn(3, 5, 4), lengths=[5, 2, 4],
+                weights_file=FOLDER, extra_meta={**META, "prefix": "model.rnn"})
+    export_case(OUT, "dcp_sharded_cell", m, "cell", torch.randn(2, 14), h0=torch.randn(2, 3),
+                weights_file=FOLDER, extra_meta={**META, "prefix": "model.cell"})
+    print("wrote", path, sorted(os.listdir(path)))
+
+
+if __name__ == "__main__":
+    main()
