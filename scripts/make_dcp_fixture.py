@@ -6,6 +6,11 @@ parameter a DTensor sharded across them (rows, or columns for the Linear's weigh
 `weights` is the folder, and dcp_sharded_reference.safetensors: the whole state dict as one file,
 for a tensor-for-tensor comparison. Two CPU processes over gloo; nothing needs a GPU.
 
+Also models/checkpoints/dcp_hostile/NAME.metadata: the folder's `.metadata` altered one way each
+(a chunk past its tensor, chunks that overlap, a missing chunk, a shard path out of the folder, a
+byte range past its shard, a chunk whose bytes hold another tensor, a size its chunks cannot
+hold); tests/hostile.rs puts each beside the real shards and expects a clear error.
+
 Regenerate: python scripts/make_dcp_fixture.py (seed 99).
 """
 import os
@@ -66,7 +71,61 @@ def main():
                 weights_file=FOLDER, extra_meta={**META, "prefix": "model.rnn"})
     export_case(OUT, "dcp_sharded_cell", m, "cell", torch.randn(2, 14), h0=torch.randn(2, 3),
                 weights_file=FOLDER, extra_meta={**META, "prefix": "model.cell"})
+    write_hostile(path)
     print("wrote", path, sorted(os.listdir(path)))
+
+
+def write_hostile(folder):
+    import copy
+    import pickle
+
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+
+    base = FileSystemReader(folder).read_metadata()
+    key = "model.rnn.weight_ih_l0"  # 21 x 4, chunks of rows 0-10 and 11-20
+    Size = torch.Size
+
+    def chunk(offsets, sizes):
+        return ChunkStorageMetadata(offsets=Size(offsets), sizes=Size(sizes))
+
+    def info_at(m, offsets):
+        return next(v for k, v in m.storage_data.items()
+                    if k.fqn == key and k.offset == Size(offsets))
+
+    def past(m):
+        m.state_dict_metadata[key].chunks[1] = chunk([11, 0], [20, 4])
+
+    def overlap(m):  # as many elements as the tensor, but row 10 twice and row 20 never
+        m.state_dict_metadata[key].chunks[1] = chunk([10, 0], [10, 4])
+        m.storage_data[MetadataIndex(key, Size([10, 0]), 0)] = info_at(m, [11, 0])
+
+    def missing(m):
+        m.state_dict_metadata[key].chunks.pop(1)
+
+    def outside(m):
+        for v in m.storage_data.values():
+            v.relative_path = "../__0_0.distcp"
+
+    def past_shard(m):
+        info_at(m, [0, 0]).offset = 10 ** 9
+
+    def other_tensor(m):  # the chunk's bytes hold a bias
+        bias = next(v for k, v in m.storage_data.items() if k.fqn == "model.rnn.bias_ih_l0")
+        m.storage_data[MetadataIndex(key, Size([0, 0]), 0)] = bias
+
+    def huge(m):  # 2^40 rows, one chunk, in the bytes of 11
+        m.state_dict_metadata[key].size = Size([1 << 40, 4])
+        m.state_dict_metadata[key].chunks = [chunk([0, 0], [1 << 40, 4])]
+
+    out = os.path.join(OUT, "dcp_hostile")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    for alter in (past, overlap, missing, outside, past_shard, other_tensor, huge):
+        m = copy.deepcopy(base)
+        alter(m)
+        with open(os.path.join(out, f"{alter.__name__}.metadata"), "wb") as f:
+            pickle.dump(m, f)
 
 
 if __name__ == "__main__":

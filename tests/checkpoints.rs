@@ -293,3 +293,34 @@ fn a_sharded_distributed_checkpoint_assembles_tensor_for_tensor() {
         .to_string();
     assert!(e.contains("open the folder"), "{e}");
 }
+
+#[test]
+fn altered_distributed_checkpoints_are_refused_by_name() {
+    // models/checkpoints/dcp_hostile/NAME.metadata beside the real shards.
+    let cases = [
+        ("past", "reaches past its size"),
+        ("overlap", "overlaps another"),
+        ("missing", "some are missing"),
+        ("outside", "names the shard file"),
+        ("past_shard", "a truncated or lying checkpoint"),
+        ("other_tensor", "holds F32 [11], not F32 [11, 4]"),
+        ("huge", "needs more bytes than its chunks hold"),
+    ];
+    for (name, expect) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for shard in ["__0_0.distcp", "__1_0.distcp"] {
+            std::fs::copy(
+                checkpoint("dcp_sharded").join(shard),
+                dir.path().join(shard),
+            )
+            .unwrap();
+        }
+        let altered = checkpoint("dcp_hostile").join(format!("{name}.metadata"));
+        std::fs::copy(altered, dir.path().join(".metadata")).unwrap();
+        let e = WeightFile::open(dir.path())
+            .and_then(|f| f.load("model.rnn.weight_ih_l0", &Device::Cpu))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expect), "{name}: {e}");
+    }
+}

@@ -18,8 +18,13 @@ use crate::torch_pickle::{MAX_NAME_LEN, MAX_TENSORS};
 
 /// Largest `.metadata` read (it lists chunks, not data: a few MB for a large model).
 const MAX_METADATA_BYTES: u64 = 256 << 20;
-/// Most chunks one tensor may have (a shard per rank; coverage is checked pairwise).
+/// Most chunks one tensor may have, and all tensors together (a shard per rank and tensor).
 const MAX_CHUNKS: usize = 4096;
+const MAX_ALL_CHUNKS: usize = 1 << 20;
+/// Most shard files a checkpoint may name (each is mapped).
+const MAX_SHARDS: usize = 16384;
+/// Most axes of a tensor (PyTorch's have a handful).
+const MAX_RANK: usize = 64;
 
 /// Where one chunk of a tensor is.
 #[derive(Debug, Clone)]
@@ -48,7 +53,8 @@ pub(crate) fn folder_of(path: &Path) -> Option<PathBuf> {
         return Some(path.to_path_buf());
     }
     if path.file_name().is_some_and(|n| n == ".metadata") && path.is_file() {
-        return Some(path.parent().unwrap_or(Path::new(".")).to_path_buf());
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        return Some(parent.unwrap_or(Path::new(".")).to_path_buf());
     }
     None
 }
@@ -202,7 +208,8 @@ pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<Vec<DcpTensor>> 
                 .get("relative_path")
                 .and_then(|&f| p.str(f))
                 .ok_or_else(|| bad(format!("`{fqn}` has no shard file")))?;
-            if file.is_empty() || file.contains(['/', '\\']) || file == ".." || file == "." {
+            // One plain file name of the folder (`C:x` would leave it on Windows).
+            if file.is_empty() || file.contains(['/', '\\', ':']) || file == ".." || file == "." {
                 return Err(bad(format!("`{fqn}` names the shard file {file:?}")));
             }
             let (Some(start), Some(len)) = (
@@ -218,11 +225,16 @@ pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<Vec<DcpTensor>> 
         }
     }
     let mut out = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    let mut all_chunks = 0usize;
     for &(k, v) in listed {
         let Some(name) = p.str(k) else { continue };
         // Bytes items (BytesStorageMetadata: optimizer steps, RNG states) are not tensors.
         if class(&p, v) != Some("TensorStorageMetadata") {
             continue;
+        }
+        if !names.insert(name) {
+            return Err(bad(format!("lists `{name}` twice")));
         }
         if out.len() >= MAX_TENSORS || name.len() > MAX_NAME_LEN {
             return Err(bad(format!(
@@ -241,13 +253,17 @@ pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<Vec<DcpTensor>> 
             .get("size")
             .and_then(|&s| size(&p, s))
             .ok_or_else(|| bad(format!("`{name}` has no size")))?;
+        if shape.len() > MAX_RANK {
+            return Err(bad(format!("`{name}` has {} axes", shape.len())));
+        }
         let chunk_ids = t
             .get("chunks")
             .and_then(|&c| p.seq(c))
             .ok_or_else(|| bad(format!("`{name}` has no chunks")))?;
-        if chunk_ids.len() > MAX_CHUNKS {
+        all_chunks = all_chunks.saturating_add(chunk_ids.len());
+        if chunk_ids.len() > MAX_CHUNKS || all_chunks > MAX_ALL_CHUNKS {
             return Err(bad(format!(
-                "`{name}` has {} chunks (at most {MAX_CHUNKS})",
+                "`{name}` has {} chunks (at most {MAX_CHUNKS}, and {MAX_ALL_CHUNKS} in all)",
                 chunk_ids.len()
             )));
         }
@@ -260,6 +276,10 @@ pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<Vec<DcpTensor>> 
             ) else {
                 return Err(bad(format!("`{name}`: a chunk without offsets or sizes")));
             };
+            // An empty chunk (a rank holding no rows) has no bytes to read.
+            if sizes.contains(&0) && offsets.len() == shape.len() && sizes.len() == shape.len() {
+                continue;
+            }
             let (file, range) =
                 storage
                     .get(&(name, offsets.clone()))
@@ -284,10 +304,18 @@ pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<Vec<DcpTensor>> 
             chunks,
         });
     }
+    if out.is_empty() && !listed.is_empty() {
+        return Err(bad(
+            "lists no tensor: its state dict is stored as pickled objects (saved with \
+             flatten_state_dict=False, or holding no tensors), which are not read"
+                .into(),
+        ));
+    }
     Ok(out)
 }
 
-/// The chunks lie inside the tensor, do not overlap, and together hold every element of it.
+/// The chunks lie inside the tensor and hold as many elements as it has. That they do not
+/// overlap (and so cover it exactly once) is checked as they are placed (`place`).
 fn check_cover(shape: &[usize], chunks: &[Chunk]) -> std::result::Result<(), String> {
     let numel = |s: &[usize]| {
         s.iter()
@@ -318,46 +346,49 @@ fn check_cover(shape: &[usize], chunks: &[Chunk]) -> std::result::Result<(), Str
             .checked_add(numel(&c.sizes)?)
             .ok_or("the chunks' sizes overflow")?;
     }
-    for (i, a) in chunks.iter().enumerate() {
-        for b in &chunks[i + 1..] {
-            let disjoint = (0..shape.len()).any(|d| {
-                a.offsets[d] + a.sizes[d] <= b.offsets[d]
-                    || b.offsets[d] + b.sizes[d] <= a.offsets[d]
-            });
-            let empty = numel(&a.sizes)? == 0 || numel(&b.sizes)? == 0;
-            if !disjoint && !empty {
-                return Err(format!(
-                    "the chunks at {:?} and {:?} overlap",
-                    a.offsets, b.offsets
-                ));
-            }
-        }
-    }
     if total != numel(shape)? {
         return Err(format!(
-            "its chunks hold {total} elements of its {}: some are missing",
+            "its chunks hold {total} elements of its {}: some are missing or repeated",
             numel(shape)?
         ));
     }
     Ok(())
 }
 
-/// Copies a chunk's contiguous elements (`es` bytes each) into the whole tensor's buffer.
-pub(crate) fn place(whole: &mut [u8], shape: &[usize], es: usize, chunk: &Chunk, bytes: &[u8]) {
+/// Copies a chunk's contiguous elements (`es` bytes each) into the whole tensor's buffer,
+/// marking each element in `seen`; an element already seen means two chunks overlap (`Err`
+/// with its flat index).
+pub(crate) fn place(
+    whole: &mut [u8],
+    seen: &mut [bool],
+    shape: &[usize],
+    es: usize,
+    chunk: &Chunk,
+    bytes: &[u8],
+) -> std::result::Result<(), usize> {
     let rank = shape.len();
+    let mut mark = |start: usize, len: usize| -> std::result::Result<(), usize> {
+        for (i, s) in seen[start..start + len].iter_mut().enumerate() {
+            if std::mem::replace(s, true) {
+                return Err(start + i);
+            }
+        }
+        Ok(())
+    };
     if rank == 0 {
+        mark(0, 1)?;
         whole.copy_from_slice(&bytes[..es]);
-        return;
+        return Ok(());
     }
     // Row-major strides of the whole tensor, in elements.
     let mut stride = vec![1usize; rank];
     for d in (0..rank - 1).rev() {
         stride[d] = stride[d + 1] * shape[d + 1];
     }
-    let run = chunk.sizes[rank - 1] * es;
+    let run = chunk.sizes[rank - 1];
     let rows: usize = chunk.sizes[..rank - 1].iter().product();
     if run == 0 || rows == 0 {
-        return;
+        return Ok(());
     }
     let mut idx = vec![0usize; rank - 1];
     for row in 0..rows {
@@ -365,7 +396,9 @@ pub(crate) fn place(whole: &mut [u8], shape: &[usize], es: usize, chunk: &Chunk,
             .map(|d| (chunk.offsets[d] + idx[d]) * stride[d])
             .sum::<usize>()
             + chunk.offsets[rank - 1];
-        whole[start * es..start * es + run].copy_from_slice(&bytes[row * run..(row + 1) * run]);
+        mark(start, run)?;
+        whole[start * es..(start + run) * es]
+            .copy_from_slice(&bytes[row * run * es..(row + 1) * run * es]);
         for d in (0..rank - 1).rev() {
             idx[d] += 1;
             if idx[d] < chunk.sizes[d] {
@@ -374,6 +407,7 @@ pub(crate) fn place(whole: &mut [u8], shape: &[usize], es: usize, chunk: &Chunk,
             idx[d] = 0;
         }
     }
+    Ok(())
 }
 
 /// The shard files a checkpoint's tensors read, mapped once each.
@@ -386,7 +420,7 @@ pub(crate) struct Dcp {
     /// Name -> index into `tensors`.
     index: HashMap<String, usize>,
     shards: Shards,
-    /// Bytes of all chunks: what the memory budget of an assembled tensor is measured against.
+    /// Bytes of all shards, each counted once.
     pub chunk_bytes: u64,
 }
 
@@ -419,13 +453,27 @@ impl Dcp {
             tensors.retain(|t| t.name == key || t.name.starts_with(&under));
         }
         let mut shards = Shards::new();
-        let mut chunk_bytes = 0u64;
         for t in &tensors {
             for c in &t.chunks {
                 if !shards.contains_key(&c.file) {
+                    if shards.len() >= MAX_SHARDS {
+                        return Err(WeightsError::file(
+                            &meta_path,
+                            format!("names more than {MAX_SHARDS} shard files"),
+                        ));
+                    }
                     let path = dir.join(&c.file);
                     let f = crate::regular::open_regular(&path)?;
-                    shards.insert(c.file.clone(), Arc::new(crate::file::map(&path, &f)?));
+                    let map = crate::file::map(&path, &f)?;
+                    // SerializationFormat.SAFETENSORS shards: one safetensors file per shard.
+                    if !map.starts_with(b"PK") {
+                        return Err(WeightsError::file(
+                            &path,
+                            "is not a torch.save shard (saved with another serialization \
+                             format, such as SerializationFormat.SAFETENSORS, which is not read)",
+                        ));
+                    }
+                    shards.insert(c.file.clone(), Arc::new(map));
                 }
                 let shard_len = shards[&c.file].len() as u64;
                 if c.range.end > shard_len {
@@ -438,9 +486,12 @@ impl Dcp {
                         ),
                     });
                 }
-                chunk_bytes = chunk_bytes.saturating_add(c.range.end - c.range.start);
             }
         }
+        // The bytes the shards hold, each counted once.
+        let chunk_bytes = shards
+            .values()
+            .fold(0u64, |a, m| a.saturating_add(m.len() as u64));
         let mut infos: Vec<crate::file::TensorInfo> = tensors
             .iter()
             .map(|t| crate::file::TensorInfo {
@@ -451,7 +502,6 @@ impl Dcp {
             })
             .collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
-        infos.dedup_by(|a, b| a.name == b.name);
         let index = tensors
             .iter()
             .enumerate()
@@ -481,19 +531,45 @@ impl Dcp {
             .dtype
             .ok_or_else(|| bad("has an element type candle cannot hold".into()))?;
         let es = dtype.size_in_bytes();
-        let cap = crate::pth::budget(usize::try_from(self.chunk_bytes).unwrap_or(usize::MAX));
-        let total = t
+        // Its chunks' distinct byte ranges hold its elements (as torch.save files): the whole
+        // tensor cannot honestly be larger than they are.
+        let mut ranges: Vec<(&str, u64, u64)> = t
+            .chunks
+            .iter()
+            .map(|c| (c.file.as_str(), c.range.start, c.range.end))
+            .collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        let mut files: Vec<&str> = ranges.iter().map(|r| r.0).collect();
+        files.dedup();
+        // Ranges may overlap: no more than the files they are in, either.
+        let in_files: u64 = files.iter().map(|f| self.shards[*f].len() as u64).sum();
+        let held = ranges
+            .iter()
+            .fold(0u64, |a, r| a.saturating_add(r.2 - r.1))
+            .min(in_files);
+        let numel = t
             .shape
             .iter()
-            .try_fold(es as u64, |a, &d| a.checked_mul(d as u64))
-            .filter(|&n| n <= cap)
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        let total = numel
+            .and_then(|n| n.checked_mul(es as u64))
+            .filter(|&n| n <= held)
             .ok_or_else(|| {
                 bad(format!(
-                    "its size {:?} needs more memory than its chunks justify",
+                    "its size {:?} needs more bytes than its chunks hold ({held})",
                     t.shape
                 ))
-            })?;
-        let mut whole = vec![0u8; total as usize];
+            })? as usize;
+        let mut whole: Vec<u8> = Vec::new();
+        let mut seen: Vec<bool> = Vec::new();
+        whole
+            .try_reserve_exact(total)
+            .and_then(|_| seen.try_reserve_exact(total / es))
+            .map_err(|_| bad(format!("cannot allocate its {total} bytes")))?;
+        whole.resize(total, 0);
+        seen.resize(total / es, false);
+
         for c in &t.chunks {
             let map = &self.shards[&c.file];
             let window = c.range.start as usize..c.range.end as usize;
@@ -506,7 +582,12 @@ impl Dcp {
                     c.offsets, c.sizes
                 )));
             }
-            place(&mut whole, &t.shape, es, c, &bytes);
+            place(&mut whole, &mut seen, &t.shape, es, c, &bytes).map_err(|at| {
+                bad(format!(
+                    "its chunk at {:?} overlaps another at flat index {at}",
+                    c.offsets
+                ))
+            })?;
         }
         Ok(candle_core::Tensor::from_raw_buffer(
             &whole,
@@ -536,17 +617,19 @@ mod tests {
         assert_eq!(check_cover(&[3, 3], &rows), Ok(()));
         let gap = [chunk(&[0, 0], &[2, 3])];
         assert!(check_cover(&[3, 3], &gap).unwrap_err().contains("missing"));
-        let overlap = [chunk(&[0, 0], &[2, 3]), chunk(&[1, 0], &[2, 3])];
-        assert!(check_cover(&[3, 3], &overlap)
-            .unwrap_err()
-            .contains("overlap"));
         let past = [chunk(&[0, 0], &[4, 3])];
         assert!(check_cover(&[3, 3], &past).unwrap_err().contains("past"));
-        // Overlapping and missing in equal measure still overlaps.
-        let both = [chunk(&[0, 0], &[2, 3]), chunk(&[1, 0], &[1, 3])];
-        assert!(check_cover(&[3, 3], &both).is_err());
         let huge = [chunk(&[usize::MAX, 0], &[2, 3])];
         assert!(check_cover(&[3, 3], &huge).is_err());
+        // Overlapping and missing in equal measure passes the count, and fails when placed.
+        let both = [chunk(&[0, 0], &[2, 3]), chunk(&[1, 0], &[1, 3])];
+        assert_eq!(check_cover(&[3, 3], &both), Ok(()));
+        let (mut whole, mut seen) = (vec![0u8; 9], vec![false; 9]);
+        place(&mut whole, &mut seen, &[3, 3], 1, &both[0], &[0; 6]).unwrap();
+        assert_eq!(
+            place(&mut whole, &mut seen, &[3, 3], 1, &both[1], &[0; 3]),
+            Err(3)
+        );
     }
 
     #[test]
@@ -554,26 +637,48 @@ mod tests {
         // A 3 x 4 tensor of bytes 0..12 as two column chunks (cols 0-1, cols 2-3).
         let left = chunk(&[0, 0], &[3, 2]);
         let right = chunk(&[0, 2], &[3, 2]);
-        let mut whole = vec![0u8; 12];
-        place(&mut whole, &[3, 4], 1, &left, &[0, 1, 4, 5, 8, 9]);
-        place(&mut whole, &[3, 4], 1, &right, &[2, 3, 6, 7, 10, 11]);
-        assert_eq!(whole, (0..12).collect::<Vec<u8>>());
-        // Rows of 2-byte elements, the second chunk shorter.
-        let mut whole = vec![0u8; 3 * 2 * 2];
+        let (mut whole, mut seen) = (vec![0u8; 12], vec![false; 12]);
         place(
             &mut whole,
+            &mut seen,
+            &[3, 4],
+            1,
+            &left,
+            &[0, 1, 4, 5, 8, 9],
+        )
+        .unwrap();
+        place(
+            &mut whole,
+            &mut seen,
+            &[3, 4],
+            1,
+            &right,
+            &[2, 3, 6, 7, 10, 11],
+        )
+        .unwrap();
+        assert_eq!(whole, (0..12).collect::<Vec<u8>>());
+        assert!(seen.iter().all(|&s| s));
+        // Rows of 2-byte elements, the second chunk shorter.
+        let (mut whole, mut seen) = (vec![0u8; 12], vec![false; 6]);
+        let top = chunk(&[0, 0], &[2, 2]);
+        place(
+            &mut whole,
+            &mut seen,
             &[3, 2],
             2,
-            &chunk(&[0, 0], &[2, 2]),
+            &top,
             &[1, 1, 2, 2, 3, 3, 4, 4],
-        );
+        )
+        .unwrap();
         place(
             &mut whole,
+            &mut seen,
             &[3, 2],
             2,
             &chunk(&[2, 0], &[1, 2]),
             &[5, 5, 6, 6],
-        );
+        )
+        .unwrap();
         assert_eq!(whole, [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]);
     }
 }
