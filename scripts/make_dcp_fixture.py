@@ -8,8 +8,8 @@ for a tensor-for-tensor comparison. Two CPU processes over gloo; nothing needs a
 
 Also models/checkpoints/dcp_hostile/NAME.metadata: the folder's `.metadata` altered one way each
 (a chunk past its tensor, chunks that overlap, a missing chunk, a shard path out of the folder, a
-byte range past its shard, a chunk whose bytes hold another tensor, a size its chunks cannot
-hold); tests/hostile.rs puts each beside the real shards and expects a clear error.
+byte range past its shard, a chunk whose bytes hold another tensor, two chunks in the same
+bytes, a size its chunks cannot hold); tests/hostile.rs puts each beside the real shards and expects a clear error.
 
 Regenerate: python scripts/make_dcp_fixture.py (seed 99).
 """
@@ -110,9 +110,16 @@ def write_hostile(folder):
     def past_shard(m):
         info_at(m, [0, 0]).offset = 10 ** 9
 
-    def other_tensor(m):  # the chunk's bytes hold a bias
-        bias = next(v for k, v in m.storage_data.items() if k.fqn == "model.rnn.bias_ih_l0")
-        m.storage_data[MetadataIndex(key, Size([0, 0]), 0)] = bias
+    def other_tensor(m):  # the chunk's bytes hold a bias, and the bias's the chunk's
+        bias_key = next(k for k in m.storage_data if k.fqn == "model.rnn.bias_ih_l0"
+                        and k.offset == Size([0]))
+        weight_key = MetadataIndex(key, Size([0, 0]), 0)
+        weight_key = next(k for k in m.storage_data if k == weight_key)
+        m.storage_data[bias_key], m.storage_data[weight_key] = (
+            m.storage_data[weight_key], m.storage_data[bias_key])
+
+    def shared_bytes(m):  # both chunks read the same bytes
+        m.storage_data[MetadataIndex(key, Size([11, 0]), 0)] = info_at(m, [0, 0])
 
     def huge(m):  # 2^40 rows, one chunk, in the bytes of 11
         m.state_dict_metadata[key].size = Size([1 << 40, 4])
@@ -121,7 +128,7 @@ def write_hostile(folder):
     out = os.path.join(OUT, "dcp_hostile")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    for alter in (past, overlap, missing, outside, past_shard, other_tensor, huge):
+    for alter in (past, overlap, missing, outside, past_shard, other_tensor, shared_bytes, huge):
         m = copy.deepcopy(base)
         alter(m)
         with open(os.path.join(out, f"{alter.__name__}.metadata"), "wb") as f:

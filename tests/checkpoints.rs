@@ -304,6 +304,7 @@ fn altered_distributed_checkpoints_are_refused_by_name() {
         ("outside", "names the shard file"),
         ("past_shard", "a truncated or lying checkpoint"),
         ("other_tensor", "holds F32 [11], not F32 [11, 4]"),
+        ("shared_bytes", "two chunks in overlapping bytes"),
         ("huge", "needs more bytes than its chunks hold"),
     ];
     for (name, expect) in cases {

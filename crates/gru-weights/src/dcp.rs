@@ -488,6 +488,31 @@ impl Dcp {
                 }
             }
         }
+        // A shard's chunks lie in distinct bytes, as torch writes them: then reading every chunk
+        // reads each byte of the shards once (overlapping ranges could make a small file read as
+        // a large one, chunk after chunk).
+        let mut by_file: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
+        for t in &tensors {
+            for c in &t.chunks {
+                by_file
+                    .entry(c.file.as_str())
+                    .or_default()
+                    .push((c.range.start, c.range.end));
+            }
+        }
+        for (file, ranges) in &mut by_file {
+            ranges.sort_unstable();
+            if let Some(w) = ranges.windows(2).find(|w| w[0].1 > w[1].0) {
+                return Err(WeightsError::file(
+                    &meta_path,
+                    format!(
+                        "places two chunks in overlapping bytes of {file} ({:?} and {:?})",
+                        w[0].0..w[0].1,
+                        w[1].0..w[1].1
+                    ),
+                ));
+            }
+        }
         // The bytes the shards hold, each counted once.
         let chunk_bytes = shards
             .values()

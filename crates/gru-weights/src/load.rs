@@ -1,7 +1,7 @@
 //! Building a `Gru` / `GruCell` from a weight file: choosing the module, converting the dtype,
 //! checking values, and reporting what was applied and what was left unused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -216,15 +216,25 @@ impl WeightFile {
         };
         // The stored tensors a computed weight (weight norm, spectral norm) was made from are
         // used too.
-        let sources: Vec<&str> = info.keys.iter().flat_map(|k| self.sources_of(k)).collect();
+        let sources: HashSet<&str> = info.keys.iter().flat_map(|k| self.sources_of(k)).collect();
+        let keys: HashSet<&str> = info.keys.iter().map(String::as_str).collect();
         let unused_under_prefix: Vec<String> = self
             .tensors()
             .iter()
-            .filter(|t| t.name.starts_with(&prefix_dot) && !info.keys.contains(&t.name))
-            .filter(|t| !sources.contains(&t.name.as_str()))
+            .filter(|t| t.name.starts_with(&prefix_dot) && !keys.contains(t.name.as_str()))
+            .filter(|t| !sources.contains(t.name.as_str()))
             .filter(|t| info.prefix.is_empty() || !t.name[prefix_dot.len()..].contains('.'))
             .map(|t| t.name.clone())
             .collect();
+        let unused: HashSet<&str> = unused_under_prefix.iter().map(String::as_str).collect();
+        // Stored tensors only: a computed weight elsewhere is not counted beside its sources.
+        let other_tensors = self
+            .tensors()
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|n| !keys.contains(n) && !sources.contains(n) && !unused.contains(n))
+            .filter(|n| self.computed_from(n).is_none())
+            .count();
         let report = LoadReport {
             prefix: info.prefix.clone(),
             kind: info.kind,
@@ -232,14 +242,7 @@ impl WeightFile {
             stored_dtype: info.dtype,
             dtype,
             applied: info.keys.clone(),
-            // Stored tensors only: a computed weight elsewhere is not counted beside its sources.
-            other_tensors: self
-                .tensors()
-                .iter()
-                .filter(|t| self.computed_from(&t.name).is_none())
-                .filter(|t| !info.keys.contains(&t.name) && !sources.contains(&t.name.as_str()))
-                .filter(|t| !unused_under_prefix.contains(&t.name))
-                .count(),
+            other_tensors,
             unused_under_prefix,
         };
         let vb = VarBuilder::from_tensors(tensors, dtype, device);

@@ -20,8 +20,9 @@ use crate::error::{Result, WeightsError};
 use crate::pth::Archive;
 use crate::torch_pickle::{Found, StorageRef, TensorRef, MAX_NAME_LEN, MAX_TENSORS};
 
-/// Most bytes of weights configs read in all (a model of 10,000 tensors needs a few MB).
-const MAX_CONFIG_BYTES: u64 = 64 << 20;
+/// Most bytes of weights configs and graphs read in all (a model of 10,000 tensors needs a few
+/// MB of config, a large graph tens of MB).
+const MAX_JSON_BYTES: u64 = 256 << 20;
 
 /// The parts of a program's graph (`models/{model}.json`) read: the module path of every module
 /// the program calls, which lists a parametrization without tensors too.
@@ -47,10 +48,9 @@ pub(crate) fn graph_chains(json: &[u8], state_dict: &str) -> Option<Vec<String>>
     let graph: Graph = serde_json::from_slice(json).ok()?;
     let mut chains = Vec::new();
     for call in graph.graph_module.module_call_graph {
-        let segments: Vec<&str> = call.fqn.split('.').collect();
-        if let Some(list) = crate::torch_pickle::chained_list(&segments) {
+        if let Some(list) = crate::torch_pickle::chained_list(&call.fqn) {
             chains.push(if state_dict.is_empty() {
-                list
+                list.to_string()
             } else {
                 format!("{state_dict}.{list}")
             });
@@ -159,14 +159,18 @@ pub(crate) fn tensors(
     }
     let mut out = Vec::new();
     let mut chains = Some(Vec::new());
-    let mut config_bytes_left = MAX_CONFIG_BYTES;
+    let mut json_bytes_left = MAX_JSON_BYTES;
     for (model, config_name) in configs {
-        let bytes = read(config_name, config_bytes_left)?;
-        config_bytes_left -= bytes.len() as u64;
+        let bytes = read(config_name, json_bytes_left)?;
+        json_bytes_left -= bytes.len() as u64;
         let config: PayloadConfig = serde_json::from_slice(&bytes)
             .map_err(|e| WeightsError::format(path, format!("malformed {config_name}"), e))?;
         let state_dict = if model == "model" { "" } else { model };
-        let graph = read(&format!("{dir}models/{model}.json"), u64::MAX).ok();
+        // A graph past the budget counts as unreadable: then no chain can be ruled out.
+        let graph = read(&format!("{dir}models/{model}.json"), json_bytes_left).ok();
+        if let Some(g) = &graph {
+            json_bytes_left -= g.len() as u64;
+        }
         let found = graph.and_then(|g| graph_chains(&g, state_dict));
         chains = chains.zip(found).map(|(mut a, b)| {
             a.extend(b);

@@ -69,8 +69,12 @@ pub(crate) struct Checkpoint {
     /// `torch.export` archive whose graph is unreadable), so none is computed.
     pub chained: Option<Vec<String>>,
     /// The bytes of the mapping it was read from: the whole file, or a `torch.save` file stored
-    /// inside it (an older `torch.export` archive's state dict).
+    /// inside it (an older `torch.export` archive's state dict, a distributed checkpoint's chunk).
     pub window: Range<usize>,
+    /// The most bytes one entry may inflate to, or one tensor occupy: `budget` of the file, or,
+    /// for a `torch.save` file inside another (whose entries torch stores as they are), its own
+    /// length, so that many such files cannot each inflate a small file into a large one.
+    pub cap: u64,
 }
 
 /// Why a quantized model is not read, for messages.
@@ -315,8 +319,9 @@ fn read_zip_in(
             return read_nested(path, map, window, &archive, inner);
         }
         return match pt2 {
-            Some(dir) => read_pt2(path, map, window, archive, &names, dir),
-            None => Err(WeightsError::file(
+            // A file inside another is a torch.save file, never an archive of archives.
+            Some(dir) if outer => read_pt2(path, map, window, archive, &names, dir),
+            _ => Err(WeightsError::file(
                 path,
                 "zip file without data.pkl: not a PyTorch checkpoint",
             )),
@@ -328,7 +333,12 @@ fn read_zip_in(
         .to_string();
     let torchscript = names.iter().any(|n| n.starts_with(&format!("{dir}code/")));
     check_byteorder(path, &archive, map, &dir)?;
-    let cap = budget(file_len).min(MAX_PICKLE_BYTES);
+    let entry_cap = if outer {
+        budget(file_len)
+    } else {
+        file_len as u64
+    };
+    let cap = entry_cap.min(MAX_PICKLE_BYTES);
     let bytes = zip_entry(path, &archive, file_len, pkl, cap)?;
     let (p, _) = parse_pickle(path, pkl, bytes.get(map))?;
     let Tensors {
@@ -346,6 +356,7 @@ fn read_zip_in(
         quantized: quantized(&p),
         chained: Some(chained),
         window,
+        cap: entry_cap,
     })
 }
 
@@ -423,6 +434,7 @@ fn read_pt2(
         format: Format::ExportedProgram,
         quantized: None,
         chained,
+        cap: budget(map.len()),
         window,
     })
 }
@@ -537,6 +549,7 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         quantized: quantized(&main),
         chained: Some(chained),
         window: 0..bytes.len(),
+        cap: budget(bytes.len()),
     })
 }
 
@@ -589,7 +602,7 @@ impl Checkpoint {
             }
             Storages::Zip { archive, dir } => {
                 let entry = format!("{dir}data/{}", s.key);
-                owned = zip_entry(path, archive, map.len(), &entry, budget(map.len()))?;
+                owned = zip_entry(path, archive, map.len(), &entry, self.cap)?;
                 owned.get(map)
             }
         };
@@ -600,8 +613,7 @@ impl Checkpoint {
                 s.key, s.numel
             )));
         }
-        let bytes =
-            gather(storage, s.elem_size, s.numel, s.view, t, budget(map.len())).map_err(bad)?;
+        let bytes = gather(storage, s.elem_size, s.numel, s.view, t, self.cap).map_err(bad)?;
         Ok((bytes, dtype))
     }
 }

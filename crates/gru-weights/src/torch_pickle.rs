@@ -473,11 +473,10 @@ impl<'a> Walk<'a> {
             return Ok(());
         };
         for (module, _) in self.dict_entries(meta)?.unwrap_or_default() {
-            let segments: Vec<&str> = module.split('.').collect();
-            if chained_list(&segments).is_some() {
+            if let Some(list) = chained_list(&module) {
                 let p = self.path.clone();
                 let mut full: Vec<&str> = p.iter().map(|s| s.as_ref()).collect();
-                full.extend(&segments[..segments.len() - 1]);
+                full.push(list);
                 self.note_chain(&full)?;
             }
         }
@@ -542,12 +541,18 @@ impl<'a> Walk<'a> {
             Node::Object(e) => (e, true),
             Node::Leaf => return Ok(()),
         };
-        if is_object {
+        // Only the last three segments decide; the path is copied only for a chain.
+        let n = self.path.len();
+        let link = n >= 3
+            && is_chain_link([
+                self.path[n - 3].as_ref(),
+                self.path[n - 2].as_ref(),
+                self.path[n - 1].as_ref(),
+            ]);
+        if is_object && link {
             let p = self.path.clone();
-            let segments: Vec<&str> = p.iter().map(|s| s.as_ref()).collect();
-            if chained_list(&segments).is_some() {
-                self.note_chain(&segments[..segments.len() - 1])?;
-            }
+            let segments: Vec<&str> = p[..n - 1].iter().map(|s| s.as_ref()).collect();
+            self.note_chain(&segments)?;
         }
         let mut tensors = Vec::new();
         for (i, (key, v)) in entries.iter().enumerate() {
@@ -590,14 +595,27 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// `a.parametrizations.w` for the path of a second (or later) parametrization of `a.w`
-/// (`a.parametrizations.w.1`).
-pub(crate) fn chained_list(path: &[&str]) -> Option<String> {
-    let [.., "parametrizations", _, index] = path else {
+/// Whether the last three segments of a module path are `parametrizations.{w}.{n}` with
+/// `n >= 1`: a second (or later) parametrization of `w`.
+fn is_chain_link(last3: [&str; 3]) -> bool {
+    last3[0] == "parametrizations" && last3[2].parse::<usize>().is_ok_and(|n| n >= 1)
+}
+
+/// `a.parametrizations.w` for the dotted module path of a second (or later) parametrization of
+/// `a.w` (`a.parametrizations.w.1`); a path longer than a name may be is none. Only the last
+/// segments are looked at.
+pub(crate) fn chained_list(path: &str) -> Option<&str> {
+    if path.len() > MAX_NAME_LEN {
         return None;
+    }
+    let mut parts = path.rsplitn(3, '.');
+    let (index, w, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    let list_end = path.len() - index.len() - 1;
+    let head = match rest.rsplit_once('.') {
+        Some((_, last)) => last,
+        None => rest,
     };
-    let index: usize = index.parse().ok()?;
-    (index >= 1).then(|| path[..path.len() - 1].join("."))
+    is_chain_link([head, w, index]).then(|| &path[..list_end])
 }
 
 /// What the walk found: every tensor, and the parametrization lists holding a chain.
@@ -635,6 +653,31 @@ pub(crate) fn walk_tensors(p: &Pickle) -> Result<Tensors, String> {
         found: w.out,
         chained,
     })
+}
+
+#[cfg(test)]
+mod chains {
+    use super::chained_list;
+
+    #[test]
+    fn a_chain_link_names_its_list() {
+        assert_eq!(
+            chained_list("a.b.parametrizations.weight.1"),
+            Some("a.b.parametrizations.weight")
+        );
+        assert_eq!(
+            chained_list("parametrizations.w.2"),
+            Some("parametrizations.w")
+        );
+        assert_eq!(chained_list("a.parametrizations.w.0"), None);
+        assert_eq!(chained_list("a.parametrizations.w"), None);
+        assert_eq!(chained_list("a.notparametrizations.w.1"), None);
+        assert_eq!(chained_list("w.1"), None);
+        let long = format!("{}.parametrizations.w.1", "x".repeat(MAX_NAME_LEN));
+        assert_eq!(chained_list(&long), None);
+    }
+
+    use super::MAX_NAME_LEN;
 }
 
 #[cfg(test)]
