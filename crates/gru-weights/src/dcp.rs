@@ -101,10 +101,7 @@ fn size(p: &Pickle, id: Id) -> Option<Vec<usize>> {
         }
         _ => id,
     };
-    p.seq(tuple)?
-        .iter()
-        .map(|&i| p.int(i).and_then(|v| usize::try_from(v).ok()))
-        .collect()
+    crate::torch_pickle::usizes(p, tuple, "a size").ok()
 }
 
 fn uint(p: &Pickle, id: Id) -> Option<u64> {
@@ -421,7 +418,7 @@ pub(crate) struct Dcp {
     index: HashMap<String, usize>,
     shards: Shards,
     /// Bytes of all shards, each counted once.
-    pub chunk_bytes: u64,
+    pub shard_bytes: u64,
 }
 
 impl Dcp {
@@ -445,16 +442,22 @@ impl Dcp {
                 ),
             ));
         }
-        let bytes =
-            std::fs::read(&meta_path).map_err(|e| WeightsError::io(&meta_path, "read", e))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut bytes)
+            .map_err(|e| WeightsError::io(&meta_path, "read", e))?;
         let mut tensors = read_metadata(dir, &bytes)?;
         if let Some(key) = key.map(|k| k.trim_end_matches('.')) {
             let under = format!("{key}.");
             tensors.retain(|t| t.name == key || t.name.starts_with(&under));
         }
         let mut shards = Shards::new();
+        let mut by_file: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
         for t in &tensors {
             for c in &t.chunks {
+                by_file
+                    .entry(c.file.as_str())
+                    .or_default()
+                    .push((c.range.start, c.range.end));
                 if !shards.contains_key(&c.file) {
                     if shards.len() >= MAX_SHARDS {
                         return Err(WeightsError::file(
@@ -491,15 +494,6 @@ impl Dcp {
         // A shard's chunks lie in distinct bytes, as torch writes them: then reading every chunk
         // reads each byte of the shards once (overlapping ranges could make a small file read as
         // a large one, chunk after chunk).
-        let mut by_file: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
-        for t in &tensors {
-            for c in &t.chunks {
-                by_file
-                    .entry(c.file.as_str())
-                    .or_default()
-                    .push((c.range.start, c.range.end));
-            }
-        }
         for (file, ranges) in &mut by_file {
             ranges.sort_unstable();
             if let Some(w) = ranges.windows(2).find(|w| w[0].1 > w[1].0) {
@@ -514,7 +508,7 @@ impl Dcp {
             }
         }
         // The bytes the shards hold, each counted once.
-        let chunk_bytes = shards
+        let shard_bytes = shards
             .values()
             .fold(0u64, |a, m| a.saturating_add(m.len() as u64));
         let mut infos: Vec<crate::file::TensorInfo> = tensors
@@ -537,7 +531,7 @@ impl Dcp {
             tensors,
             index,
             shards,
-            chunk_bytes,
+            shard_bytes,
         };
         Ok((dcp, infos))
     }
@@ -558,21 +552,12 @@ impl Dcp {
         let es = dtype.size_in_bytes();
         // Its chunks' distinct byte ranges hold its elements (as torch.save files): the whole
         // tensor cannot honestly be larger than they are.
-        let mut ranges: Vec<(&str, u64, u64)> = t
+        // Its chunks lie in distinct bytes of the shards (checked on open) and hold its elements
+        // as torch.save files: the whole tensor cannot honestly be larger than they are.
+        let held = t
             .chunks
             .iter()
-            .map(|c| (c.file.as_str(), c.range.start, c.range.end))
-            .collect();
-        ranges.sort_unstable();
-        ranges.dedup();
-        let mut files: Vec<&str> = ranges.iter().map(|r| r.0).collect();
-        files.dedup();
-        // Ranges may overlap: no more than the files they are in, either.
-        let in_files: u64 = files.iter().map(|f| self.shards[*f].len() as u64).sum();
-        let held = ranges
-            .iter()
-            .fold(0u64, |a, r| a.saturating_add(r.2 - r.1))
-            .min(in_files);
+            .fold(0u64, |a, c| a.saturating_add(c.range.end - c.range.start));
         let numel = t
             .shape
             .iter()

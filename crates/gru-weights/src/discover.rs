@@ -74,7 +74,8 @@ pub struct Discovery {
     pub rejected: Vec<(String, WeightsError)>,
 }
 
-fn join(prefix: &str, name: &str) -> String {
+/// `prefix.name`, or `name` at the root.
+pub(crate) fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
     } else {

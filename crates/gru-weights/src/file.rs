@@ -390,7 +390,7 @@ impl WeightFile {
         match &self.source {
             Source::Safetensors(mmap) => mmap.len(),
             Source::PyTorch { map, .. } => map.len(),
-            Source::Dcp(d) => usize::try_from(d.chunk_bytes).unwrap_or(usize::MAX),
+            Source::Dcp(d) => usize::try_from(d.shard_bytes).unwrap_or(usize::MAX),
         }
     }
 

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, D};
 
+use crate::discover::join;
 use crate::error::{Result, WeightsError};
 use crate::file::TensorInfo;
 
@@ -81,14 +82,6 @@ impl Reparam {
 /// Most axes of a weight read as reparametrized (PyTorch's weights have at most 5: Conv3d); the
 /// axis searches are quadratic in it.
 const MAX_RANK: usize = 8;
-
-fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
 
 /// The axis weight norm normalizes along, from the shapes of `g` and `v`: `Some(None)` for a
 /// whole-tensor norm, `None` when `g` does not fit `v` (then it is not a weight norm).
@@ -182,86 +175,81 @@ pub(crate) fn find(infos: &[TensorInfo], chained: Option<&[String]>) -> Vec<(Ten
             .all(|rest| allowed.contains(&rest))
     };
     for t in infos {
-        let (prefix, last) = match t.name.rsplit_once('.') {
-            Some((p, l)) => (p, l),
-            None => ("", t.name.as_str()),
-        };
-        // parametrizations.weight_norm: `{m}.parametrizations.{param}.original1` is `v`.
-        if last == "original1" {
-            if let Some((m, param)) = split_parametrization(prefix) {
-                let g = format!("{prefix}.original0");
-                if let Some(gi) = by_name.get(g.as_str()) {
-                    if let Some(dim) = weight_norm_dim(&gi.shape, &t.shape) {
-                        if only(prefix, &["original0", "original1"]) {
-                            let how = Reparam::WeightNorm {
-                                g,
-                                v: t.name.clone(),
-                                dim,
-                            };
-                            add(m, param, t, how);
-                        }
-                    }
-                }
-            }
-            continue;
-        }
-        // parametrizations.spectral_norm: `.original` with the buffers `.0._u`, `.0._v`.
-        if last == "original" {
-            if let Some((m, param)) = split_parametrization(prefix) {
-                let (u, v) = (format!("{prefix}.0._u"), format!("{prefix}.0._v"));
-                if let (Some(ui), Some(vi)) = (by_name.get(u.as_str()), by_name.get(v.as_str())) {
-                    if let Some(dims) = spectral_dims(&t.shape, &ui.shape, &vi.shape) {
-                        if only(prefix, &["original", "0._u", "0._v"]) {
-                            let how = Reparam::SpectralNorm {
-                                original: t.name.clone(),
-                                u,
-                                v,
-                                dims,
-                            };
-                            add(m, param, t, how);
-                        }
-                    }
-                }
-            }
-            continue;
-        }
-        // utils.weight_norm: `{param}_v` with `{param}_g`.
-        if let Some(param) = last.strip_suffix("_v").filter(|p| !p.is_empty()) {
-            let g = join(prefix, &format!("{param}_g"));
-            let orig = join(prefix, &format!("{param}_orig"));
-            if by_name.contains_key(orig.as_str()) {
-                continue; // spectral norm's `_v`, handled from `_orig`
-            }
-            if let Some(gi) = by_name.get(g.as_str()) {
-                if let Some(dim) = weight_norm_dim(&gi.shape, &t.shape) {
-                    let how = Reparam::WeightNorm {
-                        g,
-                        v: t.name.clone(),
-                        dim,
-                    };
-                    add(prefix, param, t, how);
-                }
-            }
-            continue;
-        }
-        // utils.spectral_norm: `{param}_orig` with `{param}_u`, `{param}_v`.
-        if let Some(param) = last.strip_suffix("_orig").filter(|p| !p.is_empty()) {
-            let u = join(prefix, &format!("{param}_u"));
-            let v = join(prefix, &format!("{param}_v"));
-            if let (Some(ui), Some(vi)) = (by_name.get(u.as_str()), by_name.get(v.as_str())) {
-                if let Some(dims) = spectral_dims(&t.shape, &ui.shape, &vi.shape) {
-                    let how = Reparam::SpectralNorm {
-                        original: t.name.clone(),
-                        u,
-                        v,
-                        dims,
-                    };
-                    add(prefix, param, t, how);
-                }
-            }
+        if let Some((m, param, how)) = reading(t, &by_name, &only) {
+            add(m, param, t, how);
         }
     }
     out
+}
+
+/// How `t`, if it is the value a reparametrization reads first (`v`, `original`, `_v`, `_orig`),
+/// makes a weight with the tensors beside it: the weight's module and parameter name, and how.
+/// `only(list, allowed)`: whether a ParametrizationList holds those tensors and no others.
+fn reading<'a>(
+    t: &'a TensorInfo,
+    by_name: &HashMap<&str, &TensorInfo>,
+    only: &dyn Fn(&str, &[&str]) -> bool,
+) -> Option<(&'a str, &'a str, Reparam)> {
+    let (prefix, last) = t.name.rsplit_once('.').unwrap_or(("", t.name.as_str()));
+    let shape = |n: &str| by_name.get(n).map(|i| i.shape.as_slice());
+    match last {
+        // parametrizations.weight_norm: `{m}.parametrizations.{param}.original1` is `v`.
+        "original1" => {
+            let (m, param) = split_parametrization(prefix)?;
+            let g = format!("{prefix}.original0");
+            let dim = weight_norm_dim(shape(&g)?, &t.shape)?;
+            only(prefix, &["original0", "original1"]).then_some(())?;
+            let v = t.name.clone();
+            Some((m, param, Reparam::WeightNorm { g, v, dim }))
+        }
+        // parametrizations.spectral_norm: `.original` with the buffers `.0._u`, `.0._v`.
+        "original" => {
+            let (m, param) = split_parametrization(prefix)?;
+            let (u, v) = (format!("{prefix}.0._u"), format!("{prefix}.0._v"));
+            let dims = spectral_dims(&t.shape, shape(&u)?, shape(&v)?)?;
+            only(prefix, &["original", "0._u", "0._v"]).then_some(())?;
+            let original = t.name.clone();
+            Some((
+                m,
+                param,
+                Reparam::SpectralNorm {
+                    original,
+                    u,
+                    v,
+                    dims,
+                },
+            ))
+        }
+        _ => {
+            // utils.weight_norm: `{param}_v` with `{param}_g` (a `_v` beside `_orig` is spectral
+            // norm's, read from `_orig`).
+            if let Some(param) = last.strip_suffix("_v").filter(|p| !p.is_empty()) {
+                if by_name.contains_key(join(prefix, &format!("{param}_orig")).as_str()) {
+                    return None;
+                }
+                let g = join(prefix, &format!("{param}_g"));
+                let dim = weight_norm_dim(shape(&g)?, &t.shape)?;
+                let v = t.name.clone();
+                return Some((prefix, param, Reparam::WeightNorm { g, v, dim }));
+            }
+            // utils.spectral_norm: `{param}_orig` with `{param}_u`, `{param}_v`.
+            let param = last.strip_suffix("_orig").filter(|p| !p.is_empty())?;
+            let u = join(prefix, &format!("{param}_u"));
+            let v = join(prefix, &format!("{param}_v"));
+            let dims = spectral_dims(&t.shape, shape(&u)?, shape(&v)?)?;
+            let original = t.name.clone();
+            Some((
+                prefix,
+                param,
+                Reparam::SpectralNorm {
+                    original,
+                    u,
+                    v,
+                    dims,
+                },
+            ))
+        }
+    }
 }
 
 /// Splits `{m}.parametrizations.{param}` into (`m`, `param`).

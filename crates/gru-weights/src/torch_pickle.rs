@@ -173,7 +173,7 @@ pub(crate) fn storage_sizes(p: &Pickle) -> Vec<(String, usize)> {
         .collect()
 }
 
-fn usizes(p: &Pickle, id: Id, what: &str) -> Result<Vec<usize>, String> {
+pub(crate) fn usizes(p: &Pickle, id: Id, what: &str) -> Result<Vec<usize>, String> {
     let items = p.seq(id).ok_or_else(|| format!("{what} is not a tuple"))?;
     items
         .iter()
