@@ -9,8 +9,10 @@ still go wrong. `gru verify models` checks them with the rest. Regenerate with:
     python scripts/make_random_cases.py [--seed 7] [--count 48] [--out models/random]
 A different seed is a quick differential fuzz against PyTorch:
     python scripts/make_random_cases.py --seed 99 --count 300 --out /tmp/fuzz && gru verify /tmp/fuzz
-`--more-formats` adds torch.export archives and weights under weight norm or spectral norm to the
-formats drawn (off by default, so that seed 7 still writes the shipped models/random).
+`--more-formats` adds torch.export archives, weights under weight norm or spectral norm, and
+Hugging Face sharded checkpoints (safetensors or torch.save shards of a random size; needs
+huggingface_hub) to the formats drawn (off by default, so that seed 7 still writes the shipped
+models/random).
 """
 import argparse
 import os
@@ -28,7 +30,7 @@ from export_reference import export_case, save_weights  # noqa: E402
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "random")
 FORMATS = ["safetensors", "zip", "legacy", "whole_module", "torchscript", "training_dict",
            "dataparallel"]
-MORE_FORMATS = ["export", "weight_norm", "spectral_norm"]
+MORE_FORMATS = ["export", "weight_norm", "spectral_norm", "hf_sharded", "hf_sharded_bin"]
 
 
 class Wrapper(nn.Module):
@@ -74,7 +76,7 @@ def reparametrize(rng, rnn, fmt):
         parametrizations.spectral_norm(rnn, name)
 
 
-def save(model, path, fmt, x=None, h0=None):
+def save(model, path, fmt, x=None, h0=None, rng=None):
     sd = model.state_dict()
     if fmt == "safetensors":
         save_weights(model, path)
@@ -99,6 +101,11 @@ def save(model, path, fmt, x=None, h0=None):
             torch.export.save(torch.export.export(model, args), path)
     elif fmt in ("weight_norm", "spectral_norm"):
         torch.save(sd, path)
+    elif fmt in ("hf_sharded", "hf_sharded_bin"):
+        from huggingface_hub import save_torch_state_dict
+        os.makedirs(path)
+        save_torch_state_dict(sd, path, max_shard_size=rng.choice([64, 500, 4000, 10 ** 9]),
+                              safe_serialization=fmt == "hf_sharded")
 
 
 def one_case(rng, out, i, formats):
@@ -143,8 +150,13 @@ def one_case(rng, out, i, formats):
         reparametrize(rng, rnn, fmt)
         model.eval()
     name = f"r{i:03d}"
-    weights = f"{name}.safetensors" if fmt == "safetensors" else f"{name}_{fmt}.pt"
-    save(model, os.path.join(out, weights), fmt, x, h0)
+    if fmt == "safetensors":
+        weights = f"{name}.safetensors"
+    elif fmt.startswith("hf_"):
+        weights = f"{name}_{fmt}"  # the folder
+    else:
+        weights = f"{name}_{fmt}.pt"
+    save(model, os.path.join(out, weights), fmt, x, h0, rng)
     desc = (f"{'GRUCell' if cell else 'GRU'}({input_size}, {hidden}, layers={layers}, bias={bias}, "
             f"batch_first={batch_first}, bidirectional={bidirectional}) {str(dtype)[6:]} at "
             f"'{prefix_of(depth)}', {fmt}, input {tuple(x.shape)}, h0={h0 is not None}, "
@@ -159,7 +171,7 @@ def main():
     ap.add_argument("--count", type=int, default=48)
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--more-formats", action="store_true",
-                    help="also torch.export archives and weight / spectral norm")
+                    help="also torch.export archives, weight / spectral norm and sharded checkpoints")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     torch.manual_seed(a.seed)

@@ -325,3 +325,164 @@ fn altered_distributed_checkpoints_are_refused_by_name() {
         assert!(e.contains(expect), "{name}: {e}");
     }
 }
+
+#[test]
+fn hugging_face_folders_and_indexes_load_tensor_for_tensor() {
+    // One model saved by save_torch_state_dict as safetensors shards and as torch.save shards,
+    // and by safetensors.torch.save_model as one file (scripts/make_sharded_fixtures.py).
+    let single = WeightFile::open(checkpoint("hf_single")).unwrap();
+    assert_eq!(single.format(), Format::Safetensors);
+    let expected: Modules = vec![
+        ("body.rnn".into(), ModuleKind::Gru),
+        ("cell".into(), ModuleKind::GruCell),
+        ("tied".into(), ModuleKind::Gru),
+    ];
+    assert_eq!(modules(&single), expected);
+    for (path, tied) in [
+        ("hf_sharded", true),
+        ("hf_sharded/model.safetensors.index.json", true),
+        ("hf_sharded_bin", false),
+        ("hf_sharded_bin/pytorch_model.bin.index.json", false),
+    ] {
+        let f = WeightFile::open(checkpoint(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(f.format(), Format::Sharded, "{path}");
+        let mut compared = 0;
+        for t in single.tensors() {
+            if f.info(&t.name).is_none() {
+                // torch.save shards leave tied copies out, and name them nowhere.
+                assert!(!tied && t.name.starts_with("tied."), "{path}: {}", t.name);
+                continue;
+            }
+            let a = single.load(&t.name, &Device::Cpu).unwrap();
+            let b = f
+                .load(&t.name, &Device::Cpu)
+                .unwrap_or_else(|e| panic!("{path}: {}: {e}", t.name));
+            assert_eq!(a.dims(), b.dims(), "{path}: {}", t.name);
+            assert_eq!(max_diff(&a, &b), 0.0, "{path}: {}", t.name);
+            compared += 1;
+        }
+        assert_eq!(compared, if tied { 40 } else { 24 }, "{path}");
+        assert_eq!(f.tensors().len(), compared, "{path}");
+    }
+    // Tied copies safetensors dropped are named by the metadata, and read from the kept tensor.
+    for f in [
+        &single,
+        &WeightFile::open(checkpoint("hf_sharded")).unwrap(),
+    ] {
+        assert_eq!(
+            f.shared_with("tied.weight_hh_l1"),
+            Some("body.rnn.weight_hh_l1")
+        );
+        assert_eq!(f.shared_with("body.rnn.weight_hh_l1"), None);
+        assert!(f
+            .computed_from("cell.weight_hh")
+            .unwrap()
+            .starts_with("weight norm"));
+    }
+}
+
+#[test]
+fn altered_sharded_indexes_are_refused_by_name() {
+    let shards = checkpoint("hf_sharded");
+    let index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(shards.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let first = "model-00001-of-00013.safetensors";
+    let mapped = |name: &str, file: &str| {
+        let mut v = index.clone();
+        v["weight_map"][name] = file.into();
+        v.to_string()
+    };
+    let w = "body.rnn.weight_hh_l1";
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "parent",
+            mapped(w, "../model-00001-of-00013.safetensors"),
+            "leaves the folder",
+        ),
+        (
+            "absolute",
+            mapped(w, "/etc/hostname"),
+            "is an absolute path",
+        ),
+        ("windows", mapped(w, "C:\\x.safetensors"), "has a `\\`"),
+        (
+            "absent",
+            mapped(w, "model-00099-of-00013.safetensors"),
+            "model-00099-of-00013",
+        ),
+        ("wrong shard", mapped(w, first), "which does not hold it"),
+        (
+            "itself",
+            mapped(w, "model.safetensors.index.json"),
+            "not a shard holding tensors",
+        ),
+        ("a folder", mapped(w, "."), "names no file"),
+        ("empty map", r#"{"weight_map": {}}"#.into(), "is empty"),
+        (
+            "not JSON",
+            "{ weight_map".into(),
+            "not a sharded checkpoint index",
+        ),
+        (
+            "no map",
+            r#"{"metadata": {}}"#.into(),
+            "not a sharded checkpoint index",
+        ),
+        (
+            "numbers",
+            r#"{"weight_map": {"a": 1}}"#.into(),
+            "not a sharded checkpoint index",
+        ),
+        (
+            "deep",
+            format!("{{\"metadata\": {}", "[".repeat(100_000)),
+            "not a sharded checkpoint index",
+        ),
+        (
+            "huge",
+            format!(
+                "{{\"weight_map\": {{}}, \"x\": \"{}\"}}",
+                "x".repeat(17 << 20)
+            ),
+            "cap",
+        ),
+    ];
+    for (what, text, expect) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(&shards).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+        }
+        std::fs::write(dir.path().join("model.safetensors.index.json"), text).unwrap();
+        let e = WeightFile::open(dir.path())
+            .and_then(|f| f.load(w, &Device::Cpu))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expect), "{what}: {e}");
+    }
+
+    // A tensor the index does not map, held by two shards, is ambiguous when loaded.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(shards.join(first), dir.path().join("a.safetensors")).unwrap();
+    std::fs::copy(shards.join(first), dir.path().join("b.safetensors")).unwrap();
+    let index = r#"{"weight_map": {"proj.weight": "a.safetensors", "proj.bias": "b.safetensors"}}"#;
+    std::fs::write(dir.path().join("x.index.json"), index).unwrap();
+    let f = WeightFile::open(dir.path().join("x.index.json")).unwrap();
+    assert!(f.load("proj.weight", &Device::Cpu).is_ok());
+    let e = f
+        .load("body.rnn.weight_ih_l0", &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refusing to guess"), "{e}");
+
+    // A folder with two indexes, or none of what save_pretrained writes, names what it found.
+    std::fs::write(dir.path().join("y.safetensors.index.json"), index).unwrap();
+    std::fs::write(dir.path().join("z.safetensors.index.json"), index).unwrap();
+    let e = WeightFile::open(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("2 safetensors indexes"), "{e}");
+    let empty = tempfile::tempdir().unwrap();
+    let e = WeightFile::open(empty.path()).unwrap_err().to_string();
+    assert!(e.contains("neither a torch.distributed.checkpoint"), "{e}");
+}

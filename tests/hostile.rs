@@ -173,6 +173,7 @@ fn every_hostile_input_is_refused_cleanly() {
     let weights = models.join("reference/uni_l1_h0.safetensors");
     let weights = weights.to_str().unwrap();
     let case = models.join("reference/uni_l1_h0.case.safetensors");
+    std::fs::create_dir(d.join("empty")).unwrap();
 
     // Pickles that would exhaust a naive reader.
     let mut deep = vec![0x80, 2];
@@ -338,7 +339,8 @@ fn every_hostile_input_is_refused_cleanly() {
             "truncated",
         ),
         attack("FIFO weights", &["inspect", "fifo"], "FIFO"),
-        attack("directory weights", &["inspect", "."], "directory"),
+        attack("folder of no checkpoint", &["inspect", "empty"], "neither"),
+        attack("folder of several files", &["inspect", "."], "pass the one to read"),
         attack("device weights", &["inspect", "/dev/zero"], "device"),
         attack(
             "--prefix with a newline",
@@ -747,40 +749,57 @@ fn mutated_checkpoints_never_crash() {
             }
         }
     }
-    // A distributed checkpoint folder: its `.metadata` or one of its shards mutated.
-    let dcp = root().join("models/checkpoints/dcp_sharded");
-    let parts = [".metadata", "__0_0.distcp", "__1_0.distcp"];
-    let folder = d.join("dcp");
-    std::fs::create_dir_all(&folder).unwrap();
-    for k in 0..4 * per_seed {
-        for p in parts {
-            std::fs::copy(dcp.join(p), folder.join(p)).unwrap();
-        }
-        let victim = parts[k as usize % parts.len()];
-        let bytes = std::fs::read(dcp.join(victim)).unwrap();
-        std::fs::write(folder.join(victim), mutant(&mut rng, &bytes)).unwrap();
-        let args: &[&str] = if k % 2 == 0 {
-            &["inspect", "dcp"]
-        } else {
-            &[
-                "convert",
-                "--weights",
-                "dcp",
-                "--prefix",
-                "model.rnn",
-                "--out",
-                "o.safetensors",
-            ]
-        };
-        let o = run_limited(d, args);
-        runs += 1;
-        if !matches!(o.code, Some(0 | 2)) {
-            failures.push(format!(
-                "dcp_sharded/{victim} mutant {k} ({args:?}): exit {:?} after {:?}: {}",
-                o.code,
-                o.elapsed,
-                o.stderr.lines().last().unwrap_or("")
-            ));
+    // Checkpoint folders (a distributed checkpoint, Hugging Face shards): their index or one of
+    // their shards mutated.
+    for (name, prefix) in [
+        ("dcp_sharded", "model.rnn"),
+        ("hf_sharded", "body.rnn"),
+        ("hf_sharded_bin", "body.rnn"),
+    ] {
+        let source = root().join("models/checkpoints").join(name);
+        let mut parts: Vec<String> = std::fs::read_dir(&source)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        // The index first, so that every run mutates it at least once.
+        parts.sort_by_key(|p| (!(p.starts_with('.') || p.ends_with(".json")), p.clone()));
+        let folder = d.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        for k in 0..4 * per_seed {
+            for p in &parts {
+                std::fs::copy(source.join(p), folder.join(p)).unwrap();
+            }
+            // Every other mutant hits the index.
+            let victim = &parts[if k % 2 == 0 {
+                0
+            } else {
+                k as usize % parts.len()
+            }];
+            let bytes = std::fs::read(source.join(victim)).unwrap();
+            std::fs::write(folder.join(victim), mutant(&mut rng, &bytes)).unwrap();
+            let args: &[&str] = if k % 2 == 0 {
+                &["inspect", name]
+            } else {
+                &[
+                    "convert",
+                    "--weights",
+                    name,
+                    "--prefix",
+                    prefix,
+                    "--out",
+                    "o.safetensors",
+                ]
+            };
+            let o = run_limited(d, args);
+            runs += 1;
+            if !matches!(o.code, Some(0 | 2)) {
+                failures.push(format!(
+                    "{name}/{victim} mutant {k} ({args:?}): exit {:?} after {:?}: {}",
+                    o.code,
+                    o.elapsed,
+                    o.stderr.lines().last().unwrap_or("")
+                ));
+            }
         }
     }
     // Inputs too: a valid (6, 3, 5) f32 .npy for models/reference/uni_l1_h0, mutated.

@@ -7,7 +7,8 @@ use gru_weights::WeightFile;
 #[derive(clap::Args)]
 pub struct Args {
     /// A safetensors file, a torch.save checkpoint (zip or legacy, any extension), a
-    /// TorchScript archive, a torch.export archive or a torch.distributed.checkpoint folder.
+    /// TorchScript archive, a torch.export archive, a torch.distributed.checkpoint folder, or a
+    /// Hugging Face sharded checkpoint (its *.index.json, or the save_pretrained folder).
     file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -21,6 +22,11 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let file = WeightFile::open(&a.file)?;
     let d = file.discover();
     let n_computed = computed(&file, file.tensors().iter().map(|t| &t.name)).len();
+    let n_shared = file
+        .tensors()
+        .iter()
+        .filter(|t| file.shared_with(&t.name).is_some())
+        .count();
     if a.json {
         let found: Vec<_> = d
             .found
@@ -58,6 +64,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 if let Some(how) = file.computed_from(&t.name) {
                     v["computed_from"] = how.into();
                 }
+                if let Some(kept) = file.shared_with(&t.name) {
+                    v["shared_with"] = kept.into();
+                }
                 v
             })
             .collect();
@@ -65,8 +74,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 "file": a.file.display().to_string(),
                 "format": file.format().to_string(),
                 "state_dicts": file.state_dicts(),
-                "tensors": file.tensors().len() - n_computed,
+                "tensors": file.tensors().len() - n_computed - n_shared,
                 "computed_weights": n_computed,
+                "shared_names": n_shared,
                 "quantized": file.quantized_note(),
                 "modules": found,
                 "invalid": rejected,
@@ -78,19 +88,28 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let sds = file.state_dicts();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
     println!(
-        "{}: {}, {} tensors in {} state dict{}{}",
+        "{}: {}, {} tensors in {} state dict{}{}{}",
         a.file.display(),
         file.format(),
-        file.tensors().len() - n_computed,
+        file.tensors().len() - n_computed - n_shared,
         sds.len(),
-        if sds.len() == 1 { "" } else { "s" },
+        plural(sds.len()),
         if n_computed == 0 {
             String::new()
         } else {
             format!(
                 ", and {n_computed} weight{} computed from weight norm or spectral norm",
-                if n_computed == 1 { "" } else { "s" }
+                plural(n_computed)
+            )
+        },
+        if n_shared == 0 {
+            String::new()
+        } else {
+            format!(
+                ", and {n_shared} name{} of a tensor stored under another (tied weights)",
+                plural(n_shared)
             )
         }
     );
@@ -154,6 +173,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 t.shape,
                 file.computed_from(&t.name)
                     .map(|how| format!("  (computed: {how})"))
+                    .or_else(|| file
+                        .shared_with(&t.name)
+                        .map(|kept| format!("  (stored as `{kept}`)")))
                     .unwrap_or_default()
             );
         }

@@ -41,7 +41,8 @@ enum Command {
 #[derive(clap::Args)]
 pub struct WeightsArgs {
     /// A .safetensors state_dict, a .pt/.pth checkpoint (plain or a training checkpoint dict), a
-    /// TorchScript or torch.export archive, or a torch.distributed.checkpoint folder.
+    /// TorchScript or torch.export archive, a torch.distributed.checkpoint folder, or a Hugging
+    /// Face folder or sharded checkpoint (its *.index.json).
     #[arg(long)]
     weights: std::path::PathBuf,
     /// Module path of the GRU in the file (needed when it holds several), e.g. `encoder.rnn`.

@@ -1,6 +1,6 @@
 //! `WeightFile`: a safetensors file or a PyTorch checkpoint (zip, legacy, TorchScript, `torch.export`),
-//! memory-mapped and opened once, listing its tensors by name, dtype and shape, and loading the ones
-//! asked for.
+//! memory-mapped and opened once, or a folder of them (`torch.distributed.checkpoint`, Hugging Face
+//! shards), listing its tensors by name, dtype and shape, and loading the ones asked for.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -13,6 +13,7 @@ use safetensors::SafeTensors;
 use crate::error::{Result, WeightsError};
 use crate::pth;
 use crate::reparam::{self, Reparam};
+use crate::sharded::{self, Sharded};
 
 /// Name, dtype and shape of one tensor in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub enum Format {
     ExportedProgram,
     /// A `torch.distributed.checkpoint` folder (`.metadata` and `*.distcp` shards).
     DistributedCheckpoint,
+    /// A Hugging Face sharded checkpoint: an `*.index.json` and the shards it names.
+    Sharded,
 }
 
 impl std::fmt::Display for Format {
@@ -57,6 +60,7 @@ impl std::fmt::Display for Format {
             Format::TorchScript => "TorchScript archive",
             Format::ExportedProgram => "torch.export archive",
             Format::DistributedCheckpoint => "torch.distributed.checkpoint folder",
+            Format::Sharded => "sharded checkpoint (index and shards)",
         })
     }
 }
@@ -73,6 +77,8 @@ enum Source {
     },
     /// A `torch.distributed.checkpoint` folder.
     Dcp(Box<crate::dcp::Dcp>),
+    /// A Hugging Face index and its shards.
+    Sharded(Box<Sharded>),
 }
 
 /// An opened weight file.
@@ -91,6 +97,10 @@ pub struct WeightFile {
     /// Weights stored reparametrized (weight norm, spectral norm), listed in `infos` under their
     /// plain names and computed when loaded.
     derived: HashMap<String, Reparam>,
+    /// Names of tensors that safetensors stored once for several names (tied weights): the
+    /// dropped name -> the stored one, as `safetensors.torch.save_model` and
+    /// `save_torch_state_dict` record them in the metadata.
+    shared: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for WeightFile {
@@ -114,8 +124,9 @@ pub(crate) fn map(path: &Path, file: &File) -> Result<memmap2::Mmap> {
 
 impl WeightFile {
     /// Opens a safetensors file, a `torch.save` checkpoint (zip or legacy), a TorchScript or
-    /// `torch.export` archive, telling them apart by content, not by name; or a
-    /// `torch.distributed.checkpoint` folder (or its `.metadata`).
+    /// `torch.export` archive, telling them apart by content, not by name; a
+    /// `torch.distributed.checkpoint` folder (or its `.metadata`); or a Hugging Face sharded
+    /// checkpoint (its `*.index.json`, or the folder `save_pretrained` wrote).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with_key(path, None)
     }
@@ -125,16 +136,54 @@ impl WeightFile {
     pub fn open_with_key(path: impl AsRef<Path>, key: Option<&str>) -> Result<Self> {
         let path = path.as_ref();
         if let Some(dir) = crate::dcp::folder_of(path) {
-            let (dcp, mut infos) = crate::dcp::Dcp::open(&dir, key)?;
-            let derived = add_derived(&mut infos, Some(&[]));
-            return Ok(Self {
-                path: dir,
-                source: Source::Dcp(Box::new(dcp)),
-                infos,
-                state_dicts: vec![String::new()],
-                derived,
-            });
+            let (dcp, infos) = crate::dcp::Dcp::open(&dir, key)?;
+            return Ok(Self::new(dir, Source::Dcp(Box::new(dcp)), infos).with_derived());
         }
+        let path = if path.is_dir() {
+            sharded::file_in_folder(path)?
+        } else {
+            path.to_path_buf()
+        };
+        Ok(Self::open_file(&path, key, true)?.with_derived())
+    }
+
+    /// Opens one shard of a sharded checkpoint: a file, not an index; weights stored
+    /// reparametrized are not computed yet (their sources may lie in other shards).
+    pub(crate) fn open_shard(path: &Path) -> Result<Self> {
+        Self::open_file(path, None, false)
+    }
+
+    fn new(path: PathBuf, source: Source, infos: Vec<TensorInfo>) -> Self {
+        Self {
+            path,
+            source,
+            infos,
+            state_dicts: vec![String::new()],
+            derived: HashMap::new(),
+            shared: HashMap::new(),
+        }
+    }
+
+    /// Lists the weights stored reparametrized under their plain names.
+    fn with_derived(mut self) -> Self {
+        let chained = self.chained();
+        self.derived = add_derived(&mut self.infos, chained.as_deref());
+        self
+    }
+
+    /// The parametrization lists known to hold a second parametrization; `None` when the file
+    /// cannot tell (see `reparam::find`). A safetensors file keeps no module list: chains
+    /// without tensors cannot be seen there.
+    pub(crate) fn chained(&self) -> Option<Vec<String>> {
+        match &self.source {
+            Source::Safetensors(_) | Source::Dcp(_) => Some(Vec::new()),
+            Source::PyTorch { checkpoint, .. } => checkpoint.chained.clone(),
+            Source::Sharded(s) => s.chained(),
+        }
+    }
+
+    /// Opens a regular file; an index (`index_allowed`) opens its shards.
+    fn open_file(path: &Path, key: Option<&str>, index_allowed: bool) -> Result<Self> {
         let file = crate::regular::open_regular(path)?;
         let len = file
             .metadata()
@@ -146,6 +195,30 @@ impl WeightFile {
         let mmap = map(path, &file)?;
         let zip = mmap.starts_with(b"PK\x03\x04") || mmap.starts_with(b"PK\x05\x06");
         let safetensors_like = mmap.get(8) == Some(&b'{');
+        // A safetensors header's length fits the file; JSON text read as one never does.
+        let safetensors_header = safetensors_like
+            && mmap.get(..8).is_some_and(|h| {
+                u64::from_le_bytes(h.try_into().expect("8 bytes")) <= len.saturating_sub(8)
+            });
+        let json = !zip && !safetensors_header && sharded::looks_like_json(&mmap);
+        if json {
+            if !index_allowed {
+                return Err(WeightsError::file(
+                    path,
+                    "is JSON (an index?), not a shard holding tensors",
+                ));
+            }
+            if key.is_some() {
+                return Err(WeightsError::file(
+                    path,
+                    "a sharded checkpoint has no checkpoint keys",
+                ));
+            }
+            let (s, infos) = Sharded::open(path, &mmap)?;
+            let mut f = Self::new(path.to_path_buf(), Source::Sharded(Box::new(s)), infos);
+            f.add_shared();
+            return Ok(f);
+        }
         if !zip && (safetensors_like || !pth::is_legacy(&mmap)) {
             if key.is_some() {
                 return Err(WeightsError::file(
@@ -153,16 +226,10 @@ impl WeightFile {
                     "a safetensors file has no checkpoint keys",
                 ));
             }
-            let mut infos = safetensors_infos(path, &mmap)?;
-            // A safetensors file keeps no module list: chains without tensors cannot be seen.
-            let derived = add_derived(&mut infos, Some(&[]));
-            return Ok(Self {
-                path: path.to_path_buf(),
-                source: Source::Safetensors(mmap),
-                infos,
-                state_dicts: vec![String::new()],
-                derived,
-            });
+            let infos = safetensors_infos(path, &mmap)?;
+            let mut f = Self::new(path.to_path_buf(), Source::Safetensors(mmap), infos);
+            f.add_shared();
+            return Ok(f);
         }
         let map = Arc::new(mmap);
         let mut checkpoint = if zip {
@@ -209,21 +276,40 @@ impl WeightFile {
             state_dicts.push(f.state_dict.clone());
         }
         infos.sort_by(|a, b| a.name.cmp(&b.name));
-        let derived = add_derived(&mut infos, checkpoint.chained.as_deref());
         state_dicts.sort();
         state_dicts.dedup();
+        let source = Source::PyTorch {
+            map,
+            checkpoint: Box::new(checkpoint),
+            index,
+            conflicts,
+        };
         Ok(Self {
-            path: path.to_path_buf(),
-            source: Source::PyTorch {
-                map,
-                checkpoint: Box::new(checkpoint),
-                index,
-                conflicts,
-            },
-            infos,
             state_dicts,
-            derived,
+            ..Self::new(path.to_path_buf(), source, infos)
         })
+    }
+
+    /// Lists the names the metadata records as dropped copies of a stored tensor
+    /// (`{"decoder.weight": "embed.weight"}`), under their own names.
+    fn add_shared(&mut self) {
+        let mut shared = HashMap::new();
+        for (dropped, kept) in self.metadata() {
+            if self.exact(&dropped).is_none() {
+                if let Some(info) = self.exact(&kept) {
+                    let info = TensorInfo {
+                        name: dropped.clone(),
+                        ..info.clone()
+                    };
+                    shared.insert(dropped, (kept, info));
+                }
+            }
+        }
+        for (dropped, (kept, info)) in shared {
+            self.infos.push(info);
+            self.shared.insert(dropped, kept);
+        }
+        self.infos.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
     pub fn path(&self) -> &Path {
@@ -235,6 +321,7 @@ impl WeightFile {
             Source::Safetensors(_) => Format::Safetensors,
             Source::PyTorch { checkpoint, .. } => checkpoint.format,
             Source::Dcp(_) => Format::DistributedCheckpoint,
+            Source::Sharded(_) => Format::Sharded,
         }
     }
 
@@ -250,7 +337,7 @@ impl WeightFile {
             return self.state_dict_of(how.sources()[0]);
         }
         match &self.source {
-            Source::Safetensors(_) | Source::Dcp(_) => "",
+            Source::Safetensors(_) | Source::Dcp(_) | Source::Sharded(_) => "",
             Source::PyTorch {
                 checkpoint, index, ..
             } => index
@@ -269,6 +356,7 @@ impl WeightFile {
             Source::PyTorch { checkpoint, .. } => {
                 checkpoint.quantized.as_deref().map(pth::quantized_hint)
             }
+            Source::Sharded(s) => s.shards().iter().find_map(WeightFile::quantized_note),
         }
     }
 
@@ -286,12 +374,27 @@ impl WeightFile {
         self.derived.get(name).map(Reparam::describe)
     }
 
-    /// The stored tensors a computed weight reads (empty for a stored tensor).
+    /// The stored tensors a computed weight reads, or the one a shared name stands for (empty
+    /// for a stored tensor).
     pub fn sources_of(&self, name: &str) -> Vec<&str> {
-        match self.resolve(name).ok().and_then(|n| self.derived.get(n)) {
+        let Ok(name) = self.resolve(name) else {
+            return Vec::new();
+        };
+        if let Some(kept) = self.shared.get(name) {
+            return vec![kept];
+        }
+        match self.derived.get(name) {
             Some(how) => how.sources(),
             None => Vec::new(),
         }
+    }
+
+    /// For a tensor a safetensors file stores once for several names (tied weights, as
+    /// `safetensors.torch.save_model` and `save_torch_state_dict` drop the copies): the name it
+    /// is stored under. `None` for a tensor stored under its own name.
+    pub fn shared_with(&self, name: &str) -> Option<&str> {
+        let name = self.resolve(name).ok()?;
+        self.shared.get(name).map(String::as_str)
     }
 
     fn exact(&self, name: &str) -> Option<&TensorInfo> {
@@ -338,13 +441,15 @@ impl WeightFile {
         self.exact(self.resolve(name).ok()?)
     }
 
-    /// The safetensors `__metadata__` strings (empty for PyTorch files).
+    /// The safetensors `__metadata__` strings, or a sharded checkpoint index's `metadata`
+    /// (empty for PyTorch files).
     pub fn metadata(&self) -> HashMap<String, String> {
         match &self.source {
             Source::Safetensors(mmap) => SafeTensors::read_metadata(mmap)
                 .ok()
                 .and_then(|(_, m)| m.metadata().clone())
                 .unwrap_or_default(),
+            Source::Sharded(s) => s.metadata.clone(),
             Source::PyTorch { .. } | Source::Dcp(_) => HashMap::new(),
         }
     }
@@ -356,7 +461,7 @@ impl WeightFile {
         if let Some(how) = self.derived.get(name) {
             let info = self.exact(name).expect("derived names are listed");
             // Computed in f64: each copy must fit the memory this file justifies.
-            let cap = pth::budget(self.file_len());
+            let cap = pth::budget(self.stored_bytes());
             let fits = info
                 .shape
                 .iter()
@@ -386,11 +491,13 @@ impl WeightFile {
         self.load_stored_on(name, device)
     }
 
-    fn file_len(&self) -> usize {
+    /// Bytes of the file, or of all its shards.
+    pub(crate) fn stored_bytes(&self) -> usize {
         match &self.source {
             Source::Safetensors(mmap) => mmap.len(),
             Source::PyTorch { map, .. } => map.len(),
             Source::Dcp(d) => usize::try_from(d.shard_bytes).unwrap_or(usize::MAX),
+            Source::Sharded(s) => usize::try_from(s.bytes).unwrap_or(usize::MAX),
         }
     }
 
@@ -398,8 +505,9 @@ impl WeightFile {
         self.load_stored_on(name, &Device::Cpu)
     }
 
-    /// Loads the stored tensor of full name `name`.
-    fn load_stored_on(&self, name: &str, device: &Device) -> Result<Tensor> {
+    /// Loads the stored tensor of full name `name` (or of the name it is shared with).
+    pub(crate) fn load_stored_on(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let name = self.shared.get(name).map_or(name, String::as_str);
         match &self.source {
             Source::Safetensors(mmap) => {
                 let st = SafeTensors::deserialize(mmap)
@@ -446,6 +554,7 @@ impl WeightFile {
                     .to_device(device)?)
             }
             Source::Dcp(d) => Ok(d.load(name)?.to_device(device)?),
+            Source::Sharded(s) => s.load(name, device),
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A whole model's `state_dict()` saved with `safetensors.torch.save_file` or `torch.save` (zip or
 //! legacy, plain or inside a training checkpoint dict), a whole pickled model, a TorchScript
-//! archive, a `torch.export` archive or a `torch.distributed.checkpoint` folder is read without
+//! archive, a `torch.export` archive, a `torch.distributed.checkpoint` folder or a Hugging Face
+//! sharded checkpoint is read without
 //! Python and without running anything in it, and searched for `nn.GRU` and `nn.GRUCell` modules
 //! at any depth; their configuration is inferred from names and shapes and every tensor is
 //! checked against it. Weights trained under
@@ -29,6 +30,7 @@ mod pth;
 mod regular;
 mod reparam;
 mod save;
+mod sharded;
 mod torch_pickle;
 mod var_builder;
 

@@ -233,7 +233,7 @@ impl WeightFile {
             .iter()
             .map(|t| t.name.as_str())
             .filter(|n| !keys.contains(n) && !sources.contains(n) && !unused.contains(n))
-            .filter(|n| self.computed_from(n).is_none())
+            .filter(|n| self.computed_from(n).is_none() && self.shared_with(n).is_none())
             .count();
         let report = LoadReport {
             prefix: info.prefix.clone(),
