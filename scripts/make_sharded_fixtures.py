@@ -8,13 +8,13 @@ cases whose `weights` is the folder or its index:
                     is also reachable as `tied` (one module under two names), whose copies
                     safetensors drops and the index's metadata names
   hf_sharded_bin/   the same with safe_serialization=False: pytorch_model.bin.index.json and
-                    torch.save shards; the tied copies are left out and named nowhere (PyTorch
-                    restores them only because the module is shared), so it has no `tied` case
+                    torch.save shards, the tied copies kept beside the tensors they share
   hf_single/        safetensors.torch.save_model of the model: one model.safetensors, tied
                     copies named in its own metadata
 
 The tagger: Linear 6->5 -> 2-layer bidirectional batch-first GRU 5->9 (under `body.rnn`, and
-`tied`) -> GRUCell 18->12 with weight_norm on weight_hh (g moved off ||v||).
+`tied`) -> GRUCell 18->12 with weight_norm on weight_hh (g moved off ||v||; also reachable as
+`cell_tied`, whose dropped copies of g and v the weight is computed from).
 
 Regenerate: python scripts/make_sharded_fixtures.py (seed 2024; needs huggingface_hub).
 """
@@ -47,6 +47,7 @@ class Tagger(nn.Module):
         with torch.no_grad():
             g = self.cell.parametrizations.weight_hh.original0
             g.mul_(1.5).add_(0.1)
+        self.cell_tied = self.cell
 
 
 def model():
@@ -61,17 +62,17 @@ def fresh(name):
     return path
 
 
-def cases(m, stem, weights, tied=True):
+def cases(m, stem, weights):
     torch.manual_seed(11)
     x = torch.randn(3, 4, 5)
     export_case(OUT, f"{stem}_rnn", m, "body.rnn", x, lengths=[4, 1, 3], weights_file=weights,
                 extra_meta={**META, "prefix": "body.rnn"})
-    h0 = torch.randn(4, 3, 9)
-    if tied:
-        export_case(OUT, f"{stem}_tied", m, "tied", x, h0=h0, weights_file=weights,
-                    extra_meta={**META, "prefix": "tied"})
+    export_case(OUT, f"{stem}_tied", m, "tied", x, h0=torch.randn(4, 3, 9), weights_file=weights,
+                extra_meta={**META, "prefix": "tied"})
     export_case(OUT, f"{stem}_cell", m, "cell", torch.randn(2, 18), h0=torch.randn(2, 12),
                 weights_file=weights, extra_meta={**META, "prefix": "cell"})
+    export_case(OUT, f"{stem}_cell_tied", m, "cell_tied", torch.randn(18), weights_file=weights,
+                extra_meta={**META, "prefix": "cell_tied"})
 
 
 def main():
@@ -79,7 +80,8 @@ def main():
     sd = m.state_dict()
 
     path = fresh("hf_sharded")
-    save_torch_state_dict(sd, path, max_shard_size=1000)
+    # save_torch_state_dict drops the tied copies from the dict it is given: a copy each time.
+    save_torch_state_dict(dict(sd), path, max_shard_size=1000)
     index = json.load(open(os.path.join(path, "model.safetensors.index.json")))
     shards = sorted(set(index["weight_map"].values()))
     dropped = [k for k in index["metadata"] if k not in index["weight_map"] and k != "total_size"]
@@ -90,8 +92,10 @@ def main():
     cases(m, "hf_sharded", "hf_sharded")
 
     path = fresh("hf_sharded_bin")
-    save_torch_state_dict(sd, path, max_shard_size=1000, safe_serialization=False)
-    cases(m, "hf_sharded_bin", "hf_sharded_bin/pytorch_model.bin.index.json", tied=False)
+    save_torch_state_dict(dict(sd), path, max_shard_size=1000, safe_serialization=False)
+    index = json.load(open(os.path.join(path, "pytorch_model.bin.index.json")))
+    assert "tied.weight_hh_l1" in index["weight_map"], "torch.save shards keep tied copies"
+    cases(m, "hf_sharded_bin", "hf_sharded_bin/pytorch_model.bin.index.json")
 
     path = fresh("hf_single")
     save_model(m, os.path.join(path, "model.safetensors"))

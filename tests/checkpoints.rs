@@ -105,7 +105,7 @@ fn every_checkpoint_kind_lists_its_grus() {
 
 #[test]
 fn every_checkpoint_case_matches_pytorch() {
-    assert!(assert_folder_passes(&models_dir().join("checkpoints")) >= 27);
+    assert!(assert_folder_passes(&models_dir().join("checkpoints")) >= 41);
 }
 
 #[test]
@@ -335,50 +335,180 @@ fn hugging_face_folders_and_indexes_load_tensor_for_tensor() {
     let expected: Modules = vec![
         ("body.rnn".into(), ModuleKind::Gru),
         ("cell".into(), ModuleKind::GruCell),
+        ("cell_tied".into(), ModuleKind::GruCell),
         ("tied".into(), ModuleKind::Gru),
     ];
     assert_eq!(modules(&single), expected);
-    for (path, tied) in [
-        ("hf_sharded", true),
-        ("hf_sharded/model.safetensors.index.json", true),
-        ("hf_sharded_bin", false),
-        ("hf_sharded_bin/pytorch_model.bin.index.json", false),
+    for path in [
+        "hf_sharded",
+        "hf_sharded/model.safetensors.index.json",
+        "hf_sharded_bin",
+        "hf_sharded_bin/pytorch_model.bin.index.json",
     ] {
         let f = WeightFile::open(checkpoint(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(f.format(), Format::Sharded, "{path}");
-        let mut compared = 0;
+        assert_eq!(modules(&f), expected, "{path}");
+        assert_eq!(f.tensors().len(), single.tensors().len(), "{path}");
         for t in single.tensors() {
-            if f.info(&t.name).is_none() {
-                // torch.save shards leave tied copies out, and name them nowhere.
-                assert!(!tied && t.name.starts_with("tied."), "{path}: {}", t.name);
-                continue;
-            }
             let a = single.load(&t.name, &Device::Cpu).unwrap();
             let b = f
                 .load(&t.name, &Device::Cpu)
                 .unwrap_or_else(|e| panic!("{path}: {}: {e}", t.name));
             assert_eq!(a.dims(), b.dims(), "{path}: {}", t.name);
             assert_eq!(max_diff(&a, &b), 0.0, "{path}: {}", t.name);
-            compared += 1;
         }
-        assert_eq!(compared, if tied { 40 } else { 24 }, "{path}");
-        assert_eq!(f.tensors().len(), compared, "{path}");
     }
-    // Tied copies safetensors dropped are named by the metadata, and read from the kept tensor.
-    for f in [
-        &single,
-        &WeightFile::open(checkpoint("hf_sharded")).unwrap(),
-    ] {
+    // Tied copies safetensors dropped are named by the metadata, and read from the kept tensor;
+    // torch.save shards keep them.
+    let sharded = WeightFile::open(checkpoint("hf_sharded")).unwrap();
+    for f in [&single, &sharded] {
         assert_eq!(
             f.shared_with("tied.weight_hh_l1"),
             Some("body.rnn.weight_hh_l1")
         );
         assert_eq!(f.shared_with("body.rnn.weight_hh_l1"), None);
-        assert!(f
-            .computed_from("cell.weight_hh")
-            .unwrap()
-            .starts_with("weight norm"));
+        assert!(f.computed_from("cell_tied.weight_hh").is_some());
+        // The tied cell's weight is computed from dropped names: their kept tensors are its
+        // sources too, and not reported as other tensors.
+        let sources = f.sources_of("cell_tied.weight_hh");
+        assert!(
+            sources.contains(&"cell.parametrizations.weight_hh.original1"),
+            "{sources:?}"
+        );
+        let (_, tied) = f.gru_cell(Some("cell_tied"), None, &Device::Cpu).unwrap();
+        let (_, cell) = f.gru_cell(Some("cell"), None, &Device::Cpu).unwrap();
+        assert_eq!(tied.other_tensors, cell.other_tensors);
     }
+    let bin = WeightFile::open(checkpoint("hf_sharded_bin")).unwrap();
+    assert_eq!(bin.shared_with("tied.weight_hh_l1"), None);
+}
+
+#[test]
+fn a_folder_opens_the_file_from_pretrained_would() {
+    let put = |dir: &std::path::Path, name: &str, from: &str| {
+        std::fs::copy(checkpoint(from), dir.join(name)).unwrap();
+    };
+    // transformers' order: one safetensors file before an index, safetensors before torch.save;
+    // another framework's index is not ours.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(
+        d,
+        "tf_model.h5.index.json",
+        "hf_sharded/model.safetensors.index.json",
+    );
+    put(d, "pytorch_model.bin", "zip_flat.pt");
+    assert_eq!(WeightFile::open(d).unwrap().format(), Format::PyTorch);
+    put(
+        d,
+        "pytorch_model.bin.index.json",
+        "hf_sharded_bin/pytorch_model.bin.index.json",
+    );
+    put(d, "model.safetensors", "hf_single/model.safetensors");
+    let f = WeightFile::open(d).unwrap();
+    assert_eq!(f.format(), Format::Safetensors);
+    assert_eq!(f.path(), d.join("model.safetensors"));
+    // A variant alone is the folder's one safetensors file; a variant's index, its one index.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put(d, "model.fp16.safetensors", "hf_single/model.safetensors");
+    assert_eq!(WeightFile::open(d).unwrap().format(), Format::Safetensors);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for e in std::fs::read_dir(checkpoint("hf_sharded")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+    }
+    std::fs::rename(
+        d.join("model.safetensors.index.json"),
+        d.join("model.safetensors.index.fp16.json"),
+    )
+    .unwrap();
+    assert_eq!(WeightFile::open(d).unwrap().format(), Format::Sharded);
+}
+
+#[cfg(unix)]
+#[test]
+fn the_hugging_face_cache_layout_of_links_loads_and_links_open_a_shard_once() {
+    use std::os::unix::fs::symlink;
+    // models--org--name/snapshots/REV/FILE -> ../../blobs/HASH, as huggingface_hub downloads.
+    let cache = tempfile::tempdir().unwrap();
+    let blobs = cache.path().join("blobs");
+    let snapshot = cache.path().join("snapshots/0123abc");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for (i, e) in std::fs::read_dir(checkpoint("hf_sharded"))
+        .unwrap()
+        .enumerate()
+    {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), blobs.join(format!("blob{i}"))).unwrap();
+        symlink(format!("../../blobs/blob{i}"), snapshot.join(e.file_name())).unwrap();
+    }
+    let f = WeightFile::open(&snapshot).unwrap();
+    assert_eq!(f.format(), Format::Sharded);
+    let reference = WeightFile::open(checkpoint("hf_single")).unwrap();
+    let a = f.load("tied.weight_ih_l1", &Device::Cpu).unwrap();
+    let b = reference.load("tied.weight_ih_l1", &Device::Cpu).unwrap();
+    assert_eq!(max_diff(&a, &b), 0.0);
+
+    // One shard spelled two ways (through a link to its folder) is one file: its tensors the
+    // index does not map are not held by "two shards".
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shard = "model-00001-of-00013.safetensors";
+    std::fs::copy(checkpoint("hf_sharded").join(shard), d.join(shard)).unwrap();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    std::fs::copy(
+        checkpoint("hf_sharded").join("model-00002-of-00013.safetensors"),
+        d.join("sub/other.safetensors"),
+    )
+    .unwrap();
+    symlink(".", d.join("same")).unwrap();
+    let index = format!(
+        r#"{{"weight_map": {{"proj.weight": "{shard}", "proj.bias": "same/same/{shard}",
+            "body.rnn.weight_hh_l0": "sub/other.safetensors"}}}}"#
+    );
+    std::fs::write(d.join("model.safetensors.index.json"), index).unwrap();
+    let f = WeightFile::open(d).unwrap();
+    // Mapped, unmapped in the linked shard, and in a subfolder's shard.
+    for name in [
+        "proj.bias",
+        "body.rnn.weight_ih_l0",
+        "body.rnn.weight_hh_l0",
+    ] {
+        let a = f.load(name, &Device::Cpu).unwrap();
+        let b = reference.load(name, &Device::Cpu).unwrap();
+        assert_eq!(max_diff(&a, &b), 0.0, "{name}");
+    }
+}
+
+#[test]
+fn tied_names_from_metadata_are_bounded_and_only_for_the_same_parameter() {
+    use safetensors::tensor::{Dtype, TensorView};
+    // One f32 tensor of rank 100,000 and 35,000 metadata entries naming copies of it: listed
+    // copies copy its shape, within what the file's size justifies.
+    let rank = 100_000;
+    let data = 1.5f32.to_le_bytes();
+    let view = TensorView::new(Dtype::F32, vec![1usize; rank], &data).unwrap();
+    let mut meta = std::collections::HashMap::new();
+    for i in 0..35_000 {
+        meta.insert(format!("a{i}.t"), "t".to_string());
+    }
+    // A view under another name (`b = a[:3]`) is recorded as a copy too; it is not taken.
+    meta.insert("b".into(), "t".into());
+    let bytes = safetensors::serialize([("t", view)], Some(meta)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ties.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let start = std::time::Instant::now();
+    let f = WeightFile::open(&path).unwrap();
+    assert!(start.elapsed().as_secs() < 10);
+    let listed = f.tensors().len();
+    let budget = bytes.len() + (1 << 20);
+    assert!(listed > 1 && (listed - 1) * 8 * rank <= budget, "{listed}");
+    assert!(f.info("b").is_none());
+    assert_eq!(f.shared_with("a0.t"), Some("t"));
 }
 
 #[test]
@@ -437,8 +567,16 @@ fn altered_sharded_indexes_are_refused_by_name() {
         ),
         (
             "deep",
-            format!("{{\"metadata\": {}", "[".repeat(100_000)),
-            "not a sharded checkpoint index",
+            format!(
+                "{{\"weight_map\": {{\"a\": \"x\"}}, \"metadata\": {{\"a\": {}",
+                "[".repeat(100_000)
+            ),
+            "recursion limit",
+        ),
+        (
+            "metadata not an object",
+            mapped(w, first).replacen("\"metadata\"", "\"metadata\": 3, \"m\"", 1),
+            "which does not hold it",
         ),
         (
             "huge",
@@ -481,7 +619,7 @@ fn altered_sharded_indexes_are_refused_by_name() {
     std::fs::write(dir.path().join("y.safetensors.index.json"), index).unwrap();
     std::fs::write(dir.path().join("z.safetensors.index.json"), index).unwrap();
     let e = WeightFile::open(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("2 safetensors indexes"), "{e}");
+    assert!(e.contains("2 indexes"), "{e}");
     let empty = tempfile::tempdir().unwrap();
     let e = WeightFile::open(empty.path()).unwrap_err().to_string();
     assert!(e.contains("neither a torch.distributed.checkpoint"), "{e}");

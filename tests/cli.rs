@@ -223,6 +223,26 @@ fn run_writes_npy_when_asked_and_refuses_other_extensions() {
 }
 
 #[test]
+fn inspect_counts_tied_names_apart_from_stored_tensors() {
+    // 46 names: 23 stored, 21 tied copies safetensors dropped, 2 weights computed (weight norm).
+    let (code, out, _) = gru(&["inspect", "models/checkpoints/hf_sharded", "--all"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("sharded checkpoint (index and shards), 23 tensors")
+            && out.contains("and 21 names of a tensor stored under another")
+            && out.contains("tied.weight_hh_l1")
+            && out.contains("(stored as `body.rnn.weight_hh_l1`)"),
+        "{out}"
+    );
+    let (code, out, _) = gru(&["inspect", "models/checkpoints/hf_sharded_bin", "--json"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(r#""tensors":44"#) && out.contains(r#""shared_names":0"#),
+        "{out}"
+    );
+}
+
+#[test]
 fn inspect_all_lists_every_tensor() {
     let (code, out, _) = gru(&["inspect", "models/walkthrough/model.pt", "--all"]);
     assert_eq!(code, 0);

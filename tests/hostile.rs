@@ -340,7 +340,11 @@ fn every_hostile_input_is_refused_cleanly() {
         ),
         attack("FIFO weights", &["inspect", "fifo"], "FIFO"),
         attack("folder of no checkpoint", &["inspect", "empty"], "neither"),
-        attack("folder of several files", &["inspect", "."], "pass the one to read"),
+        attack(
+            "folder of several files",
+            &["inspect", "."],
+            "pass the one to read",
+        ),
         attack("device weights", &["inspect", "/dev/zero"], "device"),
         attack(
             "--prefix with a newline",

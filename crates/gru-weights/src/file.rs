@@ -148,7 +148,8 @@ impl WeightFile {
     }
 
     /// Opens one shard of a sharded checkpoint: a file, not an index; weights stored
-    /// reparametrized are not computed yet (their sources may lie in other shards).
+    /// reparametrized and tied names are not listed yet (their sources may lie in other
+    /// shards).
     pub(crate) fn open_shard(path: &Path) -> Result<Self> {
         Self::open_file(path, None, false)
     }
@@ -182,8 +183,9 @@ impl WeightFile {
         }
     }
 
-    /// Opens a regular file; an index (`index_allowed`) opens its shards.
-    fn open_file(path: &Path, key: Option<&str>, index_allowed: bool) -> Result<Self> {
+    /// Opens a regular file: the whole checkpoint (`whole`; an index opens its shards), or a
+    /// shard.
+    fn open_file(path: &Path, key: Option<&str>, whole: bool) -> Result<Self> {
         let file = crate::regular::open_regular(path)?;
         let len = file
             .metadata()
@@ -202,7 +204,7 @@ impl WeightFile {
             });
         let json = !zip && !safetensors_header && sharded::looks_like_json(&mmap);
         if json {
-            if !index_allowed {
+            if !whole {
                 return Err(WeightsError::file(
                     path,
                     "is JSON (an index?), not a shard holding tensors",
@@ -228,7 +230,9 @@ impl WeightFile {
             }
             let infos = safetensors_infos(path, &mmap)?;
             let mut f = Self::new(path.to_path_buf(), Source::Safetensors(mmap), infos);
-            f.add_shared();
+            if whole {
+                f.add_shared();
+            }
             return Ok(f);
         }
         let map = Arc::new(mmap);
@@ -291,23 +295,45 @@ impl WeightFile {
     }
 
     /// Lists the names the metadata records as dropped copies of a stored tensor
-    /// (`{"decoder.weight": "embed.weight"}`), under their own names.
+    /// (`{"tied.weight": "body.weight"}`), under their own names. Only a copy under the same
+    /// parameter name (its last segment) is taken: a module shared by two paths, or tied weights.
+    /// The metadata also names views of other shapes (`b = a[:3]`) as copies; their shape is
+    /// not recorded, and loading `a` for them would be wrong.
     fn add_shared(&mut self) {
-        let mut shared = HashMap::new();
-        for (dropped, kept) in self.metadata() {
-            if self.exact(&dropped).is_none() {
-                if let Some(info) = self.exact(&kept) {
-                    let info = TensorInfo {
-                        name: dropped.clone(),
-                        ..info.clone()
-                    };
-                    shared.insert(dropped, (kept, info));
-                }
-            }
+        let last = |n: &str| n.rsplit('.').next().unwrap_or(n).to_string();
+        let mut pairs: Vec<(String, String)> = self.metadata().into_iter().collect();
+        if let Source::Sharded(s) = &self.source {
+            pairs.extend(s.shards().iter().flat_map(WeightFile::metadata));
         }
-        for (dropped, (kept, info)) in shared {
-            self.infos.push(info);
-            self.shared.insert(dropped, kept);
+        pairs.sort();
+        pairs.dedup();
+        // Each listing copies a shape: their size is bounded by the bytes of the file.
+        let mut budget = self.stored_bytes().saturating_add(1 << 20);
+        let mut shared = Vec::new();
+        for (dropped, kept) in pairs {
+            if self.exact(&dropped).is_some() || last(&dropped) != last(&kept) {
+                continue;
+            }
+            let Some(info) = self.exact(&kept) else {
+                continue;
+            };
+            let cost = dropped.len() + 8 * info.shape.len();
+            if cost > budget {
+                break;
+            }
+            budget -= cost;
+            let info = TensorInfo {
+                name: dropped.clone(),
+                ..info.clone()
+            };
+            shared.push((dropped, kept, info));
+        }
+        // Two records for one name (the index's and a shard's): the first, in sorted order.
+        for (dropped, kept, info) in shared {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.shared.entry(dropped) {
+                e.insert(kept);
+                self.infos.push(info);
+            }
         }
         self.infos.sort_by(|a, b| a.name.cmp(&b.name));
     }
@@ -383,10 +409,15 @@ impl WeightFile {
         if let Some(kept) = self.shared.get(name) {
             return vec![kept];
         }
-        match self.derived.get(name) {
-            Some(how) => how.sources(),
-            None => Vec::new(),
+        let Some(how) = self.derived.get(name) else {
+            return Vec::new();
+        };
+        // A source may itself be a tied name (a shared module under weight norm).
+        let mut out = how.sources();
+        for src in how.sources() {
+            out.extend(self.shared.get(src).map(String::as_str));
         }
+        out
     }
 
     /// For a tensor a safetensors file stores once for several names (tied weights, as
@@ -397,7 +428,7 @@ impl WeightFile {
         self.shared.get(name).map(String::as_str)
     }
 
-    fn exact(&self, name: &str) -> Option<&TensorInfo> {
+    pub(crate) fn exact(&self, name: &str) -> Option<&TensorInfo> {
         self.infos
             .binary_search_by(|i| i.name.as_str().cmp(name))
             .ok()
