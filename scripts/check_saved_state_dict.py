@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Checks from the PyTorch side that a file written by candle-gru (`gru convert`, i.e.
-gru_weights::save_gru) is a state_dict `nn.GRU.load_state_dict(strict=True)` accepts, holding
-exactly the original tensors, and that the loaded module computes what the original did.
+gru_weights::save_gru / save_gru_cell) is a state_dict `nn.GRU.load_state_dict(strict=True)` (or
+`nn.GRUCell`'s, for `convert --cell`) accepts, holding exactly the original tensors, and that the
+loaded module computes what the original did.
 
     gru convert --weights models/fixtures/training_checkpoint.pt --prefix encoder.rnn --out /tmp/enc.safetensors
-    python scripts/check_saved_state_dict.py /tmp/enc.safetensors models/fixtures/nested_model.pt encoder.rnn
+    python scripts/check_saved_state_dict.py /tmp/enc.safetensors models/fixtures/training_checkpoint.pt encoder.rnn
 """
 import os
 import sys
@@ -26,11 +27,18 @@ def main():
         orig = load_state_dict(original, strip_prefix="")
     if prefix:
         orig = {k[len(prefix) + 1:]: v for k, v in orig.items() if k.startswith(prefix + ".")}
-    layers = 1 + max(int(k.split("_l")[1].split("_")[0]) for k in sd)
-    bidirectional = any(k.endswith("_reverse") for k in sd)
-    hidden = sd["weight_hh_l0"].shape[1]
-    gru = torch.nn.GRU(sd["weight_ih_l0"].shape[1], hidden, layers,
-                       bias="bias_ih_l0" in sd, bidirectional=bidirectional).to(sd["weight_ih_l0"].dtype)
+    cell = "weight_ih" in sd
+    if cell:
+        w = sd["weight_ih"]
+        make = lambda: torch.nn.GRUCell(w.shape[1], sd["weight_hh"].shape[1],  # noqa: E731
+                                        bias="bias_ih" in sd).to(w.dtype)
+    else:
+        w = sd["weight_ih_l0"]
+        layers = 1 + max(int(k.split("_l")[1].split("_")[0]) for k in sd)
+        make = lambda: torch.nn.GRU(w.shape[1], sd["weight_hh_l0"].shape[1], layers,  # noqa: E731
+                                    bias="bias_ih_l0" in sd,
+                                    bidirectional=any(k.endswith("_reverse") for k in sd)).to(w.dtype)
+    gru = make()
     gru.load_state_dict(sd, strict=True)
     if set(sd) != set(orig):
         raise SystemExit(f"the saved file and {original}:{prefix} hold different tensors: "
@@ -38,12 +46,12 @@ def main():
     for k, v in sd.items():
         if not torch.equal(v, orig[k]):
             raise SystemExit(f"{k} differs between {saved} and {original}:{prefix}")
-    x = torch.randn(5, 2, gru.input_size, dtype=sd["weight_ih_l0"].dtype)
-    ref = torch.nn.GRU(gru.input_size, hidden, layers, bias=gru.bias,
-                       bidirectional=bidirectional).to(x.dtype)
+    x = torch.randn(*(() if cell else (5,)), 2, gru.input_size, dtype=w.dtype)
+    ref = make()
     ref.load_state_dict(orig)
     with torch.inference_mode():
-        assert torch.equal(gru(x)[0], ref(x)[0])
+        out, want = gru(x), ref(x)
+        assert torch.equal(out if cell else out[0], want if cell else want[0])
     print(f"ok: load_state_dict(strict=True) accepted {saved}: {len(sd)} tensors equal to "
           f"{original}:{prefix}")
 

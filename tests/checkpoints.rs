@@ -624,3 +624,124 @@ fn altered_sharded_indexes_are_refused_by_name() {
     let e = WeightFile::open(empty.path()).unwrap_err().to_string();
     assert!(e.contains("neither a torch.distributed.checkpoint"), "{e}");
 }
+
+/// A safetensors file's bytes with its `__metadata__`'s `DCP_SHARDING_INFO` (JSON) changed.
+fn with_sharding_info(bytes: &[u8], change: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let info = header["__metadata__"]["DCP_SHARDING_INFO"]
+        .as_str()
+        .unwrap();
+    let mut info: serde_json::Value = serde_json::from_str(info).unwrap();
+    change(&mut info);
+    header["__metadata__"]["DCP_SHARDING_INFO"] = info.to_string().into();
+    let header = header.to_string().into_bytes();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+#[test]
+fn a_distributed_checkpoint_in_safetensors_assembles_tensor_for_tensor() {
+    // Two ranks' HuggingFaceStorageWriter files: chunks by rows (11 + 10), and by columns for
+    // proj.weight, against the whole state dict PyTorch saved.
+    let f = WeightFile::open(checkpoint("dcp_safetensors")).unwrap();
+    assert_eq!(f.format(), Format::Sharded);
+    let reference = WeightFile::open(checkpoint("dcp_sharded_reference.safetensors")).unwrap();
+    assert_eq!(f.tensors().len(), reference.tensors().len());
+    for t in f.tensors() {
+        let a = f.load(&t.name, &Device::Cpu).unwrap();
+        let b = reference
+            .load(&format!("model.{}", t.name), &Device::Cpu)
+            .unwrap();
+        assert_eq!(a.dims(), b.dims(), "{}", t.name);
+        assert_eq!(max_diff(&a, &b), 0.0, "{}", t.name);
+    }
+    let rank0 = "shard-00001-model-00001-of-00001.safetensors";
+    let rank1 = "shard-00002-model-00001-of-00001.safetensors";
+    // One rank's file is refused: beside the other, and alone (its chunks start past 0).
+    let e = WeightFile::open(checkpoint("dcp_safetensors").join(rank0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pass the folder"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        checkpoint("dcp_safetensors").join(rank1),
+        dir.path().join(rank1),
+    )
+    .unwrap();
+    let e = WeightFile::open(dir.path().join(rank1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("whose other chunks are not beside"), "{e}");
+
+    // A whole tensor beside its chunks is not guessed between.
+    let dir = tempfile::tempdir().unwrap();
+    for r in [rank0, rank1] {
+        std::fs::copy(checkpoint("dcp_safetensors").join(r), dir.path().join(r)).unwrap();
+    }
+    let whole = reference
+        .load("model.rnn.bias_hh_l0", &Device::Cpu)
+        .unwrap();
+    let plain = dir.path().join("plain.safetensors");
+    candle_core::safetensors::save(&[("rnn.bias_hh_l0", whole)].into_iter().collect(), &plain)
+        .unwrap();
+    let f = WeightFile::open(dir.path()).unwrap();
+    let e = f
+        .load("rnn.bias_hh_l0", &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refusing to guess"), "{e}");
+    assert!(f.load("rnn.bias_ih_l0", &Device::Cpu).is_ok());
+
+    // Altered offsets are refused by name.
+    let w = "rnn.weight_ih_l0"; // 21 x 4: rows 0-10 in rank 0's file, 11-20 in rank 1's
+    type Alter = fn(&mut serde_json::Value);
+    let cases: [(&str, Alter, &str); 5] = [
+        (
+            "overlap",
+            |i| i["rnn.weight_ih_l0"]["saved_offsets"] = serde_json::json!([10, 0]),
+            "missing or repeated",
+        ),
+        (
+            "gap",
+            |i| i["rnn.weight_ih_l0"]["saved_offsets"] = serde_json::json!([12, 0]),
+            "missing or repeated",
+        ),
+        (
+            "rank",
+            |i| i["rnn.weight_ih_l0"]["saved_offsets"] = serde_json::json!([11]),
+            "no `saved_offsets` of rank 2",
+        ),
+        (
+            "absent",
+            |i| {
+                i.as_object_mut().unwrap().remove("rnn.weight_ih_l0");
+            },
+            "no `saved_offsets` of rank 2 for `rnn.weight_ih_l0`",
+        ),
+        (
+            "overflow",
+            |i| {
+                i["rnn.weight_ih_l0"]["saved_offsets"] = serde_json::json!([u64::MAX, 0]);
+            },
+            "rnn.weight_ih_l0",
+        ),
+    ];
+    for (what, change, expect) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            checkpoint("dcp_safetensors").join(rank0),
+            dir.path().join(rank0),
+        )
+        .unwrap();
+        let bytes = std::fs::read(checkpoint("dcp_safetensors").join(rank1)).unwrap();
+        std::fs::write(dir.path().join(rank1), with_sharding_info(&bytes, change)).unwrap();
+        let e = WeightFile::open(dir.path())
+            .and_then(|f| f.load(w, &Device::Cpu))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expect), "{what}: {e}");
+    }
+}

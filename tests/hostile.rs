@@ -759,6 +759,7 @@ fn mutated_checkpoints_never_crash() {
         ("dcp_sharded", "model.rnn"),
         ("hf_sharded", "body.rnn"),
         ("hf_sharded_bin", "body.rnn"),
+        ("dcp_safetensors", "rnn"),
     ] {
         let source = root().join("models/checkpoints").join(name);
         let mut parts: Vec<String> = std::fs::read_dir(&source)

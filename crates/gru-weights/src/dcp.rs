@@ -37,6 +37,15 @@ pub(crate) struct Chunk {
     pub sizes: Vec<usize>,
 }
 
+/// Where a chunk lies in its tensor: its offsets and sizes.
+pub(crate) type Region<'a> = (&'a [usize], &'a [usize]);
+
+impl Chunk {
+    fn region(&self) -> Region<'_> {
+        (&self.offsets, &self.sizes)
+    }
+}
+
 /// A tensor of the checkpoint.
 #[derive(Debug, Clone)]
 pub(crate) struct DcpTensor {
@@ -293,7 +302,8 @@ pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<Vec<DcpTensor>> 
                 sizes,
             });
         }
-        check_cover(&shape, &chunks).map_err(|r| bad(format!("`{name}`: {r}")))?;
+        check_cover(&shape, chunks.iter().map(Chunk::region))
+            .map_err(|r| bad(format!("`{name}`: {r}")))?;
         out.push(DcpTensor {
             name: name.to_string(),
             dtype,
@@ -313,34 +323,36 @@ pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<Vec<DcpTensor>> 
 
 /// The chunks lie inside the tensor and hold as many elements as it has. That they do not
 /// overlap (and so cover it exactly once) is checked as they are placed (`place`).
-fn check_cover(shape: &[usize], chunks: &[Chunk]) -> std::result::Result<(), String> {
+pub(crate) fn check_cover<'a>(
+    shape: &[usize],
+    chunks: impl IntoIterator<Item = Region<'a>>,
+) -> std::result::Result<(), String> {
     let numel = |s: &[usize]| {
         s.iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
             .ok_or("a size overflows")
     };
     let mut total = 0u64;
-    for c in chunks {
-        if c.offsets.len() != shape.len() || c.sizes.len() != shape.len() {
+    for (offsets, sizes) in chunks {
+        if offsets.len() != shape.len() || sizes.len() != shape.len() {
             return Err(format!(
                 "a chunk of rank {} in a tensor of rank {}",
-                c.sizes.len(),
+                sizes.len(),
                 shape.len()
             ));
         }
         for d in 0..shape.len() {
-            if c.offsets[d]
-                .checked_add(c.sizes[d])
+            if offsets[d]
+                .checked_add(sizes[d])
                 .is_none_or(|e| e > shape[d])
             {
                 return Err(format!(
-                    "the chunk at {:?} of size {:?} reaches past its size {shape:?}",
-                    c.offsets, c.sizes
+                    "the chunk at {offsets:?} of size {sizes:?} reaches past its size {shape:?}"
                 ));
             }
         }
         total = total
-            .checked_add(numel(&c.sizes)?)
+            .checked_add(numel(sizes)?)
             .ok_or("the chunks' sizes overflow")?;
     }
     if total != numel(shape)? {
@@ -360,7 +372,7 @@ pub(crate) fn place(
     seen: &mut [bool],
     shape: &[usize],
     es: usize,
-    chunk: &Chunk,
+    (offsets, sizes): Region,
     bytes: &[u8],
 ) -> std::result::Result<(), usize> {
     let rank = shape.len();
@@ -382,23 +394,23 @@ pub(crate) fn place(
     for d in (0..rank - 1).rev() {
         stride[d] = stride[d + 1] * shape[d + 1];
     }
-    let run = chunk.sizes[rank - 1];
-    let rows: usize = chunk.sizes[..rank - 1].iter().product();
+    let run = sizes[rank - 1];
+    let rows: usize = sizes[..rank - 1].iter().product();
     if run == 0 || rows == 0 {
         return Ok(());
     }
     let mut idx = vec![0usize; rank - 1];
     for row in 0..rows {
         let start: usize = (0..rank - 1)
-            .map(|d| (chunk.offsets[d] + idx[d]) * stride[d])
+            .map(|d| (offsets[d] + idx[d]) * stride[d])
             .sum::<usize>()
-            + chunk.offsets[rank - 1];
+            + offsets[rank - 1];
         mark(start, run)?;
         whole[start * es..(start + run) * es]
             .copy_from_slice(&bytes[row * run * es..(row + 1) * run * es]);
         for d in (0..rank - 1).rev() {
             idx[d] += 1;
-            if idx[d] < chunk.sizes[d] {
+            if idx[d] < sizes[d] {
                 break;
             }
             idx[d] = 0;
@@ -592,7 +604,7 @@ impl Dcp {
                     c.offsets, c.sizes
                 )));
             }
-            place(&mut whole, &mut seen, &t.shape, es, c, &bytes).map_err(|at| {
+            place(&mut whole, &mut seen, &t.shape, es, c.region(), &bytes).map_err(|at| {
                 bad(format!(
                     "its chunk at {:?} overlaps another at flat index {at}",
                     c.offsets
@@ -624,20 +636,24 @@ mod tests {
     #[test]
     fn chunks_must_cover_the_tensor_once() {
         let rows = [chunk(&[0, 0], &[2, 3]), chunk(&[2, 0], &[1, 3])];
-        assert_eq!(check_cover(&[3, 3], &rows), Ok(()));
+        assert_eq!(check_cover(&[3, 3], rows.iter().map(Chunk::region)), Ok(()));
         let gap = [chunk(&[0, 0], &[2, 3])];
-        assert!(check_cover(&[3, 3], &gap).unwrap_err().contains("missing"));
+        assert!(check_cover(&[3, 3], gap.iter().map(Chunk::region))
+            .unwrap_err()
+            .contains("missing"));
         let past = [chunk(&[0, 0], &[4, 3])];
-        assert!(check_cover(&[3, 3], &past).unwrap_err().contains("past"));
+        assert!(check_cover(&[3, 3], past.iter().map(Chunk::region))
+            .unwrap_err()
+            .contains("past"));
         let huge = [chunk(&[usize::MAX, 0], &[2, 3])];
-        assert!(check_cover(&[3, 3], &huge).is_err());
+        assert!(check_cover(&[3, 3], huge.iter().map(Chunk::region)).is_err());
         // Overlapping and missing in equal measure passes the count, and fails when placed.
         let both = [chunk(&[0, 0], &[2, 3]), chunk(&[1, 0], &[1, 3])];
-        assert_eq!(check_cover(&[3, 3], &both), Ok(()));
+        assert_eq!(check_cover(&[3, 3], both.iter().map(Chunk::region)), Ok(()));
         let (mut whole, mut seen) = (vec![0u8; 9], vec![false; 9]);
-        place(&mut whole, &mut seen, &[3, 3], 1, &both[0], &[0; 6]).unwrap();
+        place(&mut whole, &mut seen, &[3, 3], 1, both[0].region(), &[0; 6]).unwrap();
         assert_eq!(
-            place(&mut whole, &mut seen, &[3, 3], 1, &both[1], &[0; 3]),
+            place(&mut whole, &mut seen, &[3, 3], 1, both[1].region(), &[0; 3]),
             Err(3)
         );
     }
@@ -653,7 +669,7 @@ mod tests {
             &mut seen,
             &[3, 4],
             1,
-            &left,
+            left.region(),
             &[0, 1, 4, 5, 8, 9],
         )
         .unwrap();
@@ -662,7 +678,7 @@ mod tests {
             &mut seen,
             &[3, 4],
             1,
-            &right,
+            right.region(),
             &[2, 3, 6, 7, 10, 11],
         )
         .unwrap();
@@ -676,7 +692,7 @@ mod tests {
             &mut seen,
             &[3, 2],
             2,
-            &top,
+            top.region(),
             &[1, 1, 2, 2, 3, 3, 4, 4],
         )
         .unwrap();
@@ -685,7 +701,7 @@ mod tests {
             &mut seen,
             &[3, 2],
             2,
-            &chunk(&[2, 0], &[1, 2]),
+            chunk(&[2, 0], &[1, 2]).region(),
             &[5, 5, 6, 6],
         )
         .unwrap();

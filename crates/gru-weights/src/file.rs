@@ -13,7 +13,7 @@ use safetensors::SafeTensors;
 use crate::error::{Result, WeightsError};
 use crate::pth;
 use crate::reparam::{self, Reparam};
-use crate::sharded::{self, Sharded};
+use crate::sharded::{self, InFolder, Sharded};
 
 /// Name, dtype and shape of one tensor in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,8 @@ pub enum Format {
     ExportedProgram,
     /// A `torch.distributed.checkpoint` folder (`.metadata` and `*.distcp` shards).
     DistributedCheckpoint,
-    /// A Hugging Face sharded checkpoint: an `*.index.json` and the shards it names.
+    /// A sharded checkpoint: a Hugging Face `*.index.json` and the shards it names, or a
+    /// folder of a distributed checkpoint's safetensors files (`HuggingFaceStorageWriter`).
     Sharded,
 }
 
@@ -60,7 +61,7 @@ impl std::fmt::Display for Format {
             Format::TorchScript => "TorchScript archive",
             Format::ExportedProgram => "torch.export archive",
             Format::DistributedCheckpoint => "torch.distributed.checkpoint folder",
-            Format::Sharded => "sharded checkpoint (index and shards)",
+            Format::Sharded => "sharded checkpoint (several files)",
         })
     }
 }
@@ -140,7 +141,22 @@ impl WeightFile {
             return Ok(Self::new(dir, Source::Dcp(Box::new(dcp)), infos).with_derived());
         }
         let path = if path.is_dir() {
-            sharded::file_in_folder(path)?
+            match sharded::file_in_folder(path)? {
+                InFolder::File(file) => file,
+                InFolder::DcpSafetensors(files) => {
+                    if key.is_some() {
+                        return Err(WeightsError::file(
+                            path,
+                            "a folder of safetensors files has no checkpoint keys",
+                        ));
+                    }
+                    let (s, infos) = Sharded::open_set(path, &files)?;
+                    let source = Source::Sharded(Box::new(s));
+                    let mut f = Self::new(path.to_path_buf(), source, infos);
+                    f.add_shared();
+                    return Ok(f.with_derived());
+                }
+            }
         } else {
             path.to_path_buf()
         };
@@ -231,6 +247,10 @@ impl WeightFile {
             let infos = safetensors_infos(path, &mmap)?;
             let mut f = Self::new(path.to_path_buf(), Source::Safetensors(mmap), infos);
             if whole {
+                // A distributed checkpoint's chunks are read with the rest of their folder.
+                if let Some(offsets) = sharded::dcp_offsets(&f)? {
+                    sharded::check_lone_chunks(path, &offsets)?;
+                }
                 f.add_shared();
             }
             return Ok(f);
@@ -534,6 +554,30 @@ impl WeightFile {
 
     fn load_stored(&self, name: &str) -> Result<Tensor> {
         self.load_stored_on(name, &Device::Cpu)
+    }
+
+    /// The bytes, dtype and shape of tensor `name` of a safetensors file, as stored (a chunk of
+    /// a distributed checkpoint, placed into its whole tensor by the caller).
+    pub(crate) fn safetensors_data(&self, name: &str) -> Result<(&[u8], DType, Vec<usize>)> {
+        let bad = |reason: String| WeightsError::Tensor {
+            name: name.to_string(),
+            reason: format!("{reason} (in {})", self.path.display()),
+        };
+        let Source::Safetensors(mmap) = &self.source else {
+            return Err(bad("is not in a safetensors file".into()));
+        };
+        let st = SafeTensors::deserialize(mmap)
+            .map_err(|e| WeightsError::format(&self.path, "invalid safetensors", e))?;
+        let view = st
+            .tensor(name)
+            .map_err(|_| bad("is not in the file".into()))?;
+        let dtype = candle_dtype(view.dtype()).ok_or_else(|| {
+            bad(format!(
+                "has dtype {:?}, which candle cannot hold",
+                view.dtype()
+            ))
+        })?;
+        Ok((view.data(), dtype, view.shape().to_vec()))
     }
 
     /// Loads the stored tensor of full name `name` (or of the name it is shared with).

@@ -9,14 +9,21 @@
 //! As Hugging Face's loaders do, every tensor of every shard the index names is listed: a name
 //! the index maps is read from the shard it maps it to (which must hold it), any other from the
 //! one shard that has it (several make it ambiguous, and loading it an error).
+//!
+//! Safetensors files `torch.distributed.checkpoint` wrote (`HuggingFaceStorageWriter`; each rank
+//! its own `shard-0000R-model-*.safetensors`, with no index unless consolidated) hold chunks: their
+//! `DCP_SHARDING_INFO` metadata says where each lies in its whole tensor. As PyTorch's
+//! `HuggingFaceStorageReader` does, a folder of them is read as one checkpoint, each tensor as
+//! large as its chunks reach, assembled from them; the chunks must cover it exactly once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+use crate::dcp::{check_cover, place};
 use crate::error::{Result, WeightsError};
-use crate::file::{TensorInfo, WeightFile};
+use crate::file::{Format, TensorInfo, WeightFile};
 
 /// Largest index read (Hugging Face's own loader stops at 10 MB; a large model's is ~100 KB).
 const MAX_INDEX_BYTES: usize = 16 << 20;
@@ -45,16 +52,126 @@ const KNOWN_FILES: [&str; 8] = [
     "diffusion_pytorch_model.bin.index.json",
 ];
 
+/// What a folder holds.
+pub(crate) enum InFolder {
+    /// A file to open (itself an index, or one checkpoint).
+    File(PathBuf),
+    /// Safetensors files `torch.distributed.checkpoint` wrote, to read together.
+    DcpSafetensors(Vec<PathBuf>),
+}
+
+/// The metadata key under which `torch.distributed.checkpoint` records, for each tensor of a
+/// safetensors file it wrote, where that chunk lies in its whole tensor.
+const DCP_SHARDING_INFO: &str = "DCP_SHARDING_INFO";
+
+/// For a safetensors file `torch.distributed.checkpoint` wrote: each tensor's offsets in the
+/// whole tensor it is a chunk of (`DCP_SHARDING_INFO`); `None` for any other file.
+pub(crate) fn dcp_offsets(f: &WeightFile) -> Result<Option<HashMap<String, Vec<usize>>>> {
+    if f.format() != Format::Safetensors {
+        return Ok(None);
+    }
+    let meta = f.metadata();
+    let Some(info) = meta.get(DCP_SHARDING_INFO) else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        WeightsError::file(f.path(), format!("its {DCP_SHARDING_INFO} metadata {why}"))
+    };
+    let json: HashMap<String, serde_json::Value> =
+        serde_json::from_str(info).map_err(|e| bad(format!("is not a JSON object ({e})")))?;
+    let mut out = HashMap::with_capacity(json.len());
+    for t in f.tensors() {
+        let offsets = json
+            .get(&t.name)
+            .and_then(|v| v.get("saved_offsets"))
+            .and_then(serde_json::Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
+                    .collect::<Option<Vec<usize>>>()
+            })
+            .filter(|o| o.len() == t.shape.len())
+            .ok_or_else(|| {
+                bad(format!(
+                    "gives no `saved_offsets` of rank {} for `{}`",
+                    t.shape.len(),
+                    t.name
+                ))
+            })?;
+        out.insert(t.name.clone(), offsets);
+    }
+    Ok(Some(out))
+}
+
+/// Whether the safetensors file at `path` carries `DCP_SHARDING_INFO` (read from its header
+/// only; a file that cannot be read does not).
+fn carries_dcp_info(path: &Path) -> bool {
+    let Ok(file) = crate::regular::open_regular(path) else {
+        return false;
+    };
+    crate::file::map(path, &file)
+        .ok()
+        .and_then(|m| {
+            safetensors::SafeTensors::read_metadata(&m)
+                .ok()
+                .and_then(|(_, meta)| meta.metadata().clone())
+        })
+        .is_some_and(|m| m.contains_key(DCP_SHARDING_INFO))
+}
+
+/// A safetensors file with `offsets` (its `DCP_SHARDING_INFO`) opened on its own: refused when
+/// other files of its folder carry chunks too (the folder is the checkpoint), or when its own
+/// chunks do not start at the origin (the rest are missing).
+pub(crate) fn check_lone_chunks(path: &Path, offsets: &HashMap<String, Vec<usize>>) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let others = std::fs::read_dir(dir)
+        .map_err(|e| WeightsError::io(dir, "list", e))?
+        .take(MAX_FOLDER_ENTRIES)
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "safetensors")
+                && p.file_name() != path.file_name()
+                && carries_dcp_info(p)
+        })
+        .count();
+    if others > 0 {
+        return Err(WeightsError::file(
+            path,
+            format!(
+                "is one of {} safetensors files of a torch.distributed.checkpoint, each holding \
+                 chunks of the tensors: pass the folder {}",
+                others + 1,
+                dir.display()
+            ),
+        ));
+    }
+    if let Some((name, at)) = offsets.iter().find(|(_, o)| o.iter().any(|&x| x != 0)) {
+        return Err(WeightsError::Tensor {
+            name: name.clone(),
+            reason: format!(
+                "is a chunk at {at:?} of a tensor of a torch.distributed.checkpoint whose other \
+                 chunks are not beside {}",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The file to open for `dir`, a folder `save_pretrained` wrote: the first of `KNOWN_FILES` it
 /// has; else its one index of safetensors or `torch.save` shards, else its one `.safetensors`
-/// file (`model.fp16.safetensors`).
-pub(crate) fn file_in_folder(dir: &Path) -> Result<PathBuf> {
+/// file (`model.fp16.safetensors`); or, for several safetensors files carrying
+/// `DCP_SHARDING_INFO`, all its safetensors files.
+pub(crate) fn file_in_folder(dir: &Path) -> Result<InFolder> {
     if let Some(known) = KNOWN_FILES
         .iter()
         .map(|n| dir.join(n))
         .find(|p| p.is_file())
     {
-        return Ok(known);
+        return Ok(InFolder::File(known));
     }
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| WeightsError::io(dir, "list", e))? {
@@ -100,10 +217,19 @@ pub(crate) fn file_in_folder(dir: &Path) -> Result<PathBuf> {
         n.ends_with(".json") && (n.contains(".safetensors.index") || n.contains(".bin.index"))
     };
     if let Some(p) = pick("indexes", &index)? {
-        return Ok(p);
+        return Ok(InFolder::File(p));
+    }
+    let safetensors: Vec<PathBuf> = names
+        .iter()
+        .filter(|n| n.ends_with(".safetensors"))
+        .map(|n| dir.join(n))
+        .filter(|p| p.is_file())
+        .collect();
+    if safetensors.len() > 1 && safetensors.iter().any(|p| carries_dcp_info(p)) {
+        return Ok(InFolder::DcpSafetensors(safetensors));
     }
     if let Some(p) = pick("safetensors files", &|n| n.ends_with(".safetensors"))? {
-        return Ok(p);
+        return Ok(InFolder::File(p));
     }
     Err(WeightsError::file(
         dir,
@@ -160,11 +286,33 @@ fn file_id(path: &Path) -> Result<(u64, u64, PathBuf)> {
     }
 }
 
+/// Where a listed tensor is.
+enum Held {
+    /// In one shard, under this name.
+    One(usize, String),
+    /// In chunks of a distributed checkpoint, assembled on load.
+    Chunks {
+        dtype: DType,
+        shape: Vec<usize>,
+        pieces: Vec<Piece>,
+    },
+}
+
+/// One chunk: in shard `shard` under `name`, at `offsets` of the whole tensor, of `sizes`.
+struct Piece {
+    shard: usize,
+    name: String,
+    offsets: Vec<usize>,
+    sizes: Vec<usize>,
+}
+
 /// An opened sharded checkpoint.
 pub(crate) struct Sharded {
+    /// The index, or the folder of a distributed checkpoint's safetensors files.
+    path: PathBuf,
     shards: Vec<WeightFile>,
-    /// Listed name -> (shard, the tensor's name inside it).
-    owner: HashMap<String, (usize, String)>,
+    /// Listed name -> where it is.
+    owner: HashMap<String, Held>,
     /// Names no index entry maps that several shards hold, with those shards.
     ambiguous: HashMap<String, Vec<usize>>,
     /// The index's `metadata`, values that are not strings as their JSON text.
@@ -203,7 +351,7 @@ impl Sharded {
             .get("weight_map")
             .and_then(serde_json::Value::as_object)
             .ok_or_else(|| not_index("it has no `weight_map` object".into()))?;
-        let mut entries: Vec<(&String, &str)> = Vec::with_capacity(weight_map.len());
+        let mut entries: Vec<(&str, &str)> = Vec::with_capacity(weight_map.len());
         for (name, file) in weight_map {
             let file = file
                 .as_str()
@@ -220,68 +368,16 @@ impl Sharded {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let (shards, file_of) = open_shards(index, dir, &entries)?;
-        let bytes = shards
+        let files: Vec<PathBuf> = entries
             .iter()
-            .fold(0u64, |a, s| a.saturating_add(s.stored_bytes() as u64));
-
-        let mut infos = Vec::with_capacity(entries.len());
-        let mut owner = HashMap::with_capacity(entries.len());
-        let mut used: HashSet<(usize, &str)> = HashSet::new();
-        let mut work = 0usize;
-        for &(name, file) in &entries {
-            let ix = file_of[file];
-            let shard = &shards[ix];
-            let inner = match shard.exact(name) {
-                Some(_) => name.as_str(),
-                None => {
-                    // A name inside a state dict nested in a `torch.save` shard.
-                    work = work.saturating_add(shard.state_dicts().len());
-                    if work > MAX_RESOLVE_WORK {
-                        return Err(WeightsError::file(
-                            index,
-                            "maps too many names that its shards hold only inside nested \
-                             state dicts",
-                        ));
-                    }
-                    shard.resolve(name).map_err(|e| WeightsError::Tensor {
-                        name: name.clone(),
-                        reason: format!(
-                            "is mapped by {} to {}, which does not hold it ({e})",
-                            index.display(),
-                            shard.path().display()
-                        ),
-                    })?
-                }
-            };
-            let info = shard.exact(inner).expect("resolved names are listed");
-            infos.push(TensorInfo {
-                name: name.clone(),
-                ..info.clone()
-            });
-            used.insert((ix, inner));
-            owner.insert(name.clone(), (ix, inner.to_string()));
-        }
-        // Tensors the index does not map: listed from the one shard that has them.
-        let mut others: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (ix, shard) in shards.iter().enumerate() {
-            for t in shard.tensors() {
-                if !owner.contains_key(&t.name) && !used.contains(&(ix, t.name.as_str())) {
-                    others.entry(&t.name).or_default().push(ix);
-                }
-            }
-        }
-        let mut ambiguous = HashMap::new();
-        for (name, holders) in others {
-            let info = shards[holders[0]].exact(name).expect("listed by its shard");
-            infos.push(info.clone());
-            if let [one] = holders.as_slice() {
-                owner.insert(name.to_string(), (*one, name.to_string()));
-            } else {
-                ambiguous.insert(name.to_string(), holders);
-            }
-        }
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
+            .map(|&(_, file)| shard_path(index, file).map(|rel| dir.join(rel)))
+            .collect::<Result<_>>()?;
+        let (shards, shard_of) = open_shards(index, &files)?;
+        let mapped: Vec<(&str, usize)> = entries
+            .iter()
+            .zip(&shard_of)
+            .map(|(&(name, _), &ix)| (name, ix))
+            .collect();
         // Hugging Face's loaders ignore `metadata`: one that is not an object is no error.
         let metadata = json
             .get("metadata")
@@ -295,8 +391,116 @@ impl Sharded {
                     .collect()
             })
             .unwrap_or_default();
+        Self::list(index, shards, &mapped, metadata)
+    }
+
+    /// Opens the safetensors files a distributed checkpoint wrote into folder `dir`, together.
+    pub(crate) fn open_set(dir: &Path, files: &[PathBuf]) -> Result<(Self, Vec<TensorInfo>)> {
+        let (shards, _) = open_shards(dir, files)?;
+        Self::list(dir, shards, &[], HashMap::new())
+    }
+
+    /// Lists the tensors of `shards`: those of `mapped` (name, shard) from their shard, the
+    /// others from the one shard that has them, chunks of a distributed checkpoint assembled.
+    fn list(
+        path: &Path,
+        shards: Vec<WeightFile>,
+        mapped: &[(&str, usize)],
+        metadata: HashMap<String, String>,
+    ) -> Result<(Self, Vec<TensorInfo>)> {
+        let bytes = shards
+            .iter()
+            .fold(0u64, |a, s| a.saturating_add(s.stored_bytes() as u64));
+        // Every tensor of a file with `DCP_SHARDING_INFO` is a chunk.
+        let mut pieces: BTreeMap<String, Vec<Piece>> = BTreeMap::new();
+        for (ix, shard) in shards.iter().enumerate() {
+            let Some(mut offsets) = dcp_offsets(shard)? else {
+                continue;
+            };
+            for t in shard.tensors() {
+                pieces.entry(t.name.clone()).or_default().push(Piece {
+                    shard: ix,
+                    name: t.name.clone(),
+                    offsets: offsets.remove(&t.name).expect("one per tensor"),
+                    sizes: t.shape.clone(),
+                });
+            }
+        }
+
+        let mut infos = Vec::with_capacity(mapped.len());
+        let mut owner = HashMap::with_capacity(mapped.len());
+        let mut used: HashSet<(usize, &str)> = HashSet::new();
+        let mut work = 0usize;
+        for &(name, ix) in mapped {
+            if pieces.contains_key(name) {
+                continue; // listed from its chunks below
+            }
+            let shard = &shards[ix];
+            let inner = match shard.exact(name) {
+                Some(_) => name,
+                None => {
+                    // A name inside a state dict nested in a `torch.save` shard.
+                    work = work.saturating_add(shard.state_dicts().len());
+                    if work > MAX_RESOLVE_WORK {
+                        return Err(WeightsError::file(
+                            path,
+                            "maps too many names that its shards hold only inside nested \
+                             state dicts",
+                        ));
+                    }
+                    shard.resolve(name).map_err(|e| WeightsError::Tensor {
+                        name: name.to_string(),
+                        reason: format!(
+                            "is mapped by {} to {}, which does not hold it ({e})",
+                            path.display(),
+                            shard.path().display()
+                        ),
+                    })?
+                }
+            };
+            let info = shard.exact(inner).expect("resolved names are listed");
+            infos.push(TensorInfo {
+                name: name.to_string(),
+                ..info.clone()
+            });
+            used.insert((ix, inner));
+            owner.insert(name.to_string(), Held::One(ix, inner.to_string()));
+        }
+        // Tensors the index does not map: listed from the one shard that has them.
+        let mut others: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut ambiguous = HashMap::new();
+        for (ix, shard) in shards.iter().enumerate() {
+            for t in shard.tensors() {
+                if let Some(p) = pieces.get(&t.name) {
+                    // A whole tensor in one file and chunks of it in others: neither is chosen.
+                    if !p.iter().any(|p| p.shard == ix) {
+                        let mut holders: Vec<usize> = p.iter().map(|p| p.shard).collect();
+                        holders.push(ix);
+                        ambiguous.insert(t.name.clone(), holders);
+                    }
+                } else if !owner.contains_key(&t.name) && !used.contains(&(ix, t.name.as_str())) {
+                    others.entry(&t.name).or_default().push(ix);
+                }
+            }
+        }
+        for (name, holders) in others {
+            let info = shards[holders[0]].exact(name).expect("listed by its shard");
+            infos.push(info.clone());
+            if let [one] = holders.as_slice() {
+                owner.insert(name.to_string(), Held::One(*one, name.to_string()));
+            } else {
+                ambiguous.insert(name.to_string(), holders);
+            }
+        }
+        for (name, pieces) in pieces {
+            let (info, held) = whole_of(&shards, &name, pieces)?;
+            infos.push(info);
+            owner.insert(name, held);
+        }
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
         Ok((
             Self {
+                path: path.to_path_buf(),
                 shards,
                 owner,
                 ambiguous,
@@ -312,7 +516,7 @@ impl Sharded {
         &self.shards
     }
 
-    /// Loads the stored tensor listed as `name`.
+    /// Loads the stored tensor listed as `name` (on the CPU first when assembled from chunks).
     pub(crate) fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
         if let Some(holders) = self.ambiguous.get(name) {
             return Err(WeightsError::Tensor {
@@ -328,11 +532,70 @@ impl Sharded {
                 ),
             });
         }
-        let (ix, inner) = self.owner.get(name).ok_or_else(|| WeightsError::Tensor {
+        match self.owner.get(name) {
+            None => Err(WeightsError::Tensor {
+                name: name.to_string(),
+                reason: format!("is in no shard of {}", self.path.display()),
+            }),
+            Some(Held::One(ix, inner)) => self.shards[*ix].load_stored_on(inner, device),
+            Some(Held::Chunks {
+                dtype,
+                shape,
+                pieces,
+            }) => Ok(self
+                .assemble(name, *dtype, shape, pieces)?
+                .to_device(device)?),
+        }
+    }
+
+    /// Places each chunk's stored bytes into the whole tensor; none may overlap another.
+    fn assemble(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        pieces: &[Piece],
+    ) -> Result<Tensor> {
+        let bad = |reason: String| WeightsError::Tensor {
             name: name.to_string(),
-            reason: "is in no shard of the index".into(),
-        })?;
-        self.shards[*ix].load_stored_on(inner, device)
+            reason: format!("{reason} (in {})", self.path.display()),
+        };
+        let es = dtype.size_in_bytes();
+        // The chunks hold as many elements as the tensor (checked on open): the whole is no
+        // larger than the bytes the files hold for it.
+        let total = shape.iter().product::<usize>() * es;
+        let mut whole: Vec<u8> = Vec::new();
+        let mut seen: Vec<bool> = Vec::new();
+        whole
+            .try_reserve_exact(total)
+            .and_then(|_| seen.try_reserve_exact(total / es))
+            .map_err(|_| bad(format!("cannot allocate its {total} bytes")))?;
+        whole.resize(total, 0);
+        seen.resize(total / es, false);
+        for p in pieces {
+            let (bytes, got, sizes) = self.shards[p.shard].safetensors_data(&p.name)?;
+            if got != dtype || sizes != p.sizes {
+                return Err(bad(format!(
+                    "its chunk at {:?} holds {got:?} {sizes:?}, not {dtype:?} {:?}",
+                    p.offsets, p.sizes
+                )));
+            }
+            place(
+                &mut whole,
+                &mut seen,
+                shape,
+                es,
+                (&p.offsets, &p.sizes),
+                bytes,
+            )
+            .map_err(|at| {
+                bad(format!(
+                    "its chunk at {:?} overlaps another at flat index {at}",
+                    p.offsets
+                ))
+            })?;
+        }
+        Ok(Tensor::from_raw_buffer(&whole, dtype, shape, &Device::Cpu)?)
     }
 
     /// Parametrization lists known to be chained, from the shards that can tell (`None` when
@@ -348,37 +611,83 @@ impl Sharded {
     }
 }
 
-/// Opens each file the index's `entries` name once, by its spelling first, then by what it is
-/// on disk; returns the shards and each spelling's shard.
-fn open_shards<'a>(
-    index: &Path,
-    dir: &Path,
-    entries: &[(&String, &'a str)],
-) -> Result<(Vec<WeightFile>, HashMap<&'a str, usize>)> {
+/// The whole tensor `name` its chunks `pieces` make: as large as they reach, of their one dtype,
+/// covered by them exactly as many times as it has elements (overlaps are found when placed).
+fn whole_of(shards: &[WeightFile], name: &str, pieces: Vec<Piece>) -> Result<(TensorInfo, Held)> {
+    let bad = |reason: String| WeightsError::Tensor {
+        name: name.to_string(),
+        reason: format!("{reason} (chunks of a torch.distributed.checkpoint)"),
+    };
+    let first = shards[pieces[0].shard]
+        .exact(&pieces[0].name)
+        .expect("listed by its shard");
+    let (dtype, rank) = (first.dtype, first.shape.len());
+    let mut shape = vec![0usize; rank];
+    for p in &pieces {
+        let info = shards[p.shard].exact(&p.name).expect("listed by its shard");
+        if info.dtype != dtype || p.sizes.len() != rank {
+            return Err(bad(format!(
+                "has chunks of different dtypes or ranks ({dtype:?} {:?} and {:?} {:?})",
+                first.shape, info.dtype, info.shape
+            )));
+        }
+        for d in 0..rank {
+            let end = p.offsets[d]
+                .checked_add(p.sizes[d])
+                .ok_or_else(|| bad(format!("its chunk at {:?} overflows", p.offsets)))?;
+            shape[d] = shape[d].max(end);
+        }
+    }
+    check_cover(
+        &shape,
+        pieces.iter().map(|p| (&p.offsets[..], &p.sizes[..])),
+    )
+    .map_err(bad)?;
+    let info = TensorInfo {
+        name: name.to_string(),
+        dtype,
+        shape: shape.clone(),
+    };
+    let held = match pieces.as_slice() {
+        [one] if one.offsets.iter().all(|&o| o == 0) => Held::One(one.shard, one.name.clone()),
+        _ => Held::Chunks {
+            dtype,
+            shape,
+            pieces,
+        },
+    };
+    Ok((info, held))
+}
+
+/// Opens each of `files` once, however spelled (by what it is on disk); returns the shards and
+/// each file's shard.
+fn open_shards(path: &Path, files: &[PathBuf]) -> Result<(Vec<WeightFile>, Vec<usize>)> {
     let mut shards = Vec::new();
-    let mut file_of: HashMap<&str, usize> = HashMap::new();
+    let mut shard_of = Vec::with_capacity(files.len());
+    let mut by_spelling: HashMap<&Path, usize> = HashMap::new();
     let mut by_id = HashMap::new();
-    for &(_, file) in entries {
-        if file_of.contains_key(file) {
+    for file in files {
+        if let Some(&ix) = by_spelling.get(file.as_path()) {
+            shard_of.push(ix);
             continue;
         }
-        let path = dir.join(shard_path(index, file)?);
-        let id = file_id(&path)?;
+        let id = file_id(file)?;
         let ix = match by_id.get(&id) {
             Some(&ix) => ix,
             None => {
                 if shards.len() == MAX_SHARDS {
                     return Err(WeightsError::file(
-                        index,
-                        format!("the index names more than {MAX_SHARDS} shard files"),
+                        path,
+                        format!("names more than {MAX_SHARDS} shard files"),
                     ));
                 }
-                shards.push(WeightFile::open_shard(&path)?);
+                shards.push(WeightFile::open_shard(file)?);
                 by_id.insert(id, shards.len() - 1);
                 shards.len() - 1
             }
         };
-        file_of.insert(file, ix);
+        by_spelling.insert(file, ix);
+        shard_of.push(ix);
     }
-    Ok((shards, file_of))
+    Ok((shards, shard_of))
 }

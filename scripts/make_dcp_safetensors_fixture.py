@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Writes models/checkpoints/dcp_safetensors/: the tagger of scripts/make_dcp_fixture.py saved by
+two ranks with torch.distributed.checkpoint's HuggingFaceStorageWriter(save_distributed=True),
+each parameter a DTensor sharded across them (rows, or columns for the Linear's weight): one
+safetensors file per rank, holding that rank's chunks, whose DCP_SHARDING_INFO metadata gives
+each chunk's offsets, and no index (as PyTorch's HuggingFaceStorageReader reads such a folder).
+Also a reference case for its GRU and its GRUCell whose `weights` is the folder; the whole
+state dict is dcp_sharded_reference.safetensors (under `model.`).
+
+Regenerate: python scripts/make_dcp_safetensors_fixture.py (seed 99, as make_dcp_fixture.py).
+"""
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
+from torch.distributed.checkpoint import HuggingFaceStorageWriter
+from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export_reference import export_case  # noqa: E402
+from make_dcp_fixture import OUT, model  # noqa: E402
+
+FOLDER = "dcp_safetensors"
+META = {"seed": "99", "generator": "scripts/make_dcp_safetensors_fixture.py"}
+
+
+def save(rank, world, init):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,))
+    sd = {}
+    for name, t in model().state_dict().items():
+        placement = Shard(1) if name == "proj.weight" else Shard(0)
+        sd[name] = distribute_tensor(t, mesh, [placement])
+    writer = HuggingFaceStorageWriter(os.path.join(OUT, FOLDER), save_distributed=True)
+    dcp.save(sd, storage_writer=writer)
+    dist.destroy_process_group()
+
+
+def main():
+    path = os.path.join(OUT, FOLDER)
+    shutil.rmtree(path, ignore_errors=True)
+    init = "file://" + os.path.join(tempfile.mkdtemp(), "rendezvous")
+    mp.spawn(save, args=(2, init), nprocs=2, join=True)
+    files = sorted(os.listdir(path))
+    assert len(files) == 2 and all(f.endswith(".safetensors") for f in files), files
+    m = model()
+    torch.manual_seed(7)
+    export_case(OUT, "dcp_safetensors_rnn", m, "rnn", torch.randn(3, 5, 4), lengths=[5, 2, 4],
+                weights_file=FOLDER, extra_meta=META)
+    export_case(OUT, "dcp_safetensors_cell", m, "cell", torch.randn(2, 14), h0=torch.randn(2, 3),
+                weights_file=FOLDER, extra_meta=META)
+    print("wrote", path, files)
+
+
+if __name__ == "__main__":
+    main()
