@@ -46,22 +46,36 @@ def model():
     return Tagger().eval()
 
 
-def save(rank, world, init):
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    mesh = init_device_mesh("cpu", (world,))
+def distributed_state_dict(mesh):
+    """The tagger's state dict as DTensors sharded across `mesh`: by rows, and proj.weight by
+    columns (21 rows split 11 + 10 over two ranks, so the chunks differ in size)."""
     sd = {}
     for name, t in model().state_dict().items():
         placement = Shard(1) if name == "proj.weight" else Shard(0)
         sd[name] = distribute_tensor(t, mesh, [placement])
-    dcp.save({"model": sd}, checkpoint_id=os.path.join(OUT, FOLDER))
+    return sd
+
+
+def _rank_main(rank, world, init, save):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    save(distributed_state_dict(init_device_mesh("cpu", (world,))))
     dist.destroy_process_group()
+
+
+def run_ranks(save, world=2):
+    """Calls save(state dict of DTensors) in `world` CPU processes joined over gloo."""
+    init = "file://" + os.path.join(tempfile.mkdtemp(), "rendezvous")
+    mp.spawn(_rank_main, args=(world, init, save), nprocs=world, join=True)
+
+
+def save(sd):
+    dcp.save({"model": sd}, checkpoint_id=os.path.join(OUT, FOLDER))
 
 
 def main():
     path = os.path.join(OUT, FOLDER)
     shutil.rmtree(path, ignore_errors=True)
-    init = "file://" + os.path.join(tempfile.mkdtemp(), "rendezvous")
-    mp.spawn(save, args=(2, init), nprocs=2, join=True)
+    run_ranks(save)
     m = model()
     from safetensors.torch import save_file
     save_file({f"model.{k}": v.contiguous() for k, v in m.state_dict().items()},

@@ -12,40 +12,28 @@ Regenerate: python scripts/make_dcp_safetensors_fixture.py (seed 99, as make_dcp
 import os
 import shutil
 import sys
-import tempfile
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import torch.multiprocessing as mp
 from torch.distributed.checkpoint import HuggingFaceStorageWriter
-from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from export_reference import export_case  # noqa: E402
-from make_dcp_fixture import OUT, model  # noqa: E402
+from make_dcp_fixture import OUT, model, run_ranks  # noqa: E402
 
 FOLDER = "dcp_safetensors"
 META = {"seed": "99", "generator": "scripts/make_dcp_safetensors_fixture.py"}
 
 
-def save(rank, world, init):
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    mesh = init_device_mesh("cpu", (world,))
-    sd = {}
-    for name, t in model().state_dict().items():
-        placement = Shard(1) if name == "proj.weight" else Shard(0)
-        sd[name] = distribute_tensor(t, mesh, [placement])
+def save(sd):
     writer = HuggingFaceStorageWriter(os.path.join(OUT, FOLDER), save_distributed=True)
     dcp.save(sd, storage_writer=writer)
-    dist.destroy_process_group()
 
 
 def main():
     path = os.path.join(OUT, FOLDER)
     shutil.rmtree(path, ignore_errors=True)
-    init = "file://" + os.path.join(tempfile.mkdtemp(), "rendezvous")
-    mp.spawn(save, args=(2, init), nprocs=2, join=True)
+    run_ranks(save)
     files = sorted(os.listdir(path))
     assert len(files) == 2 and all(f.endswith(".safetensors") for f in files), files
     m = model()

@@ -364,10 +364,64 @@ pub(crate) fn check_cover<'a>(
     Ok(())
 }
 
+/// A whole tensor being assembled from its chunks: its bytes, and which elements are placed.
+pub(crate) struct Assembly<'a> {
+    whole: Vec<u8>,
+    seen: Vec<bool>,
+    shape: &'a [usize],
+    es: usize,
+}
+
+impl<'a> Assembly<'a> {
+    /// Zeroed buffers for `total` bytes of `es`-byte elements, or why they cannot be had.
+    pub(crate) fn new(
+        shape: &'a [usize],
+        es: usize,
+        total: usize,
+    ) -> std::result::Result<Self, String> {
+        let mut whole: Vec<u8> = Vec::new();
+        let mut seen: Vec<bool> = Vec::new();
+        whole
+            .try_reserve_exact(total)
+            .and_then(|_| seen.try_reserve_exact(total / es))
+            .map_err(|_| format!("cannot allocate its {total} bytes"))?;
+        whole.resize(total, 0);
+        seen.resize(total / es, false);
+        Ok(Self {
+            whole,
+            seen,
+            shape,
+            es,
+        })
+    }
+
+    /// Places a chunk (see `place`).
+    pub(crate) fn place(&mut self, region: Region, bytes: &[u8]) -> std::result::Result<(), usize> {
+        place(
+            &mut self.whole,
+            &mut self.seen,
+            self.shape,
+            self.es,
+            region,
+            bytes,
+        )
+    }
+
+    /// The assembled tensor, on the CPU.
+    pub(crate) fn into_tensor(self, dtype: DType) -> candle_core::Result<candle_core::Tensor> {
+        candle_core::Tensor::from_raw_buffer(
+            &self.whole,
+            dtype,
+            self.shape,
+            &candle_core::Device::Cpu,
+        )
+    }
+}
+
 /// Copies a chunk's contiguous elements (`es` bytes each) into the whole tensor's buffer,
 /// marking each element in `seen`; an element already seen means two chunks overlap (`Err`
 /// with its flat index).
-pub(crate) fn place(
+fn place(
     whole: &mut [u8],
     seen: &mut [bool],
     shape: &[usize],
@@ -583,15 +637,7 @@ impl Dcp {
                     t.shape
                 ))
             })? as usize;
-        let mut whole: Vec<u8> = Vec::new();
-        let mut seen: Vec<bool> = Vec::new();
-        whole
-            .try_reserve_exact(total)
-            .and_then(|_| seen.try_reserve_exact(total / es))
-            .map_err(|_| bad(format!("cannot allocate its {total} bytes")))?;
-        whole.resize(total, 0);
-        seen.resize(total / es, false);
-
+        let mut whole = Assembly::new(&t.shape, es, total).map_err(bad)?;
         for c in &t.chunks {
             let map = &self.shards[&c.file];
             let window = c.range.start as usize..c.range.end as usize;
@@ -604,19 +650,14 @@ impl Dcp {
                     c.offsets, c.sizes
                 )));
             }
-            place(&mut whole, &mut seen, &t.shape, es, c.region(), &bytes).map_err(|at| {
+            whole.place(c.region(), &bytes).map_err(|at| {
                 bad(format!(
                     "its chunk at {:?} overlaps another at flat index {at}",
                     c.offsets
                 ))
             })?;
         }
-        Ok(candle_core::Tensor::from_raw_buffer(
-            &whole,
-            dtype,
-            &t.shape,
-            &candle_core::Device::Cpu,
-        )?)
+        Ok(whole.into_tensor(dtype)?)
     }
 }
 

@@ -21,7 +21,7 @@ use std::path::{Component, Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::dcp::{check_cover, place};
+use crate::dcp::{check_cover, Assembly};
 use crate::error::{Result, WeightsError};
 use crate::file::{Format, TensorInfo, WeightFile};
 
@@ -564,14 +564,7 @@ impl Sharded {
         // The chunks hold as many elements as the tensor (checked on open): the whole is no
         // larger than the bytes the files hold for it.
         let total = shape.iter().product::<usize>() * es;
-        let mut whole: Vec<u8> = Vec::new();
-        let mut seen: Vec<bool> = Vec::new();
-        whole
-            .try_reserve_exact(total)
-            .and_then(|_| seen.try_reserve_exact(total / es))
-            .map_err(|_| bad(format!("cannot allocate its {total} bytes")))?;
-        whole.resize(total, 0);
-        seen.resize(total / es, false);
+        let mut whole = Assembly::new(shape, es, total).map_err(bad)?;
         for p in pieces {
             let (bytes, got, sizes) = self.shards[p.shard].safetensors_data(&p.name)?;
             if got != dtype || sizes != p.sizes {
@@ -580,22 +573,14 @@ impl Sharded {
                     p.offsets, p.sizes
                 )));
             }
-            place(
-                &mut whole,
-                &mut seen,
-                shape,
-                es,
-                (&p.offsets, &p.sizes),
-                bytes,
-            )
-            .map_err(|at| {
+            whole.place((&p.offsets, &p.sizes), bytes).map_err(|at| {
                 bad(format!(
                     "its chunk at {:?} overlaps another at flat index {at}",
                     p.offsets
                 ))
             })?;
         }
-        Ok(Tensor::from_raw_buffer(&whole, dtype, shape, &Device::Cpu)?)
+        Ok(whole.into_tensor(dtype)?)
     }
 
     /// Parametrization lists known to be chained, from the shards that can tell (`None` when
