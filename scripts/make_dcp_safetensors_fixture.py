@@ -7,6 +7,10 @@ each chunk's offsets, and no index (as PyTorch's HuggingFaceStorageReader reads 
 Also a reference case for its GRU and its GRUCell whose `weights` is the folder; the whole
 state dict is dcp_sharded_reference.safetensors (under `model.`).
 
+And models/checkpoints/dcp_safetensors_whole/: the same state dict saved by one process with
+HuggingFaceStorageWriter(fqn_to_index_mapping=...): whole tensors in two files (the GRU's, the
+rest), each with DCP_SHARDING_INFO at offset 0, and an index; each file reads on its own.
+
 Regenerate: python scripts/make_dcp_safetensors_fixture.py (seed 99, as make_dcp_fixture.py).
 """
 import os
@@ -30,10 +34,23 @@ def save(sd):
     dcp.save(sd, storage_writer=writer)
 
 
+def save_whole():
+    path = os.path.join(OUT, f"{FOLDER}_whole")
+    shutil.rmtree(path, ignore_errors=True)
+    sd = model().state_dict()
+    mapping = {k: 1 if k.startswith("rnn.") else 2 for k in sd}
+    writer = HuggingFaceStorageWriter(path, fqn_to_index_mapping=mapping)
+    dcp.save(sd, storage_writer=writer, no_dist=True)
+    files = sorted(os.listdir(path))
+    assert files == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                     "model.safetensors.index.json"], files
+
+
 def main():
     path = os.path.join(OUT, FOLDER)
     shutil.rmtree(path, ignore_errors=True)
     run_ranks(save)
+    save_whole()
     files = sorted(os.listdir(path))
     assert len(files) == 2 and all(f.endswith(".safetensors") for f in files), files
     m = model()

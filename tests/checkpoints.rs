@@ -676,6 +676,27 @@ fn a_distributed_checkpoint_in_safetensors_assembles_tensor_for_tensor() {
         .to_string();
     assert!(e.contains("whose other chunks are not beside"), "{e}");
 
+    // One process's writer (whole tensors split over two files by fqn_to_index_mapping, an
+    // index beside them): the folder, and each file alone, read as whole tensors.
+    let whole_dir = checkpoint("dcp_safetensors_whole");
+    let mut seen = 0;
+    for path in [
+        whole_dir.clone(),
+        whole_dir.join("model-00001-of-00002.safetensors"),
+        whole_dir.join("model-00002-of-00002.safetensors"),
+    ] {
+        let g = WeightFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for t in g.tensors() {
+            let a = g.load(&t.name, &Device::Cpu).unwrap();
+            let b = reference
+                .load(&format!("model.{}", t.name), &Device::Cpu)
+                .unwrap();
+            assert_eq!(max_diff(&a, &b), 0.0, "{}", t.name);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2 * reference.tensors().len());
+
     // A whole tensor beside its chunks is not guessed between.
     let dir = tempfile::tempdir().unwrap();
     for r in [rank0, rank1] {

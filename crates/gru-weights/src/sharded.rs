@@ -13,8 +13,10 @@
 //! Safetensors files `torch.distributed.checkpoint` wrote (`HuggingFaceStorageWriter`; each rank
 //! its own `shard-0000R-model-*.safetensors`, with no index unless consolidated) hold chunks: their
 //! `DCP_SHARDING_INFO` metadata says where each lies in its whole tensor. As PyTorch's
-//! `HuggingFaceStorageReader` does, a folder of them is read as one checkpoint, each tensor as
-//! large as its chunks reach, assembled from them; the chunks must cover it exactly once.
+//! `HuggingFaceStorageReader` does, a folder of them is read as one checkpoint (every
+//! `.safetensors` file in it), each tensor as large as its chunks reach, assembled from them; the
+//! chunks must cover it exactly once. No file records the number of ranks: a folder missing the
+//! last ranks' files, or the first rank's file alone, cannot be told from a whole checkpoint.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
@@ -103,46 +105,49 @@ pub(crate) fn dcp_offsets(f: &WeightFile) -> Result<Option<HashMap<String, Vec<u
     Ok(Some(out))
 }
 
-/// Whether the safetensors file at `path` carries `DCP_SHARDING_INFO` (read from its header
-/// only; a file that cannot be read does not).
-fn carries_dcp_info(path: &Path) -> bool {
-    let Ok(file) = crate::regular::open_regular(path) else {
-        return false;
-    };
-    crate::file::map(path, &file)
-        .ok()
-        .and_then(|m| {
-            safetensors::SafeTensors::read_metadata(&m)
-                .ok()
-                .and_then(|(_, meta)| meta.metadata().clone())
-        })
-        .is_some_and(|m| m.contains_key(DCP_SHARDING_INFO))
+/// The tensor names of the safetensors file at `path` if it carries `DCP_SHARDING_INFO` (read
+/// from its header only; a file that cannot be read carries none).
+fn dcp_tensor_names(path: &Path) -> Option<HashSet<String>> {
+    let file = crate::regular::open_regular(path).ok()?;
+    let map = crate::file::map(path, &file).ok()?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&map).ok()?;
+    let carries = meta
+        .metadata()
+        .as_ref()
+        .is_some_and(|m| m.contains_key(DCP_SHARDING_INFO));
+    carries.then(|| meta.tensors().into_keys().collect())
 }
 
 /// A safetensors file with `offsets` (its `DCP_SHARDING_INFO`) opened on its own: refused when
-/// other files of its folder carry chunks too (the folder is the checkpoint), or when its own
-/// chunks do not start at the origin (the rest are missing).
+/// another file of its folder holds chunks of the same tensors (the folder is the checkpoint),
+/// or when its own chunks do not start at the origin (the rest are missing). A writer that saved
+/// whole tensors into several files (`fqn_to_index_mapping`, one rank) gives each file its own
+/// names, and each file reads alone. What cannot be told: the first rank's file of a distributed
+/// save, moved away from the others, looks like a whole checkpoint (no file records the number
+/// of ranks; PyTorch's reader cannot tell either).
 pub(crate) fn check_lone_chunks(path: &Path, offsets: &HashMap<String, Vec<usize>>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let me = file_id(path)?;
     let others = std::fs::read_dir(dir)
         .map_err(|e| WeightsError::io(dir, "list", e))?
         .take(MAX_FOLDER_ENTRIES)
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|x| x == "safetensors")
-                && p.file_name() != path.file_name()
-                && carries_dcp_info(p)
+                && file_id(p).is_ok_and(|id| id != me)
+                && dcp_tensor_names(p)
+                    .is_some_and(|names| offsets.keys().any(|n| names.contains(n)))
         })
         .count();
     if others > 0 {
         return Err(WeightsError::file(
             path,
             format!(
-                "is one of {} safetensors files of a torch.distributed.checkpoint, each holding \
-                 chunks of the tensors: pass the folder {}",
+                "is one of {} safetensors files of a torch.distributed.checkpoint holding chunks \
+                 of the same tensors: pass the folder {}",
                 others + 1,
                 dir.display()
             ),
@@ -225,7 +230,7 @@ pub(crate) fn file_in_folder(dir: &Path) -> Result<InFolder> {
         .map(|n| dir.join(n))
         .filter(|p| p.is_file())
         .collect();
-    if safetensors.len() > 1 && safetensors.iter().any(|p| carries_dcp_info(p)) {
+    if safetensors.len() > 1 && safetensors.iter().any(|p| dcp_tensor_names(p).is_some()) {
         return Ok(InFolder::DcpSafetensors(safetensors));
     }
     if let Some(p) = pick("safetensors files", &|n| n.ends_with(".safetensors"))? {
