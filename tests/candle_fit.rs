@@ -242,3 +242,55 @@ fn kernels_that_cut_the_graph_are_refused_for_tracked_tensors() {
     }
     assert!(gru.with_kernel(Kernel::Auto).forward(&x, None).is_ok());
 }
+
+#[test]
+fn a_gru_cell_is_candle_nns_rnn_and_runs_a_sequence_as_pytorchs_one_layer_gru() {
+    use candle_nn::rnn::{GRUState, RNN};
+    // uni_l1_h0: PyTorch's nn.GRU(5, 7) (one layer, one direction) run from h0; its weights,
+    // renamed, are an nn.GRUCell's, and the cell stepped along the sequence gives its output.
+    let case = Case::load(models_dir().join("reference/uni_l1_h0.case.safetensors")).unwrap();
+    let weights = candle_core::safetensors::load(&case.weights, &Device::Cpu).unwrap();
+    let renamed: HashMap<String, Tensor> = weights
+        .into_iter()
+        .map(|(k, v)| (k.trim_end_matches("_l0").to_string(), v))
+        .collect();
+    let vb = VarBuilder::from_tensors(renamed, DType::F32, &Device::Cpu);
+    let cell = GruCell::new(5, 7, true, vb).unwrap();
+    // candle-nn's layout: batch first.
+    let x = case.input.transpose(0, 1).unwrap().contiguous().unwrap();
+    let h0 = GRUState {
+        h: case.h0.as_ref().unwrap().squeeze(0).unwrap(),
+    };
+    let want = case.output.transpose(0, 1).unwrap();
+    let fused = cell
+        .states_to_tensor(&cell.seq_init(&x, &h0).unwrap())
+        .unwrap();
+    assert!(
+        max_diff(&fused, &want) < 1e-5,
+        "{}",
+        max_diff(&fused, &want)
+    );
+    // Step by step through the trait's `step`, and from the zero state.
+    let mut state = h0.clone();
+    let mut states = Vec::new();
+    for t in 0..x.dim(1).unwrap() {
+        let xt = x.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
+        state = cell.step(&xt, &state).unwrap();
+        states.push(state.clone());
+    }
+    let stepped = cell.states_to_tensor(&states).unwrap();
+    assert!(max_diff(&stepped, &want) < 1e-5);
+    let from_zero = cell.states_to_tensor(&cell.seq(&x).unwrap()).unwrap();
+    let zero = cell.zero_state(x.dim(0).unwrap()).unwrap();
+    let again = cell
+        .states_to_tensor(&cell.seq_init(&x, &zero).unwrap())
+        .unwrap();
+    assert_eq!(max_diff(&from_zero, &again), 0.0);
+    assert!(max_diff(&from_zero, &fused) > 1e-3, "h0 must matter");
+    // A sequence of the wrong width is an error naming the input.
+    let e = cell
+        .seq(&x.narrow(2, 0, 4).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("input"), "{e}");
+}

@@ -128,8 +128,86 @@ impl GruCell {
         Ok(if batched { h_n } else { h_n.squeeze(0)? })
     }
 
+    /// The cell applied along a batch-first sequence, as `nn.GRU` with one layer and these
+    /// weights: `input` `(B, T, I)`, `h0` `(B, H)`; returns every step's state, `(B, T, H)`. One
+    /// fused pass over the sequence (the input projection as one matmul), not `T` calls.
+    pub fn forward_seq(&self, input: &Tensor, h0: &Tensor) -> Result<Tensor> {
+        self.check("input", input)?;
+        self.check("h0", h0)?;
+        let (batch, steps, features) = match *input.dims() {
+            [b, t, i] => (b, t, i),
+            _ => {
+                return Err(GruError::arg(
+                    "input",
+                    format!(
+                        "a sequence is (batch, seq_len, input_size), got shape {:?}",
+                        input.dims()
+                    ),
+                ))
+            }
+        };
+        if features != self.input_size {
+            return Err(GruError::shape(
+                "input",
+                &[batch, steps, self.input_size],
+                input.dims(),
+            ));
+        }
+        if h0.dims() != [batch, self.hidden_size] {
+            return Err(GruError::shape("h0", &[batch, self.hidden_size], h0.dims()));
+        }
+        if batch == 0 || steps == 0 {
+            let shape = (batch, steps, self.hidden_size);
+            return Ok(Tensor::zeros(shape, self.dtype, &self.device)?);
+        }
+        let cdt = compute_dtype(self.dtype);
+        let x = input.transpose(0, 1)?.to_dtype(cdt)?.contiguous()?;
+        let h = h0.reshape((1, batch, self.hidden_size))?.to_dtype(cdt)?;
+        let plan = LengthPlan::full(batch, steps);
+        let ctx = RunContext::new(&plan, &self.device, self.kernel)?;
+        let (out, _) = self.layer.forward(&x, Some(&h), &plan, self.kernel, &ctx)?;
+        Ok(out.to_dtype(self.dtype)?.transpose(0, 1)?.contiguous()?)
+    }
+
     fn check(&self, name: &str, t: &Tensor) -> Result<()> {
         crate::error::check_dtype_device(name, t, self.dtype, &self.device)
+    }
+}
+
+/// candle-nn's recurrent-network trait, so that a `GruCell` stands in for
+/// `candle_nn::rnn::GRU` (same `VarBuilder` names as PyTorch's `nn.GRUCell`, PyTorch's numbers):
+/// `step` is one `nn.GRUCell` call, and `seq` / `seq_init` run the whole sequence in one fused
+/// pass (`forward_seq`) instead of step by step.
+impl candle_nn::rnn::RNN for GruCell {
+    type State = candle_nn::rnn::GRUState;
+
+    fn zero_state(&self, batch_dim: usize) -> candle_core::Result<Self::State> {
+        let h = Tensor::zeros((batch_dim, self.hidden_size), self.dtype, &self.device)?;
+        Ok(candle_nn::rnn::GRUState { h })
+    }
+
+    fn step(&self, input: &Tensor, state: &Self::State) -> candle_core::Result<Self::State> {
+        let h = self.forward(input, Some(&state.h))?;
+        Ok(candle_nn::rnn::GRUState { h })
+    }
+
+    fn seq_init(
+        &self,
+        input: &Tensor,
+        init_state: &Self::State,
+    ) -> candle_core::Result<Vec<Self::State>> {
+        let out = self.forward_seq(input, &init_state.h)?;
+        (0..out.dim(1)?)
+            .map(|t| {
+                let h = out.narrow(1, t, 1)?.squeeze(1)?;
+                Ok(candle_nn::rnn::GRUState { h })
+            })
+            .collect()
+    }
+
+    fn states_to_tensor(&self, states: &[Self::State]) -> candle_core::Result<Tensor> {
+        let states: Vec<Tensor> = states.iter().map(|s| s.h.clone()).collect();
+        Tensor::stack(&states, 1)
     }
 }
 
