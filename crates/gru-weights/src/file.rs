@@ -10,10 +10,12 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 
+use crate::dcp_safetensors;
 use crate::error::{Result, WeightsError};
+use crate::folder::{self, InFolder};
 use crate::pth;
 use crate::reparam::{self, Reparam};
-use crate::sharded::{self, InFolder, Sharded};
+use crate::sharded::{self, Sharded};
 
 /// Name, dtype and shape of one tensor in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +143,7 @@ impl WeightFile {
             return Ok(Self::new(dir, Source::Dcp(Box::new(dcp)), infos).with_derived());
         }
         let path = if path.is_dir() {
-            match sharded::file_in_folder(path)? {
+            match folder::file_in_folder(path)? {
                 InFolder::File(file) => file,
                 InFolder::DcpSafetensors(files) => {
                     if key.is_some() {
@@ -248,8 +250,8 @@ impl WeightFile {
             let mut f = Self::new(path.to_path_buf(), Source::Safetensors(mmap), infos);
             if whole {
                 // A distributed checkpoint's chunks are read with the rest of their folder.
-                if let Some(offsets) = sharded::dcp_offsets(&f)? {
-                    sharded::check_lone_chunks(path, &offsets)?;
+                if let Some(offsets) = dcp_safetensors::offsets(&f)? {
+                    dcp_safetensors::check_lone_chunks(path, &offsets)?;
                 }
                 f.add_shared();
             }

@@ -19,9 +19,11 @@
 //! ```
 
 mod dcp;
+mod dcp_safetensors;
 mod discover;
 mod error;
 mod file;
+mod folder;
 mod load;
 mod npy;
 mod pickle;

@@ -1,8 +1,9 @@
 //! Only regular files are read or replaced: a FIFO would block `open` forever, a device would
-//! stream without end, and renaming over `/dev/null` destroys it.
+//! stream without end, and renaming over `/dev/null` destroys it. And what makes two paths one
+//! file (`file_id`), so that a file reached twice is read once.
 
 use std::fs::{File, OpenOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Result, WeightsError};
 
@@ -80,5 +81,21 @@ pub fn check_output_path(path: &Path) -> Result<()> {
             format!("is {}; refusing to replace it", kind(&meta.file_type())),
         )),
         _ => Ok(()),
+    }
+}
+
+/// What tells two paths to one file from two files: device and inode where there are some
+/// (links, names differing in case on a case-insensitive disk), else the canonical path.
+pub(crate) fn file_id(path: &Path) -> Result<(u64, u64, PathBuf)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).map_err(|e| WeightsError::io(path, "open", e))?;
+        Ok((m.dev(), m.ino(), PathBuf::new()))
+    }
+    #[cfg(not(unix))]
+    {
+        let c = std::fs::canonicalize(path).map_err(|e| WeightsError::io(path, "open", e))?;
+        Ok((0, 0, c))
     }
 }

@@ -1,247 +1,36 @@
-//! Hugging Face checkpoints as `save_pretrained`, `huggingface_hub.save_torch_state_dict` and
-//! `torch.distributed.checkpoint`'s `HuggingFaceStorageWriter` write them: a folder with one
-//! `model.safetensors`, or with shards (`model-00001-of-00003.safetensors`, or
-//! `pytorch_model-00001-of-00003.bin`) and an index (`*.index.json`) whose `weight_map` says
-//! which shard holds each tensor. The index is JSON, read within a size cap; each shard is opened
+//! Sharded checkpoints as `save_pretrained`, `huggingface_hub.save_torch_state_dict` and
+//! `torch.distributed.checkpoint`'s `HuggingFaceStorageWriter` write them: shards
+//! (`model-00001-of-00003.safetensors`, or `pytorch_model-00001-of-00003.bin`) and an index
+//! (`*.index.json`) whose `weight_map` says which shard holds each tensor, or a folder of a
+//! distributed checkpoint's safetensors files (`dcp_safetensors`). The index is JSON, read within a size cap; each shard is opened
 //! as the file it is (safetensors or `torch.save`), never as another index or folder, and each
 //! file once, however the index spells its path.
 //!
 //! As Hugging Face's loaders do, every tensor of every shard the index names is listed: a name
 //! the index maps is read from the shard it maps it to (which must hold it), any other from the
 //! one shard that has it (several make it ambiguous, and loading it an error).
-//!
-//! Safetensors files `torch.distributed.checkpoint` wrote (`HuggingFaceStorageWriter`; each rank
-//! its own `shard-0000R-model-*.safetensors`, with no index unless consolidated) hold chunks: their
-//! `DCP_SHARDING_INFO` metadata says where each lies in its whole tensor. As PyTorch's
-//! `HuggingFaceStorageReader` does, a folder of them is read as one checkpoint (every
-//! `.safetensors` file in it), each tensor as large as its chunks reach, assembled from them; the
-//! chunks must cover it exactly once. No file records the number of ranks: a folder missing the
-//! last ranks' files, or the first rank's file alone, cannot be told from a whole checkpoint.
+//! A tensor that files with `DCP_SHARDING_INFO` hold in chunks is assembled from them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
-use crate::dcp::{check_cover, Assembly};
+use crate::dcp_safetensors::{self, Chunked, Piece};
 use crate::error::{Result, WeightsError};
-use crate::file::{Format, TensorInfo, WeightFile};
+use crate::file::{TensorInfo, WeightFile};
+use crate::regular::file_id;
 
 /// Largest index read (Hugging Face's own loader stops at 10 MB; a large model's is ~100 KB).
 const MAX_INDEX_BYTES: usize = 16 << 20;
 /// Most shard files an index may name (each is mapped).
 const MAX_SHARDS: usize = 16384;
-/// Most folder entries looked at when choosing the file of a folder.
-const MAX_FOLDER_ENTRIES: usize = 100_000;
 /// Most state-dict lookups spent matching index names to names nested in `torch.save` shards.
 const MAX_RESOLVE_WORK: usize = 1 << 22;
 
 /// Whether `bytes` (not a safetensors file) start as a JSON object: an index, or nothing we read.
 pub(crate) fn looks_like_json(bytes: &[u8]) -> bool {
     bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-}
-
-/// The files `from_pretrained` looks for, in its order (transformers', then diffusers' names):
-/// one safetensors file before its index, safetensors before `torch.save`.
-const KNOWN_FILES: [&str; 8] = [
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "diffusion_pytorch_model.safetensors",
-    "diffusion_pytorch_model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-    "diffusion_pytorch_model.bin",
-    "diffusion_pytorch_model.bin.index.json",
-];
-
-/// What a folder holds.
-pub(crate) enum InFolder {
-    /// A file to open (itself an index, or one checkpoint).
-    File(PathBuf),
-    /// Safetensors files `torch.distributed.checkpoint` wrote, to read together.
-    DcpSafetensors(Vec<PathBuf>),
-}
-
-/// The metadata key under which `torch.distributed.checkpoint` records, for each tensor of a
-/// safetensors file it wrote, where that chunk lies in its whole tensor.
-const DCP_SHARDING_INFO: &str = "DCP_SHARDING_INFO";
-
-/// For a safetensors file `torch.distributed.checkpoint` wrote: each tensor's offsets in the
-/// whole tensor it is a chunk of (`DCP_SHARDING_INFO`); `None` for any other file.
-pub(crate) fn dcp_offsets(f: &WeightFile) -> Result<Option<HashMap<String, Vec<usize>>>> {
-    if f.format() != Format::Safetensors {
-        return Ok(None);
-    }
-    let meta = f.metadata();
-    let Some(info) = meta.get(DCP_SHARDING_INFO) else {
-        return Ok(None);
-    };
-    let bad = |why: String| {
-        WeightsError::file(f.path(), format!("its {DCP_SHARDING_INFO} metadata {why}"))
-    };
-    let json: HashMap<String, serde_json::Value> =
-        serde_json::from_str(info).map_err(|e| bad(format!("is not a JSON object ({e})")))?;
-    let mut out = HashMap::with_capacity(json.len());
-    for t in f.tensors() {
-        let offsets = json
-            .get(&t.name)
-            .and_then(|v| v.get("saved_offsets"))
-            .and_then(serde_json::Value::as_array)
-            .and_then(|a| {
-                a.iter()
-                    .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
-                    .collect::<Option<Vec<usize>>>()
-            })
-            .filter(|o| o.len() == t.shape.len())
-            .ok_or_else(|| {
-                bad(format!(
-                    "gives no `saved_offsets` of rank {} for `{}`",
-                    t.shape.len(),
-                    t.name
-                ))
-            })?;
-        out.insert(t.name.clone(), offsets);
-    }
-    Ok(Some(out))
-}
-
-/// The tensor names of the safetensors file at `path` if it carries `DCP_SHARDING_INFO` (read
-/// from its header only; a file that cannot be read carries none).
-fn dcp_tensor_names(path: &Path) -> Option<HashSet<String>> {
-    let file = crate::regular::open_regular(path).ok()?;
-    let map = crate::file::map(path, &file).ok()?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&map).ok()?;
-    let carries = meta
-        .metadata()
-        .as_ref()
-        .is_some_and(|m| m.contains_key(DCP_SHARDING_INFO));
-    carries.then(|| meta.tensors().into_keys().collect())
-}
-
-/// A safetensors file with `offsets` (its `DCP_SHARDING_INFO`) opened on its own: refused when
-/// another file of its folder holds chunks of the same tensors (the folder is the checkpoint),
-/// or when its own chunks do not start at the origin (the rest are missing). A writer that saved
-/// whole tensors into several files (`fqn_to_index_mapping`, one rank) gives each file its own
-/// names, and each file reads alone. What cannot be told: the first rank's file of a distributed
-/// save, moved away from the others, looks like a whole checkpoint (no file records the number
-/// of ranks; PyTorch's reader cannot tell either).
-pub(crate) fn check_lone_chunks(path: &Path, offsets: &HashMap<String, Vec<usize>>) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let me = file_id(path)?;
-    let others = std::fs::read_dir(dir)
-        .map_err(|e| WeightsError::io(dir, "list", e))?
-        .take(MAX_FOLDER_ENTRIES)
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "safetensors")
-                && file_id(p).is_ok_and(|id| id != me)
-                && dcp_tensor_names(p)
-                    .is_some_and(|names| offsets.keys().any(|n| names.contains(n)))
-        })
-        .count();
-    if others > 0 {
-        return Err(WeightsError::file(
-            path,
-            format!(
-                "is one of {} safetensors files of a torch.distributed.checkpoint holding chunks \
-                 of the same tensors: pass the folder {}",
-                others + 1,
-                dir.display()
-            ),
-        ));
-    }
-    if let Some((name, at)) = offsets.iter().find(|(_, o)| o.iter().any(|&x| x != 0)) {
-        return Err(WeightsError::Tensor {
-            name: name.clone(),
-            reason: format!(
-                "is a chunk at {at:?} of a tensor of a torch.distributed.checkpoint whose other \
-                 chunks are not beside {}",
-                path.display()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// The file to open for `dir`, a folder `save_pretrained` wrote: the first of `KNOWN_FILES` it
-/// has; else its one index of safetensors or `torch.save` shards, else its one `.safetensors`
-/// file (`model.fp16.safetensors`); or, for several safetensors files carrying
-/// `DCP_SHARDING_INFO`, all its safetensors files.
-pub(crate) fn file_in_folder(dir: &Path) -> Result<InFolder> {
-    if let Some(known) = KNOWN_FILES
-        .iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
-    {
-        return Ok(InFolder::File(known));
-    }
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| WeightsError::io(dir, "list", e))? {
-        if names.len() == MAX_FOLDER_ENTRIES {
-            return Err(WeightsError::file(
-                dir,
-                format!(
-                    "the folder has more than {MAX_FOLDER_ENTRIES} entries and none of \
-                     `model.safetensors`, `pytorch_model.bin` or their indexes; pass the file"
-                ),
-            ));
-        }
-        let entry = entry.map_err(|e| WeightsError::io(dir, "list", e))?;
-        if let Some(name) = entry.file_name().to_str() {
-            names.push(name.to_string());
-        }
-    }
-    names.sort();
-    let pick = |what: &str, matches: &dyn Fn(&str) -> bool| -> Result<Option<PathBuf>> {
-        let found: Vec<&String> = names
-            .iter()
-            .filter(|n| matches(n) && dir.join(n).is_file())
-            .collect();
-        match found.as_slice() {
-            [] => Ok(None),
-            [one] => Ok(Some(dir.join(one))),
-            many => Err(WeightsError::file(
-                dir,
-                format!(
-                    "the folder holds {} {what}: {}; pass the one to read",
-                    many.len(),
-                    many.iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
-        }
-    };
-    // `x.safetensors.index.json`, or a variant's `model.safetensors.index.fp16.json`; not
-    // TensorFlow's or Flax's. An index first: its shards are many safetensors files.
-    let index = |n: &str| {
-        n.ends_with(".json") && (n.contains(".safetensors.index") || n.contains(".bin.index"))
-    };
-    if let Some(p) = pick("indexes", &index)? {
-        return Ok(InFolder::File(p));
-    }
-    let safetensors: Vec<PathBuf> = names
-        .iter()
-        .filter(|n| n.ends_with(".safetensors"))
-        .map(|n| dir.join(n))
-        .filter(|p| p.is_file())
-        .collect();
-    if safetensors.len() > 1 && safetensors.iter().any(|p| dcp_tensor_names(p).is_some()) {
-        return Ok(InFolder::DcpSafetensors(safetensors));
-    }
-    if let Some(p) = pick("safetensors files", &|n| n.ends_with(".safetensors"))? {
-        return Ok(InFolder::File(p));
-    }
-    Err(WeightsError::file(
-        dir,
-        "is a folder, but neither a torch.distributed.checkpoint (no `.metadata`) nor a Hugging \
-         Face model folder (no `*.safetensors`, `pytorch_model.bin` or index of shards); pass \
-         the weight file itself",
-    ))
 }
 
 /// A shard's name from the index, as a path inside the index's folder: relative, without `..`,
@@ -275,40 +64,12 @@ fn shard_path(index: &Path, name: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// What tells two paths to one file from two files: device and inode where there are some
-/// (links, names differing in case on a case-insensitive disk), else the canonical path.
-fn file_id(path: &Path) -> Result<(u64, u64, PathBuf)> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).map_err(|e| WeightsError::io(path, "open", e))?;
-        Ok((m.dev(), m.ino(), PathBuf::new()))
-    }
-    #[cfg(not(unix))]
-    {
-        let c = std::fs::canonicalize(path).map_err(|e| WeightsError::io(path, "open", e))?;
-        Ok((0, 0, c))
-    }
-}
-
 /// Where a listed tensor is.
 enum Held {
     /// In one shard, under this name.
     One(usize, String),
     /// In chunks of a distributed checkpoint, assembled on load.
-    Chunks {
-        dtype: DType,
-        shape: Vec<usize>,
-        pieces: Vec<Piece>,
-    },
-}
-
-/// One chunk: in shard `shard` under `name`, at `offsets` of the whole tensor, of `sizes`.
-struct Piece {
-    shard: usize,
-    name: String,
-    offsets: Vec<usize>,
-    sizes: Vec<usize>,
+    Chunks(Chunked),
 }
 
 /// An opened sharded checkpoint.
@@ -419,7 +180,7 @@ impl Sharded {
         // Every tensor of a file with `DCP_SHARDING_INFO` is a chunk.
         let mut pieces: BTreeMap<String, Vec<Piece>> = BTreeMap::new();
         for (ix, shard) in shards.iter().enumerate() {
-            let Some(mut offsets) = dcp_offsets(shard)? else {
+            let Some(mut offsets) = dcp_safetensors::offsets(shard)? else {
                 continue;
             };
             for t in shard.tensors() {
@@ -498,8 +259,16 @@ impl Sharded {
             }
         }
         for (name, pieces) in pieces {
-            let (info, held) = whole_of(&shards, &name, pieces)?;
-            infos.push(info);
+            let chunked = Chunked::new(&shards, &name, pieces)?;
+            infos.push(TensorInfo {
+                name: name.clone(),
+                dtype: chunked.dtype,
+                shape: chunked.shape.clone(),
+            });
+            let held = match chunked.whole_in_one() {
+                Some((ix, inner)) => Held::One(ix, inner.to_string()),
+                None => Held::Chunks(chunked),
+            };
             owner.insert(name, held);
         }
         infos.sort_by(|a, b| a.name.cmp(&b.name));
@@ -543,49 +312,10 @@ impl Sharded {
                 reason: format!("is in no shard of {}", self.path.display()),
             }),
             Some(Held::One(ix, inner)) => self.shards[*ix].load_stored_on(inner, device),
-            Some(Held::Chunks {
-                dtype,
-                shape,
-                pieces,
-            }) => Ok(self
-                .assemble(name, *dtype, shape, pieces)?
+            Some(Held::Chunks(c)) => Ok(c
+                .assemble(name, &self.path, &self.shards)?
                 .to_device(device)?),
         }
-    }
-
-    /// Places each chunk's stored bytes into the whole tensor; none may overlap another.
-    fn assemble(
-        &self,
-        name: &str,
-        dtype: DType,
-        shape: &[usize],
-        pieces: &[Piece],
-    ) -> Result<Tensor> {
-        let bad = |reason: String| WeightsError::Tensor {
-            name: name.to_string(),
-            reason: format!("{reason} (in {})", self.path.display()),
-        };
-        let es = dtype.size_in_bytes();
-        // The chunks hold as many elements as the tensor (checked on open): the whole is no
-        // larger than the bytes the files hold for it.
-        let total = shape.iter().product::<usize>() * es;
-        let mut whole = Assembly::new(shape, es, total).map_err(bad)?;
-        for p in pieces {
-            let (bytes, got, sizes) = self.shards[p.shard].safetensors_data(&p.name)?;
-            if got != dtype || sizes != p.sizes {
-                return Err(bad(format!(
-                    "its chunk at {:?} holds {got:?} {sizes:?}, not {dtype:?} {:?}",
-                    p.offsets, p.sizes
-                )));
-            }
-            whole.place((&p.offsets, &p.sizes), bytes).map_err(|at| {
-                bad(format!(
-                    "its chunk at {:?} overlaps another at flat index {at}",
-                    p.offsets
-                ))
-            })?;
-        }
-        Ok(whole.into_tensor(dtype)?)
     }
 
     /// Parametrization lists known to be chained, from the shards that can tell (`None` when
@@ -599,54 +329,6 @@ impl Sharded {
         all.dedup();
         Some(all)
     }
-}
-
-/// The whole tensor `name` its chunks `pieces` make: as large as they reach, of their one dtype,
-/// covered by them exactly as many times as it has elements (overlaps are found when placed).
-fn whole_of(shards: &[WeightFile], name: &str, pieces: Vec<Piece>) -> Result<(TensorInfo, Held)> {
-    let bad = |reason: String| WeightsError::Tensor {
-        name: name.to_string(),
-        reason: format!("{reason} (chunks of a torch.distributed.checkpoint)"),
-    };
-    let first = shards[pieces[0].shard]
-        .exact(&pieces[0].name)
-        .expect("listed by its shard");
-    let (dtype, rank) = (first.dtype, first.shape.len());
-    let mut shape = vec![0usize; rank];
-    for p in &pieces {
-        let info = shards[p.shard].exact(&p.name).expect("listed by its shard");
-        if info.dtype != dtype || p.sizes.len() != rank {
-            return Err(bad(format!(
-                "has chunks of different dtypes or ranks ({dtype:?} {:?} and {:?} {:?})",
-                first.shape, info.dtype, info.shape
-            )));
-        }
-        for d in 0..rank {
-            let end = p.offsets[d]
-                .checked_add(p.sizes[d])
-                .ok_or_else(|| bad(format!("its chunk at {:?} overflows", p.offsets)))?;
-            shape[d] = shape[d].max(end);
-        }
-    }
-    check_cover(
-        &shape,
-        pieces.iter().map(|p| (&p.offsets[..], &p.sizes[..])),
-    )
-    .map_err(bad)?;
-    let info = TensorInfo {
-        name: name.to_string(),
-        dtype,
-        shape: shape.clone(),
-    };
-    let held = match pieces.as_slice() {
-        [one] if one.offsets.iter().all(|&o| o == 0) => Held::One(one.shard, one.name.clone()),
-        _ => Held::Chunks {
-            dtype,
-            shape,
-            pieces,
-        },
-    };
-    Ok((info, held))
 }
 
 /// Opens each of `files` once, however spelled (by what it is on disk); returns the shards and
