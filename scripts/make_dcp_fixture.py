@@ -11,6 +11,11 @@ Also models/checkpoints/dcp_hostile/NAME.metadata: the folder's `.metadata` alte
 byte range past its shard, a chunk whose bytes hold another tensor, two chunks in the same
 bytes, a size its chunks cannot hold); tests/hostile.rs puts each beside the real shards and expects a clear error.
 
+And models/checkpoints/dcp_unflattened/: the same model's state dict saved by one process with
+DefaultSavePlanner(flatten_state_dict=False), so that `model` is one pickled item (a torch.save of
+the whole dict, no tensor entries in `.metadata`), beside a pickled step count; with a case for
+its GRU.
+
 Regenerate: python scripts/make_dcp_fixture.py (seed 99).
 """
 import os
@@ -72,10 +77,24 @@ def save(sd):
     dcp.save({"model": sd}, checkpoint_id=os.path.join(OUT, FOLDER))
 
 
+def save_unflattened():
+    from torch.distributed.checkpoint import DefaultSavePlanner
+    path = os.path.join(OUT, "dcp_unflattened")
+    shutil.rmtree(path, ignore_errors=True)
+    m = model()
+    planner = DefaultSavePlanner(flatten_state_dict=False)
+    dcp.save({"model": m.state_dict(), "step": 3}, checkpoint_id=path, planner=planner,
+             no_dist=True)
+    torch.manual_seed(8)
+    export_case(OUT, "dcp_unflattened_rnn", m, "rnn", torch.randn(2, 6, 4), h0=torch.randn(4, 2, 7),
+                weights_file="dcp_unflattened", extra_meta={**META, "prefix": "model.rnn"})
+
+
 def main():
     path = os.path.join(OUT, FOLDER)
     shutil.rmtree(path, ignore_errors=True)
     run_ranks(save)
+    save_unflattened()
     m = model()
     from safetensors.torch import save_file
     save_file({f"model.{k}": v.contiguous() for k, v in m.state_dict().items()},

@@ -295,6 +295,32 @@ fn a_sharded_distributed_checkpoint_assembles_tensor_for_tensor() {
 }
 
 #[test]
+fn a_distributed_checkpoint_of_a_pickled_state_dict_reads_its_tensors() {
+    // Saved with flatten_state_dict=False: `model` is one pickled item (torch.save of the whole
+    // dict), `step` another without tensors.
+    let f = WeightFile::open(checkpoint("dcp_unflattened")).unwrap();
+    assert_eq!(f.format(), Format::DistributedCheckpoint);
+    let reference = WeightFile::open(checkpoint("dcp_sharded_reference.safetensors")).unwrap();
+    assert_eq!(f.tensors().len(), reference.tensors().len());
+    for t in reference.tensors() {
+        let a = f.load(&t.name, &Device::Cpu).unwrap();
+        let b = reference.load(&t.name, &Device::Cpu).unwrap();
+        assert_eq!(max_diff(&a, &b), 0.0, "{}", t.name);
+    }
+    // A key inside the item keeps what is under it.
+    let rnn = WeightFile::open_with_key(checkpoint("dcp_unflattened"), Some("model.rnn")).unwrap();
+    assert_eq!(rnn.tensors().len(), 16);
+    // The item's bytes past the end of a truncated shard are named.
+    let dir = tempfile::tempdir().unwrap();
+    let src = checkpoint("dcp_unflattened");
+    std::fs::copy(src.join(".metadata"), dir.path().join(".metadata")).unwrap();
+    let shard = std::fs::read(src.join("__0_0.distcp")).unwrap();
+    std::fs::write(dir.path().join("__0_0.distcp"), &shard[..shard.len() / 2]).unwrap();
+    let e = WeightFile::open(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("its pickled item is bytes"), "{e}");
+}
+
+#[test]
 fn altered_distributed_checkpoints_are_refused_by_name() {
     // models/checkpoints/dcp_hostile/NAME.metadata beside the real shards.
     let cases = [

@@ -681,9 +681,15 @@ fn mutant(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
     }
     let mut members = Vec::new();
     for i in 0..zip.len() {
-        let mut f = zip.by_index(i).unwrap();
+        // Several archives one after another (a distributed checkpoint's shard) read as one
+        // whose members cannot be found: mutate the bytes instead.
+        let Ok(mut f) = zip.by_index(i) else {
+            return mutate(rng, bytes.to_vec());
+        };
         let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut f, &mut data).unwrap();
+        if std::io::Read::read_to_end(&mut f, &mut data).is_err() {
+            return mutate(rng, bytes.to_vec());
+        }
         members.push((f.name().unwrap().into_owned(), data));
     }
     let pickles: Vec<usize> = (0..members.len())
@@ -760,6 +766,7 @@ fn mutated_checkpoints_never_crash() {
         ("hf_sharded", "body.rnn"),
         ("hf_sharded_bin", "body.rnn"),
         ("dcp_safetensors", "rnn"),
+        ("dcp_unflattened", "model.rnn"),
     ] {
         let source = root().join("models/checkpoints").join(name);
         let mut parts: Vec<String> = std::fs::read_dir(&source)

@@ -56,6 +56,15 @@ pub(crate) struct DcpTensor {
     pub chunks: Vec<Chunk>,
 }
 
+/// A pickled item of the checkpoint (`torch.save` of any object), which may hold tensors: a
+/// state dict saved with `flatten_state_dict=False` is one.
+#[derive(Debug, Clone)]
+pub(crate) struct DcpObject {
+    pub name: String,
+    pub file: String,
+    pub range: Range<u64>,
+}
+
 /// The folder of a checkpoint given as the folder or as its `.metadata` file.
 pub(crate) fn folder_of(path: &Path) -> Option<PathBuf> {
     if path.is_dir() && path.join(".metadata").is_file() {
@@ -170,8 +179,9 @@ type ChunkKey<'a> = (&'a str, Vec<usize>);
 /// The shard file and byte range holding a chunk.
 type ChunkBytes = (String, Range<u64>);
 
-/// Reads the tensors listed by the `.metadata` pickle `bytes` of the checkpoint at `dir`.
-pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<Vec<DcpTensor>> {
+/// Reads the tensors and pickled items listed by the `.metadata` pickle `bytes` of the
+/// checkpoint at `dir`.
+pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<(Vec<DcpTensor>, Vec<DcpObject>)> {
     let bad = |reason: String| WeightsError::file(&dir.join(".metadata"), reason);
     let (p, _) = pickle::parse(bytes, Limits::default())
         .map_err(|e| WeightsError::format(&dir.join(".metadata"), "malformed pickle", e))?;
@@ -191,17 +201,17 @@ pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<Vec<DcpTensor>> 
         })
         .ok_or_else(|| bad("has no state_dict_metadata".into()))?;
     let mut storage: HashMap<ChunkKey, ChunkBytes> = HashMap::new();
+    let mut items: HashMap<&str, ChunkBytes> = HashMap::new();
     if let Some(Value::Dict(kv)) = root.get("storage_data").map(|&d| p.get(d)) {
         for &(k, v) in kv {
             let (Some(key), Some(info)) = (attrs(&p, k), attrs(&p, v)) else {
                 continue;
             };
-            let (Some(fqn), Some(offsets)) = (
-                key.get("fqn").and_then(|&f| p.str(f)),
-                key.get("offset").and_then(|&o| size(&p, o)),
-            ) else {
+            let Some(fqn) = key.get("fqn").and_then(|&f| p.str(f)) else {
                 continue;
             };
+            // A pickled item's key has no offsets (`None`).
+            let offsets = key.get("offset").and_then(|&o| size(&p, o));
             if let Some(&t) = info.get("transform_descriptors") {
                 if p.seq(t).is_some_and(|t| !t.is_empty()) {
                     return Err(bad(format!(
@@ -227,15 +237,33 @@ pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<Vec<DcpTensor>> 
             let end = start
                 .checked_add(len)
                 .ok_or_else(|| bad(format!("`{fqn}`: its byte range overflows")))?;
-            storage.insert((fqn, offsets), (file.to_string(), start..end));
+            match offsets {
+                Some(offsets) => storage.insert((fqn, offsets), (file.to_string(), start..end)),
+                None => items.insert(fqn, (file.to_string(), start..end)),
+            };
         }
     }
     let mut out = Vec::new();
+    let mut objects = Vec::new();
     let mut names = std::collections::HashSet::new();
     let mut all_chunks = 0usize;
     for &(k, v) in listed {
         let Some(name) = p.str(k) else { continue };
-        // Bytes items (BytesStorageMetadata: optimizer steps, RNG states) are not tensors.
+        // Pickled items (BytesStorageMetadata): a step count, RNG states, or, saved with
+        // `flatten_state_dict=False`, a whole state dict.
+        if class(&p, v) == Some("BytesStorageMetadata") {
+            if let Some((file, range)) = items.get(name) {
+                if objects.len() >= MAX_TENSORS {
+                    return Err(bad(format!("more than {MAX_TENSORS} pickled items")));
+                }
+                objects.push(DcpObject {
+                    name: name.to_string(),
+                    file: file.clone(),
+                    range: range.clone(),
+                });
+            }
+            continue;
+        }
         if class(&p, v) != Some("TensorStorageMetadata") {
             continue;
         }
@@ -311,14 +339,10 @@ pub(crate) fn read_metadata(dir: &Path, bytes: &[u8]) -> Result<Vec<DcpTensor>> 
             chunks,
         });
     }
-    if out.is_empty() && !listed.is_empty() {
-        return Err(bad(
-            "lists no tensor: its state dict is stored as pickled objects (saved with \
-             flatten_state_dict=False, or holding no tensors), which are not read"
-                .into(),
-        ));
+    if out.is_empty() && objects.is_empty() && !listed.is_empty() {
+        return Err(bad("lists no tensor and no pickled item".into()));
     }
-    Ok(out)
+    Ok((out, objects))
 }
 
 /// The chunks lie inside the tensor and hold as many elements as it has. That they do not
@@ -490,6 +514,10 @@ pub(crate) struct Dcp {
     shards: Shards,
     /// Bytes of all shards, each counted once.
     pub shard_bytes: u64,
+    /// Pickled items holding tensors: their shard file and what they were read as.
+    items: Vec<(String, crate::pth::Checkpoint)>,
+    /// Name -> (item, tensor in it).
+    in_items: HashMap<String, (usize, usize)>,
 }
 
 impl Dcp {
@@ -516,50 +544,66 @@ impl Dcp {
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut bytes)
             .map_err(|e| WeightsError::io(&meta_path, "read", e))?;
-        let mut tensors = read_metadata(dir, &bytes)?;
-        if let Some(key) = key.map(|k| k.trim_end_matches('.')) {
-            let under = format!("{key}.");
-            tensors.retain(|t| t.name == key || t.name.starts_with(&under));
+        let (mut tensors, mut objects) = read_metadata(dir, &bytes)?;
+        let key = key.map(|k| k.trim_end_matches('.'));
+        let under = |name: &str, key: &str| {
+            name.strip_prefix(key)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
+        if let Some(key) = key {
+            tensors.retain(|t| under(&t.name, key));
+            // An item under the key, or one the key lies inside (`model.rnn` in `model`).
+            objects.retain(|o| under(&o.name, key) || under(key, &o.name));
         }
         let mut shards = Shards::new();
         let mut by_file: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
-        for t in &tensors {
-            for c in &t.chunks {
-                by_file
-                    .entry(c.file.as_str())
-                    .or_default()
-                    .push((c.range.start, c.range.end));
-                if !shards.contains_key(&c.file) {
-                    if shards.len() >= MAX_SHARDS {
-                        return Err(WeightsError::file(
-                            &meta_path,
-                            format!("names more than {MAX_SHARDS} shard files"),
-                        ));
-                    }
-                    let path = dir.join(&c.file);
-                    let f = crate::regular::open_regular(&path)?;
-                    let map = crate::file::map(&path, &f)?;
-                    // SerializationFormat.SAFETENSORS shards: one safetensors file per shard.
-                    if !map.starts_with(b"PK") {
-                        return Err(WeightsError::file(
-                            &path,
-                            "is not a torch.save shard (saved with another serialization \
-                             format, such as SerializationFormat.SAFETENSORS, which is not read)",
-                        ));
-                    }
-                    shards.insert(c.file.clone(), Arc::new(map));
+        let chunks = tensors.iter().flat_map(|t| {
+            t.chunks.iter().map(move |c| {
+                (
+                    &t.name,
+                    &c.file,
+                    &c.range,
+                    format!("its chunk at {:?}", c.offsets),
+                )
+            })
+        });
+        let items = objects
+            .iter()
+            .map(|o| (&o.name, &o.file, &o.range, "its pickled item".to_string()));
+        for (name, file, range, what) in chunks.chain(items) {
+            by_file
+                .entry(file.as_str())
+                .or_default()
+                .push((range.start, range.end));
+            if !shards.contains_key(file) {
+                if shards.len() >= MAX_SHARDS {
+                    return Err(WeightsError::file(
+                        &meta_path,
+                        format!("names more than {MAX_SHARDS} shard files"),
+                    ));
                 }
-                let shard_len = shards[&c.file].len() as u64;
-                if c.range.end > shard_len {
-                    return Err(WeightsError::Tensor {
-                        name: t.name.clone(),
-                        reason: format!(
-                            "its chunk at {:?} is bytes {:?} of {}, which has {shard_len}: a \
-                             truncated or lying checkpoint",
-                            c.offsets, c.range, c.file
-                        ),
-                    });
+                let path = dir.join(file);
+                let f = crate::regular::open_regular(&path)?;
+                let map = crate::file::map(&path, &f)?;
+                // SerializationFormat.SAFETENSORS shards: one safetensors file per shard.
+                if !map.starts_with(b"PK") {
+                    return Err(WeightsError::file(
+                        &path,
+                        "is not a torch.save shard (saved with another serialization \
+                         format, such as SerializationFormat.SAFETENSORS, which is not read)",
+                    ));
                 }
+                shards.insert(file.clone(), Arc::new(map));
+            }
+            let shard_len = shards[file].len() as u64;
+            if range.end > shard_len {
+                return Err(WeightsError::Tensor {
+                    name: name.clone(),
+                    reason: format!(
+                        "{what} is bytes {range:?} of {file}, which has {shard_len}: a \
+                         truncated or lying checkpoint"
+                    ),
+                });
             }
         }
         // A shard's chunks lie in distinct bytes, as torch writes them: then reading every chunk
@@ -591,28 +635,75 @@ impl Dcp {
                 shape: t.shape.clone(),
             })
             .collect();
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
-        let index = tensors
+        let index: HashMap<String, usize> = tensors
             .iter()
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
+        // The tensors inside pickled items, named by the item's path and theirs in it.
+        let mut items = Vec::new();
+        let mut in_items = HashMap::new();
+        for o in &objects {
+            let path = dir.join(&o.file);
+            let window = o.range.start as usize..o.range.end as usize;
+            let Some(checkpoint) = crate::pth::read_object(&path, &shards[&o.file], window)
+                .map_err(|e| {
+                    WeightsError::file(&meta_path, format!("`{}`, a pickled item: {e}", o.name))
+                })?
+            else {
+                continue;
+            };
+            for (k, f) in checkpoint.tensors.iter().enumerate() {
+                let name = crate::discover::join(&o.name, &f.name);
+                if key.is_some_and(|key| !under(&name, key)) {
+                    continue;
+                }
+                if index.contains_key(&name) || in_items.contains_key(&name) {
+                    return Err(WeightsError::Tensor {
+                        name,
+                        reason: format!("is listed twice by {}", meta_path.display()),
+                    });
+                }
+                infos.push(crate::file::TensorInfo {
+                    name: name.clone(),
+                    dtype: f.tensor.storage.dtype.unwrap_or(DType::U8),
+                    shape: f.tensor.shape.clone(),
+                });
+                in_items.insert(name, (items.len(), k));
+            }
+            items.push((o.file.clone(), checkpoint));
+        }
+        if infos.is_empty() {
+            return Err(WeightsError::file(
+                &meta_path,
+                "lists no tensor, and its pickled items hold none",
+            ));
+        }
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
         let dcp = Dcp {
             dir: dir.to_path_buf(),
             tensors,
             index,
+            items,
+            in_items,
             shards,
             shard_bytes,
         };
         Ok((dcp, infos))
     }
 
-    /// Assembles tensor `name` from its chunks, on the CPU.
+    /// Assembles tensor `name` from its chunks (or reads it from its pickled item), on the CPU.
     pub(crate) fn load(&self, name: &str) -> Result<candle_core::Tensor> {
         let bad = |reason: String| WeightsError::Tensor {
             name: name.to_string(),
             reason: format!("{reason} (in {})", self.dir.display()),
         };
+        if let Some(&(item, k)) = self.in_items.get(name) {
+            let (file, checkpoint) = &self.items[item];
+            let found = &checkpoint.tensors[k];
+            let map = &self.shards[file];
+            return checkpoint.load(&self.dir.join(file), map, &found.name, &found.tensor);
+        }
         let t = &self.tensors[*self
             .index
             .get(name)

@@ -200,7 +200,19 @@ fn check_byteorder(path: &Path, archive: &Archive, map: &[u8], dir: &str) -> Res
 
 pub(crate) fn read_zip(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoint> {
     let whole = 0..map.len();
-    read_zip_in(path, map, whole, true)
+    read_zip_in(path, map, whole, Role::File)
+}
+
+/// What a zip archive read is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The file itself (an archive stored inside is read, once).
+    File,
+    /// A `torch.save` file inside another: holds tensors.
+    Nested,
+    /// A `torch.save` file of any object inside another (a distributed checkpoint's pickled
+    /// item): may hold no tensor.
+    Object,
 }
 
 /// What to do with a `torch.distributed.checkpoint` shard.
@@ -272,14 +284,14 @@ fn nested_state_dict(names: &[String]) -> Option<&String> {
     first.filter(|_| found.next().is_none())
 }
 
-/// Reads the zip archive in `window` of the mapping; `outer`: it is the file itself (an archive
-/// stored inside is read, once).
+/// Reads the zip archive in `window` of the mapping.
 fn read_zip_in(
     path: &Path,
     map: Arc<memmap2::Mmap>,
     window: Range<usize>,
-    outer: bool,
+    role: Role,
 ) -> Result<Checkpoint> {
+    let outer = role == Role::File;
     let shared = SharedMap {
         map: map.clone(),
         window: window.clone(),
@@ -344,7 +356,12 @@ fn read_zip_in(
     let Tensors {
         found: tensors,
         chained,
-    } = tensors_of(path, pkl, &p)?;
+    } = match role {
+        Role::Object => {
+            walk_tensors(&p).map_err(|e| WeightsError::file(path, format!("{pkl}: {e}")))?
+        }
+        Role::File | Role::Nested => tensors_of(path, pkl, &p)?,
+    };
     Ok(Checkpoint {
         storages: Storages::Zip { archive, dir },
         tensors,
@@ -377,7 +394,7 @@ fn read_nested(
         ));
     };
     let full = window.start + range.start..window.start + range.end;
-    let mut checkpoint = read_zip_in(path, archive_map(archive), full, false)
+    let mut checkpoint = read_zip_in(path, archive_map(archive), full, Role::Nested)
         .map_err(|e| WeightsError::file(path, format!("{inner}, inside it: {e}")))?;
     checkpoint.format = Format::ExportedProgram;
     // Its state dict is a plain dict (no `_metadata`): the program's graph tells the chains.
@@ -625,7 +642,7 @@ pub(crate) fn read_bare_tensor(
     map: &Arc<memmap2::Mmap>,
     window: Range<usize>,
 ) -> Result<(Vec<u8>, DType, Vec<usize>)> {
-    let checkpoint = read_zip_in(path, map.clone(), window, false)?;
+    let checkpoint = read_zip_in(path, map.clone(), window, Role::Nested)?;
     let [found] = checkpoint.tensors.as_slice() else {
         return Err(WeightsError::file(
             path,
@@ -637,6 +654,18 @@ pub(crate) fn read_bare_tensor(
     };
     let (bytes, dtype) = checkpoint.load_bytes(path, map, &found.name, &found.tensor)?;
     Ok((bytes, dtype, found.tensor.shape.clone()))
+}
+
+/// The tensors of a `torch.save` zip archive of any object at `window` of the mapping (a
+/// distributed checkpoint's pickled item: a whole state dict saved with
+/// `flatten_state_dict=False`, or a step count); `None` when it holds none.
+pub(crate) fn read_object(
+    path: &Path,
+    map: &Arc<memmap2::Mmap>,
+    window: Range<usize>,
+) -> Result<Option<Checkpoint>> {
+    let checkpoint = read_zip_in(path, map.clone(), window, Role::Object)?;
+    Ok((!checkpoint.tensors.is_empty()).then_some(checkpoint))
 }
 
 /// Copies the elements of a strided view into a contiguous buffer, after checking (with checked
