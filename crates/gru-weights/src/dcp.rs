@@ -646,6 +646,10 @@ impl Dcp {
         for o in &objects {
             let path = dir.join(&o.file);
             let window = o.range.start as usize..o.range.end as usize;
+            // An `io.BytesIO` in the state dict is stored as its raw bytes, not a torch.save file.
+            if !shards[&o.file][window.clone()].starts_with(b"PK\x03\x04") {
+                continue;
+            }
             let Some(checkpoint) = crate::pth::read_object(&path, &shards[&o.file], window)
                 .map_err(|e| {
                     WeightsError::file(&meta_path, format!("`{}`, a pickled item: {e}", o.name))
