@@ -13,8 +13,8 @@ bytes, a size its chunks cannot hold); tests/hostile.rs puts each beside the rea
 
 And models/checkpoints/dcp_unflattened/: the same model's state dict saved by one process with
 DefaultSavePlanner(flatten_state_dict=False), so that `model` is one pickled item (a torch.save of
-the whole dict, no tensor entries in `.metadata`), beside a pickled step count; with a case for
-its GRU.
+the whole dict, no tensor entries in `.metadata`), beside a pickled step count and a list nested
+300 deep (our reader refuses it: the item is skipped, and named); with a case for its GRU.
 
 Regenerate: python scripts/make_dcp_fixture.py (seed 99).
 """
@@ -82,9 +82,12 @@ def save_unflattened():
     path = os.path.join(OUT, "dcp_unflattened")
     shutil.rmtree(path, ignore_errors=True)
     m = model()
+    deep = []
+    for _ in range(300):
+        deep = [deep]
     planner = DefaultSavePlanner(flatten_state_dict=False)
-    dcp.save({"model": m.state_dict(), "step": 3}, checkpoint_id=path, planner=planner,
-             no_dist=True)
+    dcp.save({"model": m.state_dict(), "step": 3, "deep": deep},
+             checkpoint_id=path, planner=planner, no_dist=True)
     torch.manual_seed(8)
     export_case(OUT, "dcp_unflattened_rnn", m, "rnn", torch.randn(2, 6, 4), h0=torch.randn(4, 2, 7),
                 weights_file="dcp_unflattened", extra_meta={**META, "prefix": "model.rnn"})

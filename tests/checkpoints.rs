@@ -297,7 +297,7 @@ fn a_sharded_distributed_checkpoint_assembles_tensor_for_tensor() {
 #[test]
 fn a_distributed_checkpoint_of_a_pickled_state_dict_reads_its_tensors() {
     // Saved with flatten_state_dict=False: `model` is one pickled item (torch.save of the whole
-    // dict), `step` another without tensors.
+    // dict), `step` another without tensors, `deep` one our reader refuses.
     let f = WeightFile::open(checkpoint("dcp_unflattened")).unwrap();
     assert_eq!(f.format(), Format::DistributedCheckpoint);
     let reference = WeightFile::open(checkpoint("dcp_sharded_reference.safetensors")).unwrap();
@@ -307,6 +307,12 @@ fn a_distributed_checkpoint_of_a_pickled_state_dict_reads_its_tensors() {
         let b = reference.load(&t.name, &Device::Cpu).unwrap();
         assert_eq!(max_diff(&a, &b), 0.0, "{}", t.name);
     }
+    // An item our reader refuses (a list nested 300 deep) is skipped, and named.
+    let note = f.unread_note().unwrap();
+    assert!(
+        note.contains("`deep`") && note.contains("deeper than"),
+        "{note}"
+    );
     // A key inside the item keeps what is under it.
     let rnn = WeightFile::open_with_key(checkpoint("dcp_unflattened"), Some("model.rnn")).unwrap();
     assert_eq!(rnn.tensors().len(), 16);

@@ -78,6 +78,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 "computed_weights": n_computed,
                 "shared_names": n_shared,
                 "quantized": file.quantized_note(),
+                "unread": file.unread_note(),
                 "modules": found,
                 "invalid": rejected,
         });
@@ -136,6 +137,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         if let Some(q) = file.quantized_note() {
             println!("note: {q}");
         }
+    }
+    if let Some(u) = file.unread_note() {
+        println!("note: {u}");
     }
     for g in &d.found {
         let c = &g.config;

@@ -14,7 +14,7 @@ use candle_core::DType;
 
 use crate::error::{Result, WeightsError};
 use crate::pickle::{self, Id, Limits, Pickle, Value};
-use crate::torch_pickle::{MAX_NAME_LEN, MAX_TENSORS};
+use crate::torch_pickle::{MAX_NAME_BYTES, MAX_NAME_LEN, MAX_TENSORS};
 
 /// Largest `.metadata` read (it lists chunks, not data: a few MB for a large model).
 const MAX_METADATA_BYTES: u64 = 256 << 20;
@@ -518,6 +518,8 @@ pub(crate) struct Dcp {
     items: Vec<(String, crate::pth::Checkpoint)>,
     /// Name -> (item, tensor in it).
     in_items: HashMap<String, (usize, usize)>,
+    /// Pickled items not read, with why.
+    pub unread: Vec<String>,
 }
 
 impl Dcp {
@@ -585,8 +587,9 @@ impl Dcp {
                 let path = dir.join(file);
                 let f = crate::regular::open_regular(&path)?;
                 let map = crate::file::map(&path, &f)?;
-                // SerializationFormat.SAFETENSORS shards: one safetensors file per shard.
-                if !map.starts_with(b"PK") {
+                // SerializationFormat.SAFETENSORS shards: one safetensors file per shard. (A
+                // shard may start with a raw `io.BytesIO` item: not a test of "PK".)
+                if map.get(8) == Some(&b'{') && !map.starts_with(b"PK") {
                     return Err(WeightsError::file(
                         &path,
                         "is not a torch.save shard (saved with another serialization \
@@ -643,24 +646,51 @@ impl Dcp {
         // The tensors inside pickled items, named by the item's path and theirs in it.
         let mut items = Vec::new();
         let mut in_items = HashMap::new();
+        let mut unread = Vec::new();
+        let mut name_bytes = 0usize;
         for o in &objects {
             let path = dir.join(&o.file);
             let window = o.range.start as usize..o.range.end as usize;
-            // An `io.BytesIO` in the state dict is stored as its raw bytes, not a torch.save file.
-            if !shards[&o.file][window.clone()].starts_with(b"PK\x03\x04") {
-                continue;
-            }
-            let Some(checkpoint) = crate::pth::read_object(&path, &shards[&o.file], window)
-                .map_err(|e| {
-                    WeightsError::file(&meta_path, format!("`{}`, a pickled item: {e}", o.name))
-                })?
-            else {
-                continue;
+            // An item that is no torch.save file (a custom planner's raw `io.BytesIO`), or one
+            // our reader refuses (a train state of millions of objects), holds no tensor we can
+            // read: it is skipped, and named where a module is then not found; but one the key
+            // points into must be read.
+            let wanted = key.is_some_and(|key| under(key, &o.name));
+            let checkpoint = match crate::pth::read_object(&path, &shards[&o.file], window) {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) if !wanted => {
+                    unread.push(format!("`{}` ({e})", o.name));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(WeightsError::file(
+                        &meta_path,
+                        format!("`{}`, a pickled item: {e}", o.name),
+                    ))
+                }
             };
             for (k, f) in checkpoint.tensors.iter().enumerate() {
-                let name = crate::discover::join(&o.name, &f.name);
+                let name = match f.name.as_str() {
+                    "" => o.name.clone(),
+                    inner => format!("{}.{inner}", o.name),
+                };
                 if key.is_some_and(|key| !under(&name, key)) {
                     continue;
+                }
+                name_bytes = name_bytes.saturating_add(name.len());
+                if name.len() > MAX_NAME_LEN
+                    || in_items.len() >= MAX_TENSORS
+                    || name_bytes > MAX_NAME_BYTES
+                {
+                    return Err(WeightsError::file(
+                        &meta_path,
+                        format!(
+                            "its pickled items hold more than {MAX_TENSORS} tensors, a name of \
+                             more than {MAX_NAME_LEN} bytes or more than {MAX_NAME_BYTES} bytes \
+                             of names"
+                        ),
+                    ));
                 }
                 if index.contains_key(&name) || in_items.contains_key(&name) {
                     return Err(WeightsError::Tensor {
@@ -678,10 +708,13 @@ impl Dcp {
             items.push((o.file.clone(), checkpoint));
         }
         if infos.is_empty() {
-            return Err(WeightsError::file(
-                &meta_path,
-                "lists no tensor, and its pickled items hold none",
-            ));
+            let why = match unread.first() {
+                Some(u) => {
+                    format!("lists no tensor, and its pickled items hold none we can read: {u}")
+                }
+                None => "lists no tensor, and its pickled items hold none".to_string(),
+            };
+            return Err(WeightsError::file(&meta_path, why));
         }
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         let dcp = Dcp {
@@ -690,6 +723,7 @@ impl Dcp {
             index,
             items,
             in_items,
+            unread,
             shards,
             shard_bytes,
         };

@@ -195,6 +195,7 @@ impl WeightFile {
     /// without tensors cannot be seen there.
     pub(crate) fn chained(&self) -> Option<Vec<String>> {
         match &self.source {
+            // DCP pickles a state dict as a plain dict: its `_metadata` is gone too.
             Source::Safetensors(_) | Source::Dcp(_) => Some(Vec::new()),
             Source::PyTorch { checkpoint, .. } => checkpoint.chained.clone(),
             Source::Sharded(s) => s.chained(),
@@ -405,6 +406,17 @@ impl WeightFile {
                 checkpoint.quantized.as_deref().map(pth::quantized_hint)
             }
             Source::Sharded(s) => s.shards().iter().find_map(WeightFile::quantized_note),
+        }
+    }
+
+    /// Parts of the file that were not read (a distributed checkpoint's pickled items our reader
+    /// refuses, such as a train state of millions of objects), with why; `None` when all were.
+    pub fn unread_note(&self) -> Option<String> {
+        match &self.source {
+            Source::Dcp(d) if !d.unread.is_empty() => {
+                Some(format!("pickled items not read: {}", d.unread.join("; ")))
+            }
+            _ => None,
         }
     }
 

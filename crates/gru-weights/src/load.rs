@@ -173,10 +173,11 @@ impl WeightFile {
                         )));
                     }
                 }
-                let quantized = self
-                    .quantized_note()
+                let quantized: String = [self.quantized_note(), self.unread_note()]
+                    .into_iter()
+                    .flatten()
                     .map(|q| format!("; {q}"))
-                    .unwrap_or_default();
+                    .collect();
                 Err(WeightsError::Select(format!(
                     "{}: no {kind} found; the file holds: {}{quantized}",
                     self.path().display(),
