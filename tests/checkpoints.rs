@@ -21,6 +21,19 @@ fn checkpoint(name: &str) -> PathBuf {
     models_dir().join("checkpoints").join(name)
 }
 
+/// Asserts that `f` holds every tensor of `reference` (the whole state dict PyTorch saved), under
+/// `prefix` + its name, equal to the last bit, and nothing else.
+fn assert_holds(f: &WeightFile, reference: &WeightFile, prefix: &str) {
+    assert_eq!(f.tensors().len(), reference.tensors().len());
+    for t in reference.tensors() {
+        let name = &t.name[prefix.len()..];
+        let a = f.load(name, &Device::Cpu).unwrap();
+        let b = reference.load(&t.name, &Device::Cpu).unwrap();
+        assert_eq!(a.dims(), b.dims(), "{}", t.name);
+        assert_eq!(max_diff(&a, &b), 0.0, "{}", t.name);
+    }
+}
+
 /// (prefix, kind) of every module found, sorted.
 type Modules = Vec<(String, ModuleKind)>;
 
@@ -278,13 +291,7 @@ fn a_sharded_distributed_checkpoint_assembles_tensor_for_tensor() {
     let f = WeightFile::open(checkpoint("dcp_sharded")).unwrap();
     assert_eq!(f.format(), Format::DistributedCheckpoint);
     let reference = WeightFile::open(checkpoint("dcp_sharded_reference.safetensors")).unwrap();
-    assert_eq!(f.tensors().len(), reference.tensors().len());
-    for t in reference.tensors() {
-        let a = f.load(&t.name, &Device::Cpu).unwrap();
-        let b = reference.load(&t.name, &Device::Cpu).unwrap();
-        assert_eq!(a.dims(), b.dims(), "{}", t.name);
-        assert_eq!(max_diff(&a, &b), 0.0, "{}", t.name);
-    }
+    assert_holds(&f, &reference, "");
     // Its `.metadata` opens it too; a shard alone is named as such.
     let by_metadata = WeightFile::open(checkpoint("dcp_sharded/.metadata")).unwrap();
     assert_eq!(by_metadata.tensors().len(), f.tensors().len());
@@ -301,12 +308,7 @@ fn a_distributed_checkpoint_of_a_pickled_state_dict_reads_its_tensors() {
     let f = WeightFile::open(checkpoint("dcp_unflattened")).unwrap();
     assert_eq!(f.format(), Format::DistributedCheckpoint);
     let reference = WeightFile::open(checkpoint("dcp_sharded_reference.safetensors")).unwrap();
-    assert_eq!(f.tensors().len(), reference.tensors().len());
-    for t in reference.tensors() {
-        let a = f.load(&t.name, &Device::Cpu).unwrap();
-        let b = reference.load(&t.name, &Device::Cpu).unwrap();
-        assert_eq!(max_diff(&a, &b), 0.0, "{}", t.name);
-    }
+    assert_holds(&f, &reference, "");
     // An item our reader refuses (a list nested 300 deep) is skipped, and named.
     let note = f.unread_note().unwrap();
     assert!(
@@ -681,15 +683,7 @@ fn a_distributed_checkpoint_in_safetensors_assembles_tensor_for_tensor() {
     let f = WeightFile::open(checkpoint("dcp_safetensors")).unwrap();
     assert_eq!(f.format(), Format::Sharded);
     let reference = WeightFile::open(checkpoint("dcp_sharded_reference.safetensors")).unwrap();
-    assert_eq!(f.tensors().len(), reference.tensors().len());
-    for t in f.tensors() {
-        let a = f.load(&t.name, &Device::Cpu).unwrap();
-        let b = reference
-            .load(&format!("model.{}", t.name), &Device::Cpu)
-            .unwrap();
-        assert_eq!(a.dims(), b.dims(), "{}", t.name);
-        assert_eq!(max_diff(&a, &b), 0.0, "{}", t.name);
-    }
+    assert_holds(&f, &reference, "model.");
     let rank0 = "shard-00001-model-00001-of-00001.safetensors";
     let rank1 = "shard-00002-model-00001-of-00001.safetensors";
     // One rank's file is refused: beside the other, and alone (its chunks start past 0).
