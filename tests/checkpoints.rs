@@ -381,6 +381,7 @@ fn hugging_face_folders_and_indexes_load_tensor_for_tensor() {
     ] {
         let f = WeightFile::open(checkpoint(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(f.format(), Format::Sharded, "{path}");
+        assert_eq!(f.files().len(), 13, "{path}");
         assert_eq!(modules(&f), expected, "{path}");
         assert_eq!(f.tensors().len(), single.tensors().len(), "{path}");
         for t in single.tensors() {
@@ -682,6 +683,7 @@ fn a_distributed_checkpoint_in_safetensors_assembles_tensor_for_tensor() {
     // proj.weight, against the whole state dict PyTorch saved.
     let f = WeightFile::open(checkpoint("dcp_safetensors")).unwrap();
     assert_eq!(f.format(), Format::Sharded);
+    assert_eq!(f.files().len(), 2);
     let reference = WeightFile::open(checkpoint("dcp_sharded_reference.safetensors")).unwrap();
     assert_holds(&f, &reference, "model.");
     let rank0 = "shard-00001-model-00001-of-00001.safetensors";

@@ -228,7 +228,7 @@ fn inspect_counts_tied_names_apart_from_stored_tensors() {
     let (code, out, _) = gru(&["inspect", "models/checkpoints/hf_sharded", "--all"]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("sharded checkpoint (several files), 23 tensors")
+        out.contains("sharded checkpoint of 13 files, 23 tensors")
             && out.contains("and 21 names of a tensor stored under another")
             && out.contains("tied.weight_hh_l1")
             && out.contains("(stored as `body.rnn.weight_hh_l1`)"),

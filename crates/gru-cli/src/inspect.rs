@@ -73,6 +73,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         let mut v = serde_json::json!({
                 "file": a.file.display().to_string(),
                 "format": file.format().to_string(),
+                "files": file.files(),
                 "state_dicts": file.state_dicts(),
                 "tensors": file.tensors().len() - n_computed - n_shared,
                 "computed_weights": n_computed,
@@ -90,10 +91,16 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     let sds = file.state_dicts();
     let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let files = file.files().len();
     println!(
-        "{}: {}, {} tensors in {} state dict{}{}{}",
+        "{}: {}{}, {} tensors in {} state dict{}{}{}",
         a.file.display(),
         file.format(),
+        if files > 1 {
+            format!(" of {files} files")
+        } else {
+            String::new()
+        },
         file.tensors().len() - n_computed - n_shared,
         sds.len(),
         plural(sds.len()),

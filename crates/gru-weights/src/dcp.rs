@@ -730,6 +730,11 @@ impl Dcp {
         Ok((dcp, infos))
     }
 
+    /// The names of the shard files its tensors are read from.
+    pub(crate) fn shard_files(&self) -> impl Iterator<Item = &str> {
+        self.shards.keys().map(String::as_str)
+    }
+
     /// Assembles tensor `name` from its chunks (or reads it from its pickled item), on the CPU.
     pub(crate) fn load(&self, name: &str) -> Result<candle_core::Tensor> {
         let bad = |reason: String| WeightsError::Tensor {

@@ -63,7 +63,7 @@ impl std::fmt::Display for Format {
             Format::TorchScript => "TorchScript archive",
             Format::ExportedProgram => "torch.export archive",
             Format::DistributedCheckpoint => "torch.distributed.checkpoint folder",
-            Format::Sharded => "sharded checkpoint (several files)",
+            Format::Sharded => "sharded checkpoint",
         })
     }
 }
@@ -363,6 +363,18 @@ impl WeightFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The files the tensors are read from: the file itself, or the shards of a sharded or
+    /// distributed checkpoint (sorted).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = match &self.source {
+            Source::Sharded(s) => s.shards().iter().map(|s| s.path.clone()).collect(),
+            Source::Dcp(d) => d.shard_files().map(|f| d.dir.join(f)).collect(),
+            Source::Safetensors(_) | Source::PyTorch { .. } => vec![self.path.clone()],
+        };
+        files.sort();
+        files
     }
 
     pub fn format(&self) -> Format {
