@@ -250,11 +250,9 @@ fn a_gru_cell_is_candle_nns_rnn_and_runs_a_sequence_as_pytorchs_one_layer_gru() 
     // renamed, are an nn.GRUCell's, and the cell stepped along the sequence gives its output.
     let case = Case::load(models_dir().join("reference/uni_l1_h0.case.safetensors")).unwrap();
     let weights = candle_core::safetensors::load(&case.weights, &Device::Cpu).unwrap();
-    let renamed: HashMap<String, Tensor> = weights
-        .into_iter()
-        .map(|(k, v)| (k.trim_end_matches("_l0").to_string(), v))
-        .collect();
-    let vb = VarBuilder::from_tensors(renamed, DType::F32, &Device::Cpu);
+    // The names candle-nn's `gru()` reads, as the cell's docs say.
+    let vb =
+        VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu).rename_f(|n| format!("{n}_l0"));
     let cell = GruCell::new(5, 7, true, vb).unwrap();
     // candle-nn's layout: batch first.
     let x = case.input.transpose(0, 1).unwrap().contiguous().unwrap();
@@ -262,9 +260,14 @@ fn a_gru_cell_is_candle_nns_rnn_and_runs_a_sequence_as_pytorchs_one_layer_gru() 
         h: case.h0.as_ref().unwrap().squeeze(0).unwrap(),
     };
     let want = case.output.transpose(0, 1).unwrap();
+    // candle-nn's GRU concatenates the states, (B, T * H).
+    let (b, t) = (x.dim(0).unwrap(), x.dim(1).unwrap());
     let fused = cell
         .states_to_tensor(&cell.seq_init(&x, &h0).unwrap())
+        .unwrap()
+        .reshape((b, t, 7))
         .unwrap();
+    assert_eq!(max_diff(&cell.forward_seq(&x, &h0.h).unwrap(), &fused), 0.0);
     assert!(
         max_diff(&fused, &want) < 1e-5,
         "{}",
@@ -278,12 +281,22 @@ fn a_gru_cell_is_candle_nns_rnn_and_runs_a_sequence_as_pytorchs_one_layer_gru() 
         state = cell.step(&xt, &state).unwrap();
         states.push(state.clone());
     }
-    let stepped = cell.states_to_tensor(&states).unwrap();
+    let stepped = cell
+        .states_to_tensor(&states)
+        .unwrap()
+        .reshape((b, t, 7))
+        .unwrap();
     assert!(max_diff(&stepped, &want) < 1e-5);
-    let from_zero = cell.states_to_tensor(&cell.seq(&x).unwrap()).unwrap();
+    let from_zero = cell
+        .states_to_tensor(&cell.seq(&x).unwrap())
+        .unwrap()
+        .reshape((b, t, 7))
+        .unwrap();
     let zero = cell.zero_state(x.dim(0).unwrap()).unwrap();
     let again = cell
         .states_to_tensor(&cell.seq_init(&x, &zero).unwrap())
+        .unwrap()
+        .reshape((b, t, 7))
         .unwrap();
     assert_eq!(max_diff(&from_zero, &again), 0.0);
     assert!(max_diff(&from_zero, &fused) > 1e-3, "h0 must matter");

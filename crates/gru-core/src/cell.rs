@@ -130,7 +130,9 @@ impl GruCell {
 
     /// The cell applied along a batch-first sequence, as `nn.GRU` with one layer and these
     /// weights: `input` `(B, T, I)`, `h0` `(B, H)`; returns every step's state, `(B, T, H)`. One
-    /// fused pass over the sequence (the input projection as one matmul), not `T` calls.
+    /// fused pass over the sequence (the input projection as one matmul), not `T` calls. A
+    /// sequence of no steps gives `(B, 0, H)`, as candle-nn's `RNN::seq` gives no states (where
+    /// `nn.GRU`, and `Gru`, refuse it).
     pub fn forward_seq(&self, input: &Tensor, h0: &Tensor) -> Result<Tensor> {
         self.check("input", input)?;
         self.check("h0", h0)?;
@@ -175,9 +177,12 @@ impl GruCell {
 }
 
 /// candle-nn's recurrent-network trait, so that a `GruCell` stands in for
-/// `candle_nn::rnn::GRU` (same `VarBuilder` names as PyTorch's `nn.GRUCell`, PyTorch's numbers):
-/// `step` is one `nn.GRUCell` call, and `seq` / `seq_init` run the whole sequence in one fused
-/// pass (`forward_seq`) instead of step by step.
+/// `candle_nn::rnn::GRU` with PyTorch's numbers: `step` is one `nn.GRUCell` call, `seq` /
+/// `seq_init` run the whole sequence in one fused pass (`forward_seq`) instead of step by step,
+/// and `states_to_tensor` concatenates the states along dim 1, `(B, T * H)`, as candle-nn's GRU
+/// does. The weights are read under `nn.GRUCell`'s names (`weight_ih`); where candle-nn's `gru()`
+/// read a one-layer `nn.GRU`'s (`weight_ih_l0`), build from
+/// `vb.rename_f(|n| format!("{n}_l0"))`.
 impl candle_nn::rnn::RNN for GruCell {
     type State = candle_nn::rnn::GRUState;
 
@@ -207,7 +212,7 @@ impl candle_nn::rnn::RNN for GruCell {
 
     fn states_to_tensor(&self, states: &[Self::State]) -> candle_core::Result<Tensor> {
         let states: Vec<Tensor> = states.iter().map(|s| s.h.clone()).collect();
-        Tensor::stack(&states, 1)
+        Tensor::cat(&states, 1)
     }
 }
 

@@ -8,14 +8,14 @@
 //! told from a whole checkpoint.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
 
 use crate::dcp::{check_cover, Assembly};
 use crate::error::{Result, WeightsError};
 use crate::file::{Format, WeightFile};
-use crate::folder::MAX_FOLDER_ENTRIES;
+use crate::folder::{distinct_files, MAX_FOLDER_ENTRIES};
 use crate::regular::file_id;
 
 /// The metadata key under which `torch.distributed.checkpoint` records, for each tensor of a
@@ -91,13 +91,17 @@ pub(crate) fn check_lone_chunks(path: &Path, offsets: &HashMap<String, Vec<usize
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let me = file_id(path)?;
-    let others = std::fs::read_dir(dir)
+    let siblings: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| WeightsError::io(dir, "list", e))?
         .take(MAX_FOLDER_ENTRIES)
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    // Each file's header once, however many links reach it; not this file's.
+    let others = distinct_files(&siblings)
+        .into_iter()
         .filter(|p| {
-            p.extension().is_some_and(|x| x == "safetensors")
-                && file_id(p).is_ok_and(|id| id != me)
+            file_id(p).is_ok_and(|id| id != me)
                 && dcp_tensor_names(p)
                     .is_some_and(|names| offsets.keys().any(|n| names.contains(n)))
         })
@@ -206,7 +210,13 @@ impl Chunked {
         let es = dtype.size_in_bytes();
         // The chunks hold as many elements as the tensor (checked on open): the whole is no
         // larger than the bytes the files hold for it.
-        let total = shape.iter().product::<usize>() * es;
+        let total = match shape.contains(&0) {
+            true => 0,
+            false => shape
+                .iter()
+                .try_fold(es, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| bad(format!("its size {shape:?} overflows")))?,
+        };
         let mut whole = Assembly::new(shape, es, total).map_err(bad)?;
         for p in &self.pieces {
             let (bytes, got, sizes) = shards[p.shard].safetensors_data(&p.name)?;

@@ -195,7 +195,8 @@ impl WeightFile {
     /// without tensors cannot be seen there.
     pub(crate) fn chained(&self) -> Option<Vec<String>> {
         match &self.source {
-            // DCP pickles a state dict as a plain dict: its `_metadata` is gone too.
+            // DCP pickles even a state dict it stores whole (`flatten_state_dict=False`) as a
+            // plain dict: its `_metadata` is gone.
             Source::Safetensors(_) | Source::Dcp(_) => Some(Vec::new()),
             Source::PyTorch { checkpoint, .. } => checkpoint.chained.clone(),
             Source::Sharded(s) => s.chained(),

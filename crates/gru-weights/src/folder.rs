@@ -6,9 +6,19 @@ use std::path::{Path, PathBuf};
 
 use crate::dcp_safetensors::dcp_tensor_names;
 use crate::error::{Result, WeightsError};
+use crate::regular::file_id;
 
 /// Most folder entries looked at when choosing the file of a folder.
 pub(crate) const MAX_FOLDER_ENTRIES: usize = 100_000;
+
+/// `paths` less those that are a file an earlier one is (links), and those that cannot be read.
+pub(crate) fn distinct_files(paths: &[PathBuf]) -> Vec<&PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    paths
+        .iter()
+        .filter(|p| file_id(p).is_ok_and(|id| seen.insert(id)))
+        .collect()
+}
 
 /// The files `from_pretrained` looks for, in its order (transformers', then diffusers' names):
 /// one safetensors file before its index, safetensors before `torch.save`.
@@ -68,17 +78,22 @@ pub(crate) fn file_in_folder(dir: &Path) -> Result<InFolder> {
         match found.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some(dir.join(one))),
-            many => Err(WeightsError::file(
-                dir,
-                format!(
-                    "the folder holds {} {what}: {}; pass the one to read",
-                    many.len(),
-                    many.iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
+            many => {
+                const SHOWN: usize = 8;
+                let mut shown: Vec<String> =
+                    many.iter().take(SHOWN).map(|n| format!("`{n}`")).collect();
+                if many.len() > SHOWN {
+                    shown.push(format!("and {} more", many.len() - SHOWN));
+                }
+                Err(WeightsError::file(
+                    dir,
+                    format!(
+                        "the folder holds {} {what}: {}; pass the one to read",
+                        many.len(),
+                        shown.join(", ")
+                    ),
+                ))
+            }
         }
     };
     // `x.safetensors.index.json`, or a variant's `model.safetensors.index.fp16.json`; not
@@ -95,7 +110,9 @@ pub(crate) fn file_in_folder(dir: &Path) -> Result<InFolder> {
         .map(|n| dir.join(n))
         .filter(|p| p.is_file())
         .collect();
-    if safetensors.len() > 1 && safetensors.iter().any(|p| dcp_tensor_names(p).is_some()) {
+    // Each file's header once, however many links reach it.
+    let distinct = distinct_files(&safetensors);
+    if safetensors.len() > 1 && distinct.iter().any(|p| dcp_tensor_names(p).is_some()) {
         return Ok(InFolder::DcpSafetensors(safetensors));
     }
     if let Some(p) = pick("safetensors files", &|n| n.ends_with(".safetensors"))? {

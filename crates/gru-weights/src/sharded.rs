@@ -323,7 +323,18 @@ impl Sharded {
     pub(crate) fn chained(&self) -> Option<Vec<String>> {
         let mut all = Vec::new();
         for s in &self.shards {
-            all.extend(s.chained()?);
+            for c in s.chained()? {
+                // An index may name a shard's tensors without the key path of the state dict
+                // holding them (`cell.w` for `sd.cell.w`): its chains are known by both names.
+                for k in s.state_dicts().iter().filter(|k| !k.is_empty()) {
+                    if let Some(inner) =
+                        c.strip_prefix(k.as_str()).and_then(|r| r.strip_prefix('.'))
+                    {
+                        all.push(inner.to_string());
+                    }
+                }
+                all.push(c);
+            }
         }
         all.sort();
         all.dedup();
