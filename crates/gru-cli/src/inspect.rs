@@ -91,6 +91,11 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     let sds = file.state_dicts();
     let plural = |n: usize| if n == 1 { "" } else { "s" };
+    // ", and N things": nothing for none.
+    let and = |n: usize, what: &str| match n {
+        0 => String::new(),
+        n => format!(", and {n} {what}"),
+    };
     let files = file.files().len();
     println!(
         "{}: {}{}, {} tensors in {} state dict{}{}{}",
@@ -104,22 +109,20 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         file.tensors().len() - n_computed - n_shared,
         sds.len(),
         plural(sds.len()),
-        if n_computed == 0 {
-            String::new()
-        } else {
-            format!(
-                ", and {n_computed} weight{} computed from weight norm or spectral norm",
+        and(
+            n_computed,
+            &format!(
+                "weight{} computed from weight norm or spectral norm",
                 plural(n_computed)
             )
-        },
-        if n_shared == 0 {
-            String::new()
-        } else {
-            format!(
-                ", and {n_shared} name{} of a tensor stored under another (tied weights)",
+        ),
+        and(
+            n_shared,
+            &format!(
+                "name{} of a tensor stored under another (tied weights)",
                 plural(n_shared)
             )
-        }
+        ),
     );
     if sds.len() > 1 || sds.iter().any(|k| !k.is_empty()) {
         const SHOWN: usize = 8;

@@ -395,16 +395,17 @@ pub(crate) struct Assembly<'a> {
     whole: Vec<u8>,
     seen: Vec<bool>,
     shape: &'a [usize],
-    es: usize,
+    dtype: DType,
 }
 
 impl<'a> Assembly<'a> {
-    /// Zeroed buffers for `total` bytes of `es`-byte elements, or why they cannot be had.
+    /// Zeroed buffers for `total` bytes of `dtype` elements, or why they cannot be had.
     pub(crate) fn new(
         shape: &'a [usize],
-        es: usize,
+        dtype: DType,
         total: usize,
     ) -> std::result::Result<Self, String> {
+        let es = dtype.size_in_bytes();
         let mut whole: Vec<u8> = Vec::new();
         let mut seen: Vec<bool> = Vec::new();
         whole
@@ -417,27 +418,43 @@ impl<'a> Assembly<'a> {
             whole,
             seen,
             shape,
-            es,
+            dtype,
         })
     }
 
-    /// Places a chunk (see `place`).
-    pub(crate) fn place(&mut self, region: Region, bytes: &[u8]) -> std::result::Result<(), usize> {
+    /// Places the chunk at `region`, read as `got` elements of shape `got_shape` (`bytes`): it
+    /// must be what the region says, and overlap no chunk placed before (see `place`).
+    pub(crate) fn put(
+        &mut self,
+        region: Region,
+        got: DType,
+        got_shape: &[usize],
+        bytes: &[u8],
+    ) -> std::result::Result<(), String> {
+        let (offsets, sizes) = region;
+        if got != self.dtype || got_shape != sizes {
+            return Err(format!(
+                "its chunk at {offsets:?} holds {got:?} {got_shape:?}, not {:?} {sizes:?}",
+                self.dtype
+            ));
+        }
+        let es = self.dtype.size_in_bytes();
         place(
             &mut self.whole,
             &mut self.seen,
             self.shape,
-            self.es,
+            es,
             region,
             bytes,
         )
+        .map_err(|at| format!("its chunk at {offsets:?} overlaps another at flat index {at}"))
     }
 
     /// The assembled tensor, on the CPU.
-    pub(crate) fn into_tensor(self, dtype: DType) -> candle_core::Result<candle_core::Tensor> {
+    pub(crate) fn into_tensor(self) -> candle_core::Result<candle_core::Tensor> {
         candle_core::Tensor::from_raw_buffer(
             &self.whole,
-            dtype,
+            self.dtype,
             self.shape,
             &candle_core::Device::Cpu,
         )
@@ -560,19 +577,13 @@ impl Dcp {
         let mut shards = Shards::new();
         let mut by_file: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
         let chunks = tensors.iter().flat_map(|t| {
-            t.chunks.iter().map(move |c| {
-                (
-                    &t.name,
-                    &c.file,
-                    &c.range,
-                    format!("its chunk at {:?}", c.offsets),
-                )
-            })
+            t.chunks
+                .iter()
+                .map(move |c| (&t.name, &c.file, &c.range, Some(&c.offsets)))
         });
-        let items = objects
-            .iter()
-            .map(|o| (&o.name, &o.file, &o.range, "its pickled item".to_string()));
-        for (name, file, range, what) in chunks.chain(items) {
+        let items = objects.iter().map(|o| (&o.name, &o.file, &o.range, None));
+        // (tensor or item, shard file, bytes, the chunk's offsets: `None` for an item)
+        for (name, file, range, offsets) in chunks.chain(items) {
             by_file
                 .entry(file.as_str())
                 .or_default()
@@ -600,6 +611,10 @@ impl Dcp {
             }
             let shard_len = shards[file].len() as u64;
             if range.end > shard_len {
+                let what = match offsets {
+                    Some(o) => format!("its chunk at {o:?}"),
+                    None => "its pickled item".to_string(),
+                };
                 return Err(WeightsError::Tensor {
                     name: name.clone(),
                     reason: format!(
@@ -755,8 +770,6 @@ impl Dcp {
             .dtype
             .ok_or_else(|| bad("has an element type candle cannot hold".into()))?;
         let es = dtype.size_in_bytes();
-        // Its chunks' distinct byte ranges hold its elements (as torch.save files): the whole
-        // tensor cannot honestly be larger than they are.
         // Its chunks lie in distinct bytes of the shards (checked on open) and hold its elements
         // as torch.save files: the whole tensor cannot honestly be larger than they are.
         let held = t
@@ -776,27 +789,16 @@ impl Dcp {
                     t.shape
                 ))
             })? as usize;
-        let mut whole = Assembly::new(&t.shape, es, total).map_err(bad)?;
+        let mut whole = Assembly::new(&t.shape, dtype, total).map_err(bad)?;
         for c in &t.chunks {
             let map = &self.shards[&c.file];
             let window = c.range.start as usize..c.range.end as usize;
             let shard = self.dir.join(&c.file);
             let (bytes, got, shape) = crate::pth::read_bare_tensor(&shard, map, window)
                 .map_err(|e| bad(format!("its chunk at {:?}: {e}", c.offsets)))?;
-            if got != dtype || shape != c.sizes {
-                return Err(bad(format!(
-                    "its chunk at {:?} holds {got:?} {shape:?}, not {dtype:?} {:?}",
-                    c.offsets, c.sizes
-                )));
-            }
-            whole.place(c.region(), &bytes).map_err(|at| {
-                bad(format!(
-                    "its chunk at {:?} overlaps another at flat index {at}",
-                    c.offsets
-                ))
-            })?;
+            whole.put(c.region(), got, &shape, &bytes).map_err(bad)?;
         }
-        Ok(whole.into_tensor(dtype)?)
+        Ok(whole.into_tensor()?)
     }
 }
 

@@ -217,22 +217,13 @@ impl Chunked {
                 .try_fold(es, |a, &d| a.checked_mul(d))
                 .ok_or_else(|| bad(format!("its size {shape:?} overflows")))?,
         };
-        let mut whole = Assembly::new(shape, es, total).map_err(bad)?;
+        let mut whole = Assembly::new(shape, dtype, total).map_err(bad)?;
         for p in &self.pieces {
             let (bytes, got, sizes) = shards[p.shard].safetensors_data(&p.name)?;
-            if got != dtype || sizes != p.sizes {
-                return Err(bad(format!(
-                    "its chunk at {:?} holds {got:?} {sizes:?}, not {dtype:?} {:?}",
-                    p.offsets, p.sizes
-                )));
-            }
-            whole.place((&p.offsets, &p.sizes), bytes).map_err(|at| {
-                bad(format!(
-                    "its chunk at {:?} overlaps another at flat index {at}",
-                    p.offsets
-                ))
-            })?;
+            whole
+                .put((&p.offsets, &p.sizes), got, &sizes, bytes)
+                .map_err(bad)?;
         }
-        Ok(whole.into_tensor(dtype)?)
+        Ok(whole.into_tensor()?)
     }
 }

@@ -152,11 +152,8 @@ impl WeightFile {
                             "a folder of safetensors files has no checkpoint keys",
                         ));
                     }
-                    let (s, infos) = Sharded::open_set(path, &files)?;
-                    let source = Source::Sharded(Box::new(s));
-                    let mut f = Self::new(path.to_path_buf(), source, infos);
-                    f.add_shared();
-                    return Ok(f.with_derived());
+                    let sharded = Sharded::open_set(path, &files)?;
+                    return Ok(Self::from_sharded(path, sharded).with_derived());
                 }
             }
         } else {
@@ -181,6 +178,17 @@ impl WeightFile {
             derived: HashMap::new(),
             shared: HashMap::new(),
         }
+    }
+
+    /// A sharded checkpoint at `path`, with the tied names its metadata records.
+    fn from_sharded(path: &Path, (sharded, infos): (Sharded, Vec<TensorInfo>)) -> Self {
+        let mut f = Self::new(
+            path.to_path_buf(),
+            Source::Sharded(Box::new(sharded)),
+            infos,
+        );
+        f.add_shared();
+        f
     }
 
     /// Lists the weights stored reparametrized under their plain names.
@@ -236,10 +244,7 @@ impl WeightFile {
                     "a sharded checkpoint has no checkpoint keys",
                 ));
             }
-            let (s, infos) = Sharded::open(path, &mmap)?;
-            let mut f = Self::new(path.to_path_buf(), Source::Sharded(Box::new(s)), infos);
-            f.add_shared();
-            return Ok(f);
+            return Ok(Self::from_sharded(path, Sharded::open(path, &mmap)?));
         }
         if !zip && (safetensors_like || !pth::is_legacy(&mmap)) {
             if key.is_some() {
@@ -583,25 +588,29 @@ impl WeightFile {
         self.load_stored_on(name, &Device::Cpu)
     }
 
-    /// The bytes, dtype and shape of tensor `name` of a safetensors file, as stored (a chunk of
-    /// a distributed checkpoint, placed into its whole tensor by the caller).
+    /// The bytes, dtype and shape of tensor `name` of a safetensors file, as stored (loaded as
+    /// they are, or placed by the caller as a chunk of a distributed checkpoint's tensor).
     pub(crate) fn safetensors_data(&self, name: &str) -> Result<(&[u8], DType, Vec<usize>)> {
         let bad = |reason: String| WeightsError::Tensor {
             name: name.to_string(),
-            reason: format!("{reason} (in {})", self.path.display()),
+            reason,
         };
         let Source::Safetensors(mmap) = &self.source else {
-            return Err(bad("is not in a safetensors file".into()));
+            return Err(bad(format!(
+                "{} is not a safetensors file",
+                self.path.display()
+            )));
         };
         let st = SafeTensors::deserialize(mmap)
             .map_err(|e| WeightsError::format(&self.path, "invalid safetensors", e))?;
         let view = st
             .tensor(name)
-            .map_err(|_| bad("is not in the file".into()))?;
+            .map_err(|_| bad(format!("not found in {}", self.path.display())))?;
         let dtype = candle_dtype(view.dtype()).ok_or_else(|| {
             bad(format!(
-                "has dtype {:?}, which candle cannot hold",
-                view.dtype()
+                "has dtype {:?}, which candle cannot hold (in {})",
+                view.dtype(),
+                self.path.display()
             ))
         })?;
         Ok((view.data(), dtype, view.shape().to_vec()))
@@ -611,28 +620,9 @@ impl WeightFile {
     pub(crate) fn load_stored_on(&self, name: &str, device: &Device) -> Result<Tensor> {
         let name = self.shared.get(name).map_or(name, String::as_str);
         match &self.source {
-            Source::Safetensors(mmap) => {
-                let st = SafeTensors::deserialize(mmap)
-                    .map_err(|e| WeightsError::format(&self.path, "invalid safetensors", e))?;
-                let view = st.tensor(name).map_err(|_| WeightsError::Tensor {
-                    name: name.to_string(),
-                    reason: format!("not found in {}", self.path.display()),
-                })?;
-                if candle_dtype(view.dtype()).is_none() {
-                    return Err(WeightsError::Tensor {
-                        name: name.to_string(),
-                        reason: format!(
-                            "has dtype {:?}, which candle cannot hold (in {})",
-                            view.dtype(),
-                            self.path.display()
-                        ),
-                    });
-                }
-                use candle_core::safetensors::Load;
-                view.load(device).map_err(|e| WeightsError::Tensor {
-                    name: name.to_string(),
-                    reason: format!("cannot be read from {}: {e}", self.path.display()),
-                })
+            Source::Safetensors(_) => {
+                let (bytes, dtype, shape) = self.safetensors_data(name)?;
+                Ok(Tensor::from_raw_buffer(bytes, dtype, &shape, device)?)
             }
             Source::PyTorch {
                 map,
