@@ -51,6 +51,10 @@ pub struct Args {
     /// Lengths drawn uniformly in [T/2, T] (packed input).
     #[arg(long)]
     varlen: bool,
+    /// Stream the sequence one frame per call (`forward_chunk` with carried state, as a
+    /// real-time service does); reports the time per frame too.
+    #[arg(long)]
+    stream: bool,
     /// cpu, cuda, cuda:N, metal, metal:N or auto.
     #[arg(long, default_value = "cpu", value_parser = crate::device_arg)]
     device: gru_core::DeviceSpec,
@@ -155,6 +159,12 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         // Read by candle's matmul and by rayon's global pool, which starts lazily after this.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    if a.stream && (a.bidirectional || a.varlen) {
+        bail!("--stream: a bidirectional or variable-length GRU cannot stream frame by frame");
+    }
+    if a.stream && a.implementation == Impl::CandleNn {
+        bail!("--stream: not measured for candle-nn's GRU");
+    }
     if a.seq_len == 0 || a.batch == 0 || a.iters == 0 {
         bail!("--seq-len, --batch and --iters must be at least 1");
     }
@@ -218,14 +228,28 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             };
             let gru = Gru::new(config, vb)?.with_kernel(kernel);
             let lengths = lengths.clone();
-            Box::new(move || {
-                let (out, _) = match &lengths {
-                    Some(l) => gru.forward_with_lengths(&x, l, None)?,
-                    None => gru.forward(&x, None)?,
-                };
-                out.device().synchronize()?;
-                Ok(())
-            })
+            if a.stream {
+                let frames = (0..a.seq_len)
+                    .map(|t| x.narrow(0, t, 1))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Box::new(move || {
+                    let mut state = gru_core::GruState::new();
+                    for frame in &frames {
+                        let out = gru.forward_chunk(frame, &mut state)?;
+                        out.device().synchronize()?;
+                    }
+                    Ok(())
+                })
+            } else {
+                Box::new(move || {
+                    let (out, _) = match &lengths {
+                        Some(l) => gru.forward_with_lengths(&x, l, None)?,
+                        None => gru.forward(&x, None)?,
+                    };
+                    out.device().synchronize()?;
+                    Ok(())
+                })
+            }
         }
         Impl::CandleNn => {
             if a.bidirectional || a.varlen {
@@ -288,7 +312,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         })
         .sum();
     let gflops = flops / (median * 1e-3) / 1e9;
-    let threads = candle_core::utils::get_num_threads();
+    // What the kernel really ran with (candle's own count may differ: it is re-read per call).
+    let threads = gru_core::cpu_threads();
+    let level = gru_core::cpu_level();
+    let frame_us = a.stream.then(|| median * 1e3 / a.seq_len as f64);
     let peak = peak_rss_mb();
     let implementation = a.implementation.name();
     let dtype_name = crate::dtype_name(a.dtype);
@@ -299,7 +326,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 "impl": implementation,
                 "input_size": a.input_size, "hidden_size": a.hidden_size,
                 "num_layers": a.num_layers, "bidirectional": a.bidirectional,
-                "seq_len": a.seq_len, "batch": a.batch, "varlen": a.varlen,
+                "seq_len": a.seq_len, "batch": a.batch, "varlen": a.varlen, "stream": a.stream,
+                "frame_us": frame_us, "cpu_level": level,
                 "device": gru_core::device_name(&device), "dtype": dtype_name, "threads": threads,
                 "iters": a.iters,
                 "median_ms": median, "min_ms": times[0], "max_ms": times[times.len() - 1],
@@ -309,10 +337,12 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{} I={} H={} L={} bi={} T={} B={} varlen={} {} {} threads={}: median {:.3} ms (min {:.3}, max {:.3}), {:.1} GFLOP/s, peak RSS {}",
+            "{} I={} H={} L={} bi={} T={} B={} varlen={} {} {} threads={} level={}: median {:.3} ms (min {:.3}, max {:.3}){}, {:.1} GFLOP/s, peak RSS {}",
             implementation, a.input_size, a.hidden_size, a.num_layers, a.bidirectional,
             a.seq_len, a.batch, a.varlen, gru_core::device_name(&device), dtype_name, threads,
-            median, times[0], times[times.len() - 1], gflops,
+            level, median, times[0], times[times.len() - 1],
+            frame_us.map(|f| format!(", {f:.2} us per streamed frame")).unwrap_or_default(),
+            gflops,
             peak.map(|p| format!("{p:.1} MB")).unwrap_or("n/a".into())
         );
     }
@@ -380,7 +410,7 @@ pub fn sgemm(a: SgemmArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({"impl": "sgemm", "size": n, "median_ms": median, "gflops": gflops,
-                               "threads": candle_core::utils::get_num_threads()})
+                               "threads": gru_core::cpu_threads()})
         );
     } else {
         println!("sgemm {n}^3: median {median:.3} ms, {gflops:.1} GFLOP/s");

@@ -90,15 +90,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Fixes `RAYON_NUM_THREADS` when it is unset (or not a positive number) to the count candle
+/// would use: candle 0.11 counts the cores again on every matmul otherwise (it reads
+/// `/proc/cpuinfo`: ~20 us a call, more than a streamed frame takes). Called before any thread
+/// exists, as `set_var` requires.
+fn fix_thread_count() {
+    let valid = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .is_some_and(|n| n > 0);
+    if !valid {
+        let n = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 fn run(cli: Cli) -> ExitCode {
-    let result = match cli.command {
-        Command::Verify(a) => verify::main(a),
-        Command::Inspect(a) => inspect::main(a).map(|()| ExitCode::SUCCESS),
-        Command::Run(a) => run::main(a).map(|()| ExitCode::SUCCESS),
-        Command::Convert(a) => convert::main(a).map(|()| ExitCode::SUCCESS),
-        Command::Bench(a) => bench::main(a).map(|()| ExitCode::SUCCESS),
-        Command::Sgemm(a) => bench::sgemm(a).map(|()| ExitCode::SUCCESS),
-    };
+    fix_thread_count();
+    let result = gru_core::check_cpu_level_env()
+        .map_err(anyhow::Error::from)
+        .and_then(|()| dispatch(cli));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -116,6 +127,17 @@ fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Verify(a) => verify::main(a),
+        Command::Inspect(a) => inspect::main(a).map(|()| ExitCode::SUCCESS),
+        Command::Run(a) => run::main(a).map(|()| ExitCode::SUCCESS),
+        Command::Convert(a) => convert::main(a).map(|()| ExitCode::SUCCESS),
+        Command::Bench(a) => bench::main(a).map(|()| ExitCode::SUCCESS),
+        Command::Sgemm(a) => bench::sgemm(a).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -9,8 +9,6 @@ use candle_core::WithDType;
 pub(crate) trait Real: WithDType + Copy + Default + Send + Sync + 'static {
     fn sigmoid<const FMA: bool>(self) -> Self;
     fn tanh<const FMA: bool>(self) -> Self;
-    /// `self * a + b` rounded once (one instruction where the target has FMA).
-    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
 /// `a * b + c`, fused when `FMA` (shorter dependency chains in the polynomial).
@@ -25,11 +23,6 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 impl Real for f32 {
     #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        f32::mul_add(self, a, b)
-    }
-
-    #[inline(always)]
     fn sigmoid<const FMA: bool>(self) -> Self {
         1.0 / (1.0 + exp_f32::<FMA>(-self))
     }
@@ -42,11 +35,6 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
-    #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        f64::mul_add(self, a, b)
-    }
-
     #[inline(always)]
     fn sigmoid<const FMA: bool>(self) -> Self {
         1.0 / (1.0 + (-self).exp())

@@ -281,7 +281,11 @@ impl PersistentPlan {
     /// `H4 / 4` is even, so that 16-byte row reads hit distinct banks), batch rounded up to 4.
     fn padded(hidden: usize, batch: usize) -> (usize, usize, usize) {
         let h4 = hidden.div_ceil(4) * 4;
-        let s = if (h4 / 4) % 2 == 0 { h4 + 4 } else { h4 };
+        let s = if (h4 / 4).is_multiple_of(2) {
+            h4 + 4
+        } else {
+            h4
+        };
         (h4, s, batch.div_ceil(4) * 4)
     }
 
@@ -449,7 +453,7 @@ mod tests {
                 }
                 assert!(p.grid(d) <= H100.0, "{p:?}");
                 assert!(p.smem_bytes <= H100.1, "{p:?}");
-                assert!(p.threads >= 32 && p.threads <= 1024 && p.threads % 32 == 0);
+                assert!(p.threads >= 32 && p.threads <= 1024 && p.threads.is_multiple_of(32));
                 let row_items = 3 * p.units * b.div_ceil(4) * p.k_split;
                 assert!(p.units * b <= p.threads && row_items <= p.threads, "{p:?}");
             }

@@ -514,7 +514,7 @@ impl Layer {
         }
     }
 
-    fn stack_cpu<T: Real>(
+    fn stack_cpu<T: cpu::SimdFloat>(
         layers: &[Layer],
         x: &Tensor,
         h0: &Tensor,
@@ -536,7 +536,7 @@ impl Layer {
         Ok(Some(out))
     }
 
-    fn forward_cpu<T: Real>(
+    fn forward_cpu<T: cpu::SimdFloat>(
         &self,
         d: &Derived,
         x: &Tensor,
@@ -575,7 +575,7 @@ fn state_or_zeros<'a>(
 /// Runs a CPU kernel `kernel(x, dims, h0, threads)` on the data of `x` `(T, B, in)` and `h0`
 /// (made contiguous) with candle's thread count, and returns its output as `(T, B, D * H)` and
 /// its final states as `(states, B, H)`.
-fn run_cpu_kernel<T: Real>(
+fn run_cpu_kernel<T: cpu::SimdFloat>(
     x: &Tensor,
     h0: &Tensor,
     hidden: usize,
@@ -593,7 +593,7 @@ fn run_cpu_kernel<T: Real>(
         input,
         hidden,
     };
-    let threads = candle_core::utils::get_num_threads();
+    let threads = cpu::cpu_threads();
     let (out, hn) = kernel(views.slice::<T>(0)?, dims, views.slice::<T>(1)?, threads);
     Ok((
         Tensor::from_vec(out, (seq_len, batch, directions * hidden), &Device::Cpu)?,

@@ -31,6 +31,7 @@ mod stream;
 
 pub use cell::GruCell;
 pub use config::GruConfig;
+pub use cpu::{check_cpu_level_env, cpu_level, cpu_levels, cpu_threads};
 pub use device::{device, device_name, DeviceSpec};
 pub use error::{GruError, Result};
 pub use gru::Gru;

@@ -279,7 +279,7 @@ impl Machine {
     }
 
     fn pairs(r: &Reader, items: Vec<Id>) -> Result<Vec<(Id, Id)>, PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return r.err("odd number of items for a dict");
         }
         Ok(items.chunks(2).map(|c| (c[0], c[1])).collect())

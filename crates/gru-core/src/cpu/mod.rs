@@ -18,6 +18,7 @@
 mod aligned;
 mod gates;
 mod gemm;
+mod microkernel;
 mod panels;
 pub(crate) mod simd;
 mod team;
@@ -26,10 +27,47 @@ mod time_loop;
 pub(crate) use gates::gate_update;
 pub(crate) use panels::DirPack;
 
-use crate::activation::Real;
 use crate::packing::LengthPlan;
+pub(crate) use microkernel::SimdFloat;
 use team::{SharedMut, Split};
 use time_loop::{run_stack, OutView};
+
+/// The SIMD level the CPU kernel runs at on this machine: `"avx512"`, `"avx2"`,
+/// `"baseline (sse2)"` (`"baseline (neon)"` on aarch64) or `"scalar"`: the CPU's best, capped by
+/// the environment variable `GRU_CPU_LEVEL`.
+pub fn cpu_level() -> &'static str {
+    simd::level().name()
+}
+
+/// Every SIMD level this CPU can run, lowest first, by the names `GRU_CPU_LEVEL` takes
+/// (`scalar`, `baseline`, `avx2`, `avx512`): set it to one of them to run (test, time) that level.
+pub fn cpu_levels() -> Vec<&'static str> {
+    simd::levels()
+        .into_iter()
+        .map(simd::Level::env_name)
+        .collect()
+}
+
+/// Checks `GRU_CPU_LEVEL`: an error naming it when it is set to something that is not a level
+/// (the kernel itself warns once and ignores such a value).
+pub fn check_cpu_level_env() -> crate::Result<()> {
+    simd::level_cap()
+        .map(|_| ())
+        .map_err(|reason| crate::GruError::arg(simd::LEVEL_ENV, reason))
+}
+
+/// The threads the CPU kernel uses: candle's rule (`RAYON_NUM_THREADS` when set to a positive
+/// number, else candle's count of the physical cores), without its cost: candle 0.11 counts the
+/// cores again on every call (reading `/proc/cpuinfo`, ~20 us) when the variable is unset; here
+/// they are counted once per process. The variable is read on every call (no system call).
+pub fn cpu_threads() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| *CORES.get_or_init(candle_core::utils::get_num_threads))
+}
 
 /// Sizes of one layer's run.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +80,7 @@ pub(crate) struct Dims {
 
 /// Runs one layer. `x`: `(T, B, in)`; `h0`: `(D, B, H)`. Returns `output` `(T, B, D * H)` (zero
 /// past each sequence's length) and `h_n` `(D, B, H)`.
-pub(crate) fn layer_forward<T: Real>(
+pub(crate) fn layer_forward<T: SimdFloat>(
     x: &[T],
     dims: Dims,
     dirs: &[DirPack<T>],
@@ -88,7 +126,7 @@ pub(crate) fn layer_forward<T: Real>(
 /// block: `x` `(T, B, in)`, `h0` `(L, B, H)`. Returns the last layer's `output` `(T, B, H)` (zero
 /// past each sequence's length) and `h_n` `(L, B, H)`. Only the last layer's outputs are kept
 /// whole, unless the threads split hidden units.
-pub(crate) fn stack_forward<T: Real>(
+pub(crate) fn stack_forward<T: SimdFloat>(
     x: &[T],
     dims: Dims,
     layers: &[&DirPack<T>],

@@ -1,12 +1,22 @@
-//! The SIMD level of the CPU, found once, and the register budget of the matmul microkernel at
-//! each level. The hot functions are compiled once per level (`multiversion!`): code reached
-//! through closures or generics would otherwise get the baseline build (SSE2 on x86-64).
+//! The SIMD level the CPU kernel runs at: the CPU's best, found once, capped by the environment
+//! variable `GRU_CPU_LEVEL` (`scalar`, `baseline`, `avx2`, `avx512`) so that one host can test and
+//! time every level it has. The microkernel has one explicit build per level
+//! ([`super::microkernel`]); the rest of the hot path (packing, the gate pass) is compiled once
+//! per x86-64 level by [`multiversion!`]: code reached through closures or generics would
+//! otherwise get the baseline build (SSE2 on x86-64).
 
-/// What the CPU offers the kernels.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+use std::sync::OnceLock;
+
+/// The environment variable that caps the level.
+pub(crate) const LEVEL_ENV: &str = "GRU_CPU_LEVEL";
+
+/// A SIMD level of the CPU kernel, lowest first.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum Level {
-    /// Whatever the target enables by default (SSE2 on x86-64, NEON on aarch64).
+    /// The portable reference tiles (plain arrays; for tests and unknown CPUs).
+    Scalar,
+    /// What every CPU of the architecture has: SSE2 on x86-64, NEON on aarch64.
     Baseline,
     /// x86-64 with AVX2 and FMA.
     Avx2,
@@ -15,66 +25,107 @@ pub(crate) enum Level {
 }
 
 impl Level {
-    /// Bytes in one SIMD register.
-    fn vector_bytes(self) -> usize {
+    /// The name `GRU_CPU_LEVEL` takes.
+    pub fn env_name(self) -> &'static str {
         match self {
-            Level::Baseline => 16,
-            Level::Avx2 => 32,
-            Level::Avx512 => 64,
+            Level::Scalar => "scalar",
+            Level::Baseline => "baseline",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
         }
     }
 
-    /// Whether `a * b + c` is one fused instruction (rather than a slow libm call) at this level.
+    /// The name, with what the baseline is on this architecture.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            Level::Baseline if cfg!(target_arch = "aarch64") => "baseline (neon)",
+            Level::Baseline if cfg!(target_arch = "x86_64") => "baseline (sse2)",
+            Level::Baseline => "baseline",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether the gate pass fuses `a * b + c` at this level (one instruction; without the
+    /// hardware a fused multiply-add would be a slow libm call).
     pub fn has_fma(self) -> bool {
         match self {
+            Level::Scalar => false,
             Level::Baseline => cfg!(target_arch = "aarch64"),
             Level::Avx2 | Level::Avx512 => true,
         }
     }
 
-    /// Whether the level has registers to spare for a few extra partial sums (AVX2 and up, or
-    /// aarch64's 32 NEON registers; not SSE2).
-    pub fn has_many_registers(self) -> bool {
-        self != Level::Baseline || cfg!(target_arch = "aarch64")
-    }
-
-    /// Rows of the microkernel for `elem` bytes per value and `panel` values per row: as many
-    /// as keep its accumulators (rows x panel), one row of the panel and the broadcast value in
-    /// registers (16 of them; 32 on AVX-512 and aarch64).
-    pub fn kernel_rows(self, elem: usize, panel: usize) -> usize {
-        let per_row = (panel * elem).div_ceil(self.vector_bytes());
-        let registers: usize = if self == Level::Avx512 || cfg!(target_arch = "aarch64") {
-            32
-        } else {
-            16
-        };
-        (registers.saturating_sub(1 + per_row) / per_row).clamp(1, super::gemm::MAX_ROWS)
+    fn parse(s: &str) -> Option<Level> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Level::Scalar,
+            "baseline" => Level::Baseline,
+            "sse2" if cfg!(target_arch = "x86_64") => Level::Baseline,
+            "neon" if cfg!(target_arch = "aarch64") => Level::Baseline,
+            "avx2" => Level::Avx2,
+            "avx512" => Level::Avx512,
+            _ => return None,
+        })
     }
 }
 
-/// The level of this CPU, detected once.
-pub(crate) fn level() -> Level {
+/// The best level this CPU has.
+fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::OnceLock;
-        static LEVEL: OnceLock<Level> = OnceLock::new();
-        *LEVEL.get_or_init(|| {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx2") && has!("fma") {
-                Level::Avx512
-            } else if has!("avx2") && has!("fma") {
-                Level::Avx2
-            } else {
-                Level::Baseline
-            }
-        })
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx2") && has!("fma") {
+            Level::Avx512
+        } else if has!("avx2") && has!("fma") {
+            Level::Avx2
+        } else {
+            Level::Baseline
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     Level::Baseline
 }
 
+/// The cap `GRU_CPU_LEVEL` sets: `Ok(None)` when unset, an error naming the variable when its
+/// value is not a level.
+pub(crate) fn level_cap() -> Result<Option<Level>, String> {
+    match std::env::var(LEVEL_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => Level::parse(&v).map(Some).ok_or_else(|| {
+            format!(
+                "{LEVEL_ENV}={v:?} is not a CPU level: expected scalar, baseline, avx2 or avx512"
+            )
+        }),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The level the CPU kernel runs at: the CPU's best, capped by `GRU_CPU_LEVEL` (a level above
+/// the CPU's gives the CPU's). Read once per process; a malformed value is reported once on
+/// stderr and ignored (the `gru` binary refuses it at start).
+pub(crate) fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| match level_cap() {
+        Ok(cap) => cap.map_or(detected(), |cap| cap.min(detected())),
+        Err(e) => {
+            eprintln!("warning: {LEVEL_ENV}: {e}; using {}", detected().name());
+            detected()
+        }
+    })
+}
+
+/// Every level this CPU can run, lowest first (the tests run each).
+pub(crate) fn levels() -> Vec<Level> {
+    [Level::Scalar, Level::Baseline, Level::Avx2, Level::Avx512]
+        .into_iter()
+        .filter(|&l| l <= detected())
+        .collect()
+}
+
 /// `multiversion!(fn name<T: Real>(args) -> R { body })` defines `name`, which runs `body`
-/// compiled for the CPU's best level (x86-64: AVX-512, AVX2 + FMA, or baseline). The body is an
+/// compiled for the kernel's level (x86-64: AVX-512, AVX2 + FMA, or baseline). The body is an
 /// inlined generic function, so everything it inlines gets the level's instructions.
 macro_rules! multiversion {
     (
@@ -100,7 +151,7 @@ macro_rules! multiversion {
                     // SAFETY: the CPU has these features (detected at run time by `level`).
                     $crate::cpu::simd::Level::Avx512 => return unsafe { avx512($($arg),*) },
                     $crate::cpu::simd::Level::Avx2 => return unsafe { avx2($($arg),*) },
-                    $crate::cpu::simd::Level::Baseline => {}
+                    _ => {}
                 }
             }
             body($($arg),*)
@@ -109,18 +160,19 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn kernel_rows_fit_the_registers() {
-        // Two AVX2 registers per f32 row of 16: 6 rows (12 + 2 + 1 registers); f64 needs 4 per
-        // row: 2 rows (8 + 4 + 1).
-        assert_eq!(Level::Avx2.kernel_rows(4, 16), 6);
-        assert_eq!(Level::Avx2.kernel_rows(8, 16), 2);
-        assert_eq!(Level::Avx512.kernel_rows(4, 16), 8);
-        assert_eq!(Level::Avx512.kernel_rows(8, 16), 8);
-        assert!(Level::Baseline.kernel_rows(8, 16) >= 1);
+    fn levels_parse_and_order() {
+        assert_eq!(Level::parse(" AVX2 "), Some(Level::Avx2));
+        assert_eq!(Level::parse("avx512"), Some(Level::Avx512));
+        assert_eq!(Level::parse("scalar"), Some(Level::Scalar));
+        assert_eq!(Level::parse("avx"), None);
+        assert!(Level::Scalar < Level::Baseline && Level::Avx2 < Level::Avx512);
+        let all = levels();
+        assert_eq!(all.first(), Some(&Level::Scalar));
+        assert_eq!(all.last(), Some(&detected()));
     }
 }

@@ -35,8 +35,6 @@ pub(super) struct Chunk<T> {
     pub g1: usize,
     /// `(r1 - r0, (g1 - g0) * GROUP)`.
     pub gh: Aligned<T>,
-    /// The matmuls' packed left operand (grown on first use).
-    pub scratch: Vec<T>,
     /// The projected inputs of the current block of steps: the active rows of each step in turn
     /// (step `j`'s from row `gi_at[j]`), `(g1 - g0) * GROUP` values each.
     pub gi: Aligned<T>,
@@ -109,7 +107,6 @@ pub(super) fn chunks<T: Real>(
         g0,
         g1,
         gh: Aligned::new((r1 - r0) * (g1 - g0) * GROUP),
-        scratch: Vec::new(),
         gi: Aligned::default(),
         gi_at: Vec::new(),
         xg: Vec::new(),
@@ -137,7 +134,7 @@ pub(super) fn chunks<T: Real>(
 
 /// A pointer shared by the threads of one step, each writing a disjoint range through it.
 #[derive(Clone, Copy)]
-pub(super) struct SharedMut<T>(pub *mut T);
+pub(crate) struct SharedMut<T>(pub *mut T);
 // SAFETY: only used to write disjoint element ranges from different threads (see `advance`).
 unsafe impl<T: Send> Send for SharedMut<T> {}
 unsafe impl<T: Send> Sync for SharedMut<T> {}

@@ -8,11 +8,11 @@
 use super::aligned::Aligned;
 use super::gates::{candidate_update, sigmoid_gates};
 use super::gemm::{matmul_panels, Plan};
+use super::microkernel::SimdFloat;
 use super::panels::{DirPack, GROUP, NR};
 use super::simd::multiversion;
 use super::team::{chunks, Chunk, SharedMut, SpinBarrier, Split};
 use super::Dims;
-use crate::activation::Real;
 use crate::packing::LengthPlan;
 
 /// Rows of input projected per GEMM: large enough for the GEMM to run at speed, small enough
@@ -37,7 +37,7 @@ pub(super) struct OutView<T> {
 /// `out` points at `T * B` rows of `out.stride` values, and nothing else reads or writes this
 /// direction's columns `offset..offset + H` of them during the call.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn run_stack<T: Real>(
+pub(super) unsafe fn run_stack<T: SimdFloat>(
     x: &[T],
     layers: &[&DirPack<T>],
     dims: Dims,
@@ -264,7 +264,7 @@ enum Dest<T> {
 multiversion! {
     /// Projects a chunk's inputs for times `t0..t0 + n`: `x @ W_ih^T + bias` of its active rows
     /// (step after step, in state-row order) and its groups of units, into `chunk.gi`.
-    fn project_block<T: Real>(
+    fn project_block<T: SimdFloat>(
         plan: Plan,
         dir: &DirPack<T>,
         src: Source<'_, T>,
@@ -315,7 +315,6 @@ multiversion! {
             &mut chunk.gi[..m * c_row],
             c_row,
             Some(&dir.bias[g0 * GROUP..g1 * GROUP]),
-            &mut chunk.scratch,
         );
     }
 }
@@ -340,7 +339,7 @@ struct Step<'a, T> {
 
 multiversion! {
     /// One step of one chunk: its matmul, then the gate pass over its units of every active row.
-    fn advance<T: Real>(s: &Step<'_, T>, c: &mut Chunk<T>) {
+    fn advance<T: SimdFloat>(s: &Step<'_, T>, c: &mut Chunk<T>) {
         let hidden = s.hidden;
         // This chunk's active rows: state rows r0..r0 + m.
         let m = c.active(s.m);
@@ -358,7 +357,6 @@ multiversion! {
             &mut c.gh[..m * c_row],
             c_row,
             None,
-            &mut c.scratch,
         );
         if s.plan.fma {
             gate_pass::<T, true>(s, c, m);
@@ -372,7 +370,7 @@ multiversion! {
 /// `c.gh` (overwritten) and its projected inputs: first r and z of every row and unit, then n
 /// and h'.
 #[inline(always)]
-fn gate_pass<T: Real, const FMA: bool>(s: &Step<'_, T>, c: &mut Chunk<T>, m: usize) {
+fn gate_pass<T: SimdFloat, const FMA: bool>(s: &Step<'_, T>, c: &mut Chunk<T>, m: usize) {
     let hidden = s.hidden;
     let c_row = (c.g1 - c.g0) * GROUP;
     let gi_rows = &c.gi[c.gi_at[s.t - s.t0] * c_row..][..m * c_row];
