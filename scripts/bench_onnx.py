@@ -33,7 +33,9 @@ def reorder(w, h):
     return np.concatenate([z, r, n], axis=0)
 
 
-def build_graph(gru, seq_len, batch, varlen):
+def build_graph(gru, seq_len, batch, varlen, stream=False):
+    """The GRU as ONNX nodes; `stream`: each layer also takes its state `h0_l` `(1, B, H)` and
+    returns `hn_l` (outputs: the last layer's `y`, then every `hn_l`)."""
     h, d = gru.hidden_size, 2 if gru.bidirectional else 1
     nodes, inits = [], []
     x_name = "x"
@@ -49,9 +51,12 @@ def build_graph(gru, seq_len, batch, varlen):
         inputs = [x_name, f"W{layer}", f"R{layer}", f"B{layer}"]
         if varlen:
             inputs.append("lengths")
+        elif stream:
+            inputs += ["", f"h0_{layer}"]
         y = f"y{layer}"
+        outs = [y, f"hn_{layer}"] if stream else [y]
         nodes.append(helper.make_node(
-            "GRU", inputs, [y], hidden_size=h, linear_before_reset=1,
+            "GRU", inputs, outs, hidden_size=h, linear_before_reset=1,
             direction="bidirectional" if d == 2 else "forward"))
         # Y is (T, D, B, H); the next layer (and PyTorch's output) wants (T, B, D * H).
         nodes.append(helper.make_node("Transpose", [y], [f"{y}_t"], perm=[0, 2, 1, 3]))
@@ -63,6 +68,11 @@ def build_graph(gru, seq_len, batch, varlen):
     if varlen:
         inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, [batch]))
     outputs = [helper.make_tensor_value_info(x_name, TensorProto.FLOAT, [seq_len, batch, d * h])]
+    if stream:
+        for layer in range(gru.num_layers):
+            shape = [1, batch, h]
+            inputs.append(helper.make_tensor_value_info(f"h0_{layer}", TensorProto.FLOAT, shape))
+            outputs.append(helper.make_tensor_value_info(f"hn_{layer}", TensorProto.FLOAT, shape))
     graph = helper.make_graph(nodes, "gru", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -108,6 +118,9 @@ def main():
         lo = max(1, (a.seq_len + 1) // 2)
         lengths = torch.randint(lo, a.seq_len + 1, (a.batch,))
         feeds["lengths"] = lengths.numpy().astype(np.int32)
+    if a.stream:
+        stream_main(a, gru, x)
+        return
     model = build_graph(gru, a.seq_len, a.batch, a.varlen)
     run, version = make_runner(a.runtime, model, a.threads)
 
@@ -153,6 +166,53 @@ def main():
               f"bi={a.bidirectional} T={a.seq_len} B={a.batch} varlen={a.varlen}: median "
               f"{median:.3f} ms (min {times[0]:.3f}, max {times[-1]:.3f}), "
               f"{r['gflops']:.1f} GFLOP/s, max |d| vs torch {diff:.1e}")
+
+
+def stream_main(a, gru, x):
+    """--stream: one frame per `run` call, each layer's state fed back (ONNX Runtime only)."""
+    if a.runtime != "onnxruntime" or a.bidirectional or a.varlen:
+        sys.exit("--stream: onnxruntime, unidirectional, fixed length only")
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = a.threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(build_graph(gru, 1, a.batch, False, stream=True).SerializeToString(),
+                                opts, providers=["CPUExecutionProvider"])
+    frames = [x[t:t + 1].numpy() for t in range(a.seq_len)]
+    zeros = np.zeros((1, a.batch, a.hidden_size), np.float32)
+
+    def forward():
+        h = [zeros] * a.num_layers
+        outs = []
+        for frame in frames:
+            feeds = {"x": frame, **{f"h0_{l}": h[l] for l in range(a.num_layers)}}
+            y, *h = sess.run(None, feeds)
+            outs.append(y)
+        return np.concatenate(outs)
+
+    with torch.inference_mode():
+        ref = gru(x)[0].numpy()
+    diff = float(np.abs(forward() - ref).max())
+    if not diff <= 1e-4:
+        sys.exit(f"onnxruntime --stream: output differs from PyTorch's by {diff:.3e}")
+    for _ in range(a.warmup):
+        forward()
+    times = []
+    for _ in range(a.iters):
+        t0 = time.perf_counter()
+        forward()
+        times.append((time.perf_counter() - t0) * 1e3)
+    median = statistics.median(times)
+    r = {
+        "impl": "onnxruntime", "input_size": a.input_size, "hidden_size": a.hidden_size,
+        "num_layers": a.num_layers, "bidirectional": False, "seq_len": a.seq_len,
+        "batch": a.batch, "varlen": False, "stream": True, "frame_us": median * 1e3 / a.seq_len,
+        "device": "cpu", "dtype": "f32", "threads": a.threads, "iters": a.iters,
+        "median_ms": median, "min_ms": min(times), "max_ms": max(times),
+        "gflops": gru_flops(a) / (median * 1e-3) / 1e9,
+        "max_abs_diff_vs_torch": diff, "version": ort.__version__,
+    }
+    print(json.dumps(r) if a.json else f"onnxruntime --stream: {r['frame_us']:.2f} us per frame")
 
 
 if __name__ == "__main__":

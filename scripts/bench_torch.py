@@ -27,6 +27,8 @@ def bench_parser(devices=None, dtypes=("f32", "f64", "f16", "bf16")):
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--varlen", action="store_true")
+    p.add_argument("--stream", action="store_true",
+                   help="one frame per call, the state carried (a real-time service's loop)")
     p.add_argument("--device", default="cpu", choices=devices)
     p.add_argument("--dtype", default="f32", choices=list(dtypes))
     p.add_argument("--threads", type=int)
@@ -64,7 +66,18 @@ def main():
         lo = max(1, (a.seq_len + 1) // 2)
         lengths = torch.randint(lo, a.seq_len + 1, (a.batch,))
 
+    if a.stream and (a.bidirectional or a.varlen):
+        raise SystemExit("--stream: a bidirectional or variable-length GRU cannot stream")
+    frames = [x[t:t + 1] for t in range(a.seq_len)]
+
     def forward():
+        if a.stream:
+            h = None
+            for frame in frames:
+                out, h = gru(frame, h)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return out
         inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
         out, _ = gru(inp)
         if dev.type == "cuda":
@@ -91,8 +104,9 @@ def main():
     r = {
         "impl": "pytorch", "input_size": a.input_size, "hidden_size": a.hidden_size,
         "num_layers": a.num_layers, "bidirectional": a.bidirectional, "seq_len": a.seq_len,
-        "batch": a.batch, "varlen": a.varlen, "device": a.device, "dtype": a.dtype,
-        "threads": torch.get_num_threads(), "iters": a.iters, "median_ms": median,
+        "batch": a.batch, "varlen": a.varlen, "stream": a.stream,
+        "frame_us": median * 1e3 / a.seq_len if a.stream else None,
+        "device": a.device, "dtype": a.dtype, "threads": torch.get_num_threads(), "iters": a.iters, "median_ms": median,
         "min_ms": times[0], "max_ms": times[-1], "gflops": flops / (median * 1e-3) / 1e9,
         "peak_mem_mb": peak, "torch_version": torch.__version__,
     }

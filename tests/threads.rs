@@ -15,7 +15,7 @@ fn reference_cases_match_pytorch_with_four_and_three_threads() {
         // SAFETY (of set_var): this binary runs this single test, before any other thread reads
         // the environment.
         std::env::set_var("RAYON_NUM_THREADS", threads);
-        assert_eq!(candle_core::utils::get_num_threads().to_string(), threads);
+        assert_eq!(gru_core::cpu_threads().to_string(), threads);
         for p in find_cases(&[models_dir().join("reference")]) {
             let r = run_case(&Case::load(&p).unwrap(), &RunOptions::default()).unwrap();
             assert!(

@@ -18,14 +18,20 @@ vector_row! {
     |acc, a, b| vfmaq_f64(acc, a, b)
 }
 
+/// # Safety
+/// NEON (every aarch64 CPU).
 #[inline(always)]
-fn zero_f32() -> float32x4_t {
-    vdupq_n_f32(0.0)
+unsafe fn zero_f32() -> float32x4_t {
+    // SAFETY: the caller's contract.
+    unsafe { vdupq_n_f32(0.0) }
 }
 
+/// # Safety
+/// NEON (every aarch64 CPU).
 #[inline(always)]
-fn zero_f64() -> float64x2_t {
-    vdupq_n_f64(0.0)
+unsafe fn zero_f64() -> float64x2_t {
+    // SAFETY: the caller's contract.
+    unsafe { vdupq_n_f64(0.0) }
 }
 
 entry!(run_f32, f32, F32, "neon");
