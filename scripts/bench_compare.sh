@@ -5,6 +5,10 @@
 #
 #   scripts/bench_compare.sh [--rounds N] [--threads N] [--device cpu|cuda] [--out DIR]
 #
+# On CPU it also times our kernel at every lower SIMD level the CPU has (GRU_CPU_LEVEL, as
+# `ours@avx2` etc.), streaming one frame per call (ours, PyTorch, ONNX Runtime), and
+# examples/stream_latency (a whole streaming model) with RAYON_NUM_THREADS unset and set.
+#
 # Needs: a release build of `gru` (built here if missing) and a Python with torch
 # (PYTHON=venv/bin/python by default, else python3); for the ONNX baselines also
 # `pip install onnx onnxruntime openvino` (scripts/bench_onnx.py checks each against PyTorch).
@@ -40,6 +44,24 @@ GRID=(
   "medium_varlen|--input-size 128 --hidden-size 256 --num-layers 2 --bidirectional --seq-len 100 --batch 32 --varlen|10|no"
 )
 
+# name | gru bench arguments | iters: one frame per call, the state carried.
+STREAM_GRID=(
+  "stream_small|--input-size 16 --hidden-size 32 --num-layers 1 --seq-len 200 --batch 1 --stream|20"
+  "stream_64x96|--input-size 64 --hidden-size 96 --num-layers 2 --seq-len 200 --batch 1 --stream|20"
+)
+
+# The SIMD levels below the CPU's best that our kernel also runs at (the best is `ours`).
+LEVELS=()
+if [ "$DEVICE" = cpu ] && [ "$(uname -m)" = x86_64 ]; then
+  flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
+  LEVELS=(baseline)
+  if [[ $flags == *" avx512f"* ]]; then LEVELS+=(avx2); fi
+fi
+STREAM_EXAMPLE=target/release/examples/stream_latency
+if [ "$DEVICE" = cpu ] && [ ! -x "$STREAM_EXAMPLE" ]; then
+  cargo build --release --example stream_latency
+fi
+
 RUNTIMES=()
 if [ "$DEVICE" = cpu ] && "$PYTHON" -c "import onnx, onnxruntime, openvino" 2>/dev/null; then
   RUNTIMES=(onnxruntime openvino)
@@ -64,7 +86,32 @@ for round in $(seq 1 "$ROUNDS"); do
       # shellcheck disable=SC2086
       "$GRU" bench $common --impl candle-nn | tag "$name" "$round" >>"$RESULTS"
     fi
+    for level in "${LEVELS[@]}"; do
+      # shellcheck disable=SC2086
+      GRU_CPU_LEVEL=$level "$GRU" bench $common --impl ours | tag "$name" "$round" \
+        | sed "s/\"impl\": \"ours\"/\"impl\": \"ours@$level\"/" >>"$RESULTS"
+    done
   done
+  [ "$DEVICE" = cpu ] || continue
+  for row in "${STREAM_GRID[@]}"; do
+    IFS='|' read -r name args iters <<<"$row"
+    common="$args --device cpu --threads $THREADS --warmup 2 --iters $iters --json"
+    echo "round $round: $name" >&2
+    # shellcheck disable=SC2086
+    "$GRU" bench $common --impl ours | tag "$name" "$round" >>"$RESULTS"
+    # shellcheck disable=SC2086
+    "$PYTHON" scripts/bench_torch.py $common | tag "$name" "$round" >>"$RESULTS"
+    if [ ${#RUNTIMES[@]} -gt 0 ]; then
+      # shellcheck disable=SC2086
+      "$PYTHON" scripts/bench_onnx.py --runtime onnxruntime $common | tag "$name" "$round" >>"$RESULTS"
+    fi
+  done
+  # A whole streaming model as a library user runs it: by default, and with the threads set.
+  echo "round $round: stream_model" >&2
+  env -u RAYON_NUM_THREADS "$STREAM_EXAMPLE" --frames 1000 --rounds 3 --json \
+    | sed 's/"stream_model"/"ours-default-env"/' | tag stream_model "$round" >>"$RESULTS"
+  RAYON_NUM_THREADS=$THREADS "$STREAM_EXAMPLE" --frames 1000 --rounds 3 --json \
+    | sed 's/"stream_model"/"ours-threads-set"/' | tag stream_model "$round" >>"$RESULTS"
 done
 
 # candle's sgemm rate on SIZE^3 in the same run: the yardstick for the large config.

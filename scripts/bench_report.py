@@ -64,7 +64,51 @@ def table(runs, extra):
         out += f"\n\nPyTorch {extra['torch_version']}."
     if any(i in RUNTIMES for (_, i) in runs):
         out += "\n\n" + runtimes_table(runs, extra)
+    if any("@" in i for (_, i) in runs):
+        out += "\n\n" + levels_table(runs)
+    if any(c.startswith("stream") for (c, _) in runs):
+        out += "\n\n" + stream_table(runs)
     return out
+
+
+def levels_table(runs):
+    """Our kernel at each SIMD level the CPU has (GRU_CPU_LEVEL), against its best level."""
+    best = next((r.get("cpu_level") for (c, i), rs in runs.items() if i == "ours" for r in rs), "?")
+    levels = sorted({i.split("@")[1] for (_, i) in runs if i.startswith("ours@")})
+    cols = [best] + levels
+    lines = ["| config | " + " | ".join(f"{l} ms" for l in cols) + " | "
+             + " | ".join(f"{l} / {best}" for l in levels) + " |",
+             "| --- |" + " ---: |" * (2 * len(cols) - 1)]
+    cell = lambda v: "-" if v is None else (f"{v:.3f}" if v < 10 else f"{v:.1f}")
+    for c in ORDER:
+        if (c, "ours") not in runs:
+            continue
+        om = med(runs[(c, "ours")], "median_ms")
+        ms = [med(runs[(c, f"ours@{l}")], "median_ms") if (c, f"ours@{l}") in runs else None
+              for l in levels]
+        lines.append(f"| {c} | {cell(om)} | " + " | ".join(cell(m) for m in ms) + " | "
+                     + " | ".join("-" if m is None else f"{m / om:.2f}" for m in ms) + " |")
+    return "\n".join(lines)
+
+
+def stream_table(runs):
+    """One frame per call at batch 1: microseconds per frame."""
+    lines = ["| streaming, us per frame | ours | PyTorch | ONNX Runtime | ours / PyTorch | ours / ONNX Runtime |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for c in sorted({c for (c, _) in runs if c.startswith("stream_") and c != "stream_model"}):
+        v = [med(runs[(c, i)], "frame_us") if (c, i) in runs else None
+             for i in ["ours", "pytorch", "onnxruntime"]]
+        cell = lambda x: "-" if x is None else f"{x:.2f}"
+        ratio = lambda x: "-" if x is None or v[0] is None else f"{v[0] / x:.3f}"
+        lines.append(f"| {c} | {cell(v[0])} | {cell(v[1])} | {cell(v[2])} | {ratio(v[1])} | {ratio(v[2])} |")
+    d, s = runs.get(("stream_model", "ours-default-env")), runs.get(("stream_model", "ours-threads-set"))
+    if d and s:
+        lines += ["", "| Linear -> 2-layer GRU -> GRUCell -> Linear, us per frame | RAYON_NUM_THREADS unset | set | unset / set |",
+                  "| --- | ---: | ---: | ---: |"]
+        for key, what in [("frame_us", "whole model"), ("gru_frame_us", "the GRU's forward_chunk")]:
+            a, b = med(d, key), med(s, key)
+            lines.append(f"| {what} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
+    return "\n".join(lines)
 
 
 def runtimes_table(runs, extra):
