@@ -23,7 +23,11 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: usize| -> anyhow::Result<usize> {
         match args.iter().position(|a| a == name) {
-            Some(i) => Ok(args.get(i + 1).map(|v| v.parse()).transpose()?.unwrap_or(default)),
+            Some(i) => Ok(args
+                .get(i + 1)
+                .map(|v| v.parse())
+                .transpose()?
+                .unwrap_or(default)),
             None => Ok(default),
         }
     };

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU kernel on aarch64 Linux, from this x86-64 machine: a cross build of gru-core whose NEON
-# microkernel the codegen guard checks, then gru-core's unit tests (every tile at the NEON and
-# scalar levels against an exact product) run under qemu-user: correctness only, not speed.
+# microkernel the codegen guard checks, then under qemu-user (correctness only, not speed)
+# gru-core's unit tests (every tile at the NEON and scalar levels against an exact product) and,
+# at both levels, the reference cases against PyTorch and the edge-shape sweep on 1 and 3 threads.
 # Installs what it needs (rust target, cross gcc, qemu-user-static) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +24,8 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /us
 cargo build --release -p gru-core --target "$TARGET"
 python3 scripts/check_codegen.py --arch aarch64 "target/$TARGET/release/libgru_core.rlib"
 cargo test --release -p gru-core --lib --target "$TARGET"
+# (The child test directly: the parent's child processes would not go through qemu.)
+for level in scalar baseline; do
+  GRU_CPU_LEVEL=$level cargo test --release --target "$TARGET" --test cpu_levels -- \
+    level_child_runs_the_cases_and_the_sweep --exact --ignored
+done

@@ -21,13 +21,22 @@ fn every_cpu_level_matches_pytorch() {
     println!("levels: {levels:?} (the best, {best}, runs in the other tests)");
     for level in lower {
         let out = Command::new(std::env::current_exe().unwrap())
-            .args([CHILD, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                CHILD,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("GRU_CPU_LEVEL", level)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "level {level}:\n{text}");
-        assert!(text.contains("1 passed"), "level {level} ran nothing:\n{text}");
+        assert!(
+            text.contains("1 passed"),
+            "level {level} ran nothing:\n{text}"
+        );
     }
 }
 
@@ -36,7 +45,10 @@ fn every_cpu_level_matches_pytorch() {
 fn level_child_runs_the_cases_and_the_sweep() {
     if let Ok(want) = std::env::var("GRU_CPU_LEVEL") {
         let level = gru_core::cpu_level();
-        assert!(level.starts_with(&want), "asked for {want}, running {level}");
+        assert!(
+            level.starts_with(&want),
+            "asked for {want}, running {level}"
+        );
     }
     for threads in ["1", "3"] {
         // SAFETY (of set_var): this process runs this single test, before any other thread
@@ -46,7 +58,11 @@ fn level_child_runs_the_cases_and_the_sweep() {
         for p in find_cases(&[models_dir().join("reference")]) {
             let r = run_case(&Case::load(&p).unwrap(), &RunOptions::default()).unwrap();
             let level = gru_core::cpu_level();
-            assert!(r.passed, "{} at {level}, {threads} threads: {:?}", r.name, r.divergence);
+            assert!(
+                r.passed,
+                "{} at {level}, {threads} threads: {:?}",
+                r.name, r.divergence
+            );
         }
         kernel_shapes::kernel_matches_candle_ops_on_every_shape();
     }

@@ -1,17 +1,17 @@
 //! The matrix products of the CPU recurrence, on weights packed as gate panels
 //! ([`super::panels`]): a register-blocked microkernel (a few rows of the left operand times one
-//! panel, the accumulators in registers, both operands read contiguously), looped over blocks of
-//! rows and the panels.
+//! or two panels, the accumulators in registers, the panels read contiguously, the rows in
+//! place), looped over blocks of rows and the panels.
 //!
 //! The tiles themselves are [`super::microkernel`]'s, one build per SIMD level; this file blocks
-//! the product for the caches, packs the left operand and splits panels across threads.
+//! the product for the caches and splits panels across threads.
 
 use super::microkernel::{Block, SimdFloat, MAX_ROWS};
 use super::panels::NR;
 use super::simd::Level;
 use super::team::SharedMut;
 
-/// Bytes of the left operand (packed) kept in cache while every panel passes over it.
+/// Bytes of the left operand kept in cache while every panel passes over it.
 const A_BLOCK_BYTES: usize = 128 << 10;
 
 /// Depth of a block of `k`: a slice of a panel (`KC x NR` values) stays in L1.
@@ -37,8 +37,10 @@ impl Plan {
         Self::at::<T>(super::simd::level(), threads)
     }
 
-    /// The plan at `level`, which the CPU must have (the tiles run its instructions).
+    /// The plan at `level`, or at the CPU's best level if that is lower (the tiles run the
+    /// level's instructions).
     pub fn at<T: SimdFloat>(level: Level, threads: usize) -> Self {
+        let level = level.min(super::simd::detected());
         Self {
             level,
             rows: T::tile_rows(level),
@@ -81,6 +83,12 @@ pub(super) fn matmul_panels<T: SimdFloat>(
     if m == 0 || n_panels == 0 {
         return;
     }
+    // (`Plan`'s fields are public: a level above the CPU's would run instructions it lacks.)
+    assert!(
+        plan.level <= super::simd::detected(),
+        "{:?} on this CPU",
+        plan.level
+    );
     let rows = plan.rows.clamp(1, MAX_ROWS);
     // Blocks of `k`, so that the slice of a panel the kernel streams stays in L1 while every
     // group of rows passes over it; later blocks continue the sums the earlier ones stored.
@@ -160,14 +168,18 @@ mod tests {
 
     fn check<T: SimdFloat>(level: Level) {
         let v = |x: f64| T::from_f64(x);
-        for &(m, k, hidden) in &[
-            (1, 3, 5),
-            (7, 32, 16),
-            (13, 80, 40),
-            (64, 128, 96),
-            (9, 600, 20),
+        // (64, 256, 80): 15 panels over 3 threads, ranges of odd length starting at odd panels.
+        // `pad`: rows of `a` longer than k (a stride past the product's depth).
+        for &(m, k, hidden, pad) in &[
+            (1, 3, 5, 0),
+            (7, 32, 16, 3),
+            (13, 80, 40, 0),
+            (64, 128, 96, 0),
+            (64, 256, 80, 5),
+            (9, 600, 20, 1),
         ] {
-            let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 13) as f64) - 6.0).collect();
+            let lda = k + pad;
+            let a: Vec<f64> = (0..m * lda).map(|i| ((i * 7 % 13) as f64) - 6.0).collect();
             // PyTorch's W (3H, k).
             let w: Vec<f64> = (0..3 * hidden * k)
                 .map(|i| ((i * 5 % 11) as f64) * 0.5)
@@ -193,12 +205,12 @@ mod tests {
                         let mut c = vec![v(f64::NAN); m * ldc];
                         let b = with_bias.then_some(&grouped_bias[..]);
                         let p = &packed.data;
-                        matmul_panels(plan, m, k, &a_t, k, p, &mut c, ldc, b);
+                        matmul_panels(plan, m, k, &a_t, lda, p, &mut c, ldc, b);
                         for i in 0..m {
                             for gate in 0..3 {
                                 for u in 0..hidden {
                                     let want: f64 = (0..k)
-                                        .map(|kk| a[i * k + kk] * w[(gate * hidden + u) * k + kk])
+                                        .map(|kk| a[i * lda + kk] * w[(gate * hidden + u) * k + kk])
                                         .sum::<f64>()
                                         + if with_bias {
                                             bias[gate * hidden + u]

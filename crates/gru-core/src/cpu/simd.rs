@@ -71,7 +71,7 @@ impl Level {
 }
 
 /// The best level this CPU has.
-fn detected() -> Level {
+pub(crate) fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;

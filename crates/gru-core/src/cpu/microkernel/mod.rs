@@ -1,11 +1,11 @@
-//! The matmul microkernel: a tile of `R` packed rows of the left operand times `P` adjacent gate
+//! The matmul microkernel: a tile of `R` rows of the left operand times `P` adjacent gate
 //! panels (each `k x NR`), its `R x P` accumulators in registers, written once per SIMD level
 //! with that level's intrinsics so that the hot loop's instructions are what the source says
 //! (an autovectorizer once turned the AVX-512 build of a plain-Rust kernel into gathers and
-//! scatters, 20-60x slower). `scripts/check_codegen.sh` checks every level's build.
+//! scatters, 20-60x slower). `scripts/check_codegen.py` checks every level's build.
 //!
 //! The tile and the loops around it are written once, over [`PanelRow`]: one row of a panel in
-//! a level's registers and the five operations the tile needs. Each level's file implements it
+//! a level's registers and the six operations the tile needs. Each level's file implements it
 //! for f32 and f64; `scalar` is the portable reference the tests compare against.
 //!
 //! Every value sums its products over `k` in order (tiles of 1-3 rows: in 2-4 interleaved
@@ -278,14 +278,15 @@ impl<T: Copy> Tile<T> {
                 (3, ..) => self.run::<V, 3, P, 1, ACC>(),
                 (2, _, 2, _) => self.run::<V, 2, P, 2, ACC>(),
                 (2, ..) => self.run::<V, 2, P, 1, ACC>(),
-                (_, _, _, 4) => self.run::<V, 1, P, 4, ACC>(),
-                (_, _, _, 2) => self.run::<V, 1, P, 2, ACC>(),
-                _ => self.run::<V, 1, P, 1, ACC>(),
+                (1, _, _, 4) => self.run::<V, 1, P, 4, ACC>(),
+                (1, _, _, 2) => self.run::<V, 1, P, 2, ACC>(),
+                (1, ..) => self.run::<V, 1, P, 1, ACC>(),
+                _ => unreachable!("a tile of {r} rows"),
             }
         }
     }
 
-    /// `R` packed rows times `P` panels: `S x R x P` accumulators (`S` sums over alternate
+    /// `R` rows times `P` panels: `S x R x P` accumulators (`S` sums over alternate
     /// steps of `k`), one pass over `k`, starting from zero or (`ACC`) from the sums in `c`.
     ///
     /// # Safety
@@ -358,7 +359,7 @@ impl<T: Copy> Tile<T> {
         acc: &mut [[V; P]; R],
         kk: usize,
     ) {
-        // SAFETY: inside the panels and the packed rows (the caller's contract).
+        // SAFETY: inside the panels and the rows of `a` (the caller's contract).
         unsafe {
             // (A loop, not `array::from_fn`: a closure gets no target features if not inlined.)
             let mut b = [V::zero(); P];
@@ -419,8 +420,8 @@ macro_rules! vector_row {
                 const LANES: usize = super::NR / $n;
                 // SAFETY: the trait's contract: `p` valid for NR values.
                 unsafe {
-                    for (i, v) in self.0.into_iter().enumerate() {
-                        $store(p.add(i * LANES), v);
+                    for i in 0..$n {
+                        $store(p.add(i * LANES), self.0[i]);
                     }
                 }
             }
