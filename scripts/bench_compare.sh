@@ -8,6 +8,7 @@
 # On CPU it also times our kernel at every lower SIMD level the CPU has (GRU_CPU_LEVEL, as
 # `ours@avx2` etc.), streaming one frame per call (ours, PyTorch, ONNX Runtime), and
 # examples/stream_latency (a whole streaming model) with RAYON_NUM_THREADS unset and set.
+# GRU_PREV=path/to/an/older/gru adds that build's `ours` as `ours-prev` (a change, side by side).
 #
 # Needs: a release build of `gru` (built here if missing) and a Python with torch
 # (PYTHON=venv/bin/python by default, else python3); for the ONNX baselines also
@@ -86,10 +87,15 @@ for round in $(seq 1 "$ROUNDS"); do
       # shellcheck disable=SC2086
       "$GRU" bench $common --impl candle-nn | tag "$name" "$round" >>"$RESULTS"
     fi
+    if [ -n "${GRU_PREV:-}" ]; then
+      # shellcheck disable=SC2086
+      "$GRU_PREV" bench $common --impl ours | tag "$name" "$round" \
+        | sed 's/"impl": *"ours"/"impl":"ours-prev"/' >>"$RESULTS"
+    fi
     for level in "${LEVELS[@]}"; do
       # shellcheck disable=SC2086
       GRU_CPU_LEVEL=$level "$GRU" bench $common --impl ours | tag "$name" "$round" \
-        | sed "s/\"impl\": \"ours\"/\"impl\": \"ours@$level\"/" >>"$RESULTS"
+        | sed "s/\"impl\": *\"ours\"/\"impl\":\"ours@$level\"/" >>"$RESULTS"
     done
   done
   [ "$DEVICE" = cpu ] || continue

@@ -64,11 +64,23 @@ def table(runs, extra):
         out += f"\n\nPyTorch {extra['torch_version']}."
     if any(i in RUNTIMES for (_, i) in runs):
         out += "\n\n" + runtimes_table(runs, extra)
+    if any(i == "ours-prev" for (_, i) in runs):
+        out += "\n\n" + prev_table(runs)
     if any("@" in i for (_, i) in runs):
         out += "\n\n" + levels_table(runs)
     if any(c.startswith("stream") for (c, _) in runs):
         out += "\n\n" + stream_table(runs)
     return out
+
+
+def prev_table(runs):
+    """This build against an older one (GRU_PREV), same run."""
+    lines = ["| config | ours ms | previous build ms | ours / previous |", "| --- | ---: | ---: | ---: |"]
+    for c in ORDER + sorted({c for (c, _) in runs if c.startswith("stream_") and c != "stream_model"}):
+        if (c, "ours") in runs and (c, "ours-prev") in runs:
+            a, b = med(runs[(c, "ours")], "median_ms"), med(runs[(c, "ours-prev")], "median_ms")
+            lines.append(f"| {c} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+    return "\n".join(lines)
 
 
 def levels_table(runs):

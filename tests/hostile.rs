@@ -580,14 +580,116 @@ fn a_view_past_its_storage_is_refused_by_name() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`w`") && e.contains("reaches element 7"), "{e}");
-    // The pickle declares more elements than the file holds.
-    std::fs::write(&p, legacy(&state_dict_pickle(9, 4), 4, &values)).unwrap();
-    let f = gru_weights::WeightFile::open(&p).unwrap();
-    let e = f
-        .load("w", &candle_core::Device::Cpu)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("declares 9 elements"), "{e}");
+    // The pickle declares more elements than the storage's record holds, or fewer: PyTorch
+    // refuses both ("storage has wrong byte size").
+    for declared in [9, 3] {
+        std::fs::write(&p, legacy(&state_dict_pickle(declared, 3), 4, &values)).unwrap();
+        let e = gru_weights::WeightFile::open(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("its record holds 4 elements, the pickle declares"),
+            "{e}"
+        );
+    }
+}
+
+/// `_rebuild_tensor_v2` over storage `key` of class `class` (`FloatStorage`, `HalfStorage`, ...)
+/// of `numel` elements, as a 1-D tensor of `size` at `offset`, optionally through a legacy
+/// storage view `(view key, offset, length)`.
+fn tensor_over(
+    class: &str,
+    key: u8,
+    numel: u8,
+    size: u8,
+    offset: u8,
+    view: Option<(u8, u8, u8)>,
+) -> Vec<u8> {
+    let mut t = b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\n".to_vec();
+    t.extend_from_slice(class.as_bytes());
+    t.push(b'\n');
+    t.extend_from_slice(&[b'X', 1, 0, 0, 0, key]);
+    t.extend_from_slice(&[b'X', 3, 0, 0, 0, b'c', b'p', b'u', b'K', numel]);
+    if let Some((vk, off, len)) = view {
+        t.extend_from_slice(&[b'(', b'X', 1, 0, 0, 0, vk, b'K', off, b'K', len, b't']);
+    }
+    t.extend_from_slice(&[b't', b'Q', b'K', offset, b'K', size]);
+    t.extend_from_slice(b"\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR");
+    t
+}
+
+/// The pickle of `{'a': first, 'b': second}`.
+fn two_tensors(first: &[u8], second: &[u8]) -> Vec<u8> {
+    let mut p = b"\x80\x02}(X\x01\x00\x00\x00a".to_vec();
+    p.extend_from_slice(first);
+    p.extend_from_slice(b"X\x01\x00\x00\x00b");
+    p.extend_from_slice(second);
+    p.extend_from_slice(b"u.");
+    p
+}
+
+/// Files whose storages PyTorch reads differently from what each tensor's own description says
+/// (it keeps a storage key's first reference, a view key's first range, a zip entry name's first
+/// entry) are refused by name, in both containers; the same files made consistent load.
+#[test]
+fn storages_pytorch_would_read_through_another_reference_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str, bytes: Vec<u8>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        gru_weights::WeightFile::open(&p)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let data = [0u8; 32];
+    let f32_0 = tensor_over("FloatStorage", b'0', 8, 4, 0, None);
+    // One storage key as f32 and as f16 (PyTorch would read both as f32).
+    let half_0 = tensor_over("HalfStorage", b'0', 16, 4, 0, None);
+    let two_dtypes = two_tensors(&f32_0, &half_0);
+    let e = open("dtypes.pth", legacy(&two_dtypes, 8, &data)).unwrap_err();
+    assert!(
+        e.contains("storage \"0\" is named as 8 elements of f32 and as 16 of f16"),
+        "{e}"
+    );
+    let zipped = |p: &[u8]| {
+        zip_with(&[
+            ("archive/data.pkl", p, false),
+            ("archive/data/0", &data, false),
+        ])
+    };
+    let e = open("dtypes.pt", zipped(&two_dtypes)).unwrap_err();
+    assert!(
+        e.contains("named as 8 elements of f32 and as 16 of f16"),
+        "{e}"
+    );
+    // One key with two sizes.
+    let bigger = tensor_over("FloatStorage", b'0', 9, 4, 0, None);
+    let e = open("sizes.pt", zipped(&two_tensors(&f32_0, &bigger))).unwrap_err();
+    assert!(e.contains("as 8 elements of f32 and as 9 of f32"), "{e}");
+    // Two tensors sharing a storage the same way load.
+    let shared = two_tensors(&f32_0, &tensor_over("FloatStorage", b'0', 8, 4, 4, None));
+    open("shared.pt", zipped(&shared)).unwrap();
+    open("shared.pth", legacy(&shared, 8, &data)).unwrap();
+    // One legacy view key over two ranges (PyTorch caches the first).
+    let v1 = tensor_over("FloatStorage", b'0', 8, 4, 0, Some((b'v', 0, 4)));
+    let v2 = tensor_over("FloatStorage", b'0', 8, 4, 0, Some((b'v', 4, 4)));
+    let e = open("views.pth", legacy(&two_tensors(&v1, &v2), 8, &data)).unwrap_err();
+    assert!(e.contains("storage view \"v\" is named twice"), "{e}");
+    let v2 = tensor_over("FloatStorage", b'0', 8, 4, 0, Some((b'w', 4, 4)));
+    open("two_views.pth", legacy(&two_tensors(&v1, &v2), 8, &data)).unwrap();
+    // A zip entry name stored twice (PyTorch reads the first entry, a zip reader the last).
+    let p = state_dict_pickle(4, 4);
+    let mut z = zip_with(&[
+        ("archive/data.pkl", &p, false),
+        ("archive/data/0", &[1u8; 16], false),
+        ("archive/data/1", &[2u8; 16], false),
+    ]);
+    let (from, to) = (b"archive/data/1", b"archive/data/0");
+    let mut i = 0;
+    while let Some(at) = z[i..].windows(from.len()).position(|w| w == from) {
+        z[i + at..i + at + from.len()].copy_from_slice(to);
+        i += at + from.len();
+    }
+    let e = open("twice.pt", z).unwrap_err();
+    assert!(e.contains("two entries named \"archive/data/0\""), "{e}");
 }
 
 #[test]

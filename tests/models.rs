@@ -102,3 +102,46 @@ fn the_readme_shows_the_walkthrough_as_tested() {
         "README.md must show examples/common/walkthrough.rs verbatim"
     );
 }
+
+#[path = "../examples/common/streaming.rs"]
+mod streaming;
+
+/// The streaming walkthrough: any chunking of the frames gives PyTorch's output for the whole
+/// sequence at once.
+#[test]
+fn streaming_model_matches_pytorch_in_every_chunking() {
+    let dir = models_dir().join("streaming");
+    let model = streaming::Streamer::load(&dir.join("model.pt"), &Device::Cpu).unwrap();
+    let expected = WeightFile::open(dir.join("expected.safetensors")).unwrap();
+    let frames = expected.load("frames", &Device::Cpu).unwrap();
+    let reference = expected.load("logits", &Device::Cpu).unwrap();
+    let t = frames.dim(1).unwrap();
+    for chunk in [1, 4, 7, t] {
+        let mut state = streaming::StreamState::default();
+        let mut outs = Vec::new();
+        for t0 in (0..t).step_by(chunk) {
+            let x = frames.narrow(1, t0, chunk.min(t - t0)).unwrap();
+            outs.push(model.forward_chunk(&x, &mut state).unwrap());
+        }
+        let logits = candle_core::Tensor::cat(&outs, 1).unwrap();
+        let c = compare(
+            "logits",
+            &logits,
+            &reference,
+            Tolerance::for_dtype(DType::F32),
+        )
+        .unwrap();
+        assert!(c.passed, "chunks of {chunk}: max |d| {}", c.max_abs);
+    }
+}
+
+#[test]
+fn the_readme_shows_the_streaming_walkthrough_as_tested() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let code = std::fs::read_to_string(root.join("examples/common/streaming.rs")).unwrap();
+    assert!(
+        readme.contains(&code),
+        "README.md must show examples/common/streaming.rs verbatim"
+    );
+}

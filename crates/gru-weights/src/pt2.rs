@@ -280,6 +280,7 @@ fn tensor_ref(
             elem_size,
             numel,
             view: None,
+            view_key: None,
         },
         offset,
         shape,

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Result, WeightsError};
 use crate::file::Format;
 use crate::pickle::{self, Limits, Value};
-use crate::torch_pickle::{quantized, storage_sizes, walk_tensors, Found, TensorRef, Tensors};
+use crate::torch_pickle::{quantized, storage_table, walk_tensors, Found, TensorRef, Tensors};
 
 /// Largest pickle read (a state dict of 10,000 tensors pickles to a few MB).
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
@@ -94,6 +94,7 @@ fn parse_pickle(path: &Path, what: &str, bytes: &[u8]) -> Result<(pickle::Pickle
 /// The tensors of a parsed main pickle; a pickle with none is described, not accepted.
 fn tensors_of(path: &Path, what: &str, p: &pickle::Pickle) -> Result<Tensors> {
     let walked = walk_tensors(p).map_err(|e| WeightsError::file(path, format!("{what}: {e}")))?;
+    storage_table(p).map_err(|e| WeightsError::file(path, format!("{what}: {e}")))?;
     let found = &walked.found;
     if let (true, Some(q)) = (found.is_empty(), quantized(p)) {
         return Err(WeightsError::file(
@@ -225,18 +226,31 @@ pub(crate) const DCP_HINT: &str = "a torch.distributed.checkpoint shard (`*.dist
 /// relative to its own start. A file whose end record cannot be found passes, for the zip
 /// reader to name what is wrong.
 fn directory_ends_at_record(map: &[u8]) -> bool {
+    match central_directory(map) {
+        None => true,
+        Some(None) => false,
+        Some(Some(d)) => d.offset.checked_add(d.size) == Some(d.record_at),
+    }
+}
+
+/// Where a zip's central directory is, from its end record (and zip64 record).
+struct Directory {
+    offset: u64,
+    size: u64,
+    /// Where the end record (or the zip64 end record) starts.
+    record_at: u64,
+}
+
+/// `None` when no end record is found, `Some(None)` when a zip64 locator points at no zip64
+/// record, else where the directory is.
+fn central_directory(map: &[u8]) -> Option<Option<Directory>> {
     const EOCD: &[u8] = b"PK\x05\x06";
     let from = map.len().saturating_sub(22 + 0xFFFF);
-    let Some(at) = map[from..]
+    let at = map[from..]
         .windows(4)
         .rposition(|w| w == EOCD)
-        .map(|i| from + i)
-    else {
-        return true;
-    };
-    let Some(rec) = map.get(at..at + 22) else {
-        return true;
-    };
+        .map(|i| from + i)?;
+    let rec = map.get(at..at + 22)?;
     let u32_at = |i: usize| u64::from(u32::from_le_bytes(rec[i..i + 4].try_into().expect("4")));
     let (mut size, mut offset) = (u32_at(12), u32_at(16));
     // The directory ends at the end record, or at the zip64 record when a locator (the 20 bytes
@@ -249,13 +263,13 @@ fn directory_ends_at_record(map: &[u8]) -> bool {
             .ok()
             .and_then(|r| map.get(r..r.checked_add(56)?));
         let Some(z) = z.filter(|z| z.starts_with(b"PK\x06\x06")) else {
-            return false;
+            return Some(None);
         };
         let u64_at = |i: usize| u64::from_le_bytes(z[i..i + 8].try_into().expect("8 bytes"));
         // The zip64 record ends where the locator starts: a pointer relative to a later
         // archive's start lands on an earlier archive's record instead.
         if z_at.checked_add(12).and_then(|e| e.checked_add(u64_at(4))) != Some(at as u64 - 20) {
-            return false;
+            return Some(None);
         }
         if size == u64::from(u32::MAX) {
             size = u64_at(40);
@@ -265,7 +279,36 @@ fn directory_ends_at_record(map: &[u8]) -> bool {
         }
         record_at = z_at;
     }
-    offset.checked_add(size) == Some(record_at)
+    Some(Some(Directory {
+        offset,
+        size,
+        record_at,
+    }))
+}
+
+/// The first entry name the central directory lists twice, if any. The zip reader keeps the
+/// last entry of a name, PyTorch's reader the first: such a file is refused, not read either way.
+fn duplicate_entry(map: &[u8]) -> Option<String> {
+    let Some(Some(d)) = central_directory(map) else {
+        return None;
+    };
+    let start = usize::try_from(d.offset).ok()?;
+    let dir = map.get(start..start.checked_add(usize::try_from(d.size).ok()?)?)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut pos = 0;
+    while let Some(h) = dir
+        .get(pos..pos + 46)
+        .filter(|h| h.starts_with(b"PK\x01\x02"))
+    {
+        let u16_at = |i: usize| usize::from(u16::from_le_bytes([h[i], h[i + 1]]));
+        let (name_len, extra, comment) = (u16_at(28), u16_at(30), u16_at(32));
+        let name = dir.get(pos + 46..pos + 46 + name_len)?;
+        if !seen.insert(name) {
+            return Some(String::from_utf8_lossy(name).into_owned());
+        }
+        pos += 46 + name_len + extra + comment;
+    }
+    None
 }
 
 /// The `torch.save` file an older `torch.export` archive keeps its state dict in: torch 2.1-2.5
@@ -315,6 +358,15 @@ fn read_zip_in(
     };
     let archive = zip::ZipArchive::with_config(config, Cursor::new(shared))
         .map_err(|e| WeightsError::format(path, "not a readable PyTorch zip file", e))?;
+    if let Some(name) = duplicate_entry(map) {
+        return Err(WeightsError::file(
+            path,
+            format!(
+                "the zip archive holds two entries named {name:?} (PyTorch reads the first, a \
+                 zip reader the last): refusing to choose"
+            ),
+        ));
+    }
     let names: Vec<String> = archive
         .file_names()
         .filter_map(|n| n.ok().map(|n| n.into_owned()))
@@ -514,9 +566,14 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
             "the storage key list is not a list",
         ));
     };
-    // Element sizes from every storage the main pickle names (also those of tensors the walk
-    // does not report, such as sparse or quantized ones), so that each can be skipped over.
-    let elem_size: HashMap<String, usize> = storage_sizes(&main).into_iter().collect();
+    // Every storage the main pickle names (also those of tensors the walk does not report, such
+    // as sparse or quantized ones), sized as PyTorch sizes them (by the first reference), so that
+    // each can be checked and skipped over.
+    let table: HashMap<String, (usize, u64)> = storage_table(&main)
+        .map_err(|e| WeightsError::file(path, format!("the main pickle: {e}")))?
+        .into_iter()
+        .map(|s| (s.key, (s.elem_size, s.numel)))
+        .collect();
     let mut storages = HashMap::new();
     for &k in key_ids {
         let key = match keys.get(k) {
@@ -529,7 +586,7 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
                 ))
             }
         };
-        let es = elem_size.get(&key).copied().unwrap_or(0);
+        let (es, declared) = table.get(&key).copied().unwrap_or((0, 0));
         if es == 0 {
             // Its length cannot be known, nor where the next storage starts: the storages from
             // here on stay unavailable (a tensor over one says so when loaded).
@@ -542,6 +599,16 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
             ));
         };
         let numel = u64::from_le_bytes(header.try_into().expect("8 bytes"));
+        if numel != declared {
+            // PyTorch: "storage has wrong byte size".
+            return Err(WeightsError::file(
+                path,
+                format!(
+                    "storage {key:?}: its record holds {numel} elements, the pickle declares \
+                     {declared}: a lying or corrupt file"
+                ),
+            ));
+        }
         pos += 8;
         let left = (bytes.len() - pos) as u64;
         let len = numel

@@ -12,7 +12,7 @@
 //! references cannot multiply a small file into a huge walk.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use candle_core::DType;
 
@@ -46,6 +46,8 @@ pub(crate) struct StorageRef {
     pub numel: u64,
     /// For a legacy storage view (`view_metadata`): elements before the view and its length.
     pub view: Option<(u64, u64)>,
+    /// The legacy view's own key (PyTorch caches a view by it).
+    pub view_key: Option<String>,
 }
 
 /// A tensor: a strided view of a storage.
@@ -116,9 +118,14 @@ fn storage_ref(p: &Pickle, pid: Id) -> Result<StorageRef, String> {
         .int(t[4])
         .and_then(|n| u64::try_from(n).ok())
         .ok_or("a storage size that is not a non-negative integer")?;
-    let mut view = None;
+    let (mut view, mut view_key) = (None, None);
     if let Some(&v) = t.get(5) {
         if let Some(v) = p.seq(v) {
+            view_key = v.first().and_then(|&k| match p.get(k) {
+                Value::Str(s) => Some(s.clone()),
+                Value::Int(i) => Some(i.to_string()),
+                _ => None,
+            });
             // (view_key, offset, view_size): a view into the storage `key`.
             let field = |i: usize| {
                 v.get(i)
@@ -137,6 +144,7 @@ fn storage_ref(p: &Pickle, pid: Id) -> Result<StorageRef, String> {
         elem_size,
         numel,
         view,
+        view_key,
     })
 }
 
@@ -160,17 +168,64 @@ pub(crate) fn quantized(p: &Pickle) -> Option<String> {
     })
 }
 
-/// Key and element size of every storage the pickle names (legacy files list their storages by
-/// key; the size of each comes from here, whatever holds it).
-pub(crate) fn storage_sizes(p: &Pickle) -> Vec<(String, usize)> {
-    p.values()
-        .iter()
-        .filter_map(|v| match v {
-            Value::Persistent(pid) => storage_ref(p, *pid).ok(),
-            _ => None,
-        })
-        .map(|s| (s.key, s.elem_size))
-        .collect()
+/// Every storage a pickle names, as its first reference gives it (type, size), in the order
+/// they are first named: PyTorch's loaders keep the storage of a key's first reference and hand
+/// it to every later one, with its type and size, and a legacy view by its view key's first
+/// range. A key named again with another type or size, or a view key over another range, is an
+/// error: the later tensor would load through the first reference, which its own description
+/// does not say (`torch.save` never writes such a file). Malformed references are skipped (a
+/// tensor over one reports it).
+pub(crate) fn storage_table(p: &Pickle) -> Result<Vec<StorageRef>, String> {
+    let mut first: HashMap<String, usize> = HashMap::new();
+    let mut views: HashMap<String, (String, (u64, u64))> = HashMap::new();
+    let mut out: Vec<StorageRef> = Vec::new();
+    for v in p.values() {
+        let Value::Persistent(pid) = v else { continue };
+        let Ok(s) = storage_ref(p, *pid) else {
+            continue;
+        };
+        if let (Some(vk), Some(range)) = (&s.view_key, s.view) {
+            match views.get(vk) {
+                Some((root, r)) if root != &s.key || *r != range => {
+                    return Err(format!(
+                        "storage view {vk:?} is named twice, over {} elements at {} of storage \
+                         {root:?} and over {} at {} of {:?}: PyTorch would read both through the \
+                         first",
+                        r.1, r.0, range.1, range.0, s.key
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    views.insert(vk.clone(), (s.key.clone(), range));
+                }
+            }
+        }
+        match first.get(&s.key) {
+            Some(&i) => {
+                let f = &out[i];
+                if (f.dtype, f.elem_size, f.numel) != (s.dtype, s.elem_size, s.numel) {
+                    let ty = |r: &StorageRef| {
+                        r.dtype
+                            .map_or_else(|| format!("{} bytes", r.elem_size), |d| d.as_str().into())
+                    };
+                    return Err(format!(
+                        "storage {:?} is named as {} elements of {} and as {} of {}: PyTorch would \
+                         read both tensors as the first",
+                        s.key,
+                        f.numel,
+                        ty(f),
+                        s.numel,
+                        ty(&s)
+                    ));
+                }
+            }
+            None => {
+                first.insert(s.key.clone(), out.len());
+                out.push(s);
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn usizes(p: &Pickle, id: Id, what: &str) -> Result<Vec<usize>, String> {
