@@ -38,7 +38,7 @@ RESULTS="$OUT/results.jsonl"
 
 # name | gru bench arguments | iters | candle-nn can run it
 GRID=(
-  "small|--input-size 16 --hidden-size 32 --num-layers 1 --seq-len 50 --batch 1|200|yes"
+  "small|--input-size 16 --hidden-size 32 --num-layers 1 --seq-len 50 --batch 1|2000|yes"
   "medium|--input-size 128 --hidden-size 256 --num-layers 2 --bidirectional --seq-len 100 --batch 32|10|no"
   "large|--input-size 256 --hidden-size 512 --num-layers 2 --seq-len 200 --batch 64|5|yes"
   "long|--input-size 64 --hidden-size 128 --num-layers 1 --seq-len 2000 --batch 8|10|yes"

@@ -254,6 +254,15 @@ fn a_quantized_model_is_named_as_such() {
         e.contains("no GRU found") && e.contains("quantize_dynamic") && e.contains("float model"),
         "{e}"
     );
+    // With a prefix (what `gru verify --weights W --prefix P` asks) the note is there too.
+    let e = f
+        .gru(Some("rnn"), None, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no GRU at prefix \"rnn\"") && e.contains("quantize_dynamic"),
+        "{e}"
+    );
     // A quantized GRU alone: no float tensor at all.
     let e = WeightFile::open(checkpoint("quantized_gru.pt"))
         .unwrap_err()

@@ -222,6 +222,143 @@ fn run_writes_npy_when_asked_and_refuses_other_extensions() {
     assert!(!bad.exists());
 }
 
+/// Values that become Inf in the dtype asked for (1e5 in f16) are refused by name, in the
+/// weights (`run`, `convert`) and in the input, never run into Inf/NaN outputs.
+#[test]
+fn values_beyond_the_dtype_asked_for_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let (i, h) = (3, 4);
+    let w = |n: usize, k: usize, big: bool| {
+        let mut v = vec![0.1f32; n * k];
+        if big {
+            v[5] = 1e5;
+        }
+        Tensor::from_vec(v, (n, k), &dev).unwrap()
+    };
+    let b = || Tensor::zeros(3 * h, DType::F32, &dev).unwrap();
+    let map = std::collections::HashMap::from([
+        ("weight_ih_l0".to_string(), w(3 * h, i, false)),
+        ("weight_hh_l0".to_string(), w(3 * h, h, true)),
+        ("bias_ih_l0".to_string(), b()),
+        ("bias_hh_l0".to_string(), b()),
+    ]);
+    let weights = dir.path().join("big.safetensors");
+    candle_core::safetensors::save(&map, &weights).unwrap();
+    let x = dir.path().join("x.safetensors");
+    let input = Tensor::from_vec(vec![1e5f32, 0.5, 0.25], (1, 1, i), &dev).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("input", input)]), &x)
+        .unwrap();
+    let out = dir.path().join("y.safetensors");
+    let (w_s, x_s, o_s) = (
+        weights.to_str().unwrap(),
+        x.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let (code, _, err) = gru(&[
+        "run",
+        "--weights",
+        w_s,
+        "--input",
+        x_s,
+        "--out",
+        o_s,
+        "--dtype",
+        "f16",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("weight_hh_l0") && err.contains("beyond the range of f16"),
+        "{err}"
+    );
+    let converted = dir.path().join("c.safetensors");
+    let c_s = converted.to_str().unwrap();
+    let (code, _, err) = gru(&["convert", "--weights", w_s, "--out", c_s, "--dtype", "f16"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("weight_hh_l0") && err.contains("beyond the range of f16"),
+        "{err}"
+    );
+    assert!(!converted.exists());
+    // f32 weights run; the f16 model refuses the input's 1e5.
+    let (code, _, err) = gru(&["run", "--weights", w_s, "--input", x_s, "--out", o_s]);
+    assert_eq!(code, 0, "{err}");
+    let small = dir.path().join("small.safetensors");
+    let map = std::collections::HashMap::from([
+        (
+            "weight_ih_l0".to_string(),
+            w(3 * h, i, false).to_dtype(DType::F16).unwrap(),
+        ),
+        (
+            "weight_hh_l0".to_string(),
+            w(3 * h, h, false).to_dtype(DType::F16).unwrap(),
+        ),
+    ]);
+    candle_core::safetensors::save(&map, &small).unwrap();
+    let (code, _, err) = gru(&[
+        "run",
+        "--weights",
+        small.to_str().unwrap(),
+        "--input",
+        x_s,
+        "--out",
+        o_s,
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--input") && err.contains("beyond the range of the model's dtype f16"),
+        "{err}"
+    );
+}
+
+/// `--out` through a link writes the file it points to and leaves the link a link (both
+/// formats); a link to a device is refused; no temporary file is left behind.
+#[cfg(unix)]
+#[test]
+fn run_writes_through_links_and_never_replaces_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = "models/reference/uni_l1_h0.case.safetensors";
+    let weights = "models/reference/uni_l1_h0.safetensors";
+    let run = |out: &std::path::Path| {
+        gru(&[
+            "run",
+            "--weights",
+            weights,
+            "--input",
+            case,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    for ext in ["safetensors", "npy"] {
+        let real = dir.path().join(format!("real.{ext}"));
+        std::fs::write(&real, b"old").unwrap();
+        let link = dir.path().join(format!("link.{ext}"));
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let (code, _, err) = run(&link);
+        assert_eq!(code, 0, "{err}");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(
+            std::fs::read(&real).unwrap().len() > 3,
+            "{ext}: the target was not written"
+        );
+    }
+    let dev = dir.path().join("dev.safetensors");
+    std::os::unix::fs::symlink("/dev/null", &dev).unwrap();
+    let (code, _, err) = run(&dev);
+    assert_eq!(code, 2);
+    assert!(err.contains("is a link to a device"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[test]
 fn inspect_counts_tied_names_apart_from_stored_tensors() {
     // 46 names: 23 stored, 21 tied copies safetensors dropped, 2 weights computed (weight norm).

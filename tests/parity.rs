@@ -144,6 +144,56 @@ fn streaming_in_uneven_chunks_equals_one_call() {
     assert!(compare("output", &streamed, &whole, tol).unwrap().passed);
 }
 
+/// A forgotten `with_batch_first(true)`: `(B, T, I)` chunks read as `(T, B, I)` hold a batch of
+/// T "streams", which changes with the chunk's length: the second chunk is refused with the hint,
+/// naming the carried state, never run on transposed data. A chunk of another batch size and a
+/// GRU of the other layout are refused too.
+#[test]
+fn a_chunk_that_does_not_fit_the_carried_state_is_refused() {
+    let case = reference_case("uni_l2_long_h0");
+    let gru = load_gru(&case); // time-major
+    let x = case.input.transpose(0, 1).unwrap().contiguous().unwrap(); // (B, T, I), as a user has
+    let mut state = GruState::new();
+    gru.forward_chunk(&x.narrow(1, 0, 4).unwrap(), &mut state)
+        .unwrap();
+    let e = gru
+        .forward_chunk(&x.narrow(1, 4, 3).unwrap(), &mut state)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("holds 3 streams, the carried state 4 streams")
+            && e.contains("with_batch_first(true)"),
+        "{e}"
+    );
+    // The same chunks, batch-first, stream (and the state refuses the time-major GRU after).
+    let bf = load_gru(&case).with_batch_first(true);
+    let mut state = GruState::new();
+    for t0 in [0, 4] {
+        bf.forward_chunk(&x.narrow(1, t0, 4 - t0 / 4).unwrap(), &mut state)
+            .unwrap();
+    }
+    let e = gru
+        .forward_chunk(&case.input.narrow(0, 0, 2).unwrap(), &mut state)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("batch_first=true, this one has batch_first=false"),
+        "{e}"
+    );
+    // An unbatched chunk after batched ones.
+    let mut state = GruState::new();
+    gru.forward_chunk(&case.input.narrow(0, 0, 2).unwrap(), &mut state)
+        .unwrap();
+    let one = case
+        .input
+        .narrow(0, 2, 2)
+        .unwrap()
+        .get_on_dim(1, 0)
+        .unwrap();
+    let e = gru.forward_chunk(&one, &mut state).unwrap_err().to_string();
+    assert!(e.contains("an unbatched chunk"), "{e}");
+}
+
 #[test]
 fn streaming_a_bidirectional_gru_is_refused() {
     let case = reference_case("bi_l3");

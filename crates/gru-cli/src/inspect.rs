@@ -171,11 +171,14 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             }
         );
         for (name, how) in computed(&file, &g.keys) {
-            println!("         {name} = {how}");
+            println!("         {} = {}", name.escape_debug(), how.escape_debug());
         }
     }
     for (p, e) in &d.rejected {
-        println!("skipped  prefix={p:?} (not a valid GRU): {e}");
+        println!(
+            "skipped  prefix={p:?} (not a valid GRU): {}",
+            crate::one_line(&e.to_string())
+        );
     }
     if a.all {
         println!("tensors:");

@@ -141,6 +141,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `s` with its control characters escaped (`\n`, `\u{1b}`): text from a file (a name, an error
+/// quoting one) printed as it is could cut a line or forge one, or drive the terminal.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `--dtype`, for clap's `value_parser`: f32, f64, f16, bf16 (and PyTorch's long names).
 pub fn dtype_arg(s: &str) -> Result<candle_core::DType, String> {
     Ok(match s.to_ascii_lowercase().as_str() {

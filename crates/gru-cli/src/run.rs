@@ -141,12 +141,14 @@ fn out_files(out: &Path) -> anyhow::Result<Out> {
 }
 
 /// NaN or Inf in the input gives NaN outputs; refuse it by name instead (padding excepted).
+/// `converted_to`: `t` was converted to that dtype, and a value beyond its range became Inf.
+/// Read in chunks, in place: never a whole copy of the input.
 fn check_finite(
     t: &Tensor,
     name: &str,
     valid_steps: Option<(&[usize], bool)>,
+    converted_to: Option<DType>,
 ) -> anyhow::Result<()> {
-    let t64 = t.to_dtype(DType::F64)?;
     let bad = match (valid_steps, t.rank()) {
         (Some((lengths, batch_first)), 3) => {
             let mut found = None;
@@ -154,30 +156,45 @@ fn check_finite(
             let batch = t.dim(usize::from(!batch_first))?;
             for (b, &len) in lengths.iter().enumerate().take(batch) {
                 let seq = if batch_first {
-                    t64.get(b)?
+                    t.get(b)?
                 } else {
-                    t64.narrow(1, b, 1)?.squeeze(1)?
+                    t.narrow(1, b, 1)?.squeeze(1)?
                 };
                 let n = len.min(seq.dim(0)?);
-                let v = seq.narrow(0, 0, n)?.flatten_all()?.to_vec1::<f64>()?;
-                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                    found = Some(format!("batch {b}, valid step {}", i / seq.dim(1)?));
+                if let Some(i) = gru_core::first_non_finite(&seq.narrow(0, 0, n)?)? {
+                    found = Some(format!("batch {b}, valid step {}", i / seq.dim(1)?.max(1)));
                     break;
                 }
             }
             found
         }
-        _ => t64
-            .flatten_all()?
-            .to_vec1::<f64>()?
-            .iter()
-            .position(|x| !x.is_finite())
-            .map(|i| format!("flat index {i}")),
+        _ => gru_core::first_non_finite(t)?.map(|i| format!("flat index {i}")),
     };
-    match bad {
-        Some(at) => bail!("--{name}: holds NaN or Inf at {at}"),
-        None => Ok(()),
+    match (bad, converted_to) {
+        (Some(at), None) => bail!("--{name}: holds NaN or Inf at {at}"),
+        (Some(at), Some(d)) => bail!(
+            "--{name}: its value at {at} is beyond the range of the model's dtype {} (Inf after \
+             conversion)",
+            d.as_str()
+        ),
+        (None, _) => Ok(()),
     }
+}
+
+/// `t` in the model's dtype on `device`, refused by name where a value does not fit the dtype
+/// (1e5 in f16); `t` was checked finite already.
+fn convert(
+    t: &Tensor,
+    name: &str,
+    valid_steps: Option<(&[usize], bool)>,
+    dtype: DType,
+    device: &Device,
+) -> anyhow::Result<Tensor> {
+    let c = t.to_dtype(dtype)?;
+    if dtype != t.dtype() {
+        check_finite(&c, name, valid_steps, Some(dtype))?;
+    }
+    Ok(c.to_device(device)?)
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
@@ -209,17 +226,14 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         Module::Cell(c) => c.dtype(),
     };
     let input = read_tensor(&a.input, "input", "input")?;
-    check_finite(
-        &input,
-        "input",
-        a.lengths.as_deref().map(|l| (l, a.batch_first)),
-    )?;
-    let input = input.to_dtype(model_dtype)?.to_device(&device)?;
+    let valid = a.lengths.as_deref().map(|l| (l, a.batch_first));
+    check_finite(&input, "input", valid, None)?;
+    let input = convert(&input, "input", valid, model_dtype, &device)?;
     let h0 = match &a.h0 {
         Some(p) => {
             let h = read_tensor(p, "h0", "h0")?;
-            check_finite(&h, "h0", None)?;
-            Some(h.to_dtype(model_dtype)?.to_device(&device)?)
+            check_finite(&h, "h0", None, None)?;
+            Some(convert(&h, "h0", None, model_dtype, &device)?)
         }
         None => None,
     };
@@ -241,7 +255,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 ("output".to_string(), output.clone()),
                 ("h_n".to_string(), h_n.clone()),
             ]);
-            candle_core::safetensors::save(&map, &a.out)
+            gru_weights::save_safetensors(&map, &a.out)
                 .with_context(|| format!("--out {}", a.out.display()))?;
             println!(
                 "wrote {}: output {:?}, h_n {:?}",
@@ -258,8 +272,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 } else {
                     t.clone()
                 };
-                t.write_npy(p)
-                    .with_context(|| format!("--out {}", p.display()))?;
+                gru_weights::save_npy(&t, p).with_context(|| format!("--out {}", p.display()))?;
             }
             println!(
                 "wrote {} (output {:?}) and {} (h_n {:?})",

@@ -123,8 +123,10 @@ fn print_table(outcomes: &[Outcome]) {
     for o in outcomes {
         match o {
             Outcome::Ran(r) => {
+                // Names come from files: escaped, so that none can forge a row.
+                let name = r.name.escape_debug().to_string();
                 rows.push([
-                    r.name.clone(),
+                    name.clone(),
                     r.config.clone(),
                     r.dtype.clone(),
                     r.device.clone(),
@@ -140,7 +142,7 @@ fn print_table(outcomes: &[Outcome]) {
                     },
                 ]);
                 if let Some(d) = &r.divergence {
-                    notes.push(format!("{}: {d}", r.name));
+                    notes.push(format!("{name}: {d}"));
                 }
             }
             Outcome::Failed { path, error } => {
@@ -151,7 +153,9 @@ fn print_table(outcomes: &[Outcome]) {
                             .trim_end_matches(".case.safetensors")
                             .to_string()
                     })
-                    .unwrap_or_else(|| path.clone());
+                    .unwrap_or_else(|| path.clone())
+                    .escape_debug()
+                    .to_string();
                 rows.push([
                     name.clone(),
                     "-".into(),
@@ -161,7 +165,7 @@ fn print_table(outcomes: &[Outcome]) {
                     "-".into(),
                     "ERROR".into(),
                 ]);
-                notes.push(format!("{name}: {error}"));
+                notes.push(format!("{name}: {}", crate::one_line(error)));
             }
         }
     }

@@ -6,10 +6,14 @@ use candle_core::Tensor;
 use crate::error::{GruError, Result};
 use crate::gru::Gru;
 
-/// The hidden state carried between chunks: `(L, B, H)`, or `(L, H)` for unbatched chunks.
+/// The hidden state carried between chunks: `(L, B, H)`, or `(L, H)` for unbatched chunks. It
+/// remembers the batch size and layout of the chunks it was fed, and refuses a chunk that does
+/// not fit them (the usual sign of a forgotten `with_batch_first(true)`).
 #[derive(Debug, Clone, Default)]
 pub struct GruState {
     h: Option<Tensor>,
+    /// `(batch size, batch_first)` of the chunks fed so far (`None` for unbatched chunks).
+    seen: Option<(Option<usize>, bool)>,
 }
 
 impl GruState {
@@ -20,7 +24,10 @@ impl GruState {
 
     /// A state that starts from `h0` (same shape rules as `Gru::forward`'s `h0`).
     pub fn with_h0(h0: Tensor) -> Self {
-        Self { h: Some(h0) }
+        Self {
+            h: Some(h0),
+            seen: None,
+        }
     }
 
     /// The state after the last chunk (`h_n` of everything fed so far); `None` before any chunk.
@@ -31,6 +38,7 @@ impl GruState {
     /// Forgets the state: the next chunk starts a new sequence.
     pub fn reset(&mut self) {
         self.h = None;
+        self.seen = None;
     }
 }
 
@@ -45,8 +53,46 @@ impl Gru {
                 "a bidirectional GRU cannot stream: its reverse direction needs the whole sequence",
             ));
         }
+        let batch_first = self.config().batch_first;
+        // The batch size as this GRU reads the chunk (`None`: unbatched, `(T, I)`).
+        let batch = match *chunk.dims() {
+            [a, b, _] => Some(if batch_first { a } else { b }),
+            _ => None,
+        };
+        if let Some((seen_batch, seen_first)) = state.seen {
+            let hint = if batch_first {
+                "the chunks are read as (B, T, I) (`batch_first`)"
+            } else {
+                "the chunks are read as (T, B, I); if yours are (B, T, I), build the GRU with \
+                 `.with_batch_first(true)`"
+            };
+            if seen_first != batch_first {
+                return Err(GruError::arg(
+                    "state",
+                    format!(
+                        "the carried state was fed by a GRU with batch_first={seen_first}, this \
+                         one has batch_first={batch_first}"
+                    ),
+                ));
+            }
+            if seen_batch != batch {
+                let show = |b: Option<usize>| {
+                    b.map_or("an unbatched chunk".into(), |b| format!("{b} streams"))
+                };
+                return Err(GruError::arg(
+                    "chunk",
+                    format!(
+                        "shape {:?} holds {}, the carried state {}: {hint}",
+                        chunk.dims(),
+                        show(batch),
+                        show(seen_batch)
+                    ),
+                ));
+            }
+        }
         let (output, h_n) = self.forward(chunk, state.h.as_ref())?;
         state.h = Some(h_n);
+        state.seen = Some((batch, batch_first));
         Ok(output)
     }
 }

@@ -160,13 +160,9 @@ impl Case {
     }
 }
 
-/// Flat index of the first NaN/Inf of `t`, if any.
+/// Flat index of the first NaN/Inf of `t`, if any (read in chunks, never copied whole).
 fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
-    Ok(t.to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?
-        .iter()
-        .position(|v| !v.is_finite()))
+    Ok(gru_core::first_non_finite(t)?)
 }
 
 /// How to run cases; every field overrides what the case file says.

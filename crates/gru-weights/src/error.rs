@@ -7,11 +7,11 @@ use candle_core::DType;
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     /// The file is not a valid safetensors / PyTorch zip file.
-    #[error("{}: {reason}", path.display())]
+    #[error("{}: {reason}", shown(path))]
     File { path: PathBuf, reason: String },
 
     /// The file's container is malformed (zip, safetensors): `source` keeps the parser's error.
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}: {source}", shown(path))]
     Format {
         path: PathBuf,
         what: String,
@@ -21,7 +21,7 @@ pub enum WeightsError {
 
     /// The file cannot be opened, examined or mapped: `source` keeps the `io::Error` (so a caller
     /// can match `io::ErrorKind::NotFound`).
-    #[error("{}: cannot {action}: {source}", path.display())]
+    #[error("{}: cannot {action}: {source}", shown(path))]
     Io {
         path: PathBuf,
         action: &'static str,
@@ -30,7 +30,7 @@ pub enum WeightsError {
     },
 
     /// A GRU tensor whose shape does not fit the GRU it belongs to.
-    #[error("`{name}`: expected shape {expected:?}, found {found:?}")]
+    #[error("`{}`: expected shape {expected:?}, found {found:?}", name.escape_debug())]
     Shape {
         name: String,
         expected: Vec<usize>,
@@ -38,11 +38,11 @@ pub enum WeightsError {
     },
 
     /// A GRU tensor that is not a float tensor.
-    #[error("`{name}`: dtype {found:?} is not a float type (expected F32, F64, F16 or BF16)")]
+    #[error("`{}`: dtype {found:?} is not a float type (expected F32, F64, F16 or BF16)", name.escape_debug())]
     DType { name: String, found: DType },
 
     /// A GRU tensor that is missing, unpaired, or holds NaN/Inf.
-    #[error("`{name}`: {reason}")]
+    #[error("`{}`: {reason}", name.escape_debug())]
     Tensor { name: String, reason: String },
 
     /// No GRU, several GRUs and no prefix, or a prefix that matches nothing.
@@ -95,4 +95,10 @@ impl WeightsError {
             reason: reason.into(),
         }
     }
+}
+
+/// A path as errors show it: control characters (a newline in a file name) escaped, so that an
+/// error stays one line and nothing in a name reaches the terminal raw.
+fn shown(path: &std::path::Path) -> String {
+    path.display().to_string().escape_debug().to_string()
 }

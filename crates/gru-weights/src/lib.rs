@@ -35,6 +35,7 @@ mod save;
 mod sharded;
 mod torch_pickle;
 mod var_builder;
+mod write;
 
 pub use discover::{discover, Discovery, GruInfo, ModuleKind};
 pub use error::{Result, WeightsError};
@@ -43,3 +44,4 @@ pub use load::{load_gru, LoadReport};
 pub use npy::read_npy;
 pub use regular::{check_output_path, open_regular};
 pub use save::{save_gru, save_gru_cell};
+pub use write::{save_npy, save_safetensors, write_file};

@@ -80,6 +80,15 @@ impl WeightFile {
         d
     }
 
+    /// What a "no GRU found" error adds about the file: quantized weights, parts not read.
+    fn notes(&self) -> String {
+        [self.quantized_note(), self.unread_note()]
+            .into_iter()
+            .flatten()
+            .map(|q| format!("; {q}"))
+            .collect()
+    }
+
     /// Picks the module of `kind` at `prefix`, or the only one when `prefix` is `None`.
     pub fn select(&self, kind: ModuleKind, prefix: Option<&str>) -> Result<GruInfo> {
         let d = self.discover();
@@ -149,9 +158,10 @@ impl WeightFile {
                 return Err(d.rejected.swap_remove(pos).1);
             }
             return Err(WeightsError::Select(format!(
-                "{}: no {kind} at prefix {p:?}; the file holds: {}",
+                "{}: no {kind} at prefix {p:?}; the file holds: {}{}",
                 self.path().display(),
-                list(&d)
+                list(&d),
+                self.notes()
             )));
         }
         let matching: Vec<&GruInfo> = d.found.iter().filter(|g| g.kind == kind).collect();
@@ -173,15 +183,11 @@ impl WeightFile {
                         )));
                     }
                 }
-                let quantized: String = [self.quantized_note(), self.unread_note()]
-                    .into_iter()
-                    .flatten()
-                    .map(|q| format!("; {q}"))
-                    .collect();
                 Err(WeightsError::Select(format!(
-                    "{}: no {kind} found; the file holds: {}{quantized}",
+                    "{}: no {kind} found; the file holds: {}{}",
                     self.path().display(),
-                    list(&d)
+                    list(&d),
+                    self.notes()
                 )))
             }
             many => Err(WeightsError::Select(format!(
@@ -207,8 +213,13 @@ impl WeightFile {
         let mut tensors = HashMap::with_capacity(info.keys.len());
         for key in &info.keys {
             let t = self.load(key, device)?;
-            check_finite(key, &t)?;
-            tensors.insert(key.clone(), t.to_dtype(dtype)?);
+            check_finite(key, &t, None)?;
+            let converted = t.to_dtype(dtype)?;
+            if dtype != t.dtype() {
+                // A value beyond the new type's range (1e5 in f16, 1e300 in f32) becomes Inf.
+                check_finite(key, &converted, Some(dtype))?;
+            }
+            tensors.insert(key.clone(), converted);
         }
         let prefix_dot = if info.prefix.is_empty() {
             String::new()
@@ -293,19 +304,20 @@ impl WeightFile {
     }
 }
 
-/// Weights holding NaN or Inf are a broken export: refuse them by name.
-fn check_finite(name: &str, t: &Tensor) -> Result<()> {
-    let bad = t
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?
-        .iter()
-        .position(|v| !v.is_finite());
-    match bad {
+/// Weights holding NaN or Inf are a broken export, or (`converted_to`) values beyond the range
+/// of the dtype asked for: refuse them by name.
+fn check_finite(name: &str, t: &Tensor, converted_to: Option<DType>) -> Result<()> {
+    match gru_core::first_non_finite(t)? {
         None => Ok(()),
         Some(i) => Err(WeightsError::Tensor {
             name: name.to_string(),
-            reason: format!("holds a non-finite value at flat index {i}"),
+            reason: match converted_to {
+                None => format!("holds a non-finite value at flat index {i}"),
+                Some(d) => format!(
+                    "its value at flat index {i} is beyond the range of {} (Inf after conversion)",
+                    d.as_str()
+                ),
+            },
         }),
     }
 }

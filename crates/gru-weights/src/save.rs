@@ -7,10 +7,9 @@ use std::path::Path;
 use candle_core::Tensor;
 use gru_core::{Gru, GruCell};
 
-use crate::error::{Result, WeightsError};
+use crate::error::Result;
 
 fn save(named: Vec<(String, Tensor)>, prefix: &str, path: &Path) -> Result<()> {
-    crate::regular::check_output_path(path)?;
     let prefix = prefix.trim_end_matches('.');
     let map: HashMap<String, Tensor> = named
         .into_iter()
@@ -23,8 +22,7 @@ fn save(named: Vec<(String, Tensor)>, prefix: &str, path: &Path) -> Result<()> {
             (k, v)
         })
         .collect();
-    candle_core::safetensors::save(&map, path)
-        .map_err(|e| WeightsError::file(path, format!("cannot write: {e}")))
+    crate::write::save_safetensors(&map, path)
 }
 
 /// Saves `gru` at `prefix` (empty for the root) in its own dtype.

@@ -312,16 +312,22 @@ impl<T: Copy> Tile<T> {
                     }
                 }
             }
+            // One pointer per row, so that each step addresses its broadcasts off them (no
+            // per-row address arithmetic inside the loop).
+            let mut rows = [self.a; R];
+            for (r, row) in rows.iter_mut().enumerate() {
+                *row = self.a.add(r * self.lda);
+            }
             let whole = self.k / S * S;
             let mut kk = 0;
             while kk < whole {
                 for (s, acc) in acc.iter_mut().enumerate() {
-                    self.step::<V, R, P>(acc, kk + s);
+                    self.step::<V, R, P>(acc, &rows, kk + s);
                 }
                 kk += S;
             }
             while kk < self.k {
-                self.step::<V, R, P>(&mut acc[0], kk);
+                self.step::<V, R, P>(&mut acc[0], &rows, kk);
                 kk += 1;
             }
             let (sum, rest) = acc.split_first_mut().expect("S >= 1");
@@ -357,6 +363,7 @@ impl<T: Copy> Tile<T> {
     unsafe fn step<V: PanelRow<T>, const R: usize, const P: usize>(
         &self,
         acc: &mut [[V; P]; R],
+        rows: &[*const T; R],
         kk: usize,
     ) {
         // SAFETY: inside the panels and the rows of `a` (the caller's contract).
@@ -366,8 +373,8 @@ impl<T: Copy> Tile<T> {
             for (p, b) in b.iter_mut().enumerate() {
                 *b = V::load(self.b.add(p * self.b_next + kk * NR));
             }
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let a = V::splat(self.a.add(r * self.lda + kk));
+            for (acc, row) in acc.iter_mut().zip(rows) {
+                let a = V::splat(row.add(kk));
                 for p in 0..P {
                     acc[p] = acc[p].mul_add(a, b[p]);
                 }
