@@ -133,7 +133,10 @@ fn open_cuda(ordinal: usize) -> Result<Device> {
     if !cfg!(feature = "cuda") {
         return Err(GruError::Device {
             device: name,
-            reason: "this build has no CUDA support; rebuild with `--features cuda`".into(),
+            reason: "this build has no CUDA support; rebuild with `--features cuda` (on the \
+                     `candle-gru` dependency in your Cargo.toml; it needs nvcc, or the route of \
+                     candle-gru's scripts/build-cuda.sh)"
+                .into(),
         });
     }
     Device::new_cuda(ordinal).map_err(|e| GruError::Device {

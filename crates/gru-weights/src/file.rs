@@ -69,7 +69,9 @@ impl std::fmt::Display for Format {
 }
 
 enum Source {
-    Safetensors(memmap2::Mmap),
+    /// The mapping, and each tensor's bytes in it with its stored dtype and shape, from the
+    /// header parsed once when the file was opened.
+    Safetensors(memmap2::Mmap, HashMap<String, StoredTensor>),
     PyTorch {
         map: Arc<memmap2::Mmap>,
         checkpoint: Box<pth::Checkpoint>,
@@ -82,6 +84,13 @@ enum Source {
     Dcp(Box<crate::dcp::Dcp>),
     /// A Hugging Face index and its shards.
     Sharded(Box<Sharded>),
+}
+
+/// Where a safetensors tensor's bytes are, and what they hold.
+struct StoredTensor {
+    bytes: std::ops::Range<usize>,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
 }
 
 /// An opened weight file.
@@ -205,7 +214,7 @@ impl WeightFile {
         match &self.source {
             // DCP pickles even a state dict it stores whole (`flatten_state_dict=False`) as a
             // plain dict: its `_metadata` is gone.
-            Source::Safetensors(_) | Source::Dcp(_) => Some(Vec::new()),
+            Source::Safetensors(..) | Source::Dcp(_) => Some(Vec::new()),
             Source::PyTorch { checkpoint, .. } => checkpoint.chained.clone(),
             Source::Sharded(s) => s.chained(),
         }
@@ -253,8 +262,8 @@ impl WeightFile {
                     "a safetensors file has no checkpoint keys",
                 ));
             }
-            let infos = safetensors_infos(path, &mmap)?;
-            let mut f = Self::new(path.to_path_buf(), Source::Safetensors(mmap), infos);
+            let (infos, stored) = safetensors_infos(path, &mmap)?;
+            let mut f = Self::new(path.to_path_buf(), Source::Safetensors(mmap, stored), infos);
             if whole {
                 // A distributed checkpoint's chunks are read with the rest of their folder.
                 if let Some(offsets) = dcp_safetensors::offsets(&f)? {
@@ -377,7 +386,7 @@ impl WeightFile {
         let mut files = match &self.source {
             Source::Sharded(s) => s.shards().iter().map(|s| s.path.clone()).collect(),
             Source::Dcp(d) => d.shard_files().map(|f| d.dir.join(f)).collect(),
-            Source::Safetensors(_) | Source::PyTorch { .. } => vec![self.path.clone()],
+            Source::Safetensors(..) | Source::PyTorch { .. } => vec![self.path.clone()],
         };
         files.sort();
         files
@@ -385,7 +394,7 @@ impl WeightFile {
 
     pub fn format(&self) -> Format {
         match &self.source {
-            Source::Safetensors(_) => Format::Safetensors,
+            Source::Safetensors(..) => Format::Safetensors,
             Source::PyTorch { checkpoint, .. } => checkpoint.format,
             Source::Dcp(_) => Format::DistributedCheckpoint,
             Source::Sharded(_) => Format::Sharded,
@@ -404,7 +413,7 @@ impl WeightFile {
             return self.state_dict_of(how.sources()[0]);
         }
         match &self.source {
-            Source::Safetensors(_) | Source::Dcp(_) | Source::Sharded(_) => "",
+            Source::Safetensors(..) | Source::Dcp(_) | Source::Sharded(_) => "",
             Source::PyTorch {
                 checkpoint, index, ..
             } => index
@@ -419,7 +428,7 @@ impl WeightFile {
     /// them, and why they are not read.
     pub fn quantized_note(&self) -> Option<String> {
         match &self.source {
-            Source::Safetensors(_) | Source::Dcp(_) => None,
+            Source::Safetensors(..) | Source::Dcp(_) => None,
             Source::PyTorch { checkpoint, .. } => {
                 checkpoint.quantized.as_deref().map(pth::quantized_hint)
             }
@@ -528,7 +537,7 @@ impl WeightFile {
     /// (empty for PyTorch files).
     pub fn metadata(&self) -> HashMap<String, String> {
         match &self.source {
-            Source::Safetensors(mmap) => SafeTensors::read_metadata(mmap)
+            Source::Safetensors(mmap, _) => SafeTensors::read_metadata(mmap)
                 .ok()
                 .and_then(|(_, m)| m.metadata().clone())
                 .unwrap_or_default(),
@@ -577,7 +586,7 @@ impl WeightFile {
     /// Bytes of the file, or of all its shards.
     pub(crate) fn stored_bytes(&self) -> usize {
         match &self.source {
-            Source::Safetensors(mmap) => mmap.len(),
+            Source::Safetensors(mmap, _) => mmap.len(),
             Source::PyTorch { map, .. } => map.len(),
             Source::Dcp(d) => usize::try_from(d.shard_bytes).unwrap_or(usize::MAX),
             Source::Sharded(s) => usize::try_from(s.bytes).unwrap_or(usize::MAX),
@@ -595,32 +604,30 @@ impl WeightFile {
             name: name.to_string(),
             reason,
         };
-        let Source::Safetensors(mmap) = &self.source else {
+        let Source::Safetensors(mmap, stored) = &self.source else {
             return Err(bad(format!(
                 "{} is not a safetensors file",
                 self.path.display()
             )));
         };
-        let st = SafeTensors::deserialize(mmap)
-            .map_err(|e| WeightsError::format(&self.path, "invalid safetensors", e))?;
-        let view = st
-            .tensor(name)
-            .map_err(|_| bad(format!("not found in {}", self.path.display())))?;
-        let dtype = candle_dtype(view.dtype()).ok_or_else(|| {
+        let t = stored
+            .get(name)
+            .ok_or_else(|| bad(format!("not found in {}", self.path.display())))?;
+        let dtype = candle_dtype(t.dtype).ok_or_else(|| {
             bad(format!(
                 "has dtype {:?}, which candle cannot hold (in {})",
-                view.dtype(),
+                t.dtype,
                 self.path.display()
             ))
         })?;
-        Ok((view.data(), dtype, view.shape().to_vec()))
+        Ok((&mmap[t.bytes.clone()], dtype, t.shape.clone()))
     }
 
     /// Loads the stored tensor of full name `name` (or of the name it is shared with).
     pub(crate) fn load_stored_on(&self, name: &str, device: &Device) -> Result<Tensor> {
         let name = self.shared.get(name).map_or(name, String::as_str);
         match &self.source {
-            Source::Safetensors(_) => {
+            Source::Safetensors(..) => {
                 let (bytes, dtype, shape) = self.safetensors_data(name)?;
                 Ok(Tensor::from_raw_buffer(bytes, dtype, &shape, device)?)
             }
@@ -680,8 +687,13 @@ fn add_derived(
     derived
 }
 
-/// Validates the whole safetensors layout (header length, JSON, offsets) and lists the tensors.
-fn safetensors_infos(path: &Path, bytes: &[u8]) -> Result<Vec<TensorInfo>> {
+/// Validates the whole safetensors layout (header length, JSON, offsets) and lists the tensors,
+/// with where each one's bytes are (the header is parsed once: a file of 600,000 tensors loaded
+/// tensor by tensor would parse it 600,000 times).
+fn safetensors_infos(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(Vec<TensorInfo>, HashMap<String, StoredTensor>)> {
     if bytes.len() < 8 {
         return Err(WeightsError::file(
             path,
@@ -705,7 +717,17 @@ fn safetensors_infos(path: &Path, bytes: &[u8]) -> Result<Vec<TensorInfo>> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| WeightsError::format(path, "invalid safetensors", e))?;
     let mut infos = Vec::with_capacity(st.len());
+    let mut stored = HashMap::with_capacity(st.len());
     for (name, view) in st.tensors() {
+        let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+        stored.insert(
+            name.clone(),
+            StoredTensor {
+                bytes: start..start + view.data().len(),
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+            },
+        );
         let dtype = match candle_dtype(view.dtype()) {
             Some(d) => d,
             None => {
@@ -721,7 +743,7 @@ fn safetensors_infos(path: &Path, bytes: &[u8]) -> Result<Vec<TensorInfo>> {
         });
     }
     infos.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(infos)
+    Ok((infos, stored))
 }
 
 fn candle_dtype(d: safetensors::Dtype) -> Option<DType> {

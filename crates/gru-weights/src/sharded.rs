@@ -343,8 +343,12 @@ impl Sharded {
 }
 
 /// Opens each of `files` once, however spelled (by what it is on disk); returns the shards and
-/// each file's shard.
+/// each file's shard. The shards share one budget of tensors and name bytes (that of one file):
+/// each shard's reader keeps within it alone, so without a shared count a checkpoint of many
+/// small shards could name `shards x` the budget.
 fn open_shards(path: &Path, files: &[PathBuf]) -> Result<(Vec<WeightFile>, Vec<usize>)> {
+    use crate::torch_pickle::{MAX_NAME_BYTES, MAX_TENSORS};
+    let (mut tensors, mut name_bytes) = (0usize, 0usize);
     let mut shards = Vec::new();
     let mut shard_of = Vec::with_capacity(files.len());
     let mut by_spelling: HashMap<&Path, usize> = HashMap::new();
@@ -364,7 +368,19 @@ fn open_shards(path: &Path, files: &[PathBuf]) -> Result<(Vec<WeightFile>, Vec<u
                         format!("names more than {MAX_SHARDS} shard files"),
                     ));
                 }
-                shards.push(WeightFile::open_shard(file)?);
+                let shard = WeightFile::open_shard(file)?;
+                tensors += shard.tensors().len();
+                name_bytes += shard.tensors().iter().map(|t| t.name.len()).sum::<usize>();
+                if tensors > MAX_TENSORS || name_bytes > MAX_NAME_BYTES {
+                    return Err(WeightsError::file(
+                        path,
+                        format!(
+                            "its shards name more than {MAX_TENSORS} tensors or {MAX_NAME_BYTES} \
+                             bytes of names in all (the budget of one file)"
+                        ),
+                    ));
+                }
+                shards.push(shard);
                 by_id.insert(id, shards.len() - 1);
                 shards.len() - 1
             }
