@@ -311,6 +311,33 @@ fn values_beyond_the_dtype_asked_for_are_refused_by_name() {
     );
 }
 
+/// An input is a stored tensor: `input_g` and `input_v` (a weight-norm pair's names) do not make
+/// one.
+#[test]
+fn an_input_is_never_computed_from_a_weight_norm_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = dir.path().join("x.safetensors");
+    let g = Tensor::ones((1, 1, 1), DType::F32, &Device::Cpu).unwrap();
+    let v = Tensor::ones((1, 1, 4), DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("input_g", g), ("input_v", v)]),
+        &x,
+    )
+    .unwrap();
+    let out = dir.path().join("y.safetensors");
+    let (code, _, err) = gru(&[
+        "run",
+        "--weights",
+        "models/reference/uni_l1_h0.safetensors",
+        "--input",
+        x.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no tensor `input`"), "{err}");
+}
+
 /// `--out` through a link writes the file it points to and leaves the link a link (both
 /// formats); a link to a device is refused; no temporary file is left behind.
 #[cfg(unix)]

@@ -58,10 +58,11 @@ fn read_tensor(path: &Path, name: &str, arg: &str) -> anyhow::Result<Tensor> {
         gru_weights::read_npy(path).with_context(|| format!("--{arg}"))?
     } else {
         let file = WeightFile::open(path).with_context(|| format!("--{arg}"))?;
+        // Only a stored tensor: a weight-norm pair computes module weights, never an input.
         let chosen = match file.info(name) {
-            Some(_) => name.to_string(),
-            None if file.tensors().len() == 1 => file.tensors()[0].name.clone(),
-            None => bail!(
+            Some(_) if file.computed_from(name).is_none() => name.to_string(),
+            _ if file.tensors().len() == 1 => file.tensors()[0].name.clone(),
+            _ => bail!(
                 "--{arg} {}: no tensor `{name}` and more than one tensor in the file",
                 path.display()
             ),

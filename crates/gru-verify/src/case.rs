@@ -56,10 +56,14 @@ impl Case {
         let path = path.as_ref();
         let file = WeightFile::open(path)?;
         let meta = file.metadata();
+        // Only stored tensors: a weight-norm pair (`output_g`, `output_v`) computes a module's
+        // weight, never a case's data.
         let get = |name: &str| -> Result<Option<Tensor>> {
             match file.info(name) {
-                Some(_) => Ok(Some(file.load(name, &Device::Cpu)?)),
-                None => Ok(None),
+                Some(_) if file.computed_from(name).is_none() => {
+                    Ok(Some(file.load(name, &Device::Cpu)?))
+                }
+                _ => Ok(None),
             }
         };
         let need = |name: &str| -> Result<Tensor> {
