@@ -89,7 +89,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         println!("{v}");
         return Ok(());
     }
-    let sds = file.state_dicts();
+    let sds = state_dicts_shown(file.state_dicts());
+    let sds = &sds[..];
     let plural = |n: usize| if n == 1 { "" } else { "s" };
     // ", and N things": nothing for none.
     let and = |n: usize, what: &str| match n {
@@ -132,6 +133,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             .map(|k| {
                 if k.is_empty() {
                     "(top level)".into()
+                } else if let Some(n) = k.strip_prefix(OPTIMIZER) {
+                    n.to_string()
                 } else {
                     format!("{k:?}")
                 }
@@ -215,4 +218,56 @@ fn computed<S: AsRef<str>>(
             file.computed_from(n).map(|how| (n.to_string(), how))
         })
         .collect()
+}
+
+/// Marks an entry of [`state_dicts_shown`] that stands for an optimizer's per-parameter states.
+const OPTIMIZER: &str = "\u{0}optimizer:";
+
+/// The state dicts as `inspect` counts them: an optimizer's per-parameter states
+/// (`optimizer.state.0`, `optimizer.state.1`, ...: a dict of `exp_avg`, `exp_avg_sq`, `step` per
+/// parameter) are one entry, not one state dict each.
+fn state_dicts_shown(all: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut optimizers: Vec<(String, usize)> = Vec::new();
+    for k in all {
+        let per_param = k
+            .rsplit_once('.')
+            .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|(head, _)| (head == "state" || head.ends_with(".state")).then_some(head));
+        match per_param {
+            Some(head) => match optimizers.iter_mut().find(|(h, _)| h == head) {
+                Some((_, n)) => *n += 1,
+                None => optimizers.push((head.to_string(), 1)),
+            },
+            None => out.push(k.clone()),
+        }
+    }
+    out.extend(
+        optimizers.into_iter().map(|(head, n)| {
+            format!("{OPTIMIZER}{head:?} (an optimizer's state of {n} parameters)")
+        }),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optimizers_per_parameter_states_count_once() {
+        let all: Vec<String> = [
+            "model",
+            "optimizer.state.0",
+            "optimizer.state.1",
+            "optimizer.state.12",
+            "state.3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let shown = state_dicts_shown(&all);
+        assert_eq!(shown.len(), 3, "{shown:?}");
+        assert!(shown[1].contains("\"optimizer.state\" (an optimizer's state of 3 parameters)"));
+    }
 }
