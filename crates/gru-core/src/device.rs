@@ -100,7 +100,9 @@ impl DeviceSpec {
     }
 }
 
-/// Parses and opens a device in one call: `gru_core::device("cuda:1")`.
+/// Parses and opens a device in one call: `gru_core::device("cuda:1")`. `auto` falls back to the
+/// CPU without a word; `"auto".parse::<DeviceSpec>()?.open_explained()` also returns what it chose
+/// and, for the CPU, why no GPU was (a backend not compiled in, a driver error): log it.
 pub fn device(spec: &str) -> Result<Device> {
     spec.parse::<DeviceSpec>()?.device()
 }
