@@ -688,8 +688,39 @@ fn storages_pytorch_would_read_through_another_reference_are_refused() {
         z[i + at..i + at + from.len()].copy_from_slice(to);
         i += at + from.len();
     }
-    let e = open("twice.pt", z).unwrap_err();
+    let e = open("twice.pt", z.clone()).unwrap_err();
     assert!(e.contains("two entries named \"archive/data/0\""), "{e}");
+    // In another letter case (PyTorch's reader finds names case-insensitively).
+    let upper = {
+        let mut z = z.clone();
+        let (from, to) = (b"archive/data/0", b"archive/DATA/0");
+        if let Some(at) = z.windows(from.len()).rposition(|w| w == from) {
+            z[at..at + from.len()].copy_from_slice(to);
+        }
+        // (the central directory's copy is the last occurrence; the local header's is earlier)
+        z
+    };
+    let e = open("case.pt", upper).unwrap_err();
+    assert!(e.contains("two entries named"), "{e}");
+    // A comment ending in an end-record signature does not hide the real record.
+    let mut commented = z;
+    let n = commented.len();
+    commented[n - 2..].copy_from_slice(&7u16.to_le_bytes());
+    commented.extend_from_slice(b"PK\x05\x06abc");
+    let e = open("comment.pt", commented).unwrap_err();
+    assert!(e.contains("two entries named"), "{e}");
+    // Two checkpoint folders in one zip (PyTorch reads only files in the first entry's folder).
+    let z = zip_with(&[
+        ("archive/data.pkl", &p, false),
+        ("archive/data/0", &[1u8; 16], false),
+        ("other/data.pkl", &p, false),
+        ("other/data/0", &[2u8; 16], false),
+    ]);
+    let e = open("folders.pt", z).unwrap_err();
+    assert!(
+        e.contains("\"other/data.pkl\" lies outside the folder \"archive\""),
+        "{e}"
+    );
 }
 
 #[test]

@@ -7,13 +7,13 @@ use crate::error::{GruError, Result};
 use crate::gru::Gru;
 
 /// The hidden state carried between chunks: `(L, B, H)`, or `(L, H)` for unbatched chunks. It
-/// remembers the batch size and layout of the chunks it was fed, and refuses a chunk that does
-/// not fit them (the usual sign of a forgotten `with_batch_first(true)`).
+/// remembers the batch size of the chunks it was fed, and refuses a chunk of another one (the usual sign of a forgotten `with_batch_first(true)`).
 #[derive(Debug, Clone, Default)]
 pub struct GruState {
     h: Option<Tensor>,
-    /// `(batch size, batch_first)` of the chunks fed so far (`None` for unbatched chunks).
-    seen: Option<(Option<usize>, bool)>,
+    /// The batch size of the chunks fed so far (`Some(None)` for unbatched chunks). (The state
+    /// itself is `(L, B, H)` in either layout: it may pass between GRUs of different layouts.)
+    seen: Option<Option<usize>>,
 }
 
 impl GruState {
@@ -59,22 +59,13 @@ impl Gru {
             [a, b, _] => Some(if batch_first { a } else { b }),
             _ => None,
         };
-        if let Some((seen_batch, seen_first)) = state.seen {
+        if let Some(seen_batch) = state.seen {
             let hint = if batch_first {
                 "the chunks are read as (B, T, I) (`batch_first`)"
             } else {
                 "the chunks are read as (T, B, I); if yours are (B, T, I), build the GRU with \
                  `.with_batch_first(true)`"
             };
-            if seen_first != batch_first {
-                return Err(GruError::arg(
-                    "state",
-                    format!(
-                        "the carried state was fed by a GRU with batch_first={seen_first}, this \
-                         one has batch_first={batch_first}"
-                    ),
-                ));
-            }
             if seen_batch != batch {
                 let show = |b: Option<usize>| {
                     b.map_or("an unbatched chunk".into(), |b| format!("{b} streams"))
@@ -92,7 +83,7 @@ impl Gru {
         }
         let (output, h_n) = self.forward(chunk, state.h.as_ref())?;
         state.h = Some(h_n);
-        state.seen = Some((batch, batch_first));
+        state.seen = Some(batch);
         Ok(output)
     }
 }

@@ -246,7 +246,10 @@ struct Directory {
 fn central_directory(map: &[u8]) -> Option<Option<Directory>> {
     const EOCD: &[u8] = b"PK\x05\x06";
     let from = map.len().saturating_sub(22 + 0xFFFF);
-    let at = map[from..]
+    // Only a signature with a whole 22-byte record after it (as miniz, PyTorch's zip reader,
+    // requires): a comment ending in the 4 signature bytes must not hide the real record.
+    let end = map.len().saturating_sub(18).max(from);
+    let at = map[from..end]
         .windows(4)
         .rposition(|w| w == EOCD)
         .map(|i| from + i)?;
@@ -286,15 +289,15 @@ fn central_directory(map: &[u8]) -> Option<Option<Directory>> {
     }))
 }
 
-/// The first entry name the central directory lists twice, if any. The zip reader keeps the
-/// last entry of a name, PyTorch's reader the first: such a file is refused, not read either way.
-fn duplicate_entry(map: &[u8]) -> Option<String> {
+/// The entry names of the central directory, in its order (`None` when it cannot be read: the
+/// zip reader then says what is wrong).
+fn central_names(map: &[u8]) -> Option<Vec<&[u8]>> {
     let Some(Some(d)) = central_directory(map) else {
         return None;
     };
     let start = usize::try_from(d.offset).ok()?;
     let dir = map.get(start..start.checked_add(usize::try_from(d.size).ok()?)?)?;
-    let mut seen = std::collections::HashSet::new();
+    let mut names = Vec::new();
     let mut pos = 0;
     while let Some(h) = dir
         .get(pos..pos + 46)
@@ -302,13 +305,43 @@ fn duplicate_entry(map: &[u8]) -> Option<String> {
     {
         let u16_at = |i: usize| usize::from(u16::from_le_bytes([h[i], h[i + 1]]));
         let (name_len, extra, comment) = (u16_at(28), u16_at(30), u16_at(32));
-        let name = dir.get(pos + 46..pos + 46 + name_len)?;
-        if !seen.insert(name) {
-            return Some(String::from_utf8_lossy(name).into_owned());
-        }
+        names.push(dir.get(pos + 46..pos + 46 + name_len)?);
         pos += 46 + name_len + extra + comment;
     }
-    None
+    Some(names)
+}
+
+/// Why PyTorch would refuse or read differently a zip's entries, if it would: a name stored
+/// twice, in any letter case (PyTorch's reader finds names case-insensitively, by a binary
+/// search that may land on either copy; the zip reader takes the exact name's last entry), or,
+/// for a `torch.save` file (`folder_rule`), an entry outside the folder of the first one
+/// (PyTorch: "file in archive is not in a subdirectory").
+fn entries_pytorch_refuses(map: &[u8], folder_rule: bool) -> Option<String> {
+    let names = central_names(map)?;
+    let mut seen = std::collections::HashSet::new();
+    for name in &names {
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return Some(format!(
+                "holds two entries named {:?} (in some letter case; PyTorch and a zip reader may \
+                 read different ones): refusing to choose",
+                String::from_utf8_lossy(name)
+            ));
+        }
+    }
+    if !folder_rule {
+        return None;
+    }
+    let first = names.first()?;
+    let folder = &first[..first.iter().position(|&b| b == b'/').unwrap_or(first.len())];
+    let outside = names
+        .iter()
+        .find(|n| !(n.len() > folder.len() && n.starts_with(folder) && n[folder.len()] == b'/'))?;
+    Some(format!(
+        "entry {:?} lies outside the folder {:?} of the archive's first entry: PyTorch refuses \
+         such a file (\"file in archive is not in a subdirectory\")",
+        String::from_utf8_lossy(outside),
+        String::from_utf8_lossy(folder)
+    ))
 }
 
 /// The `torch.save` file an older `torch.export` archive keeps its state dict in: torch 2.1-2.5
@@ -358,14 +391,8 @@ fn read_zip_in(
     };
     let archive = zip::ZipArchive::with_config(config, Cursor::new(shared))
         .map_err(|e| WeightsError::format(path, "not a readable PyTorch zip file", e))?;
-    if let Some(name) = duplicate_entry(map) {
-        return Err(WeightsError::file(
-            path,
-            format!(
-                "the zip archive holds two entries named {name:?} (PyTorch reads the first, a \
-                 zip reader the last): refusing to choose"
-            ),
-        ));
+    if let Some(why) = entries_pytorch_refuses(map, false) {
+        return Err(WeightsError::file(path, format!("the zip archive {why}")));
     }
     let names: Vec<String> = archive
         .file_names()
@@ -391,6 +418,9 @@ fn read_zip_in(
             )),
         };
     };
+    if let Some(why) = entries_pytorch_refuses(map, true) {
+        return Err(WeightsError::file(path, format!("the zip archive's {why}")));
+    }
     let dir = pkl
         .strip_suffix("data.pkl")
         .expect("found by suffix")

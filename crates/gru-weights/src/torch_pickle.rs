@@ -169,12 +169,12 @@ pub(crate) fn quantized(p: &Pickle) -> Option<String> {
 }
 
 /// Every storage a pickle names, as its first reference gives it (type, size), in the order
-/// they are first named: PyTorch's loaders keep the storage of a key's first reference and hand
-/// it to every later one, with its type and size, and a legacy view by its view key's first
-/// range. A key named again with another type or size, or a view key over another range, is an
-/// error: the later tensor would load through the first reference, which its own description
-/// does not say (`torch.save` never writes such a file). Malformed references are skipped (a
-/// tensor over one reports it).
+/// they are first named: a legacy file's storage record is sized by it, as PyTorch sizes it.
+/// A key named again over another number of bytes, or with another element type over bytes
+/// that exist (torch versions disagree on how to read that: older ones through the first
+/// reference's type, newer ones each through its own; `torch.save` writes neither), or a legacy
+/// view key over another range (PyTorch keeps the first), is an error. Malformed references are
+/// skipped (a tensor over one reports it).
 pub(crate) fn storage_table(p: &Pickle) -> Result<Vec<StorageRef>, String> {
     let mut first: HashMap<String, usize> = HashMap::new();
     let mut views: HashMap<String, (String, (u64, u64))> = HashMap::new();
@@ -203,14 +203,16 @@ pub(crate) fn storage_table(p: &Pickle) -> Result<Vec<StorageRef>, String> {
         match first.get(&s.key) {
             Some(&i) => {
                 let f = &out[i];
-                if (f.dtype, f.elem_size, f.numel) != (s.dtype, s.elem_size, s.numel) {
+                let bytes = |r: &StorageRef| r.numel.checked_mul(r.elem_size as u64);
+                let other_type = (f.dtype, f.elem_size) != (s.dtype, s.elem_size);
+                if bytes(f) != bytes(&s) || (other_type && bytes(f) != Some(0)) {
                     let ty = |r: &StorageRef| {
                         r.dtype
                             .map_or_else(|| format!("{} bytes", r.elem_size), |d| d.as_str().into())
                     };
                     return Err(format!(
-                        "storage {:?} is named as {} elements of {} and as {} of {}: PyTorch would \
-                         read both tensors as the first",
+                        "storage {:?} is named as {} elements of {} and as {} of {}: torch \
+                         versions disagree on how to read it (torch.save never writes this)",
                         s.key,
                         f.numel,
                         ty(f),

@@ -37,10 +37,22 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = target
+    // (At most 100 characters of the name in the temporary one: a name near the 255-byte limit
+    // plus the suffix would be too long.)
+    let name: String = target
         .file_name()
         .ok_or_else(|| WeightsError::file(path, "names no file"))?
-        .to_string_lossy();
+        .to_string_lossy()
+        .chars()
+        .take(100)
+        .collect();
+    if std::fs::metadata(&target).is_ok_and(|m| m.permissions().readonly()) {
+        // Renaming over it would succeed where writing into it would not.
+        return Err(WeightsError::file(
+            path,
+            "is read-only; refusing to replace it",
+        ));
+    }
     let io = |what: &'static str| move |e| WeightsError::io(path, what, e);
     let (tmp, mut file) = loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
