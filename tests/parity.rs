@@ -400,3 +400,53 @@ fn weights_with_wrong_shapes_are_refused_by_name() {
         "{e}"
     );
 }
+
+/// A cell built from the file's config as a GRU is, stepped with its state carried in a
+/// `GruState`, gives PyTorch's `h'` step after step (the reference is one step from `hx`: the
+/// first step from `GruState::with_h0(hx)` matches it; later steps equal `forward` fed by hand).
+#[test]
+fn a_cell_steps_with_a_carried_state_like_a_gru() {
+    use gru_weights::ModuleKind;
+    let case = reference_case("cell_batched_hx");
+    let file = WeightFile::open(&case.weights).unwrap();
+    let config = file.select(ModuleKind::GruCell, None).unwrap().config;
+    let vb = file.var_builder(DType::F32, &Device::Cpu);
+    let cell = gru_core::GruCell::from_config(config, vb.clone()).unwrap();
+    let mut state = GruState::with_h0(case.h0.clone().unwrap());
+    let h1 = cell.forward_state(&case.input, &mut state).unwrap();
+    let tol = Tolerance::for_dtype(DType::F32);
+    assert!(compare("h'", &h1, &case.output, tol).unwrap().passed);
+    let h2 = cell.forward_state(&case.input, &mut state).unwrap();
+    let by_hand = cell.forward(&case.input, Some(&h1)).unwrap();
+    assert_eq!(max_abs(&h2, &by_hand), 0.0);
+    assert_eq!(max_abs(state.h().unwrap(), &h2), 0.0);
+    // An input of another batch size than the state's is refused, naming both.
+    let one = case.input.narrow(0, 0, 1).unwrap();
+    let e = cell
+        .forward_state(&one, &mut state)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds 1 rows, the carried state"), "{e}");
+    // A config of two layers is no cell's.
+    let two = gru_core::GruConfig {
+        num_layers: 2,
+        ..config
+    };
+    let e = gru_core::GruCell::from_config(two, vb)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("one layer and one direction"), "{e}");
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}

@@ -18,7 +18,7 @@ pub struct Streamer {
 #[derive(Default)]
 pub struct StreamState {
     rnn: GruState,
-    cell: Option<Tensor>,
+    cell: GruState,
 }
 
 impl Streamer {
@@ -39,7 +39,7 @@ impl Streamer {
             inp: linear("inp")?,
             // batch_first is not stored in a state_dict: say it, as in nn.GRU(batch_first=True).
             rnn: Gru::new(rnn, vb.pp("rnn"))?.with_batch_first(true),
-            cell: GruCell::new(cell.input_size, cell.hidden_size, cell.bias, vb.pp("cell"))?,
+            cell: GruCell::from_config(cell, vb.pp("cell"))?,
             out: linear("out")?,
         })
     }
@@ -51,11 +51,11 @@ impl Streamer {
         let y = self.rnn.forward_chunk(&x, &mut state.rnn)?; // (B, T, H), state carried
         let mut logits = Vec::new();
         for t in 0..y.dim(1)? {
+            // One step of the cell, its state carried the same way.
             let h = self
                 .cell
-                .forward(&y.get_on_dim(1, t)?, state.cell.as_ref())?;
+                .forward_state(&y.get_on_dim(1, t)?, &mut state.cell)?;
             logits.push(self.out.forward(&h)?);
-            state.cell = Some(h);
         }
         Ok(Tensor::stack(&logits, 1)?)
     }

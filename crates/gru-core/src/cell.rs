@@ -40,6 +40,27 @@ impl GruCell {
         })
     }
 
+    /// Builds the cell as `Gru::new` builds a GRU: from a config (what
+    /// `WeightFile::select(ModuleKind::GruCell, ..)` infers: one layer, one direction; its
+    /// `batch_first` has no meaning for a cell).
+    pub fn from_config(config: GruConfig, vb: VarBuilder) -> Result<Self> {
+        if config.num_layers != 1 || config.bidirectional {
+            return Err(GruError::Config {
+                field: "num_layers / bidirectional",
+                reason: format!(
+                    "a GRUCell has one layer and one direction, the config {} layers{}",
+                    config.num_layers,
+                    if config.bidirectional {
+                        " in two directions"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        Self::new(config.input_size, config.hidden_size, config.bias, vb)
+    }
+
     pub fn input_size(&self) -> usize {
         self.input_size
     }

@@ -3,10 +3,12 @@
 
 use candle_core::Tensor;
 
+use crate::cell::GruCell;
 use crate::error::{GruError, Result};
 use crate::gru::Gru;
 
-/// The hidden state carried between chunks: `(L, B, H)`, or `(L, H)` for unbatched chunks. It
+/// The hidden state carried between chunks: `(L, B, H)`, or `(L, H)` for unbatched chunks, of a
+/// [`Gru`] (`forward_chunk`); `(B, H)` or `(H)` of a [`GruCell`] (`forward_state`). It
 /// remembers the batch size of the chunks it was fed, and refuses a chunk of another one (the usual sign of a forgotten `with_batch_first(true)`).
 #[derive(Debug, Clone, Default)]
 pub struct GruState {
@@ -85,5 +87,34 @@ impl Gru {
         state.h = Some(h_n);
         state.seen = Some(batch);
         Ok(output)
+    }
+}
+
+impl GruCell {
+    /// One step continuing from `state`, as `Gru::forward_chunk` continues a GRU: `input` `(B, I)`
+    /// or `(I)`; the state holds `h` (zeros before the first step; `GruState::with_h0` to start
+    /// elsewhere). Returns `h'`, which the state now holds.
+    pub fn forward_state(&self, input: &Tensor, state: &mut GruState) -> Result<Tensor> {
+        let batch = match *input.dims() {
+            [b, _] => Some(b),
+            _ => None,
+        };
+        if let Some(seen) = state.seen.filter(|&seen| seen != batch) {
+            let show =
+                |b: Option<usize>| b.map_or("an unbatched input".into(), |b| format!("{b} rows"));
+            return Err(GruError::arg(
+                "input",
+                format!(
+                    "shape {:?} holds {}, the carried state {}",
+                    input.dims(),
+                    show(batch),
+                    show(seen)
+                ),
+            ));
+        }
+        let h = self.forward(input, state.h.as_ref())?;
+        state.h = Some(h.clone());
+        state.seen = Some(batch);
+        Ok(h)
     }
 }
