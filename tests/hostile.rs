@@ -660,6 +660,13 @@ fn storages_pytorch_would_read_through_another_reference_are_refused() {
         e.contains("named as 8 elements of f32 and as 16 of f16"),
         "{e}"
     );
+    // Raw bytes (an untyped storage) then floats over the same key.
+    let raw = tensor_over("UntypedStorage", b'0', 32, 4, 0, None);
+    let e = open("raw.pt", zipped(&two_tensors(&raw, &f32_0))).unwrap_err();
+    assert!(
+        e.contains("as 32 elements of 1 bytes and as 8 of f32"),
+        "{e}"
+    );
     // One key with two sizes.
     let bigger = tensor_over("FloatStorage", b'0', 9, 4, 0, None);
     let e = open("sizes.pt", zipped(&two_tensors(&f32_0, &bigger))).unwrap_err();

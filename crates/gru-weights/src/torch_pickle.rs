@@ -73,6 +73,10 @@ pub(crate) struct Found {
 /// dtype and element size of a storage class (`torch.FloatStorage`, or `torch.cuda.*` in old
 /// files saved on a GPU); `None` when `module.name` is not a storage class at all.
 fn storage_type(module: &str, name: &str) -> Option<(Option<DType>, usize)> {
+    if name == "UntypedStorage" && (module == "torch" || module == "torch.storage") {
+        // Raw bytes (PyTorch reads them as uint8): sized, listed, never a weight.
+        return Some((None, 1));
+    }
     if module != "torch" && module != "torch.cuda" {
         return None;
     }
