@@ -803,3 +803,41 @@ fn a_distributed_checkpoint_in_safetensors_assembles_tensor_for_tensor() {
         assert!(e.contains(expect), "{what}: {e}");
     }
 }
+
+/// A top-level GRU at `rnn` and another inside the state dict `model` (`model.rnn`): `rnn` is
+/// both one's full path and the other's path inside its state dict, so it is refused with both
+/// paths; `.rnn` names the top-level one, `model.rnn` the nested one.
+#[test]
+fn a_prefix_matching_a_top_level_and_a_nested_gru_is_refused() {
+    let f = WeightFile::open(checkpoint("two_rnn_paths.pt")).unwrap();
+    let e = f
+        .gru(Some("rnn"), None, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("2 GRUs at \"rnn\"")
+            && e.contains("`.rnn` (from the file's root)")
+            && e.contains("`model.rnn`"),
+        "{e}"
+    );
+    let w = |prefix: &str| {
+        let (gru, _) = f.gru(Some(prefix), None, &Device::Cpu).unwrap();
+        let (_, t) = gru
+            .named_tensors()
+            .into_iter()
+            .find(|(n, _)| n == "weight_ih_l0")
+            .unwrap();
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let load = |name: &str| {
+        f.load(name, &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(w(".rnn"), load("rnn.weight_ih_l0"));
+    assert_eq!(w("model.rnn"), load("model.rnn.weight_ih_l0"));
+    assert_ne!(w(".rnn"), w("model.rnn"));
+}

@@ -111,36 +111,41 @@ impl WeightFile {
         };
         let prefix = prefix.map(|p| p.trim_end_matches('.'));
         if let Some(p) = prefix {
-            // The full path (`model_state_dict.encoder.rnn`) first, else the path inside a state
-            // dict (`encoder.rnn`), also under a `DataParallel` or `torch.compile` wrapper.
-            let exact: Vec<&GruInfo> = d
-                .found
-                .iter()
-                .filter(|g| g.kind == kind && g.prefix == p)
-                .collect();
+            // The full path (`model_state_dict.encoder.rnn`) or the path inside a state dict
+            // (`encoder.rnn`), also under a `DataParallel` or `torch.compile` wrapper; both
+            // matching different modules is refused, never guessed. A leading `.` names the
+            // path from the file's root alone (`.rnn`: the top-level one).
+            let root_only = p.strip_prefix('.');
             let inside = |g: &&GruInfo| {
                 let rel = g.relative_prefix();
-                g.kind == kind
-                    && [rel, rel.strip_prefix("module.").unwrap_or(rel)]
-                        .into_iter()
-                        .chain(rel.strip_prefix("_orig_mod."))
-                        .any(|r| r == p)
+                [rel, rel.strip_prefix("module.").unwrap_or(rel)]
+                    .into_iter()
+                    .chain(rel.strip_prefix("_orig_mod."))
+                    .any(|r| r == p)
             };
-            let hits = if exact.is_empty() {
-                d.found.iter().filter(inside).collect()
-            } else {
-                exact
-            };
+            let hits: Vec<&GruInfo> = d
+                .found
+                .iter()
+                .filter(|g| g.kind == kind)
+                .filter(|g| match root_only {
+                    Some(full) => g.prefix == full,
+                    None => g.prefix == p || inside(g),
+                })
+                .collect();
             match hits.as_slice() {
                 [one] => return Ok((*one).clone()),
                 [] => {}
                 many => {
                     return Err(WeightsError::Select(format!(
-                        "{}: {} {kind}s at {p:?}, in different state dicts; name one by its full path: {}",
+                        "{}: {} {kind}s at {p:?}; name one by its full path: {}",
                         self.path().display(),
                         many.len(),
                         many.iter()
-                            .map(|g| format!("`{}`", g.prefix))
+                            .map(|g| if g.prefix == p {
+                                format!("`.{}` (from the file's root)", g.prefix)
+                            } else {
+                                format!("`{}`", g.prefix)
+                            })
                             .collect::<Vec<_>>()
                             .join(", ")
                     )))
