@@ -1,11 +1,15 @@
 //! nn.GRU / nn.GRUCell parity with PyTorch on the reference cases in models/reference (written by
 //! scripts/make_reference_cases.py), plus streaming, padding and input validation.
 
+#[path = "common/tensor_diff.rs"]
+mod tensor_diff;
+
 use candle_core::{DType, Device, Tensor};
 use candle_gru::models_dir;
 use gru_core::{Gru, GruError, GruState, Kernel};
 use gru_verify::{compare, find_cases, run_case, Case, RunOptions, Tolerance};
 use gru_weights::WeightFile;
+use tensor_diff::max_diff;
 
 /// Cases the suite must contain: deleting or renaming one fails here instead of silently
 /// testing less.
@@ -418,8 +422,8 @@ fn a_cell_steps_with_a_carried_state_like_a_gru() {
     assert!(compare("h'", &h1, &case.output, tol).unwrap().passed);
     let h2 = cell.forward_state(&case.input, &mut state).unwrap();
     let by_hand = cell.forward(&case.input, Some(&h1)).unwrap();
-    assert_eq!(max_abs(&h2, &by_hand), 0.0);
-    assert_eq!(max_abs(state.h().unwrap(), &h2), 0.0);
+    assert_eq!(max_diff(&h2, &by_hand), 0.0);
+    assert_eq!(max_diff(state.h().unwrap(), &h2), 0.0);
     // An input of another batch size than the state's is refused, naming both.
     let one = case.input.narrow(0, 0, 1).unwrap();
     let e = cell
@@ -436,17 +440,4 @@ fn a_cell_steps_with_a_carried_state_like_a_gru() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("one layer and one direction"), "{e}");
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
