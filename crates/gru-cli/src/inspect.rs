@@ -126,24 +126,16 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         ),
     );
     if sds.len() > 1 || sds.iter().any(|k| !k.is_empty()) {
-        const SHOWN: usize = 8;
-        let mut names: Vec<String> = sds
-            .iter()
-            .take(SHOWN)
-            .map(|k| {
-                if k.is_empty() {
-                    "(top level)".into()
-                } else if let Some(n) = k.strip_prefix(OPTIMIZER) {
-                    n.to_string()
-                } else {
-                    format!("{k:?}")
-                }
-            })
-            .collect();
-        if sds.len() > SHOWN {
-            names.push(format!("and {} more", sds.len() - SHOWN));
-        }
-        println!("state dicts at key paths: {}", names.join(", "));
+        let names = crate::listed(sds, |k| {
+            if k.is_empty() {
+                "(top level)".into()
+            } else if let Some(n) = k.strip_prefix(OPTIMIZER) {
+                n.to_string()
+            } else {
+                format!("{k:?}")
+            }
+        });
+        println!("state dicts at key paths: {names}");
     }
     if d.found.is_empty() {
         println!("no GRU or GRUCell found");

@@ -155,6 +155,17 @@ pub fn one_line(s: &str) -> String {
         .collect()
 }
 
+/// The first 8 of `names`, each shown by `show`, joined, and how many more: a file may hold
+/// millions of names, and one line must stay readable.
+pub fn listed<S: AsRef<str>>(names: &[S], show: impl Fn(&str) -> String) -> String {
+    const SHOWN: usize = 8;
+    let mut s: Vec<String> = names.iter().take(SHOWN).map(|n| show(n.as_ref())).collect();
+    if names.len() > SHOWN {
+        s.push(format!("and {} more", names.len() - SHOWN));
+    }
+    s.join(", ")
+}
+
 /// `--dtype`, for clap's `value_parser`: f32, f64, f16, bf16 (and PyTorch's long names).
 pub fn dtype_arg(s: &str) -> Result<candle_core::DType, String> {
     Ok(match s.to_ascii_lowercase().as_str() {

@@ -141,19 +141,6 @@ fn out_files(out: &Path) -> anyhow::Result<Out> {
     Ok(kind)
 }
 
-/// The first `shown` names (escaped), and how many more: a file may hold millions.
-fn summary(names: &[String], shown: usize) -> String {
-    let mut s: Vec<String> = names
-        .iter()
-        .take(shown)
-        .map(|n| crate::one_line(n))
-        .collect();
-    if names.len() > shown {
-        s.push(format!("and {} more", names.len() - shown));
-    }
-    s.join(", ")
-}
-
 /// NaN or Inf in the input gives NaN outputs; refuse it by name instead (padding excepted).
 /// `converted_to`: `t` was converted to that dtype, and a value beyond its range became Inf.
 /// Read in chunks, in place: never a whole copy of the input.
@@ -232,7 +219,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             "warning: tensors under `{}` not used by the {}: {}",
             report.prefix,
             if a.cell { "GRUCell" } else { "GRU" },
-            summary(&report.unused_under_prefix, 8)
+            crate::listed(&report.unused_under_prefix, crate::one_line)
         );
     }
     let model_dtype = match &module {

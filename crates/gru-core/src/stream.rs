@@ -37,6 +37,36 @@ impl GruState {
         self.h.as_ref()
     }
 
+    /// Refuses an input of `dims` whose batch size (`None`: unbatched) is not the one the state
+    /// carries. `(arg, unit, unbatched)` name the argument and say how to show a batch size.
+    fn check_batch(
+        &self,
+        (arg, unit, unbatched): (&str, &str, &str),
+        dims: &[usize],
+        batch: Option<usize>,
+        hint: &str,
+    ) -> Result<()> {
+        match self.seen {
+            Some(seen) if seen != batch => {
+                let show = |b: Option<usize>| b.map_or(unbatched.into(), |b| format!("{b} {unit}"));
+                let hint = if hint.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {hint}")
+                };
+                Err(GruError::arg(
+                    arg,
+                    format!(
+                        "shape {dims:?} holds {}, the carried state {}{hint}",
+                        show(batch),
+                        show(seen)
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Forgets the state: the next chunk starts a new sequence.
     pub fn reset(&mut self) {
         self.h = None;
@@ -61,28 +91,18 @@ impl Gru {
             [a, b, _] => Some(if batch_first { a } else { b }),
             _ => None,
         };
-        if let Some(seen_batch) = state.seen {
-            let hint = if batch_first {
-                "the chunks are read as (B, T, I) (`batch_first`)"
-            } else {
-                "the chunks are read as (T, B, I); if yours are (B, T, I), build the GRU with \
-                 `.with_batch_first(true)`"
-            };
-            if seen_batch != batch {
-                let show = |b: Option<usize>| {
-                    b.map_or("an unbatched chunk".into(), |b| format!("{b} streams"))
-                };
-                return Err(GruError::arg(
-                    "chunk",
-                    format!(
-                        "shape {:?} holds {}, the carried state {}: {hint}",
-                        chunk.dims(),
-                        show(batch),
-                        show(seen_batch)
-                    ),
-                ));
-            }
-        }
+        let hint = if batch_first {
+            "the chunks are read as (B, T, I) (`batch_first`)"
+        } else {
+            "the chunks are read as (T, B, I); if yours are (B, T, I), build the GRU with \
+             `.with_batch_first(true)`"
+        };
+        state.check_batch(
+            ("chunk", "streams", "an unbatched chunk"),
+            chunk.dims(),
+            batch,
+            hint,
+        )?;
         let (output, h_n) = self.forward(chunk, state.h.as_ref())?;
         state.h = Some(h_n);
         state.seen = Some(batch);
@@ -99,19 +119,12 @@ impl GruCell {
             [b, _] => Some(b),
             _ => None,
         };
-        if let Some(seen) = state.seen.filter(|&seen| seen != batch) {
-            let show =
-                |b: Option<usize>| b.map_or("an unbatched input".into(), |b| format!("{b} rows"));
-            return Err(GruError::arg(
-                "input",
-                format!(
-                    "shape {:?} holds {}, the carried state {}",
-                    input.dims(),
-                    show(batch),
-                    show(seen)
-                ),
-            ));
-        }
+        state.check_batch(
+            ("input", "rows", "an unbatched input"),
+            input.dims(),
+            batch,
+            "",
+        )?;
         let h = self.forward(input, state.h.as_ref())?;
         state.h = Some(h.clone());
         state.seen = Some(batch);

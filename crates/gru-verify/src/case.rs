@@ -136,7 +136,7 @@ impl Case {
             };
         // A reference that is NaN or Inf could only "pass" against an equally broken result.
         for (what, t) in [("output", Some(&output)), ("h_n", h_n.as_ref())] {
-            if let Some(at) = t.map(first_non_finite).transpose()?.flatten() {
+            if let Some(at) = t.map(gru_core::first_non_finite).transpose()?.flatten() {
                 return Err(case_err(
                     path,
                     format!(
@@ -162,11 +162,6 @@ impl Case {
             lengths,
         })
     }
-}
-
-/// Flat index of the first NaN/Inf of `t`, if any (read in chunks, never copied whole).
-fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
-    Ok(gru_core::first_non_finite(t)?)
 }
 
 /// How to run cases; every field overrides what the case file says.
