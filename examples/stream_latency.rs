@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         ..GruConfig::default()
     };
     let rnn = Gru::new(cfg, vb.pp("rnn"))?;
-    let cell = GruCell::new(HID, HID, true, vb.pp("cell"))?;
+    let cell = GruCell::from_config(GruConfig::new(HID, HID), vb.pp("cell"))?;
     let out: Linear = candle_nn::linear(HID, OUT, vb.pp("out"))?;
     let x = t(&[frames, 1, 1, IN], 1)?;
 

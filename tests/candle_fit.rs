@@ -36,7 +36,7 @@ fn a_fresh_varmap_is_initialised_as_pytorch_does() {
         .with_num_layers(2)
         .with_bidirectional(true);
     let gru = Gru::new(cfg, vb.pp("rnn")).unwrap();
-    let cell = GruCell::new(3, 16, true, vb.pp("cell")).unwrap();
+    let cell = GruCell::from_config(GruConfig::new(3, 16), vb.pp("cell")).unwrap();
     let vars = varmap.all_vars();
     assert_eq!(vars.len(), 2 * 2 * 4 + 4);
     let bound = 1.0 / 16f64.sqrt();
@@ -74,7 +74,18 @@ fn a_zeros_var_builder_builds_a_gru_whose_state_stays_zero() {
     // Zero weights: r = z = 1/2, n = 0, so h' = h / 2 stays 0.
     assert_eq!(max_abs(&out), 0.0);
     assert_eq!(max_abs(&h_n), 0.0);
-    assert!(GruCell::new(4, 6, false, vb).is_ok());
+    // The older constructor is a thin wrapper of `from_config`.
+    #[allow(deprecated)]
+    let old = GruCell::new(4, 6, false, vb.clone()).unwrap();
+    let new = GruCell::from_config(GruConfig::new(4, 6).with_bias(false), vb).unwrap();
+    assert_eq!(
+        (old.input_size(), old.hidden_size(), old.bias()),
+        (4, 6, false)
+    );
+    assert_eq!(
+        (new.input_size(), new.hidden_size(), new.bias()),
+        (4, 6, false)
+    );
 }
 
 #[test]
@@ -177,7 +188,7 @@ fn gradient_case(name: &str, dtype: DType) -> f64 {
     let h0 = Var::from_tensor(&get("h0")).unwrap();
     let loss = if name == "cell" {
         let (input, hidden) = (x.dim(1).unwrap(), h0.dim(1).unwrap());
-        let cell = GruCell::new(input, hidden, true, vb).unwrap();
+        let cell = GruCell::from_config(GruConfig::new(input, hidden), vb).unwrap();
         let out = cell.forward(x.as_tensor(), Some(h0.as_tensor())).unwrap();
         (out * get("loss_output")).unwrap().sum_all().unwrap()
     } else {
@@ -253,7 +264,7 @@ fn a_gru_cell_is_candle_nns_rnn_and_runs_a_sequence_as_pytorchs_one_layer_gru() 
     // The names candle-nn's `gru()` reads, as the cell's docs say.
     let vb =
         VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu).rename_f(|n| format!("{n}_l0"));
-    let cell = GruCell::new(5, 7, true, vb).unwrap();
+    let cell = GruCell::from_config(GruConfig::new(5, 7), vb).unwrap();
     // candle-nn's layout: batch first.
     let x = case.input.transpose(0, 1).unwrap().contiguous().unwrap();
     let h0 = GRUState {

@@ -74,8 +74,23 @@ fn peak_child_rss_mib() -> f64 {
     usage.ru_maxrss as f64 / 1024.0
 }
 
-/// A zip as `torch.save` writes it, with the given entries (deflated where asked).
+/// A zip as `torch.save` writes it, with the given entries (deflated where asked), and the
+/// `version` record PyTorch requires in the first entry's folder unless the entries name one.
 fn zip_with(entries: &[(&str, &[u8], bool)]) -> Vec<u8> {
+    let folder = entries
+        .first()
+        .and_then(|e| e.0.split_once('/'))
+        .map(|f| f.0);
+    let version = match folder {
+        Some(f) if !entries.iter().any(|e| e.0.ends_with("version")) => format!("{f}/version"),
+        _ => String::new(),
+    };
+    let version_entry = (version.as_str(), &b"3\n"[..], false);
+    let with_version = (!version.is_empty()).then_some(&version_entry);
+    zip_raw(entries.iter().chain(with_version))
+}
+
+fn zip_raw<'a>(entries: impl Iterator<Item = &'a (&'a str, &'a [u8], bool)>) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut z = zip::ZipWriter::new(&mut buf);
@@ -224,6 +239,12 @@ fn every_hostile_input_is_refused_cleanly() {
         evil.iter().copied(),
     );
     w("eval.pkl", &eval_file);
+    // What torch.save(..., pickle_protocol=1) writes (torch.load(weights_only=True) refuses it).
+    w(
+        "protocol1.pth",
+        b"L119547037146038801333356L\n.M\xe9\x03.}q\x00.",
+    );
+    w("plain.pkl", b"\x80\x04}\x94.");
     w(
         "popen.pt",
         &pt_with_pickle(b"csubprocess\nPopen\n((S'touch'\nS'PWNED_popen'\nltR."),
@@ -314,6 +335,16 @@ fn every_hostile_input_is_refused_cleanly() {
             "references",
         ),
         attack("no STOP", &["inspect", "endless.pt"], "truncated pickle"),
+        attack(
+            "pickle protocol 1",
+            &["inspect", "protocol1.pth"],
+            "pickle protocol 0 or 1",
+        ),
+        attack(
+            "a plain pickle",
+            &["inspect", "plain.pkl"],
+            "not a torch.save file",
+        ),
         attack("lying length", &["inspect", "lying_string.pt"], "lying"),
         attack("os.system", &["inspect", "system.pt"], "os.system"),
         attack("builtins.eval", &["inspect", "eval.pkl"], "builtins.eval"),
@@ -726,6 +757,72 @@ fn storages_pytorch_would_read_through_another_reference_are_refused() {
     let e = open("folders.pt", z).unwrap_err();
     assert!(
         e.contains("\"other/data.pkl\" lies outside the folder \"archive\""),
+        "{e}"
+    );
+}
+
+/// What `scripts/fuzz_containers.py` found PyTorch refuses and we read: each class is refused,
+/// and the same file made right loads.
+#[test]
+fn records_pytorch_requires_are_checked_as_pytorch_checks_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str, bytes: Vec<u8>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        gru_weights::WeightFile::open(&p)
+            .and_then(|f| f.load("w", &candle_core::Device::Cpu).map(|_| ()))
+            .map_err(|e| e.to_string())
+    };
+    let p = state_dict_pickle(4, 4);
+    let data = [0u8; 16];
+    let with = |extra: &[(&str, &[u8])], record: &[u8]| {
+        let mut e = vec![
+            ("archive/data.pkl", &p[..], false),
+            ("archive/data/0", record, false),
+        ];
+        e.extend(extra.iter().map(|&(n, d)| (n, d, false)));
+        zip_raw(e.iter())
+    };
+    let version: &[(&str, &[u8])] = &[("archive/version", b"3\n")];
+    open("good.pt", with(version, &data)).unwrap();
+    open(
+        "data_version.pt",
+        with(&[("archive/.data/version", b"3\n")], &data),
+    )
+    .unwrap();
+    // No version record, or one PyTorch cannot read.
+    let e = open("none.pt", with(&[], &data)).unwrap_err();
+    assert!(e.contains("no archive/version record"), "{e}");
+    for bad in [&b"x"[..], b"0", b"11", b""] {
+        let e = open("bad.pt", with(&[("archive/version", bad)], &data)).unwrap_err();
+        assert!(e.contains("not an archive format version"), "{e}");
+    }
+    // A byte order other than little or big.
+    for bad in [&b""[..], b"middle", b"little\n"] {
+        let mut extra = version.to_vec();
+        extra.push(("archive/byteorder", bad));
+        let e = open("order.pt", with(&extra, &data)).unwrap_err();
+        assert!(e.contains("neither \"little\" nor \"big\""), "{e}");
+    }
+    // A storage record longer or shorter than the pickle declares (PyTorch checks both ways).
+    for record in [&[0u8; 20][..], &[0u8; 12]] {
+        let e = open("record.pt", with(version, record)).unwrap_err();
+        assert!(
+            e.contains("the pickle declares 4 elements of 4 bytes"),
+            "{e}"
+        );
+    }
+    // A legacy storage key list naming a storage the pickle does not.
+    let mut f = legacy_file(4, &data);
+    let list = b"]X\x01\x00\x00\x000a.";
+    let at = f.windows(list.len()).position(|w| w == list).unwrap();
+    f.splice(
+        at..at + list.len(),
+        *b"](X\x01\x00\x00\x000X\x01\x00\x00\x009e.",
+    );
+    let e = open("extra_key.pth", f).unwrap_err();
+    assert!(
+        e.contains("names storage \"9\", which the main pickle does not"),
         "{e}"
     );
 }

@@ -90,7 +90,7 @@ fn bench(c: &mut Criterion) {
     // One step: the recurrent matmul and the fused gate update, through GRUCell.
     let cfg = GruConfig::new(256, 256);
     let vb = VarBuilder::from_tensors(weights(&cfg, &dev, true), DType::F32, &dev);
-    let cell = GruCell::new(256, 256, true, vb).unwrap();
+    let cell = GruCell::from_config(GruConfig::new(256, 256), vb).unwrap();
     let x = Tensor::randn(0f32, 1.0, (32, 256), &dev).unwrap();
     let h = Tensor::randn(0f32, 1.0, (32, 256), &dev).unwrap();
     c.bench_function(&format!("{name}_step_b32_h256"), |bn| {

@@ -23,26 +23,17 @@ pub struct GruCell {
 
 impl GruCell {
     /// Builds the cell from `vb` at the cell's prefix; `bias` as in `nn.GRUCell(..., bias=)`.
+    /// The older form: [`GruCell::from_config`] builds a cell as [`crate::Gru::new`] builds a GRU.
+    #[deprecated(
+        note = "use GruCell::from_config(GruConfig::new(input_size, hidden_size).with_bias(bias), vb)"
+    )]
     pub fn new(input_size: usize, hidden_size: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        GruConfig::new(input_size, hidden_size)
-            .with_bias(bias)
-            .validate()?;
-        crate::device::check_dtype_supported(vb.device(), vb.dtype())?;
-        let params =
-            DirectionParams::load(&vb, &ParamNames::cell(), input_size, hidden_size, bias)?;
-        Ok(Self {
-            input_size,
-            hidden_size,
-            layer: Layer::new(vec![params], hidden_size)?,
-            dtype: vb.dtype(),
-            device: vb.device().clone(),
-            kernel: Kernel::Auto,
-        })
+        Self::from_config(GruConfig::new(input_size, hidden_size).with_bias(bias), vb)
     }
 
     /// Builds the cell as `Gru::new` builds a GRU: from a config (what
     /// `WeightFile::select(ModuleKind::GruCell, ..)` infers: one layer, one direction; its
-    /// `batch_first` has no meaning for a cell).
+    /// `batch_first` has no meaning for a cell), with the weights of `vb` at the cell's prefix.
     pub fn from_config(config: GruConfig, vb: VarBuilder) -> Result<Self> {
         if config.num_layers != 1 || config.bidirectional {
             return Err(GruError::Config {
@@ -58,7 +49,24 @@ impl GruCell {
                 ),
             });
         }
-        Self::new(config.input_size, config.hidden_size, config.bias, vb)
+        config.validate()?;
+        let GruConfig {
+            input_size,
+            hidden_size,
+            bias,
+            ..
+        } = config;
+        crate::device::check_dtype_supported(vb.device(), vb.dtype())?;
+        let params =
+            DirectionParams::load(&vb, &ParamNames::cell(), input_size, hidden_size, bias)?;
+        Ok(Self {
+            input_size,
+            hidden_size,
+            layer: Layer::new(vec![params], hidden_size)?,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+            kernel: Kernel::Auto,
+        })
     }
 
     pub fn input_size(&self) -> usize {

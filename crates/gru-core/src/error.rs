@@ -10,7 +10,7 @@ pub enum GruError {
     Config { field: &'static str, reason: String },
 
     /// A tensor (weight, input, h0) whose shape is not the one required.
-    #[error("`{name}`: expected shape {expected:?}, found {found:?}")]
+    #[error("`{}`: expected shape {expected:?}, found {found:?}", shown(name))]
     Shape {
         name: String,
         expected: Vec<usize>,
@@ -18,7 +18,10 @@ pub enum GruError {
     },
 
     /// A tensor whose dtype is not the one required.
-    #[error("`{name}`: expected dtype {expected:?}, found {found:?}{hint}")]
+    #[error(
+        "`{}`: expected dtype {expected:?}, found {found:?}{hint}",
+        shown(name)
+    )]
     DType {
         name: String,
         expected: DType,
@@ -27,7 +30,7 @@ pub enum GruError {
     },
 
     /// An argument that is malformed in a way a shape or dtype does not describe.
-    #[error("`{name}`: {reason}")]
+    #[error("`{}`: {reason}", shown(name))]
     Argument { name: String, reason: String },
 
     /// Variable-length batch lengths that PyTorch's `pack_padded_sequence` rejects too.
@@ -35,7 +38,7 @@ pub enum GruError {
     Lengths(String),
 
     /// A device that cannot be used: not compiled in, not present, or not parsable.
-    #[error("device `{device}`: {reason}")]
+    #[error("device `{}`: {reason}", shown(device))]
     Device { device: String, reason: String },
 
     /// A broken internal invariant: a bug of this crate, not a fault of the caller's input.
@@ -48,6 +51,16 @@ pub enum GruError {
 }
 
 pub type Result<T> = std::result::Result<T, GruError>;
+
+/// A name as an error shows it: names come from files and arguments, and a control character
+/// in one (a newline, an escape sequence) must not cut or forge the one-line message.
+fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.chars().any(char::is_control) {
+        name.escape_debug().to_string().into()
+    } else {
+        name.into()
+    }
+}
 
 /// So that `?` works inside a candle `Module::forward`: candle's own errors come back as they
 /// were, the others are wrapped (their message and source kept).
@@ -103,4 +116,24 @@ pub(crate) fn check_dtype_device(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_control_characters_stay_on_one_line() {
+        let e = GruError::Shape {
+            name: "rnn.weight\nPASS\x1b[2J".into(),
+            expected: vec![3],
+            found: vec![4],
+        };
+        assert_eq!(
+            e.to_string(),
+            "`rnn.weight\\nPASS\\u{1b}[2J`: expected shape [3], found [4]"
+        );
+        let e = GruError::arg("plain.name", "is odd");
+        assert_eq!(e.to_string(), "`plain.name`: is odd");
+    }
 }

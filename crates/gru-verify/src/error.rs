@@ -5,7 +5,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// A case file that is unreadable or breaks the reference case format.
-    #[error("{}: {reason}", path.display())]
+    #[error(
+        "{}: {reason}",
+        path.display().to_string().escape_debug()
+    )]
     Case { path: PathBuf, reason: String },
 
     #[error(transparent)]

@@ -255,6 +255,12 @@ impl WeightFile {
             }
             return Ok(Self::from_sharded(path, Sharded::open(path, &mmap)?));
         }
+        if let Some(why) = (!zip && !safetensors_like)
+            .then(|| pth::not_a_legacy_file(&mmap))
+            .flatten()
+        {
+            return Err(WeightsError::file(path, why));
+        }
         if !zip && (safetensors_like || !pth::is_legacy(&mmap)) {
             if key.is_some() {
                 return Err(WeightsError::file(

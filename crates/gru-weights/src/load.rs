@@ -301,11 +301,7 @@ impl WeightFile {
     ) -> Result<(GruCell, LoadReport)> {
         let info = self.select(ModuleKind::GruCell, prefix)?;
         let (vb, report) = self.module_var_builder(&info, dtype, device)?;
-        let c = &info.config;
-        Ok((
-            GruCell::new(c.input_size, c.hidden_size, c.bias, vb)?,
-            report,
-        ))
+        Ok((GruCell::from_config(info.config, vb)?, report))
     }
 }
 

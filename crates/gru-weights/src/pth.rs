@@ -181,6 +181,42 @@ impl EntryBytes {
     }
 }
 
+/// The archive format versions PyTorch reads (`caffe2/serialize/versions.h`).
+const ZIP_FORMAT_VERSIONS: std::ops::RangeInclusive<u64> = 1..=10;
+
+/// PyTorch's zip reader refuses an archive without a readable `version` (or `.data/version`)
+/// record, or with a version outside the range it knows; so do we.
+fn check_version(path: &Path, archive: &Archive, map: &[u8], dir: &str) -> Result<()> {
+    let name = [format!("{dir}.data/version"), format!("{dir}version")]
+        .into_iter()
+        .find(|n| archive.index_for_name(n).is_some())
+        .ok_or_else(|| {
+            WeightsError::file(
+                path,
+                format!("the archive has no {dir}version record (PyTorch refuses it)"),
+            )
+        })?;
+    let record = zip_entry(path, archive, map.len(), &name, 64)?;
+    // As C++'s stoull reads it: leading white space, then the digits.
+    let text = String::from_utf8_lossy(record.get(map));
+    let digits: String = text
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    match digits.parse::<u64>() {
+        Ok(v) if ZIP_FORMAT_VERSIONS.contains(&v) => Ok(()),
+        _ => Err(WeightsError::file(
+            path,
+            format!(
+                "{name} says {text:?}, not an archive format version PyTorch reads ({}..={})",
+                ZIP_FORMAT_VERSIONS.start(),
+                ZIP_FORMAT_VERSIONS.end()
+            ),
+        )),
+    }
+}
+
 /// Reads a zip checkpoint: `torch.save` (state dict, training checkpoint, whole module) or a
 /// TorchScript archive. The top folder may have any name.
 /// torch >= 2.1 records the byte order; storages written big-endian would load byte-swapped.
@@ -188,12 +224,25 @@ fn check_byteorder(path: &Path, archive: &Archive, map: &[u8], dir: &str) -> Res
     let byteorder = format!("{dir}byteorder");
     if archive.index_for_name(&byteorder).is_some() {
         let order = zip_entry(path, archive, map.len(), &byteorder, 16)?;
-        if order.get(map).starts_with(b"big") {
-            return Err(WeightsError::file(
-                path,
-                "saved on a big-endian machine: its storages are big-endian, which is not \
-                 supported; re-save it on a little-endian one",
-            ));
+        match order.get(map) {
+            b"little" => {}
+            b"big" => {
+                return Err(WeightsError::file(
+                    path,
+                    "saved on a big-endian machine: its storages are big-endian, which is not \
+                     supported; re-save it on a little-endian one",
+                ))
+            }
+            other => {
+                return Err(WeightsError::file(
+                    path,
+                    format!(
+                        "{byteorder} says {:?}, neither \"little\" nor \"big\" (PyTorch \
+                         refuses it)",
+                        String::from_utf8_lossy(other)
+                    ),
+                ))
+            }
         }
     }
     Ok(())
@@ -426,6 +475,7 @@ fn read_zip_in(
         .expect("found by suffix")
         .to_string();
     let torchscript = names.iter().any(|n| n.starts_with(&format!("{dir}code/")));
+    check_version(path, &archive, map, &dir)?;
     check_byteorder(path, &archive, map, &dir)?;
     let entry_cap = if outer {
         budget(file_len)
@@ -551,6 +601,22 @@ pub(crate) fn is_legacy(bytes: &[u8]) -> bool {
     )
 }
 
+/// Why a file that looks like a pickle but is no legacy `torch.save` file cannot be read, to say
+/// instead of a safetensors parser's complaint.
+pub(crate) fn not_a_legacy_file(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"L119547037146038801333356") {
+        // The magic number as pickle protocols 0 and 1 write it.
+        return Some(
+            "a legacy torch.save file written with pickle protocol 0 or 1, which \
+             torch.load(weights_only=True) refuses too; load it in PyTorch and save it again \
+             with torch.save's default protocol",
+        );
+    }
+    let pickle = bytes.first() == Some(&0x80) && bytes.get(1).is_some_and(|v| (2..=5).contains(v));
+    (pickle && !is_legacy(bytes))
+        .then_some("a Python pickle, but not a torch.save file (no PyTorch magic number)")
+}
+
 /// Reads a legacy `torch.save` file: magic number, protocol version and system info pickles, the
 /// main pickle, the pickled list of storage keys, then each storage as a little-endian u64
 /// element count followed by its bytes.
@@ -616,7 +682,16 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
                 ))
             }
         };
-        let (es, declared) = table.get(&key).copied().unwrap_or((0, 0));
+        let Some(&(es, declared)) = table.get(&key) else {
+            // PyTorch: "storage key ... not found in deserialized_objects".
+            return Err(WeightsError::file(
+                path,
+                format!(
+                    "the storage key list names storage {key:?}, which the main pickle does \
+                     not: a corrupt file"
+                ),
+            ));
+        };
         if es == 0 {
             // Its length cannot be known, nor where the next storage starts: the storages from
             // here on stay unavailable (a tensor over one says so when loaded).
@@ -721,6 +796,18 @@ impl Checkpoint {
             }
         };
         let have = (storage.len() / s.elem_size) as u64;
+        let zip = matches!(self.storages, Storages::Zip { .. });
+        if zip && Some(storage.len() as u64) != s.numel.checked_mul(s.elem_size as u64) {
+            // torch.load checks the record's size against the pickle's, both ways.
+            return Err(bad(format!(
+                "storage {}: its record holds {} bytes, the pickle declares {} elements of {} \
+                 bytes: a lying or corrupt file (PyTorch refuses it)",
+                s.key,
+                storage.len(),
+                s.numel,
+                s.elem_size
+            )));
+        }
         if s.numel > have {
             return Err(bad(format!(
                 "storage {} declares {} elements, the file holds {have}: truncated file",
