@@ -89,7 +89,7 @@ nvcc --version | tail -2 >&2
 
 # The kernels' source through NVRTC as at run time (no GPU needed): sm_80 as on an A100, sm_90
 # with the cluster kernels as on an H100/H200; prints ptxas's registers and spills per kernel.
-"$PY" scripts/nvrtc_check.py "$CUDA_HOME/lib64/libnvrtc.so" crates/gru-core/src/kernels/gru.cu \
+"$PY" scripts/nvrtc_check.py "$CUDA_HOME/lib64/libnvrtc.so" crates/gru-core/src/cuda/gru.cu \
   80 90:cluster
 
 if [ "$MODE" = check ]; then

@@ -171,7 +171,10 @@ def pick(rng, s, two_d=False):
 def m_transpose(rng, s):
     """A weight stored transposed (column-major strides)."""
     t = pick(rng, s, two_d=True)
-    a = np.frombuffer(s.storages[t.stor.key][1], np.float32)[t.offset:]
+    dtype, data = s.storages[t.stor.key]
+    a = np.frombuffer(data, np.float32)[t.offset:] if dtype == "float32" else np.zeros(0)
+    if t.stride != [t.size[1], 1] or a.size < t.size[0] * t.size[1]:
+        return "transpose-skipped"  # an earlier mutation made it something else
     a = a[: t.size[0] * t.size[1]].reshape(t.size)
     key = f"t{rng.randrange(1000)}"
     s.storages[key] = ["float32", np.ascontiguousarray(a.T).tobytes()]

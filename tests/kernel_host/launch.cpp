@@ -1,4 +1,4 @@
-// Launches the host-compiled kernels of kernels/gru.cu with a given grid and block, the way the
+// Launches the host-compiled kernels of cuda/gru.cu with a given grid and block, the way the
 // CUDA path does: the per-step gate kernel thread by thread (it has no barrier), the persistent
 // kernel with one OS thread per CUDA thread, all blocks at once, and a std::barrier per block for
 // __syncthreads (its grid barrier then runs as on the GPU, on atomics); the cluster kernels the

@@ -1,4 +1,4 @@
-// Host stand-ins for the CUDA built-ins that kernels/gru.cu uses, so that the exact source NVRTC
+// Host stand-ins for the CUDA built-ins that cuda/gru.cu uses, so that the exact source NVRTC
 // compiles also builds as host C++ (test `cuda_kernel_source`). Each CUDA thread of a launch is
 // an OS thread (persistent kernel) or an iteration (per-step kernel): see launch.cpp. The cluster
 // kernels are built too: a cluster is a group of consecutive blocks sharing one std::barrier, a

@@ -43,6 +43,9 @@ pub struct Args {
     /// or `(H)`; `output` and `h_n` are both the new state h', as `nn.GRUCell` returns it.
     #[arg(long, conflicts_with_all = ["lengths", "batch_first"])]
     cell: bool,
+    /// Recurrence implementation.
+    #[arg(long, value_enum, default_value_t = crate::KernelArg::Auto)]
+    kernel: crate::KernelArg,
 }
 
 /// Reads one tensor from a .npy file or a safetensors file (by `name`, or its only tensor), told
@@ -207,12 +210,15 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let prefix = a.source.prefix.as_deref();
     let (module, report) = if a.cell {
         let (cell, report) = file.gru_cell(prefix, dtype, &device)?;
-        (Module::Cell(cell), report)
+        (Module::Cell(cell.with_kernel(a.kernel.into())), report)
     } else {
         let (gru, report) = file
             .gru(prefix, dtype, &device)
             .map_err(|e| cell_hint(&file, prefix).unwrap_or_else(|| e.into()))?;
-        (Module::Gru(gru.with_batch_first(a.batch_first)), report)
+        let gru = gru
+            .with_batch_first(a.batch_first)
+            .with_kernel(a.kernel.into());
+        (Module::Gru(gru), report)
     };
     if !report.unused_under_prefix.is_empty() {
         eprintln!(

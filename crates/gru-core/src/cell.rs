@@ -201,7 +201,7 @@ impl GruCell {
     }
 
     fn check(&self, name: &str, t: &Tensor) -> Result<()> {
-        crate::error::check_dtype_device(name, t, self.dtype, &self.device)
+        crate::device::check_dtype_device(name, t, self.dtype, &self.device)
     }
 }
 

@@ -161,6 +161,34 @@ fn open_metal(ordinal: usize) -> Result<Device> {
     })
 }
 
+/// Checks that `t` (argument `name`) has the model's dtype and device, as PyTorch requires.
+pub(crate) fn check_dtype_device(
+    name: &str,
+    t: &candle_core::Tensor,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> Result<()> {
+    if t.dtype() != dtype {
+        return Err(crate::error::GruError::DType {
+            name: name.into(),
+            expected: dtype,
+            found: t.dtype(),
+            hint: " (the model's weights have the expected dtype; PyTorch rejects a mix too)",
+        });
+    }
+    if !t.device().same_device(device) {
+        return Err(crate::error::GruError::arg(
+            name,
+            format!(
+                "is on {} but the model is on {}",
+                device_name(t.device()),
+                device_name(device)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

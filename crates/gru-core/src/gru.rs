@@ -278,7 +278,7 @@ impl Gru {
     }
 
     fn check_tensor(&self, name: &str, t: &Tensor) -> Result<()> {
-        crate::error::check_dtype_device(name, t, self.dtype, &self.device)
+        crate::device::check_dtype_device(name, t, self.dtype, &self.device)
     }
 }
 

@@ -7,12 +7,12 @@ use candle_core::{DType, Device, Storage, Tensor, WithDType};
 
 use crate::activation::Real;
 use crate::cpu::{self, Dims, DirPack};
+use crate::cuda::source::{LayerShape, PersistentPlan, Tuning};
+use crate::cuda::DeviceKernels;
 use crate::error::{GruError, Result};
-use crate::kernel_ops::DeviceKernels;
-use crate::kernel_ops::{self, DirTensors, Fused};
-use crate::kernel_source::{LayerShape, PersistentPlan, Tuning};
 use crate::packing::LengthPlan;
 use crate::params::DirectionParams;
+use crate::stepwise::{self, DirTensors, Fused};
 
 /// Which implementation runs the recurrence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,7 +104,7 @@ impl RunContext {
 #[cfg(feature = "cuda")]
 fn device_kernels(device: &Device) -> Result<Option<Arc<DeviceKernels>>> {
     match device {
-        Device::Cuda(d) => Ok(Some(crate::cuda_kernels::kernels(d)?)),
+        Device::Cuda(d) => Ok(Some(crate::cuda::nvrtc::kernels(d)?)),
         _ => Ok(None),
     }
 }
@@ -386,7 +386,7 @@ impl Layer {
             .zip(&t.b_hn)
             .map(|(w_hh_t, b_hn)| DirTensors { w_hh_t, b_hn })
             .collect();
-        kernel_ops::layer_forward(x, &t.w_ih_t, &t.bias, &dirs, &h0, plan, fused)
+        stepwise::layer_forward(x, &t.w_ih_t, &t.bias, &dirs, &h0, plan, fused)
     }
 
     /// The persistent kernel when it applies: `Some` output, or `None` for the per-step path
@@ -424,7 +424,7 @@ impl Layer {
             kernels.cluster_unavailable.as_deref().unwrap_or(""),
         );
         #[cfg(not(feature = "cuda"))]
-        let (gpu, no_clusters): (Option<crate::kernel_source::GpuLimits>, &str) = {
+        let (gpu, no_clusters): (Option<crate::cuda::source::GpuLimits>, &str) = {
             let () = kernels;
             (None, "")
         };
@@ -451,7 +451,7 @@ impl Layer {
             };
         };
         let run = |plan| {
-            kernel_ops::persistent_layer(
+            crate::cuda::persistent::persistent_layer(
                 x,
                 &t.w_ih_t,
                 &t.bias,

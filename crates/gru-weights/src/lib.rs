@@ -18,30 +18,19 @@
 //! # Ok(()) }
 //! ```
 
-mod dcp;
-mod dcp_safetensors;
-mod discover;
 mod error;
 mod file;
-mod folder;
-mod load;
-mod npy;
+mod formats;
+mod io;
+mod model;
 mod pickle;
-mod pt2;
-mod pth;
-mod regular;
-mod reparam;
-mod save;
-mod sharded;
-mod torch_pickle;
-mod var_builder;
-mod write;
 
-pub use discover::{discover, Discovery, GruInfo, ModuleKind};
 pub use error::{Result, WeightsError};
-pub use file::{Format, TensorInfo, WeightFile};
-pub use load::{load_gru, LoadReport};
-pub use npy::read_npy;
-pub use regular::{check_output_path, open_regular};
-pub use save::{save_gru, save_gru_cell};
-pub use write::{save_npy, save_safetensors, write_file};
+pub use file::WeightFile;
+pub use formats::container::{Format, TensorInfo};
+pub use io::npy::read_npy;
+pub use io::regular::{check_output_path, open_regular};
+pub use io::write::{save_npy, save_safetensors, write_file};
+pub use model::discover::{discover, Discovery, GruInfo, ModuleKind};
+pub use model::load::{load_gru, LoadReport};
+pub use model::save::{save_gru, save_gru_cell};
