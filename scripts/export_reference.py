@@ -110,15 +110,23 @@ def _copy_as(module, dtype):
 
 
 def export_case(out_dir, name, model, prefix, x, h0=None, lengths=None, weights_file=None,
-                compute_dtype=None, atol=None, rtol=None, extra_meta=None):
+                compute_dtype=None, atol=None, rtol=None, extra_meta=None, exact=True):
     """Writes `out_dir/NAME.case.safetensors` for the GRU at `prefix` inside `model`.
 
     `weights_file`: path of the weights relative to `out_dir` (written by `save_weights`);
     `input`, `h0` are stored in their own dtype; `output` and `h_n` in the dtype PyTorch computed
-    them in (float32 for half weights run with `compute_dtype=torch.float32`)."""
+    them in (float32 for half weights run with `compute_dtype=torch.float32`). `exact`: also the
+    exact answer, `output_f64` and `h_n_f64`: the same module, weights and inputs run in float64,
+    so that `gru verify` can pass a trained model whose f32 outputs drift apart over a long
+    sequence when ours is at least as close to the exact answer as PyTorch's own f32."""
     gru = get_module(model, prefix)
     out, h_n = reference_outputs(gru, x, h0, lengths, compute_dtype)
     tensors = {"input": x, "output": out, "h_n": h_n}
+    if exact and out.dtype != torch.float64:
+        with torch.no_grad():
+            out64, h_n64 = reference_outputs(gru, x, h0, lengths, torch.float64)
+        tensors["output_f64"] = out64
+        tensors["h_n_f64"] = h_n64
     if h0 is not None:
         tensors["h0"] = h0
     if lengths is not None:

@@ -135,13 +135,27 @@ fn print_table(outcomes: &[Outcome]) {
                         .as_ref()
                         .map(|h| format!("{:.2e}", h.max_abs))
                         .unwrap_or("-".into()),
-                    if r.passed {
-                        "PASS".into()
-                    } else {
-                        "FAIL".into()
+                    match (r.passed, r.passed_by_exact) {
+                        (true, false) => "PASS".into(),
+                        (true, true) => "PASS (exact)".into(),
+                        _ => "FAIL".into(),
                     },
                 ]);
-                if let Some(d) = &r.divergence {
+                if let Some(x) = &r.exact {
+                    let said = if r.passed_by_exact {
+                        "past the tolerance against PyTorch, but closer to the exact answer \
+                         than PyTorch's f32"
+                    } else if r.passed {
+                        "within the tolerance"
+                    } else {
+                        "farther from the exact answer than PyTorch's f32"
+                    };
+                    notes.push(format!(
+                        "{name}: {said}: max |ours - exact| {:.2e}, max |PyTorch - exact| {:.2e}",
+                        x.ours, x.reference
+                    ));
+                }
+                if let (false, Some(d)) = (r.passed, &r.divergence) {
                     notes.push(format!("{name}: {d}"));
                 }
             }

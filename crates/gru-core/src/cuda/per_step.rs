@@ -147,7 +147,7 @@ mod cuda {
         {
             candle_core::bail!("gru direction loop: internal: expects contiguous, sized tensors");
         }
-        super::check_kernel_sizes(t_len, b, hs, g)?;
+        crate::cuda::check_kernel_sizes(t_len, b, hs, g)?;
         let dev = w_s.device();
         let stream = dev.cuda_stream();
         let blas = dev.cublas_handle();

@@ -83,7 +83,10 @@ impl GateStep<'_> {
             if lengths.is_none_or(|l| (self.t as u32) < l[row]) {
                 let base = (self.t * b + row) * g + self.offset;
                 let gi_row = &gi[base..base + 3 * hs];
-                crate::cpu::gate_update::<T, false>(
+                // Fused multiply-adds, as the CPU kernel's gate pass on a CPU with them (and
+                // the CUDA kernel): the activations to within an ulp (without one, `mul_add` is
+                // libm's exact software fma: slower, the same numbers).
+                crate::cpu::gate_update::<T, true>(
                     &gi_row[..hs],
                     &gi_row[hs..2 * hs],
                     &gi_row[2 * hs..],

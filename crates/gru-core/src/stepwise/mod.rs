@@ -59,10 +59,31 @@ pub(crate) fn layer_forward(
 /// Input projection of every step and direction in one matmul: `(T, B, g)`, biases folded in.
 fn input_projection(x: &Tensor, w_ih_t: &Tensor, bias: &Tensor, g: usize) -> Result<Tensor> {
     let (t_len, batch, input) = x.dims3()?;
-    Ok(x.reshape((t_len * batch, input))?
-        .matmul(w_ih_t)?
+    let x = x.reshape((t_len * batch, input))?;
+    Ok(matmul_in_chains(&x, w_ih_t)?
         .broadcast_add(bias)?
         .reshape((t_len, batch, g))?)
+}
+
+/// Steps of the inner dimension one CPU matmul sums in one chain: as the CPU kernel does
+/// (`cpu::microkernel`'s `CHAIN`), so that these paths are as close to the exact answer.
+const CHAIN: usize = 64;
+
+/// `a @ b` (`(m, k) x (k, n)`); on the CPU, for `k` past [`CHAIN`], as the sum of the products
+/// of chains of `k`, added in order: candle's matmul sums all of `k` in one chain, whose rounding
+/// error grows with `k` (a 512-unit GRU's recurrent product, twice PyTorch's). Elsewhere (CUDA,
+/// Metal: their own GEMMs, and one launch matters more) one matmul. Differentiable either way.
+fn matmul_in_chains(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let k = a.dim(D::Minus1)?;
+    if !a.device().is_cpu() || k <= CHAIN {
+        return Ok(a.matmul(b)?);
+    }
+    let mut sum = a.narrow(1, 0, CHAIN)?.matmul(&b.narrow(0, 0, CHAIN)?)?;
+    for k0 in (CHAIN..k).step_by(CHAIN) {
+        let kc = CHAIN.min(k - k0);
+        sum = (sum + a.narrow(1, k0, kc)?.matmul(&b.narrow(0, k0, kc)?)?)?;
+    }
+    Ok(sum)
 }
 
 /// What the fused per-step path needs besides the weights: the lengths as a `(B)` u32 tensor on
@@ -106,7 +127,7 @@ fn fused_direction(
     for s in 0..t_len {
         let t = if reverse { t_len - 1 - s } else { s };
         let h = buf.get(t_len + parity)?;
-        let gh = h.matmul(dir.w_hh_t)?;
+        let gh = matmul_in_chains(&h, dir.w_hh_t)?;
         drop(h);
         let step = GateStep {
             gi,
@@ -143,7 +164,7 @@ fn composite_direction(
     let mut steps: Vec<Option<Tensor>> = vec![None; t_len];
     for s in 0..t_len {
         let t = if reverse { t_len - 1 - s } else { s };
-        let gh = h.matmul(dir.w_hh_t)?;
+        let gh = matmul_in_chains(&h, dir.w_hh_t)?;
         let h_new = gate_update(&gi.get(t)?, &gh, dir.b_hn, &h)?;
         let out_t = match &mask {
             // where_cond, not a multiply: NaN computed from padding must not leak.
