@@ -1256,3 +1256,58 @@ fn state_dicts_stored_inside_an_export_archive_are_read_once() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The shards of a sharded checkpoint share one budget of tensors and name bytes, that of one
+/// file: four small `torch.save` shards (under 1 MB each) whose pickles each name 20,000 tensors
+/// of 4 KB names (80 MB of names, within one file's budget) are refused together, not read as
+/// four times the budget (issue 26: eight such shards took 3.9 GB and aborted).
+#[test]
+fn the_shards_of_a_checkpoint_share_one_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let long = "A".repeat(4000);
+    let shard = |n: usize| {
+        // {long: {"k0": T, "k1": T (memo), ...}}: every name `long.kN`.
+        let mut p = b"\x80\x02}(X".to_vec();
+        p.extend_from_slice(&(long.len() as u32).to_le_bytes());
+        p.extend_from_slice(long.as_bytes());
+        p.extend_from_slice(b"}(");
+        for i in 0..n {
+            let key = format!("k{i}");
+            p.push(b'X');
+            p.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            p.extend_from_slice(key.as_bytes());
+            if i == 0 {
+                p.extend_from_slice(&tensor_call(b'0', 4, 4));
+                p.extend_from_slice(b"q\x01");
+            } else {
+                p.extend_from_slice(b"h\x01");
+            }
+        }
+        p.extend_from_slice(b"uu.");
+        zip_with(&[
+            ("archive/data.pkl", &p, false),
+            ("archive/data/0", &[0u8; 16], false),
+        ])
+    };
+    let one = shard(20_000);
+    assert!(one.len() < 1 << 20, "{} bytes", one.len());
+    for i in 1..=4 {
+        std::fs::write(d.join(format!("s{i}.bin")), &one).unwrap();
+    }
+    std::fs::write(
+        d.join("model.bin.index.json"),
+        r#"{"weight_map": {"a": "s1.bin", "b": "s2.bin", "c": "s3.bin", "d": "s4.bin"}}"#,
+    )
+    .unwrap();
+    // Each shard alone is within one file's budget.
+    let o = run_limited(d, &["inspect", "s1.bin"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let o = run_limited(d, &["inspect", "model.bin.index.json"]);
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("its shards name more than") && o.stderr.lines().count() == 1,
+        "{}",
+        o.stderr
+    );
+}
