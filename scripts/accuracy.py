@@ -12,6 +12,10 @@ input). Per kernel (`--kernel auto`, `step`, `ops` of `gru run`) the ratio
 is reported, with its median and worst; below 1 we are closer to exact than PyTorch is.
 
     python scripts/accuracy.py --gru target/release/gru [--count 16] [--seed 3] [--json OUT]
+
+`--cases-out DIR` also writes each model as a reference case with its exact answer, for the CUDA
+kernels' host-C++ harness: `GRU_KERNEL_CASES=DIR cargo test --test cuda_kernel_source --
+--nocapture` prints each launch mode's median and worst ratio.
 """
 import argparse
 import json
@@ -99,6 +103,7 @@ def main():
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--kernels", default=",".join(KERNELS))
     ap.add_argument("--json", help="write every row to this file")
+    ap.add_argument("--cases-out", help="also write each model as a case with its exact answer")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     torch.manual_seed(a.seed)
@@ -121,6 +126,14 @@ def main():
                 oy, oh = ours(a.gru, weights, x_path, os.path.join(tmp, "y.safetensors"), k)
                 row[k] = error(oy, oh, ty, th) / torch_err
             rows.append(row)
+            if a.cases_out:
+                sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+                from export_reference import export_case, save_weights
+                model = torch.nn.Sequential()
+                model.add_module("rnn", gru)
+                case = f"m{len(rows):02d}"
+                save_weights(model, os.path.join(a.cases_out, f"{case}.safetensors"))
+                export_case(a.cases_out, case, model, "rnn", x, weights_file=f"{case}.safetensors")
             print(f"{name:45s} torch {torch_err:.2e}  "
                   + "  ".join(f"{k} {row[k]:.2f}" for k in kernels), flush=True)
     print("ratio max|ours - f64| / max|PyTorch f32 - f64| (below 1: closer to exact than PyTorch)")
