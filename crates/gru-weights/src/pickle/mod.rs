@@ -1,6 +1,6 @@
 //! A bounded pickle reader: it turns a pickle into a graph of plain data and never imports or
 //! calls anything. `GLOBAL os system` is a name, and `REDUCE` on it records "this callable with
-//! these arguments"; what a checkpoint means is decided afterwards by `torch_pickle`.
+//! these arguments"; what a checkpoint means is decided afterwards by `torch` (its child module).
 //!
 //! Everything is bounded by the input: objects live in one arena (so a memo read is an index,
 //! never a copy, and dropping is flat however deep the nesting), every length is checked against

@@ -8,7 +8,7 @@
 //! A program named `model` (what `torch.export.save` writes) is the top-level state dict; others
 //! (`package_pt2` of several programs) are state dicts under their names. Weights pickled in the
 //! archive (`use_pickle`: tensor subclasses) are not listed. Older archives, whose weights are a
-//! `torch.save` file inside them, are read by `pth` as that file.
+//! `torch.save` file inside them, are read by `zip` as that file.
 
 use std::collections::BTreeMap;
 use std::path::Path;
