@@ -29,6 +29,9 @@ import tempfile
 import torch
 from safetensors.torch import load_file, save_file
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export_reference import export_case, save_weights  # noqa: E402
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 KERNELS = ["auto", "step", "ops"]
 
@@ -127,8 +130,6 @@ def main():
                 row[k] = error(oy, oh, ty, th) / torch_err
             rows.append(row)
             if a.cases_out:
-                sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-                from export_reference import export_case, save_weights
                 model = torch.nn.Sequential()
                 model.add_module("rnn", gru)
                 case = f"m{len(rows):02d}"

@@ -14,7 +14,7 @@ use candle_gru::models_dir;
 use gru_core::kernel_source::{
     GpuLimits, LayerShape, PersistentPlan, Tuning, CUDA_SOURCE, GATE_BLOCK,
 };
-use gru_verify::{compare, find_cases, Case, CaseKind, Tolerance};
+use gru_verify::{compare, distance, find_cases, Case, CaseKind, Tolerance};
 use gru_weights::WeightFile;
 
 /// Builds the kernels and the launcher into a shared library in a fresh folder.
@@ -499,9 +499,9 @@ fn run_case<T: Elem>(lib: &libloading::Library, case: &Case, mode: Mode) -> Opti
     // or at least as close to the exact answer as PyTorch's f32 (the drift of a trained model).
     let exact = case.exact.as_ref().map(|x| {
         let error = |out: &Tensor, h: Option<&Tensor>| {
-            let mut e = max_abs(out, &x.output);
+            let mut e = distance(out, &x.output).unwrap();
             if let (Some(h), Some(xh), CaseKind::Gru) = (h, &x.h_n, case.kind) {
-                e = e.max(max_abs(h, xh));
+                e = e.max(distance(h, xh).unwrap());
             }
             e
         };
@@ -520,20 +520,6 @@ fn run_case<T: Elem>(lib: &libloading::Library, case: &Case, mode: Mode) -> Opti
         ACCURACY.with(|a| a.borrow_mut().push((format!("{mode:?}"), ours / torch)));
     }
     Some(worst)
-}
-
-/// Largest `|a - b|` in f64; infinite with NaN or Inf.
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    let a = vec_of::<f64>(a);
-    let b = vec_of::<f64>(b);
-    a.iter().zip(&b).fold(0.0, |m, (x, y)| {
-        let d = (x - y).abs();
-        if d.is_finite() {
-            m.max(d)
-        } else {
-            f64::INFINITY
-        }
-    })
 }
 
 thread_local! {

@@ -31,10 +31,15 @@ struct Outcome {
 
 /// Runs `gru args` in `dir` under the limits; a run past the time limit is killed.
 fn run_limited(dir: &Path, args: &[&str]) -> Outcome {
+    run_within(dir, args, MEMORY_LIMIT_KIB)
+}
+
+/// `gru ARGS` in `dir` under an address-space limit of `kib` and [`TIME_LIMIT`].
+fn run_within(dir: &Path, args: &[&str], kib: u64) -> Outcome {
     let start = Instant::now();
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -v {MEMORY_LIMIT_KIB}; exec \"$0\" \"$@\""))
+        .arg(format!("ulimit -v {kib}; exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_gru"))
         .args(args)
         .current_dir(dir)
@@ -1323,21 +1328,22 @@ fn a_large_input_is_checked_without_copies() {
     std::fs::write(d.join("big.npy"), npy("<f4", "(500, 1000, 100)", &data)).unwrap();
     drop(data);
     let weights = root().join("models/reference/uni_l1_h0.safetensors");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -v 900000; exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_gru"))
-        .args(["run", "--weights"])
-        .arg(&weights)
-        .args(["--input", "big.npy", "--out", "y.npy"])
-        .current_dir(d)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let weights = weights.to_str().unwrap();
+    let args = [
+        "run",
+        "--weights",
+        weights,
+        "--input",
+        "big.npy",
+        "--out",
+        "y.npy",
+    ];
+    let o = run_within(d, &args, 900_000);
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
     assert!(
-        stderr.contains("must be equal to input_size") && stderr.lines().count() == 1,
-        "{stderr}"
+        o.stderr.contains("must be equal to input_size") && o.stderr.lines().count() == 1,
+        "{}",
+        o.stderr
     );
 }
 

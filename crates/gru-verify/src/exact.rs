@@ -9,7 +9,7 @@
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
-use crate::tolerance::Tolerance;
+use crate::tolerance::{distance, Tolerance};
 
 /// The exact answer: `output` and `h_n` of the case computed in f64.
 #[derive(Debug, Clone)]
@@ -28,20 +28,6 @@ pub struct ExactVerdict {
     pub reference: f64,
     /// `ours <= reference + atol`.
     pub at_least_as_close: bool,
-}
-
-/// Largest `|a - b|` in f64, infinite when either holds NaN or Inf (never "close").
-pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
-    let a = a.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    let b = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    Ok(a.iter().zip(&b).fold(0.0, |m, (x, y)| {
-        let d = (x - y).abs();
-        if d.is_finite() {
-            m.max(d)
-        } else {
-            f64::INFINITY
-        }
-    }))
 }
 
 impl Exact {
@@ -124,11 +110,11 @@ impl Exact {
         ours: (&Tensor, Option<&Tensor>),
         reference: (&Tensor, Option<&Tensor>),
         tol: Tolerance,
-    ) -> candle_core::Result<ExactVerdict> {
-        let error = |(out, h_n): (&Tensor, Option<&Tensor>)| -> candle_core::Result<f64> {
-            let mut e = max_abs_diff(out, &self.output)?;
+    ) -> crate::Result<ExactVerdict> {
+        let error = |(out, h_n): (&Tensor, Option<&Tensor>)| -> crate::Result<f64> {
+            let mut e = distance(out, &self.output)?;
             if let (Some(h), Some(x)) = (h_n, &self.h_n) {
-                e = e.max(max_abs_diff(h, x)?);
+                e = e.max(distance(h, x)?);
             }
             Ok(e)
         };

@@ -11,4 +11,4 @@ mod tolerance;
 pub use case::{find_cases, run_case, Case, CaseKind, CaseReport, RunOptions};
 pub use error::{Result, VerifyError};
 pub use exact::{Exact, ExactVerdict};
-pub use tolerance::{compare, Comparison, Tolerance};
+pub use tolerance::{compare, distance, Comparison, Tolerance};

@@ -57,9 +57,9 @@ impl WeightFile {
     /// As `open`, keeping only the state dict(s) under the key path `key` of a checkpoint
     /// (`model_state_dict`, `generator`, `models.0`).
     pub fn open_with_key(path: impl AsRef<Path>, key: Option<&str>) -> Result<Self> {
-        let container = crate::formats::open::open(path.as_ref(), key)?;
+        let mut container = crate::formats::open::open(path.as_ref(), key)?;
         let mut f = Self {
-            infos: container.tensors().to_vec(),
+            infos: container.take_tensors(),
             container,
             derived: HashMap::new(),
             shared: HashMap::new(),

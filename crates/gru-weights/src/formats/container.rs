@@ -75,6 +75,11 @@ pub(crate) trait Container: Send + Sync {
     /// Every stored tensor, sorted by name.
     fn tensors(&self) -> &[TensorInfo];
 
+    /// Moves the listing out, for the `WeightFile` that holds this container and lists its
+    /// tensors from then on (with the computed and tied names): one copy of a listing that may
+    /// hold a million names. Afterwards `tensors` is empty; loading is unaffected.
+    fn take_tensors(&mut self) -> Vec<TensorInfo>;
+
     /// Key paths of the state dicts holding tensors, sorted; `""` is the top level.
     fn state_dicts(&self) -> &[String] {
         TOP_LEVEL

@@ -52,6 +52,10 @@ impl Container for SafetensorsFile {
         &self.infos
     }
 
+    fn take_tensors(&mut self) -> Vec<TensorInfo> {
+        std::mem::take(&mut self.infos)
+    }
+
     fn stored_bytes(&self) -> usize {
         self.map.len()
     }

@@ -295,6 +295,10 @@ impl Container for Sharded {
         &self.infos
     }
 
+    fn take_tensors(&mut self) -> Vec<TensorInfo> {
+        std::mem::take(&mut self.infos)
+    }
+
     /// The shards, in the order the index first names them.
     fn files(&self) -> Vec<PathBuf> {
         self.shards.iter().map(|s| s.path().to_path_buf()).collect()

@@ -384,6 +384,10 @@ impl Container for Dcp {
         &self.infos
     }
 
+    fn take_tensors(&mut self) -> Vec<TensorInfo> {
+        std::mem::take(&mut self.infos)
+    }
+
     fn files(&self) -> Vec<PathBuf> {
         self.shard_files().map(|f| self.dir.join(f)).collect()
     }

@@ -109,6 +109,10 @@ impl Container for TorchFile {
         &self.infos
     }
 
+    fn take_tensors(&mut self) -> Vec<TensorInfo> {
+        std::mem::take(&mut self.infos)
+    }
+
     fn state_dicts(&self) -> &[String] {
         &self.state_dicts
     }
