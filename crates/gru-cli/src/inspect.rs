@@ -157,7 +157,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             c.num_layers,
             c.bidirectional,
             c.bias,
-            format!("{:?}", g.dtype).to_lowercase(),
+            match &g.quantized {
+                Some(q) => format!("quantized ({q})"),
+                None => format!("{:?}", g.dtype).to_lowercase(),
+            },
             g.num_parameters,
             if g.state_dict.is_empty() {
                 String::new()

@@ -1,5 +1,7 @@
 //! `Gru`: PyTorch's `nn.GRU` (any layers, directions, bias, batch_first; variable-length batches).
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
@@ -8,6 +10,32 @@ use crate::error::{GruError, Result};
 use crate::layer::{compute_dtype, Kernel, Layer, RunContext};
 use crate::packing::LengthPlan;
 use crate::params::{DirectionParams, ParamNames};
+use crate::quantized::{self, QuantizedGruWeights};
+
+/// A quantized GRU's parameters as f32 tensors under PyTorch's float names.
+fn quantized_named(q: &QuantizedGruWeights) -> Vec<(String, Tensor)> {
+    let mut v = Vec::new();
+    for (k, dirs) in q.layers.iter().enumerate() {
+        for (d, (ih, hh)) in dirs.iter().enumerate() {
+            let names = ParamNames::gru(k, d);
+            for (w, b, lin) in [
+                (&names.w_ih, &names.b_ih, ih),
+                (&names.w_hh, &names.b_hh, hh),
+            ] {
+                let t = Tensor::from_vec(lin.dequantized(), (lin.out(), lin.input()), &Device::Cpu);
+                if let Ok(t) = t {
+                    v.push((w.clone(), t));
+                }
+                if let Some(bias) = lin.bias() {
+                    if let Ok(t) = Tensor::from_slice(bias, lin.out(), &Device::Cpu) {
+                        v.push((b.clone(), t));
+                    }
+                }
+            }
+        }
+    }
+    v
+}
 
 /// A multi-layer GRU with PyTorch's parameters, semantics and tensor layouts.
 ///
@@ -30,6 +58,8 @@ pub struct Gru {
     dtype: DType,
     device: Device,
     kernel: Kernel,
+    /// A dynamically quantized GRU (`Gru::from_quantized`): `layers` is empty.
+    quantized: Option<Arc<QuantizedGruWeights>>,
 }
 
 impl Gru {
@@ -61,7 +91,29 @@ impl Gru {
             dtype: vb.dtype(),
             device: vb.device().clone(),
             kernel: Kernel::Auto,
+            quantized: None,
         })
+    }
+
+    /// A GRU quantized with `torch.ao.quantization.quantize_dynamic` (int8 or float16), from its
+    /// packed weights: it computes what PyTorch's `torch.ao.nn.quantized.dynamic.GRU` computes on
+    /// an x86 CPU, in f32, on the CPU (inputs are quantized per call, as there). `kernel` is
+    /// ignored.
+    pub fn from_quantized(config: GruConfig, weights: QuantizedGruWeights) -> Result<Self> {
+        weights.check(&config)?;
+        Ok(Self {
+            config,
+            layers: Vec::new(),
+            dtype: DType::F32,
+            device: Device::Cpu,
+            kernel: Kernel::Auto,
+            quantized: Some(Arc::new(weights)),
+        })
+    }
+
+    /// The quantized weights of a GRU built by [`Gru::from_quantized`].
+    pub fn quantized(&self) -> Option<&QuantizedGruWeights> {
+        self.quantized.as_deref()
     }
 
     pub fn config(&self) -> &GruConfig {
@@ -99,7 +151,12 @@ impl Gru {
 
     /// The parameters under PyTorch's names (`weight_ih_l0`, ...), in the model's dtype: what
     /// `gru.state_dict()` holds.
+    /// A quantized GRU's are its dequantized weights and its biases (f32): a float GRU with
+    /// them computes without the quantization of the inputs, so not PyTorch's quantized numbers.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        if let Some(q) = &self.quantized {
+            return quantized_named(q);
+        }
         let mut v = Vec::new();
         for (k, layer) in self.layers.iter().enumerate() {
             for (d, p) in layer.params.iter().enumerate() {
@@ -175,7 +232,11 @@ impl Gru {
             Some(l) => LengthPlan::new(l, batch, t_len)?,
         };
 
-        let (mut output, mut h_n) =
+        if let Some(q) = &self.quantized {
+            let (output, h_n) = self.run_quantized(q, &x, h0.as_ref(), &plan)?;
+            return self.finish(output, h_n, batched);
+        }
+        let (output, h_n) =
             match Layer::forward_cpu_stack(&self.layers, &x, h0.as_ref(), &plan, self.kernel)? {
                 Some(out) => out,
                 None => {
@@ -195,6 +256,17 @@ impl Gru {
                     (x, Tensor::cat(&h_n, 0)?)
                 }
             };
+        self.finish(output, h_n, batched)
+    }
+
+    /// Batch-first and unbatched layouts of a time-major result, in the model's dtype.
+    fn finish(
+        &self,
+        mut output: Tensor,
+        mut h_n: Tensor,
+        batched: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let cfg = &self.config;
         if cfg.batch_first && batched {
             output = output.transpose(0, 1)?.contiguous()?;
         }
@@ -203,6 +275,42 @@ impl Gru {
             h_n = h_n.squeeze(1)?;
         }
         Ok((output.to_dtype(self.dtype)?, h_n.to_dtype(self.dtype)?))
+    }
+
+    /// The quantized recurrence on the CPU: `x` `(T, B, I)`, `h0` `(L * D, B, H)`.
+    fn run_quantized(
+        &self,
+        q: &QuantizedGruWeights,
+        x: &Tensor,
+        h0: Option<&Tensor>,
+        plan: &LengthPlan,
+    ) -> Result<(Tensor, Tensor)> {
+        let (t_len, batch, _) = x.dims3()?;
+        let cfg = &self.config;
+        let dev = x.device().clone();
+        if !dev.is_cpu() {
+            return Err(GruError::arg(
+                "input",
+                "a quantized GRU runs on the CPU (PyTorch's quantized kernels are CPU kernels)",
+            ));
+        }
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let h0 = h0
+            .map(|h| h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        let (out, h_n) = quantized::forward::forward(
+            q,
+            cfg.hidden_size,
+            &xs,
+            (t_len, batch),
+            h0.as_deref(),
+            plan,
+        );
+        let n_dirs = cfg.num_directions();
+        Ok((
+            Tensor::from_vec(out, (t_len, batch, n_dirs * cfg.hidden_size), &dev)?,
+            Tensor::from_vec(h_n, (cfg.num_layers * n_dirs, batch, cfg.hidden_size), &dev)?,
+        ))
     }
 
     /// Checks `input` as PyTorch's `RNNBase.check_input` does and returns it as `(T, B, I)` in

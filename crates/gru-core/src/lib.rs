@@ -22,6 +22,7 @@ mod gru;
 mod layer;
 mod packing;
 mod params;
+mod quantized;
 mod stepwise;
 mod stream;
 
@@ -35,6 +36,7 @@ pub use gru::Gru;
 pub use layer::Kernel;
 pub use packing::{lengths_from_tensor, pad_sequences};
 pub use params::{ParamNames, ParamShapes};
+pub use quantized::{QuantizedGruWeights, QuantizedLinear, WeightScheme};
 pub use stream::GruState;
 
 /// The CUDA kernel source and its launch plans (public for the host-C++ harness test and

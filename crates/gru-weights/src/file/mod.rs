@@ -5,6 +5,7 @@
 
 pub(crate) mod reparam;
 
+use crate::pickle::quantized::PackedRnns;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -144,6 +145,10 @@ impl WeightFile {
     /// When the file holds quantized weights (a model after `torch.ao.quantization`, whose
     /// quantized tensors and packed parameters are not listed among its tensors): what marks
     /// them, and why they are not read.
+    pub(crate) fn packed_rnns(&self) -> &PackedRnns {
+        self.container.packed_rnns()
+    }
+
     pub fn quantized_note(&self) -> Option<String> {
         self.container.quantized_note()
     }

@@ -2,6 +2,7 @@
 //! one, say which files they came from), the listing of one tensor, the format's name, and the
 //! helpers all readers share (the file mapping, name resolution across state dicts).
 
+use crate::pickle::quantized::PackedRnns;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,11 @@ impl std::fmt::Display for Format {
     }
 }
 
+static NO_PACKED: PackedRnns = PackedRnns {
+    cells: Vec::new(),
+    modules: Vec::new(),
+};
+
 /// The state dicts of a container that has only the top level.
 pub(crate) const TOP_LEVEL: &[String] = &[String::new()];
 
@@ -110,6 +116,11 @@ pub(crate) trait Container: Send + Sync {
     /// What marks the file as holding quantized weights, which are not listed.
     fn quantized_note(&self) -> Option<String> {
         None
+    }
+
+    /// The dynamically quantized RNN cells read from the file (their tensors are listed).
+    fn packed_rnns(&self) -> &PackedRnns {
+        &NO_PACKED
     }
 
     /// Parts of the file that were not read, and why.

@@ -46,6 +46,8 @@ pub struct GruInfo {
     pub num_parameters: usize,
     /// Full names of the tensors it is built from.
     pub keys: Vec<String>,
+    /// A GRU quantized with `quantize_dynamic`: its kind (`qint8 per-channel`, `float16`, ...).
+    pub quantized: Option<String>,
 }
 
 impl GruInfo {
@@ -347,6 +349,7 @@ fn check_gru(prefix: &str, params: &[&str], index: &Index) -> Result<GruInfo> {
         dtype,
         num_parameters: c.params,
         keys: c.keys,
+        quantized: None,
     })
 }
 
@@ -398,6 +401,7 @@ fn check_cell(prefix: &str, index: &Index) -> Result<GruInfo> {
         dtype,
         num_parameters: c.params,
         keys: c.keys,
+        quantized: None,
     })
 }
 

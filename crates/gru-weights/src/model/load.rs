@@ -9,7 +9,9 @@ use gru_core::{Gru, GruCell, GruConfig};
 
 use crate::error::{Result, WeightsError};
 use crate::file::WeightFile;
+use crate::formats::container::TensorInfo;
 use crate::model::discover::{discover, Discovery, GruInfo, ModuleKind};
+use crate::model::quantized::{discover_quantized, is_cell_tensor};
 
 /// What a load applied, so that a partial or mistaken load is never silent.
 #[derive(Debug, Clone)]
@@ -32,6 +34,8 @@ pub struct LoadReport {
     pub unused_under_prefix: Vec<String>,
     /// Number of tensors elsewhere in the file (other modules of the model).
     pub other_tensors: usize,
+    /// A `quantize_dynamic` GRU: its kind (`qint8 per-channel`, `float16`, ...).
+    pub quantized: Option<String>,
 }
 
 impl std::fmt::Display for LoadReport {
@@ -49,7 +53,10 @@ impl std::fmt::Display for LoadReport {
                 c.num_layers, c.bidirectional
             )?;
         }
-        write!(f, " bias={} dtype={:?}", c.bias, self.stored_dtype)?;
+        match &self.quantized {
+            Some(q) => write!(f, " bias={} quantized ({q}), computed in f32", c.bias)?,
+            None => write!(f, " bias={} dtype={:?}", c.bias, self.stored_dtype)?,
+        }
         if self.dtype != self.stored_dtype {
             write!(f, ", converted to {:?}", self.dtype)?;
         }
@@ -73,7 +80,23 @@ impl std::fmt::Display for LoadReport {
 impl WeightFile {
     /// Every GRU and GRUCell in the file, plus candidates that failed validation.
     pub fn discover(&self) -> Discovery {
-        let mut d = discover(self.tensors());
+        let packed = self.packed_rnns();
+        let mut d = if packed.cells.is_empty() {
+            discover(self.tensors())
+        } else {
+            // A quantized cell's tensors are not a float GRUCell's.
+            let float: Vec<TensorInfo> = self
+                .tensors()
+                .iter()
+                .filter(|t| !is_cell_tensor(packed, &t.name))
+                .cloned()
+                .collect();
+            let mut d = discover(&float);
+            let (found, rejected) = discover_quantized(packed, self.tensors());
+            d.found.extend(found);
+            d.rejected.extend(rejected);
+            d
+        };
         for g in &mut d.found {
             g.state_dict = self.state_dict_of(&g.keys[0]).to_string();
         }
@@ -214,6 +237,14 @@ impl WeightFile {
         dtype: Option<DType>,
         device: &Device,
     ) -> Result<(VarBuilder<'static>, LoadReport)> {
+        if let Some(kind) = &info.quantized {
+            return Err(WeightsError::Select(format!(
+                "the GRU at {:?} is quantized ({kind}): its packed weights ({}, ...) have no \
+                 float VarBuilder; build it with WeightFile::gru",
+                info.prefix,
+                info.keys.first().map_or("", String::as_str)
+            )));
+        }
         let dtype = dtype.unwrap_or(info.dtype);
         let mut tensors = HashMap::with_capacity(info.keys.len());
         for key in &info.keys {
@@ -261,6 +292,7 @@ impl WeightFile {
             applied: info.keys.clone(),
             other_tensors,
             unused_under_prefix,
+            quantized: None,
         };
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         let vb = if info.prefix.is_empty() {
@@ -288,8 +320,59 @@ impl WeightFile {
         device: &Device,
     ) -> Result<(Gru, LoadReport)> {
         let info = self.select(ModuleKind::Gru, prefix)?;
+        if let Some(kind) = &info.quantized {
+            return self.quantized_gru(&info, kind, dtype, device);
+        }
         let (vb, report) = self.module_var_builder(&info, dtype, device)?;
         Ok((Gru::new(info.config, vb)?, report))
+    }
+
+    /// A `quantize_dynamic` GRU: built from its packed weights, f32 on the CPU.
+    fn quantized_gru(
+        &self,
+        info: &GruInfo,
+        kind: &str,
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<(Gru, LoadReport)> {
+        let refuse = |what: String| {
+            WeightsError::Select(format!(
+                "the GRU at {:?} is quantized ({kind}): {what}",
+                info.prefix
+            ))
+        };
+        if dtype.is_some_and(|d| d != DType::F32) {
+            return Err(refuse(
+                "it computes in f32, as PyTorch's quantized kernels do; ask for f32".into(),
+            ));
+        }
+        if !device.is_cpu() {
+            return Err(refuse(
+                "it runs on the CPU (PyTorch's quantized kernels are CPU kernels)".into(),
+            ));
+        }
+        let weights = self.quantized_weights(info)?;
+        let gru = Gru::from_quantized(info.config, weights)?;
+        let under = format!("{}.", info.prefix);
+        let applied: std::collections::HashSet<&String> = info.keys.iter().collect();
+        let unused_under_prefix = self
+            .tensors()
+            .iter()
+            .filter(|t| t.name.starts_with(&under) && !applied.contains(&t.name))
+            .map(|t| t.name.clone())
+            .collect();
+        let report = LoadReport {
+            prefix: info.prefix.clone(),
+            kind: ModuleKind::Gru,
+            config: info.config,
+            stored_dtype: DType::F32,
+            dtype: DType::F32,
+            applied: info.keys.clone(),
+            unused_under_prefix,
+            other_tensors: self.tensors().len().saturating_sub(info.keys.len()),
+            quantized: Some(kind.to_string()),
+        };
+        Ok((gru, report))
     }
 
     /// Builds the `nn.GRUCell` at `prefix` (or the only one).

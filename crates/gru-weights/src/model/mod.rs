@@ -4,5 +4,6 @@
 
 pub(crate) mod discover;
 pub(crate) mod load;
+pub(crate) mod quantized;
 pub(crate) mod save;
 pub(crate) mod var_builder;

@@ -6,6 +6,8 @@
 //! never a copy, and dropping is flat however deep the nesting), every length is checked against
 //! the bytes left, and the object count is capped.
 
+pub(crate) mod quantized;
+pub(crate) mod tensor;
 pub(crate) mod torch;
 
 use std::collections::HashMap;
@@ -21,7 +23,8 @@ pub(crate) enum Value {
     /// An integer beyond i64, as its little-endian two's-complement bytes (the legacy
     /// `torch.save` magic number is one).
     BigInt(Vec<u8>),
-    Float,
+    /// Kept for the few floats that carry weights: a quantized tensor's scale.
+    Float(f64),
     Str(String),
     /// Byte strings are never needed for weights: they are skipped, not kept.
     Bytes,
@@ -98,6 +101,15 @@ impl Pickle {
         }
     }
 
+    /// A float (or an integer, as Python accepts one where a float is expected).
+    pub fn float(&self, id: Id) -> Option<f64> {
+        match self.get(id) {
+            Value::Float(f) => Some(*f),
+            Value::Int(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+
     /// `Some((module, name))` when `id` is a global.
     pub fn global(&self, id: Id) -> Option<(&str, &str)> {
         match self.get(id) {
@@ -120,7 +132,7 @@ impl Pickle {
             Value::None => "None".into(),
             Value::Bool(_) => "a bool".into(),
             Value::Int(_) | Value::BigInt(_) => "an integer".into(),
-            Value::Float => "a float".into(),
+            Value::Float(_) => "a float".into(),
             Value::Str(_) => "a string".into(),
             Value::Bytes => "bytes".into(),
             Value::Tuple(_) => "a tuple".into(),
@@ -695,13 +707,13 @@ impl Machine {
                 self.push_new(r, v)?
             }
             b'G' => {
-                r.take(8)?;
-                self.push_new(r, Value::Float)?
+                let b: [u8; 8] = r.take(8)?.try_into().expect("8 bytes");
+                self.push_new(r, Value::Float(f64::from_be_bytes(b)))?
             }
             b'F' => {
                 let s = r.line()?;
-                s.trim().parse::<f64>().or_else(|_| r.err("bad float"))?;
-                self.push_new(r, Value::Float)?
+                let v = s.trim().parse::<f64>().or_else(|_| r.err("bad float"))?;
+                self.push_new(r, Value::Float(v))?
             }
             b'X' | 0x8c | 0x8d => {
                 let n = match op {

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, WeightsError};
 use crate::formats::container::Format;
+use crate::pickle::quantized::PackedRnns;
 use crate::pickle::torch::{quantized, storage_table, walk_tensors, Found, TensorRef, Tensors};
 use crate::pickle::{self, Limits};
 
@@ -58,6 +59,8 @@ pub(crate) struct Checkpoint {
     pub format: Format,
     /// What marks the file as holding quantized weights, which are not listed as tensors.
     pub quantized: Option<String>,
+    /// Dynamically quantized RNN cells, read.
+    pub packed: PackedRnns,
     /// Parametrization lists holding a chain (`rnn.parametrizations.weight_hh_l0`), sorted: their
     /// weight cannot be computed from the stored values. `None`: the file cannot tell (a
     /// `torch.export` archive whose graph is unreadable), so none is computed.

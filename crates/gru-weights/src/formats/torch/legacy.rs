@@ -81,6 +81,7 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let Tensors {
         found: tensors,
         chained,
+        packed,
     } = tensors_of(path, "the main pickle", &main)?;
     let keys = next("the storage keys")?;
     let Some(key_ids) = keys.seq(keys.root) else {
@@ -163,6 +164,7 @@ pub(crate) fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         tensors,
         format: Format::PyTorchLegacy,
         quantized: quantized(&main),
+        packed,
         chained: Some(chained),
         window: 0..bytes.len(),
         cap: budget(bytes.len()),

@@ -8,6 +8,7 @@ pub(crate) mod legacy;
 pub(crate) mod pt2;
 pub(crate) mod zip;
 
+use crate::pickle::quantized::PackedRnns;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -152,6 +153,10 @@ impl Container for TorchFile {
 
     fn chained(&self) -> Option<Vec<String>> {
         self.checkpoint.chained.clone()
+    }
+
+    fn packed_rnns(&self) -> &PackedRnns {
+        &self.checkpoint.packed
     }
 
     fn quantized_note(&self) -> Option<String> {

@@ -327,6 +327,7 @@ fn read_zip_in(
     let Tensors {
         found: tensors,
         chained,
+        packed,
     } = match role {
         Role::Object => {
             walk_tensors(&p).map_err(|e| WeightsError::file(path, format!("{pkl}: {e}")))?
@@ -342,6 +343,7 @@ fn read_zip_in(
             Format::PyTorch
         },
         quantized: quantized(&p),
+        packed,
         chained: Some(chained),
         window,
         cap: entry_cap,
@@ -421,6 +423,7 @@ fn read_pt2(
         tensors,
         format: Format::ExportedProgram,
         quantized: None,
+        packed: Default::default(),
         chained,
         cap: budget(map.len()),
         window,

@@ -1,0 +1,167 @@
+//! One dynamically quantized linear, `y = x W^T + b`, as PyTorch's fbgemm path computes it
+//! (`PackedLinearWeight::apply_dynamic`): the input's min and max over the whole call choose a
+//! u8 scale and zero point (`quant_utils::ChooseQuantizationParams`, 7 bits with
+//! `reduce_range`), the input is quantized (`fbgemm::Quantize`), the int8 products are summed
+//! in i32 (exact: no overflow for the sizes checked), and each sum becomes f32 as fbgemm's
+//! `ReQuantizeForFloat` does. The fp16 kind: f32 products of the f16 weights, then the bias.
+
+use super::fp16;
+use super::weights::QuantizedLinear;
+
+/// A u8 quantization of an input tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct InputQuant {
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+/// `quant_utils::ChooseQuantizationParams(min, max, 0, 255, preserve_sparsity=false,
+/// force_scale_power_of_two=false, reduce_range)`.
+pub(crate) fn choose_qparams(min: f32, max: f32, reduce_range: bool) -> InputQuant {
+    let (mut qmin, mut qmax) = (0i32, 255i32);
+    if reduce_range {
+        qmin /= 2;
+        qmax /= 2;
+    }
+    // The range always holds 0, so that 0 is exact.
+    let min = min.min(0.0);
+    let max = max.max(0.0);
+    let mut scale = (max as f64 - min as f64) / (qmax - qmin) as f64;
+    if scale as f32 == 0.0 || (1.0 / scale as f32).is_infinite() {
+        scale = 0.1;
+    }
+    let (mut min, mut max) = (min, max);
+    // PyTorch's SMALL_SCALE_THRESHOLD: too small a scale is widened, keeping 0 representable.
+    const SMALL: f32 = 6.1e-5;
+    if scale < SMALL as f64 {
+        let org = scale as f32;
+        scale = SMALL as f64;
+        if min == 0.0 {
+            max = SMALL * (qmax - qmin) as f32;
+        } else if max == 0.0 {
+            min = -SMALL * (qmax - qmin) as f32;
+        } else {
+            let amplifier = SMALL / org;
+            min *= amplifier;
+            max *= amplifier;
+        }
+    }
+    let (qmin_d, qmax_d) = (qmin as f64, qmax as f64);
+    let zp_from_min = qmin_d - min as f64 / scale;
+    let zp_from_max = qmax_d - max as f64 / scale;
+    let err_min = qmin_d.abs() - (min as f64 / scale).abs();
+    let err_max = qmax_d.abs() - (max as f64 / scale).abs();
+    let initial = if err_min < err_max {
+        zp_from_min
+    } else {
+        zp_from_max
+    };
+    let zero_point = if initial < qmin_d {
+        qmin
+    } else if initial > qmax_d {
+        qmax
+    } else {
+        // nearbyint: ties to even.
+        initial.round_ties_even() as i32
+    };
+    InputQuant {
+        scale: scale as f32,
+        zero_point,
+    }
+}
+
+/// Min and max of `rows` (each a slice), as `fbgemm::FindMinMax` over the whole input.
+pub(crate) fn min_max<'a>(rows: impl Iterator<Item = &'a [f32]>) -> (f32, f32) {
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    let mut any = false;
+    for r in rows {
+        for &v in r {
+            any = true;
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+    }
+    if any {
+        (lo, hi)
+    } else {
+        (0.0, 0.0)
+    }
+}
+
+/// `fbgemm::QuantizeAvx2<uint8_t>`: `clamp(rne(min(x * (1 / scale), 2147483520)) + zero_point,
+/// 0, 255)` (multiplied by the f32 reciprocal, not divided; clamped to 255 even with
+/// `reduce_range`); `cvtps2dq` gives `i32::MIN` for NaN and out-of-range values.
+#[inline(always)]
+fn quantize(x: f32, inv_scale: f32, zero_point: i32) -> i32 {
+    let t = (x * inv_scale).min(2_147_483_520.0);
+    let r = if t.is_nan() || t < -2_147_483_648.0 {
+        i32::MIN
+    } else {
+        t.round_ties_even() as i32
+    };
+    r.wrapping_add(zero_point).clamp(0, 255)
+}
+
+/// `y` `(rows, out)` = the linear of `x` `(rows, input)`. int8: the input quantized as `q`
+/// (unused for the fp16 kind).
+pub(crate) fn linear(lin: &QuantizedLinear, x: &[&[f32]], q: InputQuant, y: &mut [&mut [f32]]) {
+    match lin {
+        QuantizedLinear::Float16 {
+            weight,
+            out,
+            input,
+            bias,
+        } => fp16::linear(weight, *out, *input, bias.as_deref(), x, y),
+        QuantizedLinear::Int8 {
+            weight,
+            input,
+            scheme,
+            bias,
+            ..
+        } => {
+            let k = *input;
+            let inv = 1.0 / q.scale;
+            let mut qa = vec![0i32; k];
+            // fbgemm's column offsets: sum_k W[j, k] - zp_W[j] * K.
+            let col_offsets: Vec<i32> = weight
+                .chunks(k.max(1))
+                .enumerate()
+                .map(|(j, w)| {
+                    let s: i32 = w.iter().map(|&v| v as i32).sum();
+                    s.wrapping_sub(scheme.of_row(j).1.wrapping_mul(k as i32))
+                })
+                .collect();
+            for (xr, yr) in x.iter().zip(y.iter_mut()) {
+                for (d, &v) in qa.iter_mut().zip(xr.iter()) {
+                    *d = quantize(v, inv, q.zero_point);
+                }
+                let row_offset: i32 = qa.iter().sum();
+                for (j, yj) in yr.iter_mut().enumerate() {
+                    let w = &weight[j * k..(j + 1) * k];
+                    let (ws, wz) = scheme.of_row(j);
+                    // AVX2's vpmaddubsw: products of pairs (k, k + 1) summed and saturated to
+                    // i16 (never with reduce_range: 127 * 128 * 2 < 32767), then summed in i32.
+                    let mut acc: i32 = 0;
+                    let mut pairs = qa.chunks_exact(2).zip(w.chunks_exact(2));
+                    for (a, b) in &mut pairs {
+                        let p = a[0] * b[0] as i32 + a[1] * b[1] as i32;
+                        acc = acc.wrapping_add(p.clamp(-32768, 32767));
+                    }
+                    if k % 2 == 1 {
+                        acc = acc.wrapping_add(qa[k - 1] * w[k - 1] as i32);
+                    }
+                    let raw = acc
+                        .wrapping_sub(q.zero_point.wrapping_mul(col_offsets[j]))
+                        .wrapping_sub(row_offset.wrapping_mul(wz));
+                    // requantizeForFloatAvx2: one f32 multiplier, then one fused multiply-add
+                    // with the bias.
+                    let mult = q.scale * ws;
+                    *yj = match bias {
+                        Some(b) => (raw as f32).mul_add(mult, b[j]),
+                        None => raw as f32 * mult,
+                    };
+                }
+            }
+        }
+    }
+}

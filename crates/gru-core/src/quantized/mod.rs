@@ -1,0 +1,15 @@
+//! Dynamically quantized GRUs (`torch.ao.quantization.quantize_dynamic`), computed as PyTorch
+//! computes them on an x86 CPU (the `fbgemm`/`x86` engine): each linear quantizes its f32 input
+//! per call (`dynamic`), multiplies in integers, and turns the sum back into f32 in fbgemm's
+//! order; the gates run in f32. The fp16 kind multiplies f32 inputs by f16 weights in f32.
+//!
+//! - [`weights`]: the packed weights, checked.
+//! - [`dynamic`]: one linear (input quantization, integer product, requantization).
+//! - [`forward`]: the recurrence over layers, directions and variable lengths.
+
+pub(crate) mod dynamic;
+pub(crate) mod forward;
+mod fp16;
+mod weights;
+
+pub use weights::{QuantizedGruWeights, QuantizedLinear, WeightScheme};

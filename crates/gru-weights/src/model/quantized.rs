@@ -1,0 +1,386 @@
+//! Dynamically quantized GRUs (`torch.ao.quantization.quantize_dynamic`): which packed cells of a
+//! file form one (`{prefix}._all_weight_values.{k}.param`, `k = layer * D + direction`), its
+//! configuration, and its weights read and checked.
+//!
+//! A state dict does not say whether 2 cells are 2 layers or 1 bidirectional layer: the shapes
+//! decide (layer 1's `W_ih` reads `H` or `2H` features); a pickled module or TorchScript archive
+//! says so itself (`num_layers`, `bidirectional`), and is believed only where the shapes agree.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use gru_core::{GruConfig, QuantizedGruWeights, QuantizedLinear, WeightScheme};
+
+use crate::error::{Result, WeightsError};
+use crate::file::WeightFile;
+use crate::formats::container::TensorInfo;
+use crate::model::discover::{GruInfo, ModuleKind};
+use crate::pickle::quantized::{PackedRnns, QuantizedCell, RnnAttrs, Scheme};
+
+const LIST: &str = "_all_weight_values";
+
+/// `(prefix, k)` of a cell path `{prefix}._all_weight_values.{k}.param`.
+fn split_cell_path(path: &str) -> Option<(&str, usize)> {
+    let rest = path.strip_suffix(".param")?;
+    let (head, k) = rest.rsplit_once('.')?;
+    let k: usize = k.parse().ok()?;
+    let prefix = match head.strip_suffix(LIST)? {
+        "" => "",
+        p => p.strip_suffix('.')?,
+    };
+    Some((prefix, k))
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}.{b}")
+    }
+}
+
+/// Whether `name` is one of the tensors listed for a quantized cell (the float discovery skips
+/// them: a cell's `weight_ih`/`weight_hh` would look like a GRUCell's).
+pub(crate) fn is_cell_tensor(packed: &PackedRnns, name: &str) -> bool {
+    !packed.cells.is_empty()
+        && packed.cells.iter().any(|c| {
+            name.strip_prefix(c.path.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+        })
+}
+
+/// The quantized GRUs of a file (as `GruInfo`s with `quantized` set), and the groups of cells
+/// that do not form one, with why.
+pub(crate) fn discover_quantized(
+    packed: &PackedRnns,
+    tensors: &[TensorInfo],
+) -> (Vec<GruInfo>, Vec<(String, WeightsError)>) {
+    let mut groups: BTreeMap<&str, BTreeMap<usize, &QuantizedCell>> = BTreeMap::new();
+    for c in &packed.cells {
+        if let Some((prefix, k)) = split_cell_path(&c.path) {
+            groups.entry(prefix).or_default().insert(k, c);
+        }
+    }
+    let shape = |name: String| {
+        tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| &t.shape[..])
+    };
+    let (mut found, mut rejected) = (Vec::new(), Vec::new());
+    for (prefix, cells) in groups {
+        let attrs = packed
+            .modules
+            .iter()
+            .find(|(p, _)| p == prefix)
+            .map(|(_, a)| a);
+        match infer(prefix, &cells, attrs, &shape) {
+            Ok(Some(info)) => found.push(info),
+            Ok(None) => {}
+            Err(e) => rejected.push((prefix.to_string(), e)),
+        }
+    }
+    (found, rejected)
+}
+
+/// The config of the cells at `prefix`; `None` for another RNN (an LSTM's gates are 4H).
+fn infer<'a>(
+    prefix: &str,
+    cells: &BTreeMap<usize, &QuantizedCell>,
+    attrs: Option<&RnnAttrs>,
+    shape: &dyn Fn(String) -> Option<&'a [usize]>,
+) -> Result<Option<GruInfo>> {
+    let bad = |reason: String| WeightsError::File {
+        path: format!("quantized GRU at {prefix:?}").into(),
+        reason,
+    };
+    if attrs
+        .and_then(|a| a.mode.as_deref())
+        .is_some_and(|m| m != "GRU")
+    {
+        return Ok(None);
+    }
+    let n = cells.len();
+    if cells.keys().copied().ne(0..n) {
+        return Err(bad(format!(
+            "its packed cells are numbered {:?}, not 0..{n}",
+            cells.keys().collect::<Vec<_>>()
+        )));
+    }
+    let dims = |k: usize, w: &str| -> Result<(usize, usize)> {
+        let name = join(&cells[&k].path, w);
+        match shape(name.clone()) {
+            Some(&[rows, cols]) => Ok((rows, cols)),
+            Some(s) => Err(bad(format!("`{name}` has shape {s:?}, not 2-D"))),
+            None => Err(bad(format!("`{name}` is not listed"))),
+        }
+    };
+    let (g, hidden) = dims(0, "weight_hh")?;
+    if g == 4 * hidden {
+        return Ok(None); // an LSTM
+    }
+    if g != 3 * hidden || hidden == 0 {
+        return Err(bad(format!(
+            "weight_hh of cell 0 is ({g}, {hidden}): a GRU's is (3H, H)"
+        )));
+    }
+    let input = dims(0, "weight_ih")?.1;
+    // Which (layers, directions) the shapes allow.
+    let fits = |d: usize| -> bool {
+        n.is_multiple_of(d)
+            && (0..n).all(|k| {
+                let want = if k < d { input } else { d * hidden };
+                dims(k, "weight_ih").is_ok_and(|s| s == (g, want))
+                    && dims(k, "weight_hh").is_ok_and(|s| s == (g, hidden))
+            })
+    };
+    let options: Vec<usize> = [1, 2].into_iter().filter(|&d| fits(d)).collect();
+    let d = match (attrs.and_then(|a| a.bidirectional), options.as_slice()) {
+        (Some(bi), opts) if opts.contains(&(1 + bi as usize)) => 1 + bi as usize,
+        (Some(bi), _) => {
+            return Err(bad(format!(
+                "the module says bidirectional={bi}, its {n} cells' shapes say otherwise"
+            )))
+        }
+        (None, [one]) => *one,
+        (None, []) => {
+            return Err(bad(format!(
+                "the shapes of its {n} cells fit no GRU (input {input}, hidden {hidden})"
+            )))
+        }
+        (None, _) => {
+            return Err(bad(format!(
+                "{n} cells with input_size = hidden_size = {hidden} are either {n} layers or \
+                 {} bidirectional layers, and a state dict does not say which: save the whole \
+                 model (torch.save(model)) or a TorchScript archive instead",
+                n / 2
+            )))
+        }
+    };
+    if let Some(l) = attrs.and_then(|a| a.num_layers) {
+        if l * d != n {
+            return Err(bad(format!(
+                "the module says num_layers={l}, it has {n} cells"
+            )));
+        }
+    }
+    let first = cells[&0];
+    if let Some(c) = cells.values().find(|c| c.fp16 != first.fp16) {
+        return Err(bad(format!("`{}` mixes int8 and float16 cells", c.path)));
+    }
+    if let Some(c) = cells
+        .values()
+        .find(|c| c.reduce_range != first.reduce_range)
+    {
+        return Err(bad(format!(
+            "`{}`: reduce_range differs between cells",
+            c.path
+        )));
+    }
+    let bias = first.bias;
+    if let Some(c) = cells.values().find(|c| c.bias != bias) {
+        return Err(bad(format!(
+            "`{}`: some cells have biases, some not",
+            c.path
+        )));
+    }
+    let config = GruConfig {
+        input_size: input,
+        hidden_size: hidden,
+        num_layers: n / d,
+        bias,
+        bidirectional: d == 2,
+        batch_first: attrs.and_then(|a| a.batch_first).unwrap_or(false),
+        ..GruConfig::default()
+    };
+    config.validate().map_err(|e| bad(e.to_string()))?;
+    let mut keys = Vec::new();
+    for c in cells.values() {
+        for w in ["ih", "hh"] {
+            keys.push(join(&c.path, &format!("weight_{w}")));
+            if bias {
+                keys.push(join(&c.path, &format!("bias_{w}")));
+            }
+        }
+        for (w, s) in [("ih", &c.ih), ("hh", &c.hh)] {
+            if matches!(s, Scheme::PerChannel { .. }) {
+                keys.push(join(&c.path, &format!("weight_{w}.scales")));
+                keys.push(join(&c.path, &format!("weight_{w}.zero_points")));
+            }
+        }
+    }
+    let per_channel = cells.values().any(|c| {
+        matches!(c.ih, Scheme::PerChannel { .. }) || matches!(c.hh, Scheme::PerChannel { .. })
+    });
+    let kind = if first.fp16 {
+        "float16".to_string()
+    } else {
+        format!(
+            "qint8 {}{}",
+            if per_channel {
+                "per-channel"
+            } else {
+                "per-tensor"
+            },
+            if first.reduce_range {
+                ", reduce_range"
+            } else {
+                ""
+            }
+        )
+    };
+    let num_parameters = (0..config.num_layers)
+        .map(|k| {
+            config.num_directions()
+                * (g * config.layer_input_size(k) + g * hidden + if bias { 2 * g } else { 0 })
+        })
+        .sum();
+    Ok(Some(GruInfo {
+        prefix: prefix.to_string(),
+        state_dict: String::new(),
+        kind: ModuleKind::Gru,
+        config,
+        dtype: DType::F32,
+        num_parameters,
+        keys,
+        quantized: Some(kind),
+    }))
+}
+
+impl WeightFile {
+    /// The weights of the quantized GRU `info` (found by `discover`), read and checked.
+    pub(crate) fn quantized_weights(&self, info: &GruInfo) -> Result<QuantizedGruWeights> {
+        let packed = self.packed_rnns();
+        let cells: BTreeMap<usize, &QuantizedCell> = packed
+            .cells
+            .iter()
+            .filter_map(|c| {
+                split_cell_path(&c.path)
+                    .filter(|(p, _)| *p == info.prefix)
+                    .map(|(_, k)| (k, c))
+            })
+            .collect();
+        let d = info.config.num_directions();
+        let mut layers = Vec::with_capacity(info.config.num_layers);
+        for l in 0..info.config.num_layers {
+            let mut dirs = Vec::with_capacity(d);
+            for dir in 0..d {
+                let c = cells.get(&(l * d + dir)).ok_or_else(|| {
+                    WeightsError::Select(format!("quantized cell {} missing", l * d + dir))
+                })?;
+                dirs.push((
+                    self.packed_linear(c, "ih", &c.ih)?,
+                    self.packed_linear(c, "hh", &c.hh)?,
+                ));
+            }
+            layers.push(dirs);
+        }
+        let reduce_range = cells.values().next().is_some_and(|c| c.reduce_range);
+        let w = QuantizedGruWeights {
+            layers,
+            reduce_range,
+        };
+        w.check(&info.config).map_err(|e| WeightsError::File {
+            path: self.path().to_path_buf(),
+            reason: format!("quantized GRU at {:?}: {e}", info.prefix),
+        })?;
+        Ok(w)
+    }
+
+    fn packed_linear(
+        &self,
+        c: &QuantizedCell,
+        w: &str,
+        scheme: &Scheme,
+    ) -> Result<QuantizedLinear> {
+        let cpu = Device::Cpu;
+        let name = join(&c.path, &format!("weight_{w}"));
+        let bad = |reason: String| WeightsError::Tensor {
+            name: name.clone(),
+            reason,
+        };
+        let weight = self.load(&name, &cpu)?;
+        let (out, input) = weight.dims2().map_err(|e| bad(e.to_string()))?;
+        let bias = if c.bias {
+            let b = self.load(&join(&c.path, &format!("bias_{w}")), &cpu)?;
+            Some(floats(&b, &name)?)
+        } else {
+            None
+        };
+        let int8 = |scheme: WeightScheme| -> Result<QuantizedLinear> {
+            if weight.dtype() != DType::U8 {
+                return Err(bad(format!("int8 weight read as {:?}", weight.dtype())));
+            }
+            let bytes = weight
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<u8>())
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(QuantizedLinear::Int8 {
+                weight: bytes.into_iter().map(|b| b as i8).collect(),
+                out,
+                input,
+                scheme,
+                bias: bias.clone(),
+            })
+        };
+        match scheme {
+            Scheme::Float16 => Ok(QuantizedLinear::Float16 {
+                weight: floats(&weight, &name)?,
+                out,
+                input,
+                bias,
+            }),
+            Scheme::PerTensor { scale, zero_point } => int8(WeightScheme::PerTensor {
+                scale: *scale as f32,
+                zero_point: zero_point_i32(*zero_point).map_err(bad)?,
+            }),
+            Scheme::PerChannel { axis } => {
+                if *axis != 0 {
+                    return Err(bad(format!(
+                        "per-channel quantization along axis {axis}; PyTorch's packed linears \
+                         quantize along axis 0 (output rows)"
+                    )));
+                }
+                let scales = self.load(&format!("{name}.scales"), &cpu)?;
+                let zps = self.load(&format!("{name}.zero_points"), &cpu)?;
+                let scales = floats(&scales, &format!("{name}.scales"))?;
+                let zps: Vec<i64> = zps
+                    .to_dtype(DType::I64)
+                    .and_then(|t| t.flatten_all()?.to_vec1::<i64>())
+                    .map_err(|e| bad(format!("zero points: {e}")))?;
+                int8(WeightScheme::PerChannel {
+                    scales,
+                    zero_points: zps
+                        .into_iter()
+                        .map(zero_point_i32)
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(bad)?,
+                })
+            }
+        }
+    }
+}
+
+fn zero_point_i32(z: i64) -> std::result::Result<i32, String> {
+    if (-128..=127).contains(&z) {
+        Ok(z as i32)
+    } else {
+        Err(format!("zero point {z} is outside int8's -128..=127"))
+    }
+}
+
+/// A float tensor's values as f32 (per-channel scales are stored in f64; fbgemm keeps f32).
+fn floats(t: &Tensor, name: &str) -> Result<Vec<f32>> {
+    if !t.dtype().is_float() {
+        return Err(WeightsError::Tensor {
+            name: name.to_string(),
+            reason: format!("{:?} values where floats were expected", t.dtype()),
+        });
+    }
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+        .map_err(|e| WeightsError::Tensor {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+}
