@@ -246,31 +246,39 @@ fn legacy_double_half_and_bfloat16_storages_load_as_stored() {
 }
 
 #[test]
-fn a_quantized_model_is_named_as_such() {
-    // Embedding (float) + quantize_dynamic'd GRU and Linear: the GRU is packed int8 parameters.
+fn a_quantized_model_loads_as_quantized() {
+    // Embedding (float) + quantize_dynamic'd GRU and Linear: the GRU is packed int8 parameters,
+    // read as a quantized GRU (its numbers are checked by models/quantized's cases).
     let f = WeightFile::open(checkpoint("quantized_dynamic.pt")).unwrap();
-    let e = f.gru(None, None, &Device::Cpu).unwrap_err().to_string();
-    assert!(
-        e.contains("no GRU found") && e.contains("quantize_dynamic") && e.contains("float model"),
-        "{e}"
-    );
-    // With a prefix (what `gru verify --weights W --prefix P` asks) the note is there too.
+    for prefix in [None, Some("rnn")] {
+        let (g, report) = f.gru(prefix, None, &Device::Cpu).unwrap();
+        assert_eq!(
+            report.quantized.as_deref(),
+            Some("qint8 per-tensor, reduce_range")
+        );
+        assert_eq!((g.config().input_size, g.config().hidden_size), (5, 7));
+        assert!(g.quantized().is_some());
+        assert!(report.to_string().contains("quantized (qint8"), "{report}");
+    }
+    // A half dtype or another device is refused in one line, naming the quantization.
     let e = f
-        .gru(Some("rnn"), None, &Device::Cpu)
+        .gru(Some("rnn"), Some(candle_core::DType::F16), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("quantized") && e.contains("f32"), "{e}");
+    // The float VarBuilder route refuses it, naming the packed tensors.
+    let vb = f.var_builder(candle_core::DType::F32, &Device::Cpu);
+    let e = gru_core::Gru::new(gru_core::GruConfig::new(5, 7), vb.pp("rnn"))
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("no GRU at prefix \"rnn\"") && e.contains("quantize_dynamic"),
+        e.contains("quantized") && e.contains("rnn._all_weight_values.0.param"),
         "{e}"
     );
-    // A quantized GRU alone: no float tensor at all.
-    let e = WeightFile::open(checkpoint("quantized_gru.pt"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("no float tensors") && e.contains("quantized tensors"),
-        "{e}"
-    );
+    // A quantized GRU alone (inside `nn.Sequential`: no float tensor at all).
+    let f = WeightFile::open(checkpoint("quantized_gru.pt")).unwrap();
+    let (g, _) = f.gru(None, None, &Device::Cpu).unwrap();
+    assert_eq!((g.config().input_size, g.config().hidden_size), (3, 4));
     // A float checkpoint has no such note.
     let f = WeightFile::open(checkpoint("zip_flat.pt")).unwrap();
     assert_eq!(f.quantized_note(), None);

@@ -956,12 +956,17 @@ fn mutant(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
 /// cover what we thought of; this covers what we did not.
 #[test]
 fn mutated_checkpoints_never_crash() {
-    let mut seeds: Vec<PathBuf> = ["models/checkpoints", "models/fixtures", "models/reparam"]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(root().join(d)).unwrap())
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(".case.safetensors"))
-        .collect();
+    let mut seeds: Vec<PathBuf> = [
+        "models/checkpoints",
+        "models/fixtures",
+        "models/reparam",
+        "models/quantized",
+    ]
+    .iter()
+    .flat_map(|d| std::fs::read_dir(root().join(d)).unwrap())
+    .map(|e| e.unwrap().path())
+    .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(".case.safetensors"))
+    .collect();
     seeds.sort();
     assert!(seeds.len() >= 20, "{seeds:?}");
     let dir = tempfile::tempdir().unwrap();

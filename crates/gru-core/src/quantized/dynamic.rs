@@ -90,11 +90,12 @@ pub(crate) fn min_max<'a>(rows: impl Iterator<Item = &'a [f32]>) -> (f32, f32) {
 
 /// `fbgemm::QuantizeAvx2<uint8_t>`: `clamp(rne(min(x * (1 / scale), 2147483520)) + zero_point,
 /// 0, 255)` (multiplied by the f32 reciprocal, not divided; clamped to 255 even with
-/// `reduce_range`); `cvtps2dq` gives `i32::MIN` for NaN and out-of-range values.
+/// `reduce_range`). `minps` returns its second operand for a NaN (so NaN quantizes as the
+/// largest value, as `f32::min` gives too); `cvtps2dq` gives `i32::MIN` below the i32 range.
 #[inline(always)]
 fn quantize(x: f32, inv_scale: f32, zero_point: i32) -> i32 {
     let t = (x * inv_scale).min(2_147_483_520.0);
-    let r = if t.is_nan() || t < -2_147_483_648.0 {
+    let r = if t < -2_147_483_648.0 {
         i32::MIN
     } else {
         t.round_ties_even() as i32
@@ -163,5 +164,67 @@ pub(crate) fn linear(lin: &QuantizedLinear, x: &[&[f32]], q: InputQuant, y: &mut
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `torch._choose_qparams_per_tensor(torch.tensor([min, max]), reduce_range)` (PyTorch
+    /// 2.15): the scale's f32 bits and the zero point, including the all-zero input (scale
+    /// 0.1) and the tiny range widened to PyTorch's smallest scale.
+    #[test]
+    fn input_qparams_are_pytorch_s() {
+        for (lo, hi, rr, bits, zp) in [
+            (-1.0, 1.0, true, 0x3c810204, 64),
+            (-1.0, 1.0, false, 0x3c008081, 128),
+            (0.0, 0.0, true, 0x3dcccccd, 0),
+            (0.5, 3.0, true, 0x3cc18306, 0),
+            (-3.0, -0.5, false, 0x3c40c0c1, 255),
+            (-1e-06, 2e-06, true, 0x387fda40, 42),
+            (-0.123456, 7.654321, true, 0x3d7ad93f, 2),
+            (-5.5, 0.001, false, 0x3cb0b8ea, 255),
+        ] {
+            let q = choose_qparams(lo, hi, rr);
+            assert_eq!(
+                (q.scale.to_bits(), q.zero_point),
+                (bits, zp),
+                "[{lo}, {hi}] reduce_range={rr}"
+            );
+        }
+    }
+
+    #[test]
+    fn quantization_rounds_half_to_even_and_clamps_to_u8() {
+        assert_eq!(quantize(2.5, 1.0, 0), 2);
+        assert_eq!(quantize(3.5, 1.0, 0), 4);
+        assert_eq!(quantize(-0.5, 1.0, 10), 10);
+        assert_eq!(quantize(1e30, 1.0, 0), 255);
+        assert_eq!(quantize(f32::NAN, 1.0, 64), 255);
+        assert_eq!(quantize(f32::NEG_INFINITY, 1.0, 64), 0);
+        assert_eq!(quantize(300.0, 1.0, 0), 255);
+    }
+
+    /// Without `reduce_range` fbgemm's AVX2 pair sums saturate at i16: PyTorch's numbers do too.
+    #[test]
+    fn pair_sums_saturate_as_fbgemm_s() {
+        let lin = QuantizedLinear::Int8 {
+            weight: vec![127, 127],
+            out: 1,
+            input: 2,
+            scheme: crate::quantized::WeightScheme::PerTensor {
+                scale: 1.0,
+                zero_point: 0,
+            },
+            bias: None,
+        };
+        let q = InputQuant {
+            scale: 1.0,
+            zero_point: 0,
+        };
+        let mut y = [0.0f32];
+        linear(&lin, &[&[255.0, 255.0]], q, &mut [&mut y[..]]);
+        assert_eq!(y[0], 32767.0, "255 * 127 * 2 = 64770 saturates");
     }
 }

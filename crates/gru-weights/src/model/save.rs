@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use gru_core::{Gru, GruCell};
 
-use crate::error::Result;
+use crate::error::{Result, WeightsError};
 
 fn save(named: Vec<(String, Tensor)>, prefix: &str, path: &Path) -> Result<()> {
     let prefix = prefix.trim_end_matches('.');
@@ -26,7 +26,18 @@ fn save(named: Vec<(String, Tensor)>, prefix: &str, path: &Path) -> Result<()> {
 }
 
 /// Saves `gru` at `prefix` (empty for the root) in its own dtype.
+///
+/// A quantized GRU is refused: a float file of its dequantized weights would compute other
+/// numbers (PyTorch's quantized GRU quantizes its inputs on every call).
 pub fn save_gru(gru: &Gru, prefix: &str, path: impl AsRef<Path>) -> Result<()> {
+    if let Some(q) = gru.quantized() {
+        return Err(WeightsError::Select(format!(
+            "the GRU is quantized ({}): a float file of its dequantized weights would not \
+             compute what PyTorch's quantized GRU computes; keep the quantized file, which \
+             `gru run` and `gru verify` read as it is",
+            q.kind()
+        )));
+    }
     save(gru.named_tensors(), prefix, path.as_ref())
 }
 

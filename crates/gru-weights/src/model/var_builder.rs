@@ -33,12 +33,37 @@ impl SimpleBackend for FileBackend<'_> {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        if self.0.info(name).is_none() {
+            if let Some(cell) = quantized_owner(self.0, name) {
+                candle_core::bail!(
+                    "`{name}`: the GRU there is quantized (quantize_dynamic): its weights are \
+                     packed ({cell}.weight_ih, ...), not float tensors a VarBuilder serves; build \
+                     it with WeightFile::gru, which runs it as PyTorch does"
+                );
+            }
+        }
         self.0.load(name, dev)?.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.info(name).is_some()
     }
+}
+
+/// The first packed cell of a quantized RNN at the module that would own `name`
+/// (`rnn.weight_ih_l0` -> `rnn._all_weight_values.0.param`).
+fn quantized_owner(file: &WeightFile, name: &str) -> Option<String> {
+    let (module, _) = name.rsplit_once('.').unwrap_or(("", name));
+    let list = if module.is_empty() {
+        "_all_weight_values.".to_string()
+    } else {
+        format!("{module}._all_weight_values.")
+    };
+    file.packed_rnns()
+        .cells
+        .iter()
+        .find(|c| c.path.starts_with(&list))
+        .map(|c| c.path.clone())
 }
 
 impl WeightFile {
