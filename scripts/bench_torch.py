@@ -50,6 +50,8 @@ def gru_flops(a):
 def main():
     p = bench_parser()
     p.add_argument("--allow-tf32", action="store_true")
+    p.add_argument("--quantize", choices=["int8", "fp16"],
+                   help="time torch.ao.quantization.quantize_dynamic's GRU (CPU, f32 inputs)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -60,6 +62,15 @@ def main():
     dev = torch.device("cuda" if a.device.startswith("cuda") else a.device)
     gru = torch.nn.GRU(a.input_size, a.hidden_size, a.num_layers,
                        bidirectional=a.bidirectional).to(dev, dtype).eval()
+    name = "pytorch"
+    if a.quantize:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        qdtype = torch.qint8 if a.quantize == "int8" else torch.float16
+        wrap = torch.nn.Sequential(gru)
+        gru = torch.ao.quantization.quantize_dynamic(wrap, {torch.nn.GRU}, dtype=qdtype)[0]
+        name = f"pytorch-{a.quantize}"
     x = torch.randn(a.seq_len, a.batch, a.input_size, device=dev, dtype=dtype)
     lengths = None
     if a.varlen:
@@ -102,7 +113,7 @@ def main():
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r = {
-        "impl": "pytorch", "input_size": a.input_size, "hidden_size": a.hidden_size,
+        "impl": name, "input_size": a.input_size, "hidden_size": a.hidden_size,
         "num_layers": a.num_layers, "bidirectional": a.bidirectional, "seq_len": a.seq_len,
         "batch": a.batch, "varlen": a.varlen, "stream": a.stream,
         "frame_us": median * 1e3 / a.seq_len if a.stream else None,
@@ -113,7 +124,7 @@ def main():
     if a.json:
         print(json.dumps(r))
     else:
-        print(f"pytorch {a.input_size}/{a.hidden_size}/{a.num_layers}/bi={a.bidirectional} "
+        print(f"{name} {a.input_size}/{a.hidden_size}/{a.num_layers}/bi={a.bidirectional} "
               f"T={a.seq_len} B={a.batch} varlen={a.varlen}: median {median:.3f} ms "
               f"(min {times[0]:.3f}, max {times[-1]:.3f}), {r['gflops']:.1f} GFLOP/s")
 

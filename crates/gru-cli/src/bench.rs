@@ -22,6 +22,11 @@ pub enum Impl {
     OursOps,
     /// candle-nn's rnn::GRU, layers stacked by hand (unidirectional, fixed length).
     CandleNn,
+    /// candle-gru on the same weights quantized as `quantize_dynamic(dtype=torch.qint8)` does
+    /// (per-tensor symmetric int8; inputs quantized per call): the quantized GRU's kernel.
+    OursInt8,
+    /// The same with `dtype=torch.float16` (f16 weights, f32 arithmetic).
+    OursFp16,
 }
 
 impl Impl {
@@ -110,6 +115,63 @@ impl Rng {
         let v: Vec<f32> = (0..n).map(|_| self.next() * scale).collect();
         Tensor::from_vec(v, shape, &Device::Cpu)
     }
+}
+
+/// The random float weights as `quantize_dynamic` quantizes them: int8 per-tensor symmetric
+/// (`MinMaxObserver(qint8, per_tensor_symmetric)`: scale = max|w| / 127.5, values
+/// `clamp(rne(w * (1 / scale)), -128, 127)`, zero point 0) with `reduce_range`, or f16 values.
+fn quantize(
+    c: &GruConfig,
+    sd: &HashMap<String, Tensor>,
+    fp16: bool,
+) -> anyhow::Result<gru_core::QuantizedGruWeights> {
+    use gru_core::{ParamNames, QuantizedLinear, WeightScheme};
+    let linear = |w: &str, b: &str| -> anyhow::Result<QuantizedLinear> {
+        let w = &sd[w];
+        let (out, input) = w.dims2()?;
+        let v = w.flatten_all()?.to_vec1::<f32>()?;
+        let bias = sd.get(b).map(|b| b.to_vec1::<f32>()).transpose()?;
+        if fp16 {
+            let weight = v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+            return Ok(QuantizedLinear::Float16 {
+                weight,
+                out,
+                input,
+                bias,
+            });
+        }
+        let amax = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let scale = (amax / 127.5).max(f32::EPSILON);
+        let inv = 1.0 / scale;
+        let weight = v
+            .iter()
+            .map(|&x| (x * inv).round_ties_even().clamp(-128.0, 127.0) as i8)
+            .collect();
+        Ok(QuantizedLinear::Int8 {
+            weight,
+            out,
+            input,
+            scheme: WeightScheme::PerTensor {
+                scale,
+                zero_point: 0,
+            },
+            bias,
+        })
+    };
+    let layers = (0..c.num_layers)
+        .map(|k| {
+            (0..c.num_directions())
+                .map(|d| {
+                    let n = ParamNames::gru(k, d);
+                    Ok((linear(&n.w_ih, &n.b_ih)?, linear(&n.w_hh, &n.b_hh)?))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(gru_core::QuantizedGruWeights {
+        layers,
+        reduce_range: true,
+    })
 }
 
 /// PyTorch's initialisation, U(-1/sqrt(H), 1/sqrt(H)), under PyTorch's names.
@@ -217,16 +279,32 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             .collect()
     });
 
+    let quantized = matches!(a.implementation, Impl::OursInt8 | Impl::OursFp16);
+    if quantized && (!device.is_cpu() || dtype != candle_core::DType::F32) {
+        bail!("--impl ours-int8/ours-fp16: a quantized GRU runs in f32 on the CPU");
+    }
     let mut forward: Box<dyn FnMut() -> anyhow::Result<()>> = match a.implementation {
-        Impl::Ours | Impl::OursOps | Impl::OursStep | Impl::OursPersistent => {
-            let vb = VarBuilder::from_tensors(sd, dtype, &device);
-            let kernel = match a.implementation {
-                Impl::Ours => Kernel::Auto,
-                Impl::OursStep => Kernel::FusedStep,
-                Impl::OursPersistent => Kernel::Persistent,
-                _ => Kernel::CandleOps,
+        Impl::Ours
+        | Impl::OursOps
+        | Impl::OursStep
+        | Impl::OursPersistent
+        | Impl::OursInt8
+        | Impl::OursFp16 => {
+            let gru = if quantized {
+                Gru::from_quantized(
+                    config,
+                    quantize(&config, &sd, a.implementation == Impl::OursFp16)?,
+                )?
+            } else {
+                let vb = VarBuilder::from_tensors(sd, dtype, &device);
+                let kernel = match a.implementation {
+                    Impl::Ours => Kernel::Auto,
+                    Impl::OursStep => Kernel::FusedStep,
+                    Impl::OursPersistent => Kernel::Persistent,
+                    _ => Kernel::CandleOps,
+                };
+                Gru::new(config, vb)?.with_kernel(kernel)
             };
-            let gru = Gru::new(config, vb)?.with_kernel(kernel);
             let lengths = lengths.clone();
             if a.stream {
                 let frames = (0..a.seq_len)

@@ -10,7 +10,8 @@ use crate::error::{GruError, Result};
 use crate::layer::{compute_dtype, Kernel, Layer, RunContext};
 use crate::packing::LengthPlan;
 use crate::params::{DirectionParams, ParamNames};
-use crate::quantized::{self, QuantizedGruWeights};
+use crate::quantized::forward::Prepared;
+use crate::quantized::QuantizedGruWeights;
 
 /// A quantized GRU's parameters as f32 tensors under PyTorch's float names.
 fn quantized_named(q: &QuantizedGruWeights) -> Vec<(String, Tensor)> {
@@ -58,8 +59,9 @@ pub struct Gru {
     dtype: DType,
     device: Device,
     kernel: Kernel,
-    /// A dynamically quantized GRU (`Gru::from_quantized`): `layers` is empty.
-    quantized: Option<Arc<QuantizedGruWeights>>,
+    /// A dynamically quantized GRU (`Gru::from_quantized`): its weights and their packed form;
+    /// `layers` is empty.
+    quantized: Option<Arc<(QuantizedGruWeights, Prepared)>>,
 }
 
 impl Gru {
@@ -101,19 +103,20 @@ impl Gru {
     /// ignored.
     pub fn from_quantized(config: GruConfig, weights: QuantizedGruWeights) -> Result<Self> {
         weights.check(&config)?;
+        let prepared = Prepared::new(&weights, config.hidden_size);
         Ok(Self {
             config,
             layers: Vec::new(),
             dtype: DType::F32,
             device: Device::Cpu,
             kernel: Kernel::Auto,
-            quantized: Some(Arc::new(weights)),
+            quantized: Some(Arc::new((weights, prepared))),
         })
     }
 
     /// The quantized weights of a GRU built by [`Gru::from_quantized`].
     pub fn quantized(&self) -> Option<&QuantizedGruWeights> {
-        self.quantized.as_deref()
+        self.quantized.as_deref().map(|(w, _)| w)
     }
 
     pub fn config(&self) -> &GruConfig {
@@ -155,7 +158,7 @@ impl Gru {
     /// them computes without the quantization of the inputs, so not PyTorch's quantized numbers.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         if let Some(q) = &self.quantized {
-            return quantized_named(q);
+            return quantized_named(&q.0);
         }
         let mut v = Vec::new();
         for (k, layer) in self.layers.iter().enumerate() {
@@ -233,7 +236,7 @@ impl Gru {
         };
 
         if let Some(q) = &self.quantized {
-            let (output, h_n) = self.run_quantized(q, &x, h0.as_ref(), &plan)?;
+            let (output, h_n) = self.run_quantized(&q.1, &x, h0.as_ref(), &plan)?;
             return self.finish(output, h_n, batched);
         }
         let (output, h_n) =
@@ -280,7 +283,7 @@ impl Gru {
     /// The quantized recurrence on the CPU: `x` `(T, B, I)`, `h0` `(L * D, B, H)`.
     fn run_quantized(
         &self,
-        q: &QuantizedGruWeights,
+        q: &Prepared,
         x: &Tensor,
         h0: Option<&Tensor>,
         plan: &LengthPlan,
@@ -298,14 +301,7 @@ impl Gru {
         let h0 = h0
             .map(|h| h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
             .transpose()?;
-        let (out, h_n) = quantized::forward::forward(
-            q,
-            cfg.hidden_size,
-            &xs,
-            (t_len, batch),
-            h0.as_deref(),
-            plan,
-        );
+        let (out, h_n) = q.forward(&xs, (t_len, batch), h0.as_deref(), plan);
         let n_dirs = cfg.num_directions();
         Ok((
             Tensor::from_vec(out, (t_len, batch, n_dirs * cfg.hidden_size), &dev)?,

@@ -5,7 +5,8 @@
 //! in i32 (exact: no overflow for the sizes checked), and each sum becomes f32 as fbgemm's
 //! `ReQuantizeForFloat` does. The fp16 kind: f32 products of the f16 weights, then the bias.
 
-use super::fp16;
+use super::fp16::PackedF16;
+use super::int8::PackedInt8;
 use super::weights::QuantizedLinear;
 
 /// A u8 quantization of an input tensor.
@@ -93,7 +94,7 @@ pub(crate) fn min_max<'a>(rows: impl Iterator<Item = &'a [f32]>) -> (f32, f32) {
 /// `reduce_range`). `minps` returns its second operand for a NaN (so NaN quantizes as the
 /// largest value, as `f32::min` gives too); `cvtps2dq` gives `i32::MIN` below the i32 range.
 #[inline(always)]
-fn quantize(x: f32, inv_scale: f32, zero_point: i32) -> i32 {
+pub(crate) fn quantize(x: f32, inv_scale: f32, zero_point: i32) -> i32 {
     let t = (x * inv_scale).min(2_147_483_520.0);
     let r = if t < -2_147_483_648.0 {
         i32::MIN
@@ -103,65 +104,73 @@ fn quantize(x: f32, inv_scale: f32, zero_point: i32) -> i32 {
     r.wrapping_add(zero_point).clamp(0, 255)
 }
 
-/// `y` `(rows, out)` = the linear of `x` `(rows, input)`. int8: the input quantized as `q`
-/// (unused for the fp16 kind).
-pub(crate) fn linear(lin: &QuantizedLinear, x: &[&[f32]], q: InputQuant, y: &mut [&mut [f32]]) {
-    match lin {
-        QuantizedLinear::Float16 {
-            weight,
-            out,
-            input,
-            bias,
-        } => fp16::linear(weight, *out, *input, bias.as_deref(), x, y),
-        QuantizedLinear::Int8 {
-            weight,
-            input,
-            scheme,
-            bias,
-            ..
-        } => {
-            let k = *input;
-            let inv = 1.0 / q.scale;
-            let mut qa = vec![0i32; k];
-            // fbgemm's column offsets: sum_k W[j, k] - zp_W[j] * K.
-            let col_offsets: Vec<i32> = weight
-                .chunks(k.max(1))
-                .enumerate()
-                .map(|(j, w)| {
-                    let s: i32 = w.iter().map(|&v| v as i32).sum();
-                    s.wrapping_sub(scheme.of_row(j).1.wrapping_mul(k as i32))
-                })
-                .collect();
-            for (xr, yr) in x.iter().zip(y.iter_mut()) {
-                for (d, &v) in qa.iter_mut().zip(xr.iter()) {
-                    *d = quantize(v, inv, q.zero_point);
+/// `quantize` over a row into `dst`; the sum of the quantized values.
+fn quantize_row(src: &[f32], inv_scale: f32, zero_point: i32, dst: &mut [u8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::int8::avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { super::int8::quantize_row_avx2(src, inv_scale, zero_point, dst) };
+        }
+    }
+    let mut sum = 0;
+    for (d, &v) in dst.iter_mut().zip(src) {
+        let q = quantize(v, inv_scale, zero_point);
+        *d = q as u8;
+        sum += q;
+    }
+    sum
+}
+
+/// A linear ready to run: int8 weights packed (the input quantized on every call), or the
+/// fp16 kind's weights transposed.
+#[derive(Debug, Clone)]
+pub(crate) enum Linear {
+    Int8(PackedInt8),
+    Float16(PackedF16),
+}
+
+impl Linear {
+    pub fn new(lin: &QuantizedLinear) -> Self {
+        match lin {
+            QuantizedLinear::Int8 {
+                weight,
+                out,
+                input,
+                scheme,
+                bias,
+            } => Self::Int8(PackedInt8::new(
+                weight,
+                *out,
+                *input,
+                scheme,
+                bias.as_deref(),
+            )),
+            QuantizedLinear::Float16 {
+                weight,
+                out,
+                input,
+                bias,
+            } => Self::Float16(PackedF16::new(weight, *out, *input, bias.as_deref())),
+        }
+    }
+
+    /// `y[i]` = the linear of `x[i]`, with one input quantization over all of `x` (PyTorch
+    /// quantizes each call's whole input).
+    pub fn run(&self, x: &[&[f32]], reduce_range: bool, y: &mut [&mut [f32]]) {
+        match self {
+            Self::Float16(p) => p.run(x, y),
+            Self::Int8(p) => {
+                let (lo, hi) = min_max(x.iter().copied());
+                let q = choose_qparams(lo, hi, reduce_range);
+                let kp = p.k_padded();
+                let inv = 1.0 / q.scale;
+                let mut qa = vec![0u8; x.len() * kp];
+                let mut sums = vec![0i32; x.len()];
+                for ((row, dst), sum) in x.iter().zip(qa.chunks_mut(kp)).zip(&mut sums) {
+                    *sum = quantize_row(row, inv, q.zero_point, dst);
                 }
-                let row_offset: i32 = qa.iter().sum();
-                for (j, yj) in yr.iter_mut().enumerate() {
-                    let w = &weight[j * k..(j + 1) * k];
-                    let (ws, wz) = scheme.of_row(j);
-                    // AVX2's vpmaddubsw: products of pairs (k, k + 1) summed and saturated to
-                    // i16 (never with reduce_range: 127 * 128 * 2 < 32767), then summed in i32.
-                    let mut acc: i32 = 0;
-                    let mut pairs = qa.chunks_exact(2).zip(w.chunks_exact(2));
-                    for (a, b) in &mut pairs {
-                        let p = a[0] * b[0] as i32 + a[1] * b[1] as i32;
-                        acc = acc.wrapping_add(p.clamp(-32768, 32767));
-                    }
-                    if k % 2 == 1 {
-                        acc = acc.wrapping_add(qa[k - 1] * w[k - 1] as i32);
-                    }
-                    let raw = acc
-                        .wrapping_sub(q.zero_point.wrapping_mul(col_offsets[j]))
-                        .wrapping_sub(row_offset.wrapping_mul(wz));
-                    // requantizeForFloatAvx2: one f32 multiplier, then one fused multiply-add
-                    // with the bias.
-                    let mult = q.scale * ws;
-                    *yj = match bias {
-                        Some(b) => (raw as f32).mul_add(mult, b[j]),
-                        None => raw as f32 * mult,
-                    };
-                }
+                p.run(&qa, &sums, q, y);
             }
         }
     }
@@ -209,7 +218,7 @@ mod tests {
     /// Without `reduce_range` fbgemm's AVX2 pair sums saturate at i16: PyTorch's numbers do too.
     #[test]
     fn pair_sums_saturate_as_fbgemm_s() {
-        let lin = QuantizedLinear::Int8 {
+        let lin = Linear::new(&QuantizedLinear::Int8 {
             weight: vec![127, 127],
             out: 1,
             input: 2,
@@ -218,13 +227,11 @@ mod tests {
                 zero_point: 0,
             },
             bias: None,
-        };
-        let q = InputQuant {
-            scale: 1.0,
-            zero_point: 0,
-        };
+        });
+        // [0, 255] quantizes to [0, 255] with scale 1: 255 * 127 * 2 = 64770 saturates to
+        // 32767; the input's zero point is 0.
         let mut y = [0.0f32];
-        linear(&lin, &[&[255.0, 255.0]], q, &mut [&mut y[..]]);
-        assert_eq!(y[0], 32767.0, "255 * 127 * 2 = 64770 saturates");
+        lin.run(&[&[255.0, 255.0]], false, &mut [&mut y[..]]);
+        assert_eq!(y[0], 32767.0);
     }
 }

@@ -2,101 +2,213 @@
 //! per layer and direction the input projection of the whole sequence in one linear call (one
 //! input quantization over every valid step: PyTorch's `pre_compute_input`), then per step
 //! `W_hh h` over the sequences still running (one quantization over their states), and the
-//! gates of `GRUCell` in its order of f32 operations.
+//! gates of `GRUCell`: r = σ(gh_r + gi_r), z = σ(gh_z + gi_z), n = tanh(gi_n + gh_n r),
+//! h' = (h - n) z + n, in f32 (both biases are inside the linears' outputs).
 
-use super::dynamic::{choose_qparams, linear, min_max};
+use super::dynamic::Linear;
 use super::weights::QuantizedGruWeights;
-use crate::activation::Real;
 use crate::packing::LengthPlan;
 
-/// `x` `(T, B, I)` time-major, `h0` `(L * D, B, H)` (zeros when `None`). Returns `output`
-/// `(T, B, D * H)` (zero past each length) and `h_n` `(L * D, B, H)`.
-pub(crate) fn forward(
-    w: &QuantizedGruWeights,
+/// The linears of every layer and direction, packed once when the model is built.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    layers: Vec<Vec<(Linear, Linear)>>,
+    reduce_range: bool,
     hidden: usize,
-    x: &[f32],
-    (t_len, batch): (usize, usize),
-    h0: Option<&[f32]>,
-    plan: &LengthPlan,
-) -> (Vec<f32>, Vec<f32>) {
-    let n_dirs = w.layers.first().map_or(1, Vec::len);
-    let bh = batch * hidden;
-    let mut h_n = vec![0.0f32; w.layers.len() * n_dirs * bh];
-    let mut input: Vec<f32> = x.to_vec();
-    let valid = |t: usize, b: usize| plan.lengths[b] > t;
-    for (k, dirs) in w.layers.iter().enumerate() {
-        let in_k = input.len() / (t_len * batch).max(1);
-        let row = |t: usize, b: usize| &input[(t * batch + b) * in_k..(t * batch + b + 1) * in_k];
-        let rows: Vec<(usize, usize)> = (0..t_len)
-            .flat_map(|t| (0..batch).map(move |b| (t, b)))
-            .filter(|&(t, b)| valid(t, b))
-            .collect();
-        let (lo, hi) = min_max(rows.iter().map(|&(t, b)| row(t, b)));
-        let q_in = choose_qparams(lo, hi, w.reduce_range);
+}
+
+impl Prepared {
+    pub fn new(w: &QuantizedGruWeights, hidden: usize) -> Self {
+        Self {
+            layers: w
+                .layers
+                .iter()
+                .map(|dirs| {
+                    dirs.iter()
+                        .map(|(ih, hh)| (Linear::new(ih), Linear::new(hh)))
+                        .collect()
+                })
+                .collect(),
+            reduce_range: w.reduce_range,
+            hidden,
+        }
+    }
+
+    /// `x` `(T, B, I)` time-major, `h0` `(L * D, B, H)` (zeros when `None`). Returns `output`
+    /// `(T, B, D * H)` (zero past each length) and `h_n` `(L * D, B, H)`.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        (t_len, batch): (usize, usize),
+        h0: Option<&[f32]>,
+        plan: &LengthPlan,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let hidden = self.hidden;
+        let n_dirs = self.layers.first().map_or(1, Vec::len);
+        let bh = batch * hidden;
+        let mut h_n = vec![0.0f32; self.layers.len() * n_dirs * bh];
+        let mut input: Vec<f32> = x.to_vec();
+        let valid = |t: usize, b: usize| plan.lengths[b] > t;
         let width = n_dirs * hidden;
-        let mut out = vec![0.0f32; t_len * batch * width];
-        for (d, (ih, hh)) in dirs.iter().enumerate() {
-            let g = 3 * hidden;
-            // Input projections of every valid (t, b), in one call.
-            let mut gi = vec![0.0f32; t_len * batch * g];
+        for (k, dirs) in self.layers.iter().enumerate() {
+            let in_k = input.len() / (t_len * batch).max(1);
+            let steps: Vec<(usize, usize)> = (0..t_len)
+                .flat_map(|t| (0..batch).map(move |b| (t, b)))
+                .filter(|&(t, b)| valid(t, b))
+                .collect();
+            let xs: Vec<&[f32]> = steps
+                .iter()
+                .map(|&(t, b)| &input[(t * batch + b) * in_k..][..in_k])
+                .collect();
+            let run = |d: usize| -> (Vec<f32>, Vec<f32>) {
+                let (ih, hh) = &dirs[d];
+                let h0 = h0.map(|h0| &h0[(k * n_dirs + d) * bh..][..bh]);
+                self.direction(ih, hh, &xs, h0, (t_len, batch), d == 1, plan)
+            };
+            let results = if n_dirs == 2 && crate::cpu::cpu_threads() > 1 {
+                let (f, b) = rayon::join(|| run(0), || run(1));
+                vec![f, b]
+            } else {
+                (0..n_dirs).map(run).collect()
+            };
+            // Directions side by side in each row of the layer's output, as PyTorch lays them.
+            let mut out = vec![0.0f32; t_len * batch * width];
+            for (d, (o, h)) in results.into_iter().enumerate() {
+                for (dst, src) in out.chunks_mut(width).zip(o.chunks(hidden)) {
+                    dst[d * hidden..(d + 1) * hidden].copy_from_slice(src);
+                }
+                let slot = k * n_dirs + d;
+                h_n[slot * bh..(slot + 1) * bh].copy_from_slice(&h);
+            }
+            input = out;
+        }
+        (input, h_n)
+    }
+}
+
+impl Prepared {
+    /// One direction of one layer over the valid steps `xs` (in time-major order): its output
+    /// `(T, B, H)` (zero past each length) and last state `(B, H)`.
+    #[allow(clippy::too_many_arguments)]
+    fn direction(
+        &self,
+        ih: &Linear,
+        hh: &Linear,
+        xs: &[&[f32]],
+        h0: Option<&[f32]>,
+        (t_len, batch): (usize, usize),
+        reverse: bool,
+        plan: &LengthPlan,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let hidden = self.hidden;
+        let g = 3 * hidden;
+        let valid = |t: usize, b: usize| plan.lengths[b] > t;
+        // Input projections of every valid (t, b), in one call.
+        let mut gi = vec![0.0f32; t_len * batch * g];
+        {
+            let mut ys: Vec<&mut [f32]> = gi
+                .chunks_mut(g)
+                .enumerate()
+                .filter(|(i, _)| valid(i / batch, i % batch))
+                .map(|(_, c)| c)
+                .collect();
+            ih.run(xs, self.reduce_range, &mut ys);
+        }
+        let mut h: Vec<f32> = match h0 {
+            Some(h0) => h0.to_vec(),
+            None => vec![0.0; batch * hidden],
+        };
+        let mut out = vec![0.0f32; t_len * batch * hidden];
+        let mut gh = vec![0.0f32; batch * g];
+        let mut h_new = vec![0.0f32; hidden];
+        let zeros = vec![0.0f32; hidden];
+        let mut active = Vec::with_capacity(batch);
+        for s in 0..t_len {
+            let t = if reverse { t_len - 1 - s } else { s };
+            active.clear();
+            active.extend((0..batch).filter(|&b| valid(t, b)));
+            if active.is_empty() {
+                continue;
+            }
             {
-                let xs: Vec<&[f32]> = rows.iter().map(|&(t, b)| row(t, b)).collect();
-                let mut ys: Vec<&mut [f32]> = gi
+                let hs: Vec<&[f32]> = active
+                    .iter()
+                    .map(|&b| &h[b * hidden..(b + 1) * hidden])
+                    .collect();
+                let mut ys: Vec<&mut [f32]> = gh
                     .chunks_mut(g)
                     .enumerate()
-                    .filter(|(i, _)| valid(i / batch, i % batch))
+                    .filter(|(b, _)| valid(t, *b))
                     .map(|(_, c)| c)
                     .collect();
-                linear(ih, &xs, q_in, &mut ys);
+                hh.run(&hs, self.reduce_range, &mut ys);
             }
-            let slot = k * n_dirs + d;
-            let mut h: Vec<f32> = match h0 {
-                Some(h0) => h0[slot * bh..(slot + 1) * bh].to_vec(),
-                None => vec![0.0; bh],
-            };
-            let mut gh = vec![0.0f32; batch * g];
-            for s in 0..t_len {
-                let t = if d == 1 { t_len - 1 - s } else { s };
-                let active: Vec<usize> = (0..batch).filter(|&b| valid(t, b)).collect();
-                if active.is_empty() {
-                    continue;
-                }
-                let (lo, hi) = min_max(active.iter().map(|&b| &h[b * hidden..(b + 1) * hidden]));
-                let q_h = choose_qparams(lo, hi, w.reduce_range);
-                {
-                    let hs: Vec<&[f32]> = active
-                        .iter()
-                        .map(|&b| &h[b * hidden..(b + 1) * hidden])
-                        .collect();
-                    let mut ys: Vec<&mut [f32]> = gh
-                        .chunks_mut(g)
-                        .enumerate()
-                        .filter(|(b, _)| valid(t, *b))
-                        .map(|(_, c)| c)
-                        .collect();
-                    linear(hh, &hs, q_h, &mut ys);
-                }
-                for &b in &active {
-                    let gi_b = &gi[(t * batch + b) * g..(t * batch + b + 1) * g];
-                    let gh_b = &gh[b * g..(b + 1) * g];
-                    let hb = &mut h[b * hidden..(b + 1) * hidden];
-                    let o = &mut out[(t * batch + b) * width + d * hidden..][..hidden];
-                    for j in 0..hidden {
-                        // GRUCell: hgates.add_(igates).sigmoid_() for r and z, then
-                        // tanh(i_n + h_n * r), then (h - n) * z + n.
-                        let r = (gh_b[j] + gi_b[j]).sigmoid::<false>();
-                        let z = (gh_b[hidden + j] + gi_b[hidden + j]).sigmoid::<false>();
-                        let n =
-                            Real::tanh::<false>(gi_b[2 * hidden + j] + gh_b[2 * hidden + j] * r);
-                        let hj = (hb[j] - n) * z + n;
-                        hb[j] = hj;
-                        o[j] = hj;
-                    }
-                }
+            for &b in &active {
+                let gi_b = &gi[(t * batch + b) * g..][..g];
+                let gh_b = &gh[b * g..][..g];
+                let o = &mut out[(t * batch + b) * hidden..][..hidden];
+                gates(
+                    gi_b,
+                    gh_b,
+                    &zeros,
+                    &h[b * hidden..][..hidden],
+                    &mut h_new,
+                    o,
+                );
+                h[b * hidden..][..hidden].copy_from_slice(&h_new);
             }
-            h_n[slot * bh..(slot + 1) * bh].copy_from_slice(&h);
         }
-        input = out;
+        (out, h)
     }
-    (input, h_n)
+}
+
+/// GRUCell's gates for one row, vectorized where the CPU allows (the CPU kernel's gate pass,
+/// with `b_hn` zero: it is inside `gh` here).
+fn gates(gi: &[f32], gh: &[f32], zeros: &[f32], h: &[f32], h_out: &mut [f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::int8::avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            unsafe { gates_avx2(gi, gh, zeros, h, h_out, out) };
+            return;
+        }
+    }
+    gates_any::<false>(gi, gh, zeros, h, h_out, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gates_avx2(
+    gi: &[f32],
+    gh: &[f32],
+    zeros: &[f32],
+    h: &[f32],
+    h_out: &mut [f32],
+    out: &mut [f32],
+) {
+    gates_any::<true>(gi, gh, zeros, h, h_out, out);
+}
+
+#[inline(always)]
+fn gates_any<const FMA: bool>(
+    gi: &[f32],
+    gh: &[f32],
+    zeros: &[f32],
+    h: &[f32],
+    h_out: &mut [f32],
+    out: &mut [f32],
+) {
+    let hs = h.len();
+    crate::cpu::gate_update::<f32, FMA>(
+        &gi[..hs],
+        &gi[hs..2 * hs],
+        &gi[2 * hs..3 * hs],
+        &gh[..hs],
+        &gh[hs..2 * hs],
+        &gh[2 * hs..3 * hs],
+        zeros,
+        h,
+        h_out,
+        out,
+    );
 }

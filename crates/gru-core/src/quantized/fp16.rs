@@ -54,109 +54,171 @@ fn kernel_rows(m: usize) -> Vec<usize> {
         .collect()
 }
 
-/// One row's products over one block of the inner dimension, into `c` (columns `cols` of the
-/// transposed weight `wt` `(K, N)`); `beta`: add to what `c` holds (later blocks).
-fn row_block(
-    a: &[f32],
-    wt: &[f32],
-    n: usize,
-    cols: std::ops::Range<usize>,
-    k0: usize,
-    nrows: usize,
-    beta: bool,
-    c: &mut [f32],
-) {
-    let sets = match nrows {
-        1 => 4,
-        2 => 2,
-        _ => 1,
-    };
-    let w = |k: usize, j: usize| wt[(k0 + k) * n + j];
-    for (ci, j) in cols.enumerate() {
-        let mut acc = [0.0f32; 4];
-        acc[0] = if beta {
-            a[0].mul_add(w(0, j), c[ci])
-        } else {
-            a[0] * w(0, j)
-        };
-        let kb = a.len();
-        if sets == 1 {
-            for k in 1..kb {
-                acc[0] = a[k].mul_add(w(k, j), acc[0]);
-            }
-            c[ci] = acc[0];
-            continue;
-        }
-        let (mut k, mut r) = (1, kb - 1);
-        while r > 4 {
-            for u in 0..4 {
-                let s = if sets == 2 { u % 2 } else { u };
-                acc[s] = a[k].mul_add(w(k, j), acc[s]);
-                k += 1;
-            }
-            r -= 4;
-        }
-        while r > 0 {
-            acc[0] = a[k].mul_add(w(k, j), acc[0]);
-            k += 1;
-            r -= 1;
-        }
-        let mut out = acc[0];
-        for s in acc.iter().take(sets).skip(1) {
-            out += s;
-        }
-        c[ci] = out;
-    }
-}
-
-/// `y` `(rows, out)` = `x W^T` then `+ bias`, W `(out, input)` holding f16 values.
-pub(crate) fn linear(
-    weight: &[f32],
+/// The fp16 kind's weight, transposed once (`(K, N)`: a row per input, contiguous over the
+/// output columns the kernels vectorize over) and its bias.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedF16 {
+    wt: Vec<f32>,
     n: usize,
     k: usize,
-    bias: Option<&[f32]>,
-    x: &[&[f32]],
-    y: &mut [&mut [f32]],
-) {
-    const BROW: usize = 512;
-    const MB: usize = 120;
-    let mut wt = vec![0.0f32; k * n];
-    for j in 0..n {
-        for kk in 0..k {
-            wt[kk * n + j] = weight[j * k + kk];
+    bias: Option<Vec<f32>>,
+}
+
+impl PackedF16 {
+    /// `weight` `(n, k)` row-major (f16 values).
+    pub fn new(weight: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
+        let mut wt = vec![0.0f32; k * n];
+        for j in 0..n {
+            for kk in 0..k {
+                wt[kk * n + j] = weight[j * k + kk];
+            }
+        }
+        Self {
+            wt,
+            n,
+            k,
+            bias: bias.map(<[f32]>::to_vec),
         }
     }
-    let last = n / 16 * 16;
-    let mut fringe = vec![0.0f32; n - last];
-    for m0 in (0..x.len()).step_by(MB) {
-        let mb = MB.min(x.len() - m0);
-        let rows = kernel_rows(mb);
-        for k0 in (0..k).step_by(BROW) {
-            let kb = BROW.min(k - k0);
-            for (r, &nr) in rows.iter().enumerate() {
-                let i = m0 + r;
-                let a = &x[i][k0..k0 + kb];
-                let c = &mut *y[i];
-                if last > 0 {
-                    row_block(a, &wt, n, 0..last, k0, nr, k0 > 0, &mut c[..last]);
-                }
-                if last < n {
-                    if k0 == 0 {
-                        row_block(a, &wt, n, last..n, k0, nr, false, &mut c[last..]);
-                    } else {
-                        row_block(a, &wt, n, last..n, k0, nr, false, &mut fringe);
-                        for (cj, f) in c[last..].iter_mut().zip(&fringe) {
-                            *cj += f;
+
+    /// `y` `(rows, n)` = `x W^T` then `+ bias`.
+    pub fn run(&self, x: &[&[f32]], y: &mut [&mut [f32]]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::int8::avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA.
+                unsafe { self.run_fma(x, y) };
+                return;
+            }
+        }
+        self.run_any(x, y);
+    }
+
+    /// The same code built for AVX2 and FMA: `mul_add` is one instruction, the column loops
+    /// vector instructions.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_fma(&self, x: &[&[f32]], y: &mut [&mut [f32]]) {
+        self.run_any(x, y);
+    }
+
+    #[inline(always)]
+    fn run_any(&self, x: &[&[f32]], y: &mut [&mut [f32]]) {
+        const BROW: usize = 512;
+        const MB: usize = 120;
+        let (n, k) = (self.n, self.k);
+        let last = n / 16 * 16;
+        let mut fringe = vec![0.0f32; n - last];
+        let mut scratch = vec![0.0f32; 3 * n];
+        for m0 in (0..x.len()).step_by(MB) {
+            let mb = MB.min(x.len() - m0);
+            let rows = kernel_rows(mb);
+            for k0 in (0..k).step_by(BROW) {
+                let kb = BROW.min(k - k0);
+                for (r, &nr) in rows.iter().enumerate() {
+                    let i = m0 + r;
+                    let a = &x[i][k0..k0 + kb];
+                    let c = &mut *y[i];
+                    let blk = Block {
+                        a,
+                        wt: &self.wt,
+                        n,
+                        k0,
+                        nrows: nr,
+                    };
+                    if last > 0 {
+                        blk.run(0..last, k0 > 0, &mut c[..last], &mut scratch);
+                    }
+                    if last < n {
+                        if k0 == 0 {
+                            blk.run(last..n, false, &mut c[last..], &mut scratch);
+                        } else {
+                            blk.run(last..n, false, &mut fringe, &mut scratch);
+                            for (cj, f) in c[last..].iter_mut().zip(&fringe) {
+                                *cj += f;
+                            }
                         }
                     }
                 }
             }
         }
+        if let Some(b) = &self.bias {
+            for yr in y.iter_mut() {
+                for (v, bj) in yr.iter_mut().zip(b) {
+                    *v += bj;
+                }
+            }
+        }
     }
-    if let Some(b) = bias {
-        for yr in y.iter_mut() {
-            for (v, bj) in yr.iter_mut().zip(b) {
-                *v += bj;
+}
+
+/// One row's products over one block of the inner dimension (`a`, from input `k0`), for a
+/// kernel of `nrows` rows.
+struct Block<'a> {
+    a: &'a [f32],
+    wt: &'a [f32],
+    n: usize,
+    k0: usize,
+    nrows: usize,
+}
+
+impl Block<'_> {
+    /// Into `c` (columns `cols`); `beta`: added to what `c` holds (later blocks).
+    #[inline(always)]
+    fn run(&self, cols: std::ops::Range<usize>, beta: bool, c: &mut [f32], scratch: &mut [f32]) {
+        let len = cols.len();
+        let w = |k: usize| &self.wt[(self.k0 + k) * self.n + cols.start..][..len];
+        let a = self.a;
+        let sets = match self.nrows {
+            1 => 4,
+            2 => 2,
+            _ => 1,
+        };
+        let w0 = w(0);
+        if beta {
+            for (cj, &wj) in c.iter_mut().zip(w0) {
+                *cj = a[0].mul_add(wj, *cj);
+            }
+        } else {
+            for (cj, &wj) in c.iter_mut().zip(w0) {
+                *cj = a[0] * wj;
+            }
+        }
+        let fma_into = |acc: &mut [f32], k: usize| {
+            for (cj, &wj) in acc.iter_mut().zip(w(k)) {
+                *cj = a[k].mul_add(wj, *cj);
+            }
+        };
+        let kb = a.len();
+        if sets == 1 {
+            for k in 1..kb {
+                fma_into(c, k);
+            }
+            return;
+        }
+        let others = &mut scratch[..(sets - 1) * len];
+        others.fill(0.0);
+        let (mut k, mut r) = (1, kb - 1);
+        while r > 4 {
+            for u in 0..4 {
+                let s = if sets == 2 { u % 2 } else { u };
+                if s == 0 {
+                    fma_into(c, k);
+                } else {
+                    fma_into(&mut others[(s - 1) * len..s * len], k);
+                }
+                k += 1;
+            }
+            r -= 4;
+        }
+        while r > 0 {
+            fma_into(c, k);
+            k += 1;
+            r -= 1;
+        }
+        for s in 1..sets {
+            for (cj, o) in c.iter_mut().zip(&others[(s - 1) * len..s * len]) {
+                *cj += o;
             }
         }
     }

@@ -10,6 +10,7 @@
 pub(crate) mod dynamic;
 pub(crate) mod forward;
 mod fp16;
+mod int8;
 mod weights;
 
 pub use weights::{QuantizedGruWeights, QuantizedLinear, WeightScheme};

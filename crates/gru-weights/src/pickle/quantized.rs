@@ -94,7 +94,7 @@ fn tensor(p: &Pickle, id: Id, what: &str) -> Result<TensorRef, String> {
 }
 
 /// `Ok(Some(..))` when `id` is a `CellParamsBase`, `Err` when it is one that is malformed.
-pub(crate) fn cell(p: &Pickle, id: Id) -> Result<Option<Cell>, String> {
+pub(crate) fn cell(p: &Pickle, id: Id) -> Result<Option<Box<Cell>>, String> {
     let Some(state) = script_state(p, id, CELL) else {
         return Ok(None);
     };
@@ -147,13 +147,14 @@ pub(crate) fn cell(p: &Pickle, id: Id) -> Result<Option<Cell>, String> {
         };
         (rr == 1, biases)
     };
-    Ok(Some(Cell {
+    // Boxed: the recursive walk that finds it keeps its frames small.
+    Ok(Some(Box::new(Cell {
         fp16,
         reduce_range,
         ih,
         hh,
         biases,
-    }))
+    })))
 }
 
 /// A `LinearPackedParamsBase`: `(weight, bias)`.

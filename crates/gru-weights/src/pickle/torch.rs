@@ -349,7 +349,28 @@ impl<'a> Walk<'a> {
     /// A quantized cell's tensors, under its path: `weight_ih`, `weight_hh` (int8 values as
     /// u8, or f32 for the fp16 kind), per-channel `weight_*.scales` / `.zero_points`, and the
     /// biases the packed linears add (`bias_ih`, `bias_hh`).
-    fn emit_cell(&mut self, cell: quantized::Cell, start: usize) -> Result<(), String> {
+    /// The entries that are packed cells of a quantized RNN. Apart from `walk`, whose frame
+    /// stays small for deep pickles.
+    #[inline(never)]
+    fn cells_among(
+        &self,
+        entries: &Entries<'a>,
+    ) -> Result<Vec<(usize, Box<quantized::Cell>)>, String> {
+        let mut cells = Vec::new();
+        for (i, (key, v)) in entries.iter().enumerate() {
+            match quantized::cell(self.p, *v) {
+                Ok(Some(c)) => cells.push((i, c)),
+                Ok(None) => {}
+                Err(e) => {
+                    let at = self.path.join(".");
+                    return Err(format!("`{at}.{key}`: {e}"));
+                }
+            }
+        }
+        Ok(cells)
+    }
+
+    fn emit_cell(&mut self, cell: Box<quantized::Cell>, start: usize) -> Result<(), String> {
         let at = self.path.join(".");
         let mut bias = true;
         for (name, lin) in [("ih", &cell.ih), ("hh", &cell.hh)] {
@@ -419,7 +440,6 @@ impl<'a> Walk<'a> {
             self.note_chain(&segments)?;
         }
         let mut tensors = Vec::new();
-        let mut cells = Vec::new();
         for (i, (key, v)) in entries.iter().enumerate() {
             match tensor(self.p, *v) {
                 Ok(Some(t)) => tensors.push((i, t)),
@@ -429,17 +449,10 @@ impl<'a> Walk<'a> {
                     return Err(format!("tensor `{at}.{key}`: {e}"));
                 }
             }
-            // A quantized RNN's packed cell: tensors of this state dict, as `state_dict()`
-            // lists it.
-            match quantized::cell(self.p, *v) {
-                Ok(Some(c)) => cells.push((i, c)),
-                Ok(None) => {}
-                Err(e) => {
-                    let at = self.path.join(".");
-                    return Err(format!("`{at}.{key}`: {e}"));
-                }
-            }
         }
+        // A quantized RNN's packed cells: tensors of this state dict, as `state_dict()` lists
+        // them.
+        let cells = self.cells_among(&entries)?;
         // An object opens a state dict for everything beneath it; a dict or list only for its
         // own tensors (`{"state_dict": sd, "best_acc": tensor}` keeps `sd` its own).
         let here = Group {

@@ -1,0 +1,443 @@
+//! The int8 linear of a dynamically quantized GRU, packed once and run fast, with fbgemm's AVX2
+//! numbers: `vpmaddubsw` sums the u8 x i8 products of pairs `(k, k + 1)` saturating at i16 (as
+//! fbgemm's AVX2 kernel does; never reached with `reduce_range`), `vpmaddwd` with ones adds two
+//! pairs in i32, and the epilogue is `requantizeForFloatAvx2`'s: the zero points' offsets
+//! subtracted in i32, then `fma(f32(raw), f32(scale_in * scale_w), bias)`.
+//!
+//! Weights are packed in blocks of 8 output columns x 4 inputs (32 bytes: column c's 4 values
+//! at bytes 4c..4c + 4), so that one broadcast of 4 input bytes meets 8 columns. Without AVX2
+//! and FMA the same sums run as plain loops (`dynamic::linear`'s reference).
+
+use super::dynamic::InputQuant;
+use super::weights::WeightScheme;
+
+/// Multiply-adds of one call from which its columns are split across the CPU's threads.
+const PAR_WORK: usize = 1 << 20;
+
+/// Output columns per block and inputs per group.
+const NC: usize = 8;
+const KG: usize = 4;
+
+/// One int8 linear, packed.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedInt8 {
+    n: usize,
+    /// `k` rounded up to `KG` (zero weights and inputs past `k`).
+    kp: usize,
+    /// `[n / NC][kp / KG][NC][KG]`, `n` rounded up to `NC` with zero columns.
+    data: Vec<i8>,
+    /// Per column (padded): `sum_k W[j, k] - zp_W[j] * k` (fbgemm's column offsets), the
+    /// weight's zero point and scale, the bias (0 when none).
+    col_offsets: Vec<i32>,
+    zero_points: Vec<i32>,
+    scales: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl PackedInt8 {
+    /// `weight` `(n, k)` row-major.
+    pub fn new(
+        weight: &[i8],
+        n: usize,
+        k: usize,
+        scheme: &WeightScheme,
+        bias: Option<&[f32]>,
+    ) -> Self {
+        let kp = k.div_ceil(KG) * KG;
+        let np = n.div_ceil(NC) * NC;
+        let mut data = vec![0i8; np * kp];
+        for j in 0..n {
+            let (blk, c) = (j / NC, j % NC);
+            for kk in 0..k {
+                let (g, e) = (kk / KG, kk % KG);
+                data[((blk * (kp / KG) + g) * NC + c) * KG + e] = weight[j * k + kk];
+            }
+        }
+        let mut col_offsets = vec![0i32; np];
+        let mut zero_points = vec![0i32; np];
+        let mut scales = vec![0f32; np];
+        for j in 0..n {
+            let (s, z) = scheme.of_row(j);
+            let sum: i32 = weight[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum();
+            col_offsets[j] = sum.wrapping_sub(z.wrapping_mul(k as i32));
+            zero_points[j] = z;
+            scales[j] = s;
+        }
+        let bias = bias.map(|b| {
+            let mut v = b.to_vec();
+            v.resize(np, 0.0);
+            v
+        });
+        Self {
+            n,
+            kp,
+            data,
+            col_offsets,
+            zero_points,
+            scales,
+            bias,
+        }
+    }
+
+    pub fn k_padded(&self) -> usize {
+        self.kp
+    }
+
+    /// `y[i]` = the linear of row `i` of `qa` (`rows` rows of `kp` u8 values, zero past `k`,
+    /// quantized as `q`; `row_sums[i]` their sum).
+    pub fn run(&self, qa: &[u8], row_sums: &[i32], q: InputQuant, y: &mut [&mut [f32]]) {
+        debug_assert_eq!(qa.len(), row_sums.len() * self.kp);
+        let nblocks = self.scales.len() / NC;
+        let work = y.len() * nblocks * NC * self.kp;
+        let threads = if work >= PAR_WORK {
+            crate::cpu::cpu_threads().min(nblocks)
+        } else {
+            1
+        };
+        if threads <= 1 {
+            self.run_blocks(qa, row_sums, q, y, 0..nblocks);
+            return;
+        }
+        // Each thread its own columns of every row.
+        let per = nblocks.div_ceil(threads);
+        let mut parts: Vec<Vec<&mut [f32]>> =
+            (0..threads).map(|_| Vec::with_capacity(y.len())).collect();
+        for row in y.iter_mut() {
+            let mut rest: &mut [f32] = row;
+            for (t, part) in parts.iter_mut().enumerate() {
+                let cols = ((t + 1) * per * NC).min(self.n) - (t * per * NC).min(self.n);
+                let (a, b) = std::mem::take(&mut rest).split_at_mut(cols);
+                part.push(a);
+                rest = b;
+            }
+        }
+        rayon::scope(|s| {
+            for (t, mut part) in parts.into_iter().enumerate() {
+                let blocks = (t * per).min(nblocks)..((t + 1) * per).min(nblocks);
+                s.spawn(move |_| self.run_blocks(qa, row_sums, q, &mut part, blocks));
+            }
+        });
+    }
+
+    /// Column blocks `blocks` of every row; `y`'s rows start at column `blocks.start * NC`.
+    fn run_blocks(
+        &self,
+        qa: &[u8],
+        row_sums: &[i32],
+        q: InputQuant,
+        y: &mut [&mut [f32]],
+        blocks: std::ops::Range<usize>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                unsafe { avx2::run(self, qa, row_sums, q, y, blocks) };
+                return;
+            }
+        }
+        self.run_portable(qa, row_sums, q, y, blocks);
+    }
+
+    /// The same sums and epilogue as plain loops (and the reference the SIMD path is tested
+    /// against).
+    fn run_portable(
+        &self,
+        qa: &[u8],
+        row_sums: &[i32],
+        q: InputQuant,
+        y: &mut [&mut [f32]],
+        blocks: std::ops::Range<usize>,
+    ) {
+        let groups = self.kp / KG;
+        let base = blocks.start * NC;
+        let end = (blocks.end * NC).min(self.n);
+        for (i, yr) in y.iter_mut().enumerate() {
+            let a = &qa[i * self.kp..(i + 1) * self.kp];
+            for (j, yj) in (base..end).zip(yr.iter_mut()) {
+                let (blk, c) = (j / NC, j % NC);
+                let mut acc: i32 = 0;
+                for g in 0..groups {
+                    let w = &self.data[((blk * groups + g) * NC + c) * KG..][..KG];
+                    let a = &a[g * KG..(g + 1) * KG];
+                    for p in 0..KG / 2 {
+                        let s = a[2 * p] as i32 * w[2 * p] as i32
+                            + a[2 * p + 1] as i32 * w[2 * p + 1] as i32;
+                        acc = acc.wrapping_add(s.clamp(-32768, 32767));
+                    }
+                }
+                *yj = self.epilogue(acc, i, j, row_sums, q);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn epilogue(&self, acc: i32, i: usize, j: usize, row_sums: &[i32], q: InputQuant) -> f32 {
+        let raw = acc
+            .wrapping_sub(q.zero_point.wrapping_mul(self.col_offsets[j]))
+            .wrapping_sub(row_sums[i].wrapping_mul(self.zero_points[j]));
+        let mult = q.scale * self.scales[j];
+        match &self.bias {
+            Some(b) => (raw as f32).mul_add(mult, b[j]),
+            None => raw as f32 * mult,
+        }
+    }
+}
+
+/// AVX2 with FMA, detected once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_fma() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        // The CPU kernel's level (AVX2 and FMA detected, capped by GRU_CPU_LEVEL).
+        crate::cpu::simd::level() >= crate::cpu::simd::Level::Avx2
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::quantize_row as quantize_row_avx2;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{InputQuant, PackedInt8, KG, NC};
+
+    /// Rows per tile.
+    const MR: usize = 4;
+    /// Column blocks per tile.
+    const NB: usize = 2;
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run(
+        p: &PackedInt8,
+        qa: &[u8],
+        row_sums: &[i32],
+        q: InputQuant,
+        y: &mut [&mut [f32]],
+        blocks: std::ops::Range<usize>,
+    ) {
+        let rows = y.len();
+        let groups = p.kp / KG;
+        let nblocks = p.data.len() / (groups * NC * KG).max(1);
+        assert!(qa.len() >= rows * p.kp && row_sums.len() >= rows && blocks.end <= nblocks);
+        let base = blocks.start;
+        let mut b0 = blocks.start;
+        while b0 < blocks.end {
+            let nb = NB.min(blocks.end - b0);
+            let mut i0 = 0;
+            while i0 < rows {
+                let mr = MR.min(rows - i0);
+                // SAFETY: AVX2 and FMA (this function's contract); the tile reads rows
+                // i0..i0 + mr of qa and blocks b0..b0 + nb, all inside (asserted above and by
+                // nblocks).
+                unsafe {
+                    match (mr, nb) {
+                        (4, 2) => tile::<4, 2>(p, qa, row_sums, q, y, i0, b0, base),
+                        (3, 2) => tile::<3, 2>(p, qa, row_sums, q, y, i0, b0, base),
+                        (2, 2) => tile::<2, 2>(p, qa, row_sums, q, y, i0, b0, base),
+                        (1, 2) => tile::<1, 2>(p, qa, row_sums, q, y, i0, b0, base),
+                        (4, _) => tile::<4, 1>(p, qa, row_sums, q, y, i0, b0, base),
+                        (3, _) => tile::<3, 1>(p, qa, row_sums, q, y, i0, b0, base),
+                        (2, _) => tile::<2, 1>(p, qa, row_sums, q, y, i0, b0, base),
+                        _ => tile::<1, 1>(p, qa, row_sums, q, y, i0, b0, base),
+                    }
+                }
+                i0 += mr;
+            }
+            b0 += nb;
+        }
+    }
+
+    /// Rows `i0..i0 + R` x column blocks `b0..b0 + B`: the accumulators stay in registers
+    /// (R * B of them), each step of 4 inputs loads B weight vectors and broadcasts R inputs.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the rows and blocks exist.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile<const R: usize, const B: usize>(
+        p: &PackedInt8,
+        qa: &[u8],
+        row_sums: &[i32],
+        q: InputQuant,
+        y: &mut [&mut [f32]],
+        i0: usize,
+        b0: usize,
+        base: usize,
+    ) {
+        // SAFETY: the caller's contract: AVX2, FMA, and the rows and blocks exist.
+        unsafe {
+            let groups = p.kp / KG;
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [[_mm256_setzero_si256(); B]; R];
+            let a0 = qa.as_ptr().add(i0 * p.kp);
+            let w0 = p.data.as_ptr().add(b0 * groups * NC * KG);
+            for g in 0..groups {
+                let mut w = [_mm256_setzero_si256(); B];
+                for (b, wb) in w.iter_mut().enumerate() {
+                    *wb = _mm256_loadu_si256(w0.add((b * groups + g) * NC * KG) as *const __m256i);
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let a = (a0.add(r * p.kp + g * KG) as *const i32).read_unaligned();
+                    let a = _mm256_set1_epi32(a);
+                    for b in 0..B {
+                        let pairs = _mm256_maddubs_epi16(a, w[b]);
+                        acc_r[b] = _mm256_add_epi32(acc_r[b], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+            let a_zp = _mm256_set1_epi32(q.zero_point);
+            let a_scale = _mm256_set1_ps(q.scale);
+            for (r, acc_r) in acc.iter().enumerate() {
+                let i = i0 + r;
+                let row_sum = _mm256_set1_epi32(row_sums[i]);
+                for (b, &acc_rb) in acc_r.iter().enumerate() {
+                    let j0 = (b0 + b) * NC;
+                    let ld =
+                        |v: &[i32]| _mm256_loadu_si256(v[j0..j0 + NC].as_ptr() as *const __m256i);
+                    let raw = _mm256_sub_epi32(
+                        _mm256_sub_epi32(acc_rb, _mm256_mullo_epi32(a_zp, ld(&p.col_offsets))),
+                        _mm256_mullo_epi32(row_sum, ld(&p.zero_points)),
+                    );
+                    let mult =
+                        _mm256_mul_ps(a_scale, _mm256_loadu_ps(p.scales[j0..j0 + NC].as_ptr()));
+                    let rawf = _mm256_cvtepi32_ps(raw);
+                    let out = match &p.bias {
+                        Some(bias) => {
+                            _mm256_fmadd_ps(rawf, mult, _mm256_loadu_ps(bias[j0..j0 + NC].as_ptr()))
+                        }
+                        None => _mm256_mul_ps(rawf, mult),
+                    };
+                    let yr = &mut *y[i];
+                    let y0 = j0 - base * NC;
+                    if j0 + NC <= p.n {
+                        _mm256_storeu_ps(yr[y0..y0 + NC].as_mut_ptr(), out);
+                    } else {
+                        let mut tmp = [0f32; NC];
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), out);
+                        let e = p.n - j0;
+                        yr[y0..y0 + e].copy_from_slice(&tmp[..e]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `fbgemm::QuantizeAvx2<uint8_t>` of one row into `dst` (as `super::super::dynamic`'s
+    /// scalar `quantize`, 8 values at a time): returns the sum of the quantized values.
+    ///
+    /// # Safety
+    /// AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn quantize_row(
+        src: &[f32],
+        inv_scale: f32,
+        zero_point: i32,
+        dst: &mut [u8],
+    ) -> i32 {
+        // SAFETY: AVX2 (the caller's contract); every pointer comes from an 8-element slice.
+        unsafe {
+            let n = src.len().min(dst.len());
+            let inv = _mm256_set1_ps(inv_scale);
+            let zp = _mm256_set1_epi32(zero_point);
+            let max = _mm256_set1_ps(2_147_483_520.0);
+            let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+            let mut sum = _mm256_setzero_si256();
+            let mut k = 0;
+            while k + 8 <= n {
+                let x = _mm256_loadu_ps(src[k..k + 8].as_ptr());
+                // minps(x * inv, max): a NaN gives `max`, as in fbgemm.
+                let t = _mm256_min_ps(_mm256_mul_ps(x, inv), max);
+                let v = _mm256_add_epi32(_mm256_cvtps_epi32(t), zp);
+                let v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
+                sum = _mm256_add_epi32(sum, v);
+                let mut out = [0i32; 8];
+                _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, v);
+                for (d, &o) in dst[k..k + 8].iter_mut().zip(&out) {
+                    *d = o as u8;
+                }
+                k += 8;
+            }
+            let mut lanes = [0i32; 8];
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+            let mut total: i32 = lanes.iter().sum();
+            for kk in k..n {
+                let v = super::super::dynamic::quantize(src[kk], inv_scale, zero_point);
+                dst[kk] = v as u8;
+                total += v;
+            }
+            total
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packed SIMD path gives the portable loops' numbers bit for bit, saturation and zero
+    /// points included, for sizes that leave partial blocks and tiles.
+    #[test]
+    fn simd_matches_the_portable_sums() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (rows, n, k, zp_w) in [
+            (1, 24, 16, 0),
+            (5, 19, 13, 0),
+            (9, 40, 37, 3),
+            (3, 8, 4, -7),
+        ] {
+            let w: Vec<i8> = (0..n * k).map(|_| next() as i8).collect();
+            let scheme = WeightScheme::PerChannel {
+                scales: (0..n).map(|j| 0.01 + j as f32 * 1e-3).collect(),
+                zero_points: vec![zp_w; n],
+            };
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 1.0).collect();
+            for b in [Some(&bias[..]), None] {
+                let p = PackedInt8::new(&w, n, k, &scheme, b);
+                let mut qa = vec![0u8; rows * p.k_padded()];
+                for i in 0..rows {
+                    for kk in 0..k {
+                        qa[i * p.k_padded() + kk] = next() as u8;
+                    }
+                }
+                let sums: Vec<i32> = qa
+                    .chunks(p.k_padded())
+                    .map(|r| r.iter().map(|&v| v as i32).sum())
+                    .collect();
+                let q = InputQuant {
+                    scale: 0.0123,
+                    zero_point: 17,
+                };
+                let mut a = vec![vec![0f32; n]; rows];
+                let mut bb = vec![vec![0f32; n]; rows];
+                p.run(
+                    &qa,
+                    &sums,
+                    q,
+                    &mut a.iter_mut().map(|r| &mut r[..]).collect::<Vec<_>>(),
+                );
+                p.run_portable(
+                    &qa,
+                    &sums,
+                    q,
+                    &mut bb.iter_mut().map(|r| &mut r[..]).collect::<Vec<_>>(),
+                    0..n.div_ceil(NC),
+                );
+                let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> {
+                    v.iter().flatten().map(|x| x.to_bits()).collect()
+                };
+                assert_eq!(bits(&a), bits(&bb), "rows {rows} n {n} k {k}");
+            }
+        }
+    }
+}
