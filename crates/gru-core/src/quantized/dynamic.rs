@@ -76,17 +76,60 @@ pub(crate) fn min_max<'a>(rows: impl Iterator<Item = &'a [f32]>) -> (f32, f32) {
     let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
     let mut any = false;
     for r in rows {
-        for &v in r {
-            any = true;
-            lo = lo.min(v);
-            hi = hi.max(v);
-        }
+        any |= !r.is_empty();
+        let (l, h) = row_min_max(r);
+        lo = lo.min(l);
+        hi = hi.max(h);
     }
     if any {
         (lo, hi)
     } else {
         (0.0, 0.0)
     }
+}
+
+/// Min and max of one row (NaN ignored), in 8 lanes the compiler vectorizes.
+fn row_min_max(r: &[f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::int8::avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { row_min_max_avx2(r) };
+        }
+    }
+    row_min_max_any(r)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_min_max_avx2(r: &[f32]) -> (f32, f32) {
+    row_min_max_any(r)
+}
+
+#[inline(always)]
+fn row_min_max_any(r: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
+    let mut chunks = r.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            if c[i] < lo[i] {
+                lo[i] = c[i];
+            }
+            if c[i] > hi[i] {
+                hi[i] = c[i];
+            }
+        }
+    }
+    let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
+    for i in 0..8 {
+        l = l.min(lo[i]);
+        h = h.max(hi[i]);
+    }
+    for &v in chunks.remainder() {
+        l = l.min(v);
+        h = h.max(v);
+    }
+    (l, h)
 }
 
 /// `fbgemm::QuantizeAvx2<uint8_t>`: `clamp(rne(min(x * (1 / scale), 2147483520)) + zero_point,
@@ -158,11 +201,26 @@ impl Linear {
     /// `y[i]` = the linear of `x[i]`, with one input quantization over all of `x` (PyTorch
     /// quantizes each call's whole input).
     pub fn run(&self, x: &[&[f32]], reduce_range: bool, y: &mut [&mut [f32]]) {
+        let q = Self::input_quant(x, reduce_range);
+        self.run_with(x, q, y);
+    }
+
+    pub fn is_fp16(&self) -> bool {
+        matches!(self, Self::Float16(_))
+    }
+
+    /// How PyTorch quantizes `x` as one call's input: over its min and max.
+    pub fn input_quant(x: &[&[f32]], reduce_range: bool) -> InputQuant {
+        let (lo, hi) = min_max(x.iter().copied());
+        choose_qparams(lo, hi, reduce_range)
+    }
+
+    /// `run` with the input's quantization given (a part of one call's input, computed in
+    /// pieces; unused by the fp16 kind).
+    pub fn run_with(&self, x: &[&[f32]], q: InputQuant, y: &mut [&mut [f32]]) {
         match self {
             Self::Float16(p) => p.run(x, y),
             Self::Int8(p) => {
-                let (lo, hi) = min_max(x.iter().copied());
-                let q = choose_qparams(lo, hi, reduce_range);
                 let kp = p.k_padded();
                 let inv = 1.0 / q.scale;
                 let mut qa = vec![0u8; x.len() * kp];

@@ -206,6 +206,8 @@ mod avx2 {
 
     /// Rows per tile.
     const MR: usize = 4;
+    /// Bytes of quantized inputs one pass over the column blocks works on.
+    const L2_BYTES: usize = 128 << 10;
     /// Column blocks per tile.
     const NB: usize = 2;
 
@@ -225,30 +227,36 @@ mod avx2 {
         let nblocks = p.data.len() / (groups * NC * KG).max(1);
         assert!(qa.len() >= rows * p.kp && row_sums.len() >= rows && blocks.end <= nblocks);
         let base = blocks.start;
-        let mut b0 = blocks.start;
-        while b0 < blocks.end {
-            let nb = NB.min(blocks.end - b0);
-            let mut i0 = 0;
-            while i0 < rows {
-                let mr = MR.min(rows - i0);
-                // SAFETY: AVX2 and FMA (this function's contract); the tile reads rows
-                // i0..i0 + mr of qa and blocks b0..b0 + nb, all inside (asserted above and by
-                // nblocks).
-                unsafe {
-                    match (mr, nb) {
-                        (4, 2) => tile::<4, 2>(p, qa, row_sums, q, y, i0, b0, base),
-                        (3, 2) => tile::<3, 2>(p, qa, row_sums, q, y, i0, b0, base),
-                        (2, 2) => tile::<2, 2>(p, qa, row_sums, q, y, i0, b0, base),
-                        (1, 2) => tile::<1, 2>(p, qa, row_sums, q, y, i0, b0, base),
-                        (4, _) => tile::<4, 1>(p, qa, row_sums, q, y, i0, b0, base),
-                        (3, _) => tile::<3, 1>(p, qa, row_sums, q, y, i0, b0, base),
-                        (2, _) => tile::<2, 1>(p, qa, row_sums, q, y, i0, b0, base),
-                        _ => tile::<1, 1>(p, qa, row_sums, q, y, i0, b0, base),
+        // Rows in chunks whose inputs stay in L2 (`MC` rows) while every column block passes
+        // over them; within a chunk, a column pair's weights stay in L1 over its row tiles.
+        let mc = (L2_BYTES / p.kp.max(1)).clamp(MR, 4096) / MR * MR;
+        for c0 in (0..rows).step_by(mc) {
+            let c1 = (c0 + mc).min(rows);
+            let mut b0 = blocks.start;
+            while b0 < blocks.end {
+                let nb = NB.min(blocks.end - b0);
+                let mut i0 = c0;
+                while i0 < c1 {
+                    let mr = MR.min(c1 - i0);
+                    // SAFETY: AVX2 and FMA (this function's contract); the tile reads rows
+                    // i0..i0 + mr of qa and blocks b0..b0 + nb, all inside (asserted above and by
+                    // nblocks).
+                    unsafe {
+                        match (mr, nb) {
+                            (4, 2) => tile::<4, 2>(p, qa, row_sums, q, y, i0, b0, base),
+                            (3, 2) => tile::<3, 2>(p, qa, row_sums, q, y, i0, b0, base),
+                            (2, 2) => tile::<2, 2>(p, qa, row_sums, q, y, i0, b0, base),
+                            (1, 2) => tile::<1, 2>(p, qa, row_sums, q, y, i0, b0, base),
+                            (4, _) => tile::<4, 1>(p, qa, row_sums, q, y, i0, b0, base),
+                            (3, _) => tile::<3, 1>(p, qa, row_sums, q, y, i0, b0, base),
+                            (2, _) => tile::<2, 1>(p, qa, row_sums, q, y, i0, b0, base),
+                            _ => tile::<1, 1>(p, qa, row_sums, q, y, i0, b0, base),
+                        }
                     }
+                    i0 += mr;
                 }
-                i0 += mr;
+                b0 += nb;
             }
-            b0 += nb;
         }
     }
 
@@ -439,5 +447,51 @@ mod tests {
                 assert_eq!(bits(&a), bits(&bb), "rows {rows} n {n} k {k}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release -p gru-core --lib int8::speed -- --ignored --nocapture`: the
+    /// kernel's multiply-adds per second on one thread (a yardstick, not a check).
+    #[test]
+    #[ignore]
+    fn kernel_rate() {
+        let (rows, n, k) = (64, 1536, 512);
+        let w: Vec<i8> = (0..n * k).map(|i| (i * 7 % 251) as i8).collect();
+        let scheme = WeightScheme::PerTensor {
+            scale: 0.01,
+            zero_point: 0,
+        };
+        let p = PackedInt8::new(&w, n, k, &scheme, None);
+        let qa: Vec<u8> = (0..rows * p.k_padded()).map(|i| (i % 127) as u8).collect();
+        let sums = vec![0i32; rows];
+        let q = InputQuant {
+            scale: 0.01,
+            zero_point: 3,
+        };
+        let mut y = vec![vec![0f32; n]; rows];
+        let reps = 200;
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            let mut ys: Vec<&mut [f32]> = y.iter_mut().map(|r| &mut r[..]).collect();
+            p.run_blocks(&qa, &sums, q, &mut ys, 0..n / NC);
+        }
+        let s = t0.elapsed().as_secs_f64();
+        let macs = (rows * n * k * reps) as f64;
+        println!("{:.1} GMAC/s ({rows}x{n}x{k})", macs / s / 1e9);
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            let mut ys: Vec<&mut [f32]> = y.iter_mut().map(|r| &mut r[..]).collect();
+            p.run(&qa, &sums, q, &mut ys);
+        }
+        let s = t0.elapsed().as_secs_f64();
+        println!(
+            "{:.1} GMAC/s on {} threads",
+            macs / s / 1e9,
+            crate::cpu::cpu_threads()
+        );
     }
 }
