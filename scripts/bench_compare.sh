@@ -9,6 +9,8 @@
 # `ours@avx2` etc.), streaming one frame per call (ours, PyTorch, ONNX Runtime), and
 # examples/stream_latency (a whole streaming model) with RAYON_NUM_THREADS unset and set.
 # GRU_PREV=path/to/an/older/gru adds that build's `ours` as `ours-prev` (a change, side by side).
+# QUANTIZED=1 adds dynamically quantized GRUs: `ours-int8`/`ours-fp16` (`gru bench --impl`) and
+# `pytorch-int8`/`pytorch-fp16` (quantize_dynamic; scripts/bench_torch.py --quantize).
 #
 # Needs: a release build of `gru` (built here if missing) and a Python with torch
 # (PYTHON=venv/bin/python by default, else python3); for the ONNX baselines also
@@ -86,6 +88,16 @@ for round in $(seq 1 "$ROUNDS"); do
     if [ "$cnn" = yes ]; then
       # shellcheck disable=SC2086
       "$GRU" bench $common --impl candle-nn | tag "$name" "$round" >>"$RESULTS"
+    fi
+    if [ "$DEVICE" = cpu ] && [ -n "${QUANTIZED:-}" ]; then
+      # Dynamically quantized GRUs (QUANTIZED=1): ours (int8 and fp16 kernels) beside
+      # PyTorch's quantize_dynamic GRU on the same shapes.
+      for q in int8 fp16; do
+        # shellcheck disable=SC2086
+        "$GRU" bench $common --impl "ours-$q" | tag "$name" "$round" >>"$RESULTS"
+        # shellcheck disable=SC2086
+        "$PYTHON" scripts/bench_torch.py $common --quantize "$q" | tag "$name" "$round" >>"$RESULTS"
+      done
     fi
     if [ -n "${GRU_PREV:-}" ]; then
       # shellcheck disable=SC2086

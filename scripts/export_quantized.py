@@ -30,6 +30,15 @@ warnings.filterwarnings("ignore")
 TOLERANCE = 2e-5
 
 
+class WrapCell(torch.nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x, h: Optional[torch.Tensor] = None):
+        return self.cell(x, h)
+
+
 class Wrap(torch.nn.Module):
     def __init__(self, gru):
         super().__init__()
@@ -68,6 +77,34 @@ CASES = [
 ]
 
 
+# name, (I, H, bias), dtype, per_channel, container, batch, hx
+CELL_CASES = [
+    ("cell_int8_tensor", (7, 12, True), torch.qint8, False, "state_dict", 5, True),
+    ("cell_int8_channel_ts", (9, 16, True), torch.qint8, True, "torchscript", 3, True),
+    ("cell_fp16_whole", (6, 10, True), torch.float16, False, "whole", 4, False),
+]
+
+
+def export_cells(out):
+    for i, (name, (inp, hid, bias), dtype, pc, how, b, with_h) in enumerate(CELL_CASES):
+        torch.manual_seed(200 + i)
+        cell = torch.nn.GRUCell(inp, hid, bias=bias)
+        with torch.no_grad():
+            for p in cell.parameters():
+                p.mul_(2.0)
+        spec = {torch.nn.GRUCell: torch.ao.quantization.per_channel_dynamic_qconfig} if pc \
+            else {torch.nn.GRUCell}
+        model = torch.ao.quantization.quantize_dynamic(WrapCell(cell).eval(), spec, dtype=dtype)
+        wfile = f"{name}.pt"
+        save(model, os.path.join(out, wfile), how)
+        x = torch.randn(b, inp)
+        h = torch.randn(b, hid) * 0.5 if with_h else None
+        export_case(out, name, model, "cell", x, h0=h, weights_file=wfile, atol=TOLERANCE,
+                    rtol=0.0, exact=False,
+                    extra_meta={"quantized": f"{dtype} {'per-channel' if pc else 'per-tensor'} ({how})"})
+        print("wrote", name)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "models", "quantized"))
@@ -95,6 +132,7 @@ def main():
                     atol=TOLERANCE, rtol=0.0, exact=False,
                     extra_meta={"quantized": f"{dtype} {'per-channel' if pc else 'per-tensor'} ({how})"})
         print("wrote", name)
+    export_cells(args.out)
 
 
 if __name__ == "__main__":

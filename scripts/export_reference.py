@@ -79,6 +79,11 @@ def get_module(model, prefix):
     return model.get_submodule(prefix) if prefix else model
 
 
+def _is_cell(module):
+    """`nn.GRUCell`, or its dynamically quantized form (`torch.ao.nn.quantized.dynamic.GRUCell`)."""
+    return isinstance(module, torch.nn.GRUCell) or type(module).__name__ == "GRUCell"
+
+
 @torch.inference_mode()
 def reference_outputs(gru, x, h0=None, lengths=None, compute_dtype=None):
     """What PyTorch gives for `gru(x, h0)` (packed when `lengths` is given).
@@ -90,7 +95,7 @@ def reference_outputs(gru, x, h0=None, lengths=None, compute_dtype=None):
         x = x.to(compute_dtype)
         h0 = None if h0 is None else h0.to(compute_dtype)
     gru = gru.eval()
-    if isinstance(gru, torch.nn.GRUCell):
+    if _is_cell(gru):
         out = gru(x, h0)
         return out, out.clone()
     if lengths is None:
@@ -137,7 +142,7 @@ def export_case(out_dir, name, model, prefix, x, h0=None, lengths=None, weights_
         "prefix": prefix,
         "torch_version": torch.__version__,
     }
-    if isinstance(gru, torch.nn.GRUCell):
+    if _is_cell(gru):
         meta["kind"] = "cell"
     if atol is not None:
         meta["atol"] = repr(float(atol))

@@ -5,9 +5,11 @@ use candle_nn::VarBuilder;
 
 use crate::config::GruConfig;
 use crate::error::{GruError, Result};
+use crate::gru::Gru;
 use crate::layer::{compute_dtype, Kernel, Layer, RunContext};
 use crate::packing::LengthPlan;
 use crate::params::{DirectionParams, ParamNames};
+use crate::quantized::{QuantizedGruWeights, QuantizedLinear};
 
 /// One GRU step with `nn.GRUCell`'s parameters: `weight_ih` `(3H, I)`, `weight_hh` `(3H, H)`,
 /// `bias_ih`, `bias_hh` `(3H)`.
@@ -15,10 +17,17 @@ use crate::params::{DirectionParams, ParamNames};
 pub struct GruCell {
     input_size: usize,
     hidden_size: usize,
-    layer: Layer,
+    body: Body,
     dtype: DType,
     device: Device,
     kernel: Kernel,
+}
+
+/// A float cell's layer, or a quantized cell's one-step quantized GRU.
+#[derive(Debug, Clone)]
+enum Body {
+    Float(Layer),
+    Quantized(Box<Gru>),
 }
 
 impl GruCell {
@@ -62,11 +71,40 @@ impl GruCell {
         Ok(Self {
             input_size,
             hidden_size,
-            layer: Layer::new(vec![params], hidden_size)?,
+            body: Body::Float(Layer::new(vec![params], hidden_size)?),
             dtype: vb.dtype(),
             device: vb.device().clone(),
             kernel: Kernel::Auto,
         })
+    }
+
+    /// A GRUCell quantized with `quantize_dynamic` (`torch.ao.nn.quantized.dynamic.GRUCell`):
+    /// its two packed linears. Each call quantizes its input and its `hx` (7 bits: PyTorch's
+    /// cell always uses `reduce_range`), as PyTorch's `quantized_gru_cell_dynamic` does; f32 on
+    /// the CPU.
+    pub fn from_quantized(ih: QuantizedLinear, hh: QuantizedLinear) -> Result<Self> {
+        let (input_size, hidden_size) = (ih.input(), hh.input());
+        let config = GruConfig::new(input_size, hidden_size).with_bias(ih.bias().is_some());
+        let weights = QuantizedGruWeights {
+            layers: vec![vec![(ih, hh)]],
+            reduce_range: true,
+        };
+        Ok(Self {
+            input_size,
+            hidden_size,
+            body: Body::Quantized(Box::new(Gru::from_quantized(config, weights)?)),
+            dtype: DType::F32,
+            device: Device::Cpu,
+            kernel: Kernel::Auto,
+        })
+    }
+
+    /// The quantized weights of a cell built by [`GruCell::from_quantized`].
+    pub fn quantized(&self) -> Option<&QuantizedGruWeights> {
+        match &self.body {
+            Body::Quantized(g) => g.quantized(),
+            Body::Float(_) => None,
+        }
     }
 
     pub fn input_size(&self) -> usize {
@@ -78,7 +116,10 @@ impl GruCell {
     }
 
     pub fn bias(&self) -> bool {
-        self.layer.params[0].b_ih.is_some()
+        match &self.body {
+            Body::Float(layer) => layer.params[0].b_ih.is_some(),
+            Body::Quantized(g) => g.config().bias,
+        }
     }
 
     pub fn dtype(&self) -> DType {
@@ -92,7 +133,15 @@ impl GruCell {
 
     /// The parameters under `nn.GRUCell`'s names, in the model's dtype.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        self.layer.params[0].named(&ParamNames::cell())
+        match &self.body {
+            Body::Float(layer) => layer.params[0].named(&ParamNames::cell()),
+            // The dequantized weights, under the cell's names (`weight_ih_l0` -> `weight_ih`).
+            Body::Quantized(g) => g
+                .named_tensors()
+                .into_iter()
+                .map(|(n, t)| (n.trim_end_matches("_l0").to_string(), t))
+                .collect(),
+        }
     }
 
     /// `h' = cell(input, hx)`: `input` `(B, I)` or `(I)`, `hx` `(B, H)` or `(H)` (zeros when
@@ -150,9 +199,15 @@ impl GruCell {
             )?);
         }
         let x = x.unsqueeze(0)?.to_dtype(cdt)?.contiguous()?;
-        let plan = LengthPlan::full(batch, 1);
-        let ctx = RunContext::new(&plan, &self.device, self.kernel)?;
-        let (_, h_n) = self.layer.forward(&x, Some(&h), &plan, self.kernel, &ctx)?;
+        let h_n = match &self.body {
+            Body::Float(layer) => {
+                let plan = LengthPlan::full(batch, 1);
+                let ctx = RunContext::new(&plan, &self.device, self.kernel)?;
+                layer.forward(&x, Some(&h), &plan, self.kernel, &ctx)?.1
+            }
+            // One step of a one-layer GRU: the same two linear calls, the same gates.
+            Body::Quantized(g) => g.forward(&x, Some(&h))?.1,
+        };
         let h_n = h_n.squeeze(0)?.to_dtype(self.dtype)?;
         Ok(if batched { h_n } else { h_n.squeeze(0)? })
     }
@@ -191,12 +246,25 @@ impl GruCell {
             let shape = (batch, steps, self.hidden_size);
             return Ok(Tensor::zeros(shape, self.dtype, &self.device)?);
         }
+        let layer = match &self.body {
+            Body::Float(layer) => layer,
+            Body::Quantized(_) => {
+                // A quantized cell quantizes each call's input: one call per step.
+                let mut h = h0.clone();
+                let mut states = Vec::with_capacity(steps);
+                for t in 0..steps {
+                    h = self.forward(&input.narrow(1, t, 1)?.squeeze(1)?, Some(&h))?;
+                    states.push(h.clone());
+                }
+                return Ok(Tensor::stack(&states, 1)?);
+            }
+        };
         let cdt = compute_dtype(self.dtype);
         let x = input.transpose(0, 1)?.to_dtype(cdt)?.contiguous()?;
         let h = h0.reshape((1, batch, self.hidden_size))?.to_dtype(cdt)?;
         let plan = LengthPlan::full(batch, steps);
         let ctx = RunContext::new(&plan, &self.device, self.kernel)?;
-        let (out, _) = self.layer.forward(&x, Some(&h), &plan, self.kernel, &ctx)?;
+        let (out, _) = layer.forward(&x, Some(&h), &plan, self.kernel, &ctx)?;
         Ok(out.to_dtype(self.dtype)?.transpose(0, 1)?.contiguous()?)
     }
 

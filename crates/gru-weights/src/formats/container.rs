@@ -64,6 +64,7 @@ impl std::fmt::Display for Format {
 
 static NO_PACKED: PackedRnns = PackedRnns {
     cells: Vec::new(),
+    linears: Vec::new(),
     modules: Vec::new(),
 };
 

@@ -11,7 +11,7 @@ use crate::error::{Result, WeightsError};
 use crate::file::WeightFile;
 use crate::formats::container::TensorInfo;
 use crate::model::discover::{discover, Discovery, GruInfo, ModuleKind};
-use crate::model::quantized::{discover_quantized, is_cell_tensor};
+use crate::model::quantized::{discover_quantized, discover_quantized_cells, is_cell_tensor};
 
 /// What a load applied, so that a partial or mistaken load is never silent.
 #[derive(Debug, Clone)]
@@ -81,7 +81,7 @@ impl WeightFile {
     /// Every GRU and GRUCell in the file, plus candidates that failed validation.
     pub fn discover(&self) -> Discovery {
         let packed = self.packed_rnns();
-        let mut d = if packed.cells.is_empty() {
+        let mut d = if packed.cells.is_empty() && packed.linears.is_empty() {
             discover(self.tensors())
         } else {
             // A quantized cell's tensors are not a float GRUCell's.
@@ -93,6 +93,9 @@ impl WeightFile {
                 .collect();
             let mut d = discover(&float);
             let (found, rejected) = discover_quantized(packed, self.tensors());
+            d.found.extend(found);
+            d.rejected.extend(rejected);
+            let (found, rejected) = discover_quantized_cells(packed, self.tensors());
             d.found.extend(found);
             d.rejected.extend(rejected);
             d
@@ -335,24 +338,36 @@ impl WeightFile {
         dtype: Option<DType>,
         device: &Device,
     ) -> Result<(Gru, LoadReport)> {
-        let refuse = |what: String| {
-            WeightsError::Select(format!(
-                "the GRU at {:?} is quantized ({kind}): {what}",
-                info.prefix
-            ))
-        };
-        if dtype.is_some_and(|d| d != DType::F32) {
-            return Err(refuse(
-                "it computes in f32, as PyTorch's quantized kernels do; ask for f32".into(),
-            ));
-        }
-        if !device.is_cpu() {
-            return Err(refuse(
-                "it runs on the CPU (PyTorch's quantized kernels are CPU kernels)".into(),
-            ));
-        }
+        self.check_quantized_target(info, kind, dtype, device)?;
         let weights = self.quantized_weights(info)?;
         let gru = Gru::from_quantized(info.config, weights)?;
+        Ok((gru, self.quantized_report(info, kind)))
+    }
+
+    /// A quantized module computes in f32 on the CPU: anything else asked for is refused.
+    fn check_quantized_target(
+        &self,
+        info: &GruInfo,
+        kind: &str,
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<()> {
+        let refuse = |what: &str| {
+            Err(WeightsError::Select(format!(
+                "the {} at {:?} is quantized ({kind}): {what}",
+                info.kind, info.prefix
+            )))
+        };
+        if dtype.is_some_and(|d| d != DType::F32) {
+            return refuse("it computes in f32, as PyTorch's quantized kernels do; ask for f32");
+        }
+        if !device.is_cpu() {
+            return refuse("it runs on the CPU (PyTorch's quantized kernels are CPU kernels)");
+        }
+        Ok(())
+    }
+
+    fn quantized_report(&self, info: &GruInfo, kind: &str) -> LoadReport {
         let under = format!("{}.", info.prefix);
         let applied: std::collections::HashSet<&String> = info.keys.iter().collect();
         let unused_under_prefix = self
@@ -361,9 +376,9 @@ impl WeightFile {
             .filter(|t| t.name.starts_with(&under) && !applied.contains(&t.name))
             .map(|t| t.name.clone())
             .collect();
-        let report = LoadReport {
+        LoadReport {
             prefix: info.prefix.clone(),
-            kind: ModuleKind::Gru,
+            kind: info.kind,
             config: info.config,
             stored_dtype: DType::F32,
             dtype: DType::F32,
@@ -371,8 +386,7 @@ impl WeightFile {
             unused_under_prefix,
             other_tensors: self.tensors().len().saturating_sub(info.keys.len()),
             quantized: Some(kind.to_string()),
-        };
-        Ok((gru, report))
+        }
     }
 
     /// Builds the `nn.GRUCell` at `prefix` (or the only one).
@@ -383,6 +397,12 @@ impl WeightFile {
         device: &Device,
     ) -> Result<(GruCell, LoadReport)> {
         let info = self.select(ModuleKind::GruCell, prefix)?;
+        if let Some(kind) = &info.quantized {
+            self.check_quantized_target(&info, kind, dtype, device)?;
+            let (ih, hh) = self.quantized_cell_linears(&info)?;
+            let cell = GruCell::from_quantized(ih, hh)?;
+            return Ok((cell, self.quantized_report(&info, kind)));
+        }
         let (vb, report) = self.module_var_builder(&info, dtype, device)?;
         Ok((GruCell::from_config(info.config, vb)?, report))
     }

@@ -15,7 +15,7 @@ use crate::error::{Result, WeightsError};
 use crate::file::WeightFile;
 use crate::formats::container::TensorInfo;
 use crate::model::discover::{GruInfo, ModuleKind};
-use crate::pickle::quantized::{PackedRnns, QuantizedCell, RnnAttrs, Scheme};
+use crate::pickle::quantized::{PackedRnns, QuantizedCell, QuantizedLinearRef, RnnAttrs, Scheme};
 
 const LIST: &str = "_all_weight_values";
 
@@ -81,6 +81,102 @@ pub(crate) fn discover_quantized(
         }
     }
     (found, rejected)
+}
+
+/// Quantized GRUCells: `{prefix}._packed_weight_ih` beside `{prefix}._packed_weight_hh`.
+pub(crate) fn discover_quantized_cells(
+    packed: &PackedRnns,
+    tensors: &[TensorInfo],
+) -> (Vec<GruInfo>, Vec<(String, WeightsError)>) {
+    let shape = |name: String| {
+        tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.shape.clone())
+    };
+    let (mut found, mut rejected) = (Vec::new(), Vec::new());
+    for ih in &packed.linears {
+        let Some(prefix) = cell_prefix(&ih.path, "_packed_weight_ih") else {
+            continue;
+        };
+        let hh_path = join(prefix, "_packed_weight_hh");
+        let Some(hh) = packed.linears.iter().find(|l| l.path == hh_path) else {
+            continue;
+        };
+        let bad = |reason: String| WeightsError::File {
+            path: format!("quantized GRUCell at {prefix:?}").into(),
+            reason,
+        };
+        let dims = |l: &QuantizedLinearRef| match shape(join(&l.path, "weight")).as_deref() {
+            Some(&[r, c]) => Ok((r, c)),
+            other => Err(bad(format!("`{}.weight` has shape {other:?}", l.path))),
+        };
+        let info = (|| {
+            let ((g, input), (g2, hidden)) = (dims(ih)?, dims(hh)?);
+            if g != 3 * hidden || g2 != g || hidden == 0 || input == 0 {
+                return Err(bad(format!(
+                    "packed weights ({g}, {input}) and ({g2}, {hidden}): a GRUCell's are (3H, I) \
+                     and (3H, H)"
+                )));
+            }
+            if ih.bias != hh.bias {
+                return Err(bad("one packed linear has a bias, the other not".into()));
+            }
+            let fp16 = ih.scheme == Scheme::Float16;
+            if fp16 != (hh.scheme == Scheme::Float16) {
+                return Err(bad("mixes int8 and float16 linears".into()));
+            }
+            let mut keys = Vec::new();
+            for l in [ih, hh] {
+                keys.push(join(&l.path, "weight"));
+                if l.bias {
+                    keys.push(join(&l.path, "bias"));
+                }
+                if matches!(l.scheme, Scheme::PerChannel { .. }) {
+                    keys.push(join(&l.path, "weight.scales"));
+                    keys.push(join(&l.path, "weight.zero_points"));
+                }
+            }
+            let per_channel = [ih, hh]
+                .iter()
+                .any(|l| matches!(l.scheme, Scheme::PerChannel { .. }));
+            let kind = if fp16 {
+                "float16".to_string()
+            } else {
+                format!(
+                    "qint8 {}, reduce_range",
+                    if per_channel {
+                        "per-channel"
+                    } else {
+                        "per-tensor"
+                    }
+                )
+            };
+            Ok(GruInfo {
+                prefix: prefix.to_string(),
+                state_dict: String::new(),
+                kind: ModuleKind::GruCell,
+                config: GruConfig::new(input, hidden).with_bias(ih.bias),
+                dtype: DType::F32,
+                num_parameters: g * (input + hidden) + if ih.bias { 2 * g } else { 0 },
+                keys,
+                quantized: Some(kind),
+            })
+        })();
+        match info {
+            Ok(i) => found.push(i),
+            Err(e) => rejected.push((prefix.to_string(), e)),
+        }
+    }
+    (found, rejected)
+}
+
+/// `prefix` of `{prefix}.{name}` (or `""` for `name` itself).
+fn cell_prefix<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    if path == name {
+        return Some("");
+    }
+    path.strip_suffix(name)?.strip_suffix('.')
 }
 
 /// The config of the cells at `prefix`; `None` for another RNN (an LSTM's gates are 4H).
@@ -248,6 +344,29 @@ fn infer<'a>(
 }
 
 impl WeightFile {
+    /// The two packed linears of the quantized GRUCell `info` (found by `discover`).
+    pub(crate) fn quantized_cell_linears(
+        &self,
+        info: &GruInfo,
+    ) -> Result<(QuantizedLinear, QuantizedLinear)> {
+        let packed = self.packed_rnns();
+        let get = |which: &str| -> Result<QuantizedLinear> {
+            let path = join(&info.prefix, which);
+            let l = packed
+                .linears
+                .iter()
+                .find(|l| l.path == path)
+                .ok_or_else(|| WeightsError::Select(format!("packed linear {path:?} missing")))?;
+            let bias = join(&path, "bias");
+            self.packed_linear_at(
+                &join(&path, "weight"),
+                l.bias.then_some(bias.as_str()),
+                &l.scheme,
+            )
+        };
+        Ok((get("_packed_weight_ih")?, get("_packed_weight_hh")?))
+    }
+
     /// The weights of the quantized GRU `info` (found by `discover`), read and checked.
     pub(crate) fn quantized_weights(&self, info: &GruInfo) -> Result<QuantizedGruWeights> {
         let packed = self.packed_rnns();
@@ -293,17 +412,29 @@ impl WeightFile {
         w: &str,
         scheme: &Scheme,
     ) -> Result<QuantizedLinear> {
+        let bias = join(&c.path, &format!("bias_{w}"));
+        let weight = join(&c.path, &format!("weight_{w}"));
+        self.packed_linear_at(&weight, c.bias.then_some(bias.as_str()), scheme)
+    }
+
+    /// The packed linear whose weight is listed as `name` (its per-channel parameters beside it
+    /// as `{name}.scales` / `.zero_points`) and whose bias as `bias`.
+    fn packed_linear_at(
+        &self,
+        name: &str,
+        bias: Option<&str>,
+        scheme: &Scheme,
+    ) -> Result<QuantizedLinear> {
         let cpu = Device::Cpu;
-        let name = join(&c.path, &format!("weight_{w}"));
         let bad = |reason: String| WeightsError::Tensor {
-            name: name.clone(),
+            name: name.to_string(),
             reason,
         };
-        let weight = self.load(&name, &cpu)?;
+        let weight = self.load(name, &cpu)?;
         let (out, input) = weight.dims2().map_err(|e| bad(e.to_string()))?;
-        let bias = if c.bias {
-            let b = self.load(&join(&c.path, &format!("bias_{w}")), &cpu)?;
-            Some(floats(&b, &name)?)
+        let bias = if let Some(b) = bias {
+            let b = self.load(b, &cpu)?;
+            Some(floats(&b, name)?)
         } else {
             None
         };
@@ -325,7 +456,7 @@ impl WeightFile {
         };
         match scheme {
             Scheme::Float16 => Ok(QuantizedLinear::Float16 {
-                weight: floats(&weight, &name)?,
+                weight: floats(&weight, name)?,
                 out,
                 input,
                 bias,

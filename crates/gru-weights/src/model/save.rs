@@ -42,6 +42,14 @@ pub fn save_gru(gru: &Gru, prefix: &str, path: impl AsRef<Path>) -> Result<()> {
 }
 
 /// Saves `cell` at `prefix` in its own dtype.
+/// A quantized cell is refused, as [`save_gru`] refuses a quantized GRU.
 pub fn save_gru_cell(cell: &GruCell, prefix: &str, path: impl AsRef<Path>) -> Result<()> {
+    if let Some(q) = cell.quantized() {
+        return Err(WeightsError::Select(format!(
+            "the GRUCell is quantized ({}): a float file of its dequantized weights would not \
+             compute what PyTorch's quantized GRUCell computes; keep the quantized file",
+            q.kind()
+        )));
+    }
     save(cell.named_tensors(), prefix, path.as_ref())
 }

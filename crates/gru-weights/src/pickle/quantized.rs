@@ -93,6 +93,30 @@ fn tensor(p: &Pickle, id: Id, what: &str) -> Result<TensorRef, String> {
     tensor_of(p, id)?.ok_or_else(|| format!("{what} is {}, not a tensor", p.describe(id)))
 }
 
+/// A cell of a quantized RNN, or a packed linear on its own (a quantized `GRUCell`'s
+/// `_packed_weight_ih` / `_packed_weight_hh`).
+#[derive(Debug, Clone)]
+pub(crate) enum Packed {
+    Cell(Box<Cell>),
+    Linear(Box<PackedLinear>),
+}
+
+/// `Ok(Some(..))` when `id` is a `CellParamsBase` or a `LinearPackedParamsBase`, `Err` when it
+/// is one that is malformed. Boxed: the recursive walk that finds it keeps its frames small.
+pub(crate) fn packed(p: &Pickle, id: Id) -> Result<Option<Packed>, String> {
+    if let Some(c) = cell(p, id)? {
+        return Ok(Some(Packed::Cell(c)));
+    }
+    if script_state(p, id, LINEAR).is_some() {
+        return Ok(Some(Packed::Linear(Box::new(linear(
+            p,
+            id,
+            "packed linear",
+        )?))));
+    }
+    Ok(None)
+}
+
 /// `Ok(Some(..))` when `id` is a `CellParamsBase`, `Err` when it is one that is malformed.
 pub(crate) fn cell(p: &Pickle, id: Id) -> Result<Option<Box<Cell>>, String> {
     let Some(state) = script_state(p, id, CELL) else {
@@ -320,10 +344,20 @@ pub struct QuantizedCell {
     pub bias: bool,
 }
 
+/// A packed linear on its own (a quantized `GRUCell`'s `_packed_weight_ih`): its tensors are
+/// listed under `path` (`weight`, `bias`, per-channel `weight.scales` / `.zero_points`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedLinearRef {
+    pub path: String,
+    pub scheme: Scheme,
+    pub bias: bool,
+}
+
 /// What a pickle holds of dynamically quantized RNNs.
 #[derive(Debug, Clone, Default)]
 pub struct PackedRnns {
     pub cells: Vec<QuantizedCell>,
+    pub linears: Vec<QuantizedLinearRef>,
     /// Pickled objects that describe themselves as RNNs (`num_layers`, `bidirectional`), by path.
     pub modules: Vec<(String, RnnAttrs)>,
 }

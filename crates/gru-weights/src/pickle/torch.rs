@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use crate::pickle::quantized::{self, rnn_attrs, PackedRnns, QuantizedCell};
+use crate::pickle::quantized::{self, rnn_attrs, PackedRnns, QuantizedCell, QuantizedLinearRef};
 use crate::pickle::tensor::tensor;
 pub(crate) use crate::pickle::tensor::{storage_table, usizes, StorageRef, TensorRef};
 use crate::pickle::{Id, Pickle, Value};
@@ -257,7 +257,7 @@ impl<'a> Walk<'a> {
                 entries.extend(
                     attrs
                         .iter()
-                        .filter(|(_, v)| matches!(quantized::cell(p, *v), Ok(Some(_))))
+                        .filter(|(_, v)| matches!(quantized::packed(p, *v), Ok(Some(_))))
                         .cloned(),
                 );
                 for part in parts {
@@ -346,20 +346,17 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    /// A quantized cell's tensors, under its path: `weight_ih`, `weight_hh` (int8 values as
-    /// u8, or f32 for the fp16 kind), per-channel `weight_*.scales` / `.zero_points`, and the
-    /// biases the packed linears add (`bias_ih`, `bias_hh`).
-    /// The entries that are packed cells of a quantized RNN. Apart from `walk`, whose frame
-    /// stays small for deep pickles.
+    /// The entries that are packed parameters of a quantized RNN or GRUCell. Apart from `walk`,
+    /// whose frame stays small for deep pickles.
     #[inline(never)]
-    fn cells_among(
+    fn packed_among(
         &self,
         entries: &Entries<'a>,
-    ) -> Result<Vec<(usize, Box<quantized::Cell>)>, String> {
-        let mut cells = Vec::new();
+    ) -> Result<Vec<(usize, quantized::Packed)>, String> {
+        let mut found = Vec::new();
         for (i, (key, v)) in entries.iter().enumerate() {
-            match quantized::cell(self.p, *v) {
-                Ok(Some(c)) => cells.push((i, c)),
+            match quantized::packed(self.p, *v) {
+                Ok(Some(c)) => found.push((i, c)),
                 Ok(None) => {}
                 Err(e) => {
                     let at = self.path.join(".");
@@ -367,37 +364,77 @@ impl<'a> Walk<'a> {
                 }
             }
         }
-        Ok(cells)
+        Ok(found)
     }
 
-    fn emit_cell(&mut self, cell: Box<quantized::Cell>, start: usize) -> Result<(), String> {
+    fn emit_packed(&mut self, packed: quantized::Packed, start: usize) -> Result<(), String> {
+        match packed {
+            quantized::Packed::Cell(c) => self.emit_cell(*c, start),
+            quantized::Packed::Linear(lin) => {
+                let path = self.path.join(".");
+                self.emit_linear(&lin, "weight", "bias", None, start)?;
+                if self.packed.linears.len() >= MAX_TENSORS {
+                    return Err(format!("more than {MAX_TENSORS} packed linears"));
+                }
+                self.packed.linears.push(QuantizedLinearRef {
+                    path,
+                    bias: lin.bias.is_some(),
+                    scheme: lin.scheme,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// A packed linear's tensors under the path: `{w}` (int8 values as u8, or f32), per-channel
+    /// `{w}.scales` / `.zero_points`, and `{b}` (its own bias, else `fallback`). Whether a bias
+    /// was emitted.
+    fn emit_linear(
+        &mut self,
+        lin: &quantized::PackedLinear,
+        w: &str,
+        b: &str,
+        fallback: Option<&TensorRef>,
+        start: usize,
+    ) -> Result<bool, String> {
+        self.path.push(Cow::Owned(w.to_string()));
+        self.emit(start, lin.weight.clone())?;
+        self.path.pop();
+        if let Some((scales, zps)) = &lin.channels {
+            for (part, t) in [("scales", scales), ("zero_points", zps)] {
+                self.path.push(Cow::Owned(format!("{w}.{part}")));
+                self.emit(start, t.clone())?;
+                self.path.pop();
+            }
+        }
+        match lin.bias.as_ref().or(fallback) {
+            Some(bias) => {
+                self.path.push(Cow::Owned(b.to_string()));
+                self.emit(start, bias.clone())?;
+                self.path.pop();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// A quantized cell's tensors, under its path: `weight_ih`, `weight_hh`, their per-channel
+    /// parameters, and the biases the packed linears add (`bias_ih`, `bias_hh`).
+    fn emit_cell(&mut self, cell: quantized::Cell, start: usize) -> Result<(), String> {
         let at = self.path.join(".");
         let mut bias = true;
         for (name, lin) in [("ih", &cell.ih), ("hh", &cell.hh)] {
-            let w = format!("weight_{name}");
-            self.path.push(Cow::Owned(w.clone()));
-            self.emit(start, lin.weight.clone())?;
-            self.path.pop();
-            if let Some((scales, zps)) = &lin.channels {
-                for (part, t) in [("scales", scales), ("zero_points", zps)] {
-                    self.path.push(Cow::Owned(format!("{w}.{part}")));
-                    self.emit(start, t.clone())?;
-                    self.path.pop();
-                }
-            }
-            let b = lin.bias.clone().or_else(|| {
-                cell.biases
-                    .as_ref()
-                    .map(|(i, h)| if name == "ih" { i.clone() } else { h.clone() })
-            });
-            match b {
-                Some(b) => {
-                    self.path.push(Cow::Owned(format!("bias_{name}")));
-                    self.emit(start, b)?;
-                    self.path.pop();
-                }
-                None => bias = false,
-            }
+            let fallback = cell
+                .biases
+                .as_ref()
+                .map(|(i, h)| if name == "ih" { i } else { h });
+            bias &= self.emit_linear(
+                lin,
+                &format!("weight_{name}"),
+                &format!("bias_{name}"),
+                fallback,
+                start,
+            )?;
         }
         if self.packed.cells.len() >= MAX_TENSORS {
             return Err(format!("more than {MAX_TENSORS} quantized cells"));
@@ -452,7 +489,7 @@ impl<'a> Walk<'a> {
         }
         // A quantized RNN's packed cells: tensors of this state dict, as `state_dict()` lists
         // them.
-        let cells = self.cells_among(&entries)?;
+        let cells = self.packed_among(&entries)?;
         // An object opens a state dict for everything beneath it; a dict or list only for its
         // own tensors (`{"state_dict": sd, "best_acc": tensor}` keeps `sd` its own).
         let here = Group {
@@ -477,7 +514,7 @@ impl<'a> Walk<'a> {
             } else if next_cell.peek().is_some_and(|(j, _)| *j == i) {
                 let (_, c) = next_cell.next().expect("peeked");
                 let start = group.expect("a cell opens a state dict").start;
-                self.emit_cell(c, start)?;
+                self.emit_packed(c, start)?;
             } else {
                 self.walk(v, inherited)?;
             }
