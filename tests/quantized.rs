@@ -60,6 +60,31 @@ fn each_container_reads_the_same_kind_of_gru() {
     }
 }
 
+#[test]
+fn quantized_gru_cells_load_as_cells() {
+    for (file, kind) in [
+        ("cell_int8_tensor.pt", "qint8 per-tensor, reduce_range"),
+        ("cell_int8_channel_ts.pt", "qint8 per-channel, reduce_range"), // TorchScript
+        ("cell_fp16_whole.pt", "float16"),                              // whole model
+    ] {
+        let f = WeightFile::open(quantized(file)).unwrap();
+        let (cell, report) = f.gru_cell(Some("cell"), None, &Device::Cpu).unwrap();
+        assert_eq!(report.quantized.as_deref(), Some(kind), "{file}");
+        assert!(cell.quantized().is_some());
+        // Not a GRU, and not a float cell either.
+        let e = f
+            .gru(Some("cell"), None, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\n'), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = gru_weights::save_gru_cell(&cell, "cell", dir.path().join("c.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("quantized"), "{e}");
+    }
+}
+
 /// The members of a zip archive, in order.
 fn members(path: &Path) -> Vec<(String, Vec<u8>)> {
     let mut z = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
