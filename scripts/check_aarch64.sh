@@ -29,3 +29,5 @@ for level in scalar baseline; do
   GRU_CPU_LEVEL=$level cargo test --release --target "$TARGET" --test cpu_levels -- \
     level_child_runs_the_cases_and_the_sweep --exact --ignored
 done
+# Quantized GRUs: the portable int8 and fp16 paths against PyTorch's (x86) numbers.
+cargo test --release --target "$TARGET" --test quantized
