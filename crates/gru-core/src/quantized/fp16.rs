@@ -439,7 +439,11 @@ mod tests {
             };
             let fringe = j >= n / 16 * 16 && k0 > 0;
             let mut acc = [0.0f32; 4];
-            acc[0] = if k0 > 0 && !fringe { a[0].mul_add(wk(0), c) } else { a[0] * wk(0) };
+            acc[0] = if k0 > 0 && !fringe {
+                a[0].mul_add(wk(0), c)
+            } else {
+                a[0] * wk(0)
+            };
             let (mut kk, mut r) = (1, a.len() - 1);
             if sets == 1 {
                 while r > 0 {
@@ -480,7 +484,13 @@ mod tests {
         };
         // Row counts that give kernels of 1, 2 and 3-6 rows; k past one block of 512; n with a
         // fringe; one call large enough to split its columns across threads.
-        for (m, n, k) in [(1, 40, 20), (2, 23, 600), (7, 61, 33), (13, 50, 530), (70, 200, 100)] {
+        for (m, n, k) in [
+            (1, 40, 20),
+            (2, 23, 600),
+            (7, 61, 33),
+            (13, 50, 530),
+            (70, 200, 100),
+        ] {
             let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
             let x: Vec<Vec<f32>> = (0..m).map(|_| (0..k).map(|_| next()).collect()).collect();
             let p = PackedF16::new(&w, n, k, None);
@@ -494,7 +504,11 @@ mod tests {
             for i in 0..m.min(120) {
                 for j in 0..n {
                     let want = reference(&x[i], &w, n, j, rows[i]);
-                    assert_eq!(y[i][j].to_bits(), want.to_bits(), "m {m} n {n} k {k} ({i}, {j})");
+                    assert_eq!(
+                        y[i][j].to_bits(),
+                        want.to_bits(),
+                        "m {m} n {n} k {k} ({i}, {j})"
+                    );
                 }
             }
         }
