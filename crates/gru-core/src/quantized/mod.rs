@@ -14,3 +14,7 @@ mod int8;
 mod weights;
 
 pub use weights::{QuantizedGruWeights, QuantizedLinear, WeightScheme};
+
+/// Multiply-adds of one step's `W_hh h` from which a unidirectional stack runs inside the
+/// thread pool (`Gru::run_quantized`): where its products are split across threads.
+pub(crate) const PAR_STEP_WORK: usize = 1 << 20;
