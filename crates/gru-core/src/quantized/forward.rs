@@ -220,7 +220,7 @@ impl Prepared {
 fn gates(gi: &[f32], gh: &[f32], zeros: &[f32], h: &[f32], h_out: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if super::int8::avx2_fma() {
+        if super::features::avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA.
             unsafe { gates_avx2(gi, gh, zeros, h, h_out, out) };
             return;

@@ -120,7 +120,7 @@ impl PackedF16 {
     fn run_cols(&self, x: &[&[f32]], y: &mut [&mut [f32]], cols: std::ops::Range<usize>) {
         #[cfg(target_arch = "x86_64")]
         {
-            if super::int8::avx2_fma() {
+            if super::features::avx2_fma() {
                 // SAFETY: the CPU has AVX2 and FMA.
                 unsafe { self.run_fma(x, y, cols) };
                 return;
@@ -150,7 +150,7 @@ impl PackedF16 {
         let main_end = cols.end.min(last);
         // Several rows at a time (AVX2 with FMA only; elsewhere one at a time, same sums).
         #[cfg(target_arch = "x86_64")]
-        let tiles = super::int8::avx2_fma();
+        let tiles = super::features::avx2_fma();
         #[cfg(not(target_arch = "x86_64"))]
         let tiles = false;
         for m0 in (0..x.len()).step_by(MB) {

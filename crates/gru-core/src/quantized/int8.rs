@@ -6,9 +6,11 @@
 //!
 //! Weights are packed in blocks of 8 output columns x 4 inputs (32 bytes: column c's 4 values
 //! at bytes 4c..4c + 4), so that one broadcast of 4 input bytes meets 8 columns. Without AVX2
-//! and FMA the same sums run as plain loops (`dynamic::linear`'s reference).
+//! and FMA the same sums run as plain loops (`run_portable`, the reference the tiles are tested
+//! against).
 
-use super::dynamic::InputQuant;
+use super::features::avx2_fma;
+use super::input::InputQuant;
 use super::weights::WeightScheme;
 
 /// Multiply-adds of one call from which its columns are split across the CPU's threads.
@@ -184,20 +186,6 @@ impl PackedInt8 {
     }
 }
 
-/// AVX2 with FMA, detected once.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn avx2_fma() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        // The CPU kernel's level (AVX2 and FMA detected, capped by GRU_CPU_LEVEL).
-        crate::cpu::simd::level() >= crate::cpu::simd::Level::Avx2
-    })
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) use avx2::quantize_row as quantize_row_avx2;
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -332,53 +320,6 @@ mod avx2 {
                     }
                 }
             }
-        }
-    }
-
-    /// `fbgemm::QuantizeAvx2<uint8_t>` of one row into `dst` (as `super::super::dynamic`'s
-    /// scalar `quantize`, 8 values at a time): returns the sum of the quantized values.
-    ///
-    /// # Safety
-    /// AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn quantize_row(
-        src: &[f32],
-        inv_scale: f32,
-        zero_point: i32,
-        dst: &mut [u8],
-    ) -> i32 {
-        // SAFETY: AVX2 (the caller's contract); every pointer comes from an 8-element slice.
-        unsafe {
-            let n = src.len().min(dst.len());
-            let inv = _mm256_set1_ps(inv_scale);
-            let zp = _mm256_set1_epi32(zero_point);
-            let max = _mm256_set1_ps(2_147_483_520.0);
-            let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
-            let mut sum = _mm256_setzero_si256();
-            let mut k = 0;
-            while k + 8 <= n {
-                let x = _mm256_loadu_ps(src[k..k + 8].as_ptr());
-                // minps(x * inv, max): a NaN gives `max`, as in fbgemm.
-                let t = _mm256_min_ps(_mm256_mul_ps(x, inv), max);
-                let v = _mm256_add_epi32(_mm256_cvtps_epi32(t), zp);
-                let v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
-                sum = _mm256_add_epi32(sum, v);
-                let mut out = [0i32; 8];
-                _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, v);
-                for (d, &o) in dst[k..k + 8].iter_mut().zip(&out) {
-                    *d = o as u8;
-                }
-                k += 8;
-            }
-            let mut lanes = [0i32; 8];
-            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
-            let mut total: i32 = lanes.iter().sum();
-            for kk in k..n {
-                let v = super::super::dynamic::quantize(src[kk], inv_scale, zero_point);
-                dst[kk] = v as u8;
-                total += v;
-            }
-            total
         }
     }
 }

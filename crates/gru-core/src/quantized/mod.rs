@@ -4,12 +4,16 @@
 //! order; the gates run in f32. The fp16 kind multiplies f32 inputs by f16 weights in f32.
 //!
 //! - [`weights`]: the packed weights, checked.
-//! - [`dynamic`]: one linear (input quantization, integer product, requantization).
+//! - [`input`]: a call's input quantized as fbgemm quantizes it.
+//! - [`int8`], [`fp16`]: the packed products (AVX2 kernels, portable loops elsewhere).
+//! - [`dynamic`]: one linear call (input quantization, product, requantization).
 //! - [`forward`]: the recurrence over layers, directions and variable lengths.
 
 pub(crate) mod dynamic;
+mod features;
 pub(crate) mod forward;
 mod fp16;
+mod input;
 mod int8;
 mod weights;
 
