@@ -4,6 +4,8 @@
 //! the products are summed (1 row: 4 interleaved sums, 2 rows: 2, more: one chain of fused
 //! multiply-adds); the last `N % 16` columns of later blocks are summed apart and added.
 
+use super::columns;
+
 /// Rows of a group of `m` (1..=120) as fbgemm's AVX2 partition gives them to kernels: each
 /// row's kernel height.
 fn kernel_rows(m: usize) -> Vec<usize> {
@@ -94,26 +96,8 @@ impl PackedF16 {
             self.run_cols(x, y, 0..self.n);
             return;
         }
-        let per = strips.div_ceil(threads);
-        let bounds: Vec<usize> = (0..=threads)
-            .map(|t| (t * per * STRIP).min(self.n))
-            .collect();
-        let mut parts: Vec<Vec<&mut [f32]>> =
-            (0..threads).map(|_| Vec::with_capacity(y.len())).collect();
-        for row in y.iter_mut() {
-            let mut rest: &mut [f32] = row;
-            for (t, part) in parts.iter_mut().enumerate() {
-                let (a, b) = std::mem::take(&mut rest).split_at_mut(bounds[t + 1] - bounds[t]);
-                part.push(a);
-                rest = b;
-            }
-        }
-        rayon::scope(|s| {
-            for (t, mut part) in parts.into_iter().enumerate() {
-                let cols = bounds[t]..bounds[t + 1];
-                s.spawn(move |_| self.run_cols(x, &mut part, cols));
-            }
-        });
+        let bounds = columns::bounds(self.n, STRIP, threads);
+        columns::for_each_part(y, &bounds, |part, cols| self.run_cols(x, part, cols));
     }
 
     /// Columns `cols` (starting at a strip) of every row; `y`'s rows hold just those.

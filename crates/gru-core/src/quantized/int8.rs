@@ -9,6 +9,7 @@
 //! and FMA the same sums run as plain loops (`run_portable`, the reference the tiles are tested
 //! against).
 
+use super::columns;
 use super::features::avx2_fma;
 use super::input::InputQuant;
 use super::weights::WeightScheme;
@@ -100,24 +101,11 @@ impl PackedInt8 {
             self.run_blocks(qa, row_sums, q, y, 0..nblocks);
             return;
         }
-        // Each thread its own columns of every row.
-        let per = nblocks.div_ceil(threads);
-        let mut parts: Vec<Vec<&mut [f32]>> =
-            (0..threads).map(|_| Vec::with_capacity(y.len())).collect();
-        for row in y.iter_mut() {
-            let mut rest: &mut [f32] = row;
-            for (t, part) in parts.iter_mut().enumerate() {
-                let cols = ((t + 1) * per * NC).min(self.n) - (t * per * NC).min(self.n);
-                let (a, b) = std::mem::take(&mut rest).split_at_mut(cols);
-                part.push(a);
-                rest = b;
-            }
-        }
-        rayon::scope(|s| {
-            for (t, mut part) in parts.into_iter().enumerate() {
-                let blocks = (t * per).min(nblocks)..((t + 1) * per).min(nblocks);
-                s.spawn(move |_| self.run_blocks(qa, row_sums, q, &mut part, blocks));
-            }
+        // Each thread its own blocks of columns of every row.
+        let bounds = columns::bounds(self.n, NC, threads);
+        columns::for_each_part(y, &bounds, |part, cols| {
+            let blocks = cols.start / NC..cols.end.div_ceil(NC);
+            self.run_blocks(qa, row_sums, q, part, blocks);
         });
     }
 

@@ -9,6 +9,7 @@
 //! - [`dynamic`]: one linear call (input quantization, product, requantization).
 //! - [`forward`]: the recurrence over layers, directions and variable lengths.
 
+mod columns;
 pub(crate) mod dynamic;
 mod features;
 pub(crate) mod forward;
