@@ -3,8 +3,6 @@
 //! (`quant_utils::ChooseQuantizationParams`, 7 bits with `reduce_range`), and each value
 //! quantized (`fbgemm::QuantizeAvx2`).
 
-use super::features::avx2_fma;
-
 /// A u8 quantization of an input tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct InputQuant {
@@ -88,7 +86,7 @@ pub(crate) fn min_max<'a>(rows: impl Iterator<Item = &'a [f32]>) -> (f32, f32) {
 fn row_min_max(r: &[f32]) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     {
-        if avx2_fma() {
+        if super::features::avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA.
             return unsafe { row_min_max_avx2(r) };
         }
@@ -147,7 +145,7 @@ pub(crate) fn quantize(x: f32, inv_scale: f32, zero_point: i32) -> i32 {
 pub(crate) fn quantize_row(src: &[f32], inv_scale: f32, zero_point: i32, dst: &mut [u8]) -> i32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if avx2_fma() {
+        if super::features::avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA.
             return unsafe { avx2::quantize_row(src, inv_scale, zero_point, dst) };
         }

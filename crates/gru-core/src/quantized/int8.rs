@@ -10,7 +10,6 @@
 //! against).
 
 use super::columns;
-use super::features::avx2_fma;
 use super::input::InputQuant;
 use super::weights::WeightScheme;
 
@@ -120,7 +119,7 @@ impl PackedInt8 {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            if avx2_fma() {
+            if super::features::avx2_fma() {
                 // SAFETY: the CPU has AVX2 and FMA (checked above).
                 unsafe { avx2::run(self, qa, row_sums, q, y, blocks) };
                 return;
