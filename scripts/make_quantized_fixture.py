@@ -2,8 +2,8 @@
 """Writes models/checkpoints/quantized_dynamic.pt: the state dict of Embedding -> GRU -> Linear
 after torch.ao.quantization.quantize_dynamic (int8 GRU and Linear, float Embedding), and
 quantized_gru.pt: a quantized GRU alone (no float tensor at all). A quantized GRU is packed
-parameters, not tensors; loading either must say that the file is quantized, not merely that no
-GRU was found.
+parameters, not tensors: both load as quantized GRUs (`tests/checkpoints.rs`); their numbers are
+checked by the cases of models/quantized (scripts/export_quantized.py).
 
 Regenerate: python scripts/make_quantized_fixture.py (seed 7).
 """
