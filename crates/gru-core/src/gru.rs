@@ -38,6 +38,13 @@ fn quantized_named(q: &QuantizedGruWeights) -> Vec<(String, Tensor)> {
     v
 }
 
+/// A float GRU's layers, or a dynamically quantized GRU's weights and their packed form.
+#[derive(Debug, Clone)]
+enum Body {
+    Float(Vec<Layer>),
+    Quantized(Arc<(QuantizedGruWeights, Prepared)>),
+}
+
 /// A multi-layer GRU with PyTorch's parameters, semantics and tensor layouts.
 ///
 /// ```no_run
@@ -55,13 +62,10 @@ fn quantized_named(q: &QuantizedGruWeights) -> Vec<(String, Tensor)> {
 #[derive(Debug, Clone)]
 pub struct Gru {
     config: GruConfig,
-    layers: Vec<Layer>,
+    body: Body,
     dtype: DType,
     device: Device,
     kernel: Kernel,
-    /// A dynamically quantized GRU (`Gru::from_quantized`): its weights and their packed form;
-    /// `layers` is empty.
-    quantized: Option<Arc<(QuantizedGruWeights, Prepared)>>,
 }
 
 impl Gru {
@@ -89,11 +93,10 @@ impl Gru {
         }
         Ok(Self {
             config,
-            layers,
+            body: Body::Float(layers),
             dtype: vb.dtype(),
             device: vb.device().clone(),
             kernel: Kernel::Auto,
-            quantized: None,
         })
     }
 
@@ -106,17 +109,19 @@ impl Gru {
         let prepared = Prepared::new(&weights, config.hidden_size);
         Ok(Self {
             config,
-            layers: Vec::new(),
+            body: Body::Quantized(Arc::new((weights, prepared))),
             dtype: DType::F32,
             device: Device::Cpu,
             kernel: Kernel::Auto,
-            quantized: Some(Arc::new((weights, prepared))),
         })
     }
 
     /// The quantized weights of a GRU built by [`Gru::from_quantized`].
     pub fn quantized(&self) -> Option<&QuantizedGruWeights> {
-        self.quantized.as_deref().map(|(w, _)| w)
+        match &self.body {
+            Body::Quantized(q) => Some(&q.0),
+            Body::Float(_) => None,
+        }
     }
 
     pub fn config(&self) -> &GruConfig {
@@ -157,11 +162,12 @@ impl Gru {
     /// A quantized GRU's are its dequantized weights and its biases (f32): a float GRU with
     /// them computes without the quantization of the inputs, so not PyTorch's quantized numbers.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        if let Some(q) = &self.quantized {
-            return quantized_named(&q.0);
-        }
+        let layers = match &self.body {
+            Body::Quantized(q) => return quantized_named(&q.0),
+            Body::Float(layers) => layers,
+        };
         let mut v = Vec::new();
-        for (k, layer) in self.layers.iter().enumerate() {
+        for (k, layer) in layers.iter().enumerate() {
             for (d, p) in layer.params.iter().enumerate() {
                 v.extend(p.named(&ParamNames::gru(k, d)));
             }
@@ -235,18 +241,21 @@ impl Gru {
             Some(l) => LengthPlan::new(l, batch, t_len)?,
         };
 
-        if let Some(q) = &self.quantized {
-            let (output, h_n) = self.run_quantized(&q.1, &x, h0.as_ref(), &plan)?;
-            return self.finish(output, h_n, batched);
-        }
+        let layers = match &self.body {
+            Body::Quantized(q) => {
+                let (output, h_n) = self.run_quantized(&q.1, &x, h0.as_ref(), &plan)?;
+                return self.finish(output, h_n, batched);
+            }
+            Body::Float(layers) => layers,
+        };
         let (output, h_n) =
-            match Layer::forward_cpu_stack(&self.layers, &x, h0.as_ref(), &plan, self.kernel)? {
+            match Layer::forward_cpu_stack(layers, &x, h0.as_ref(), &plan, self.kernel)? {
                 Some(out) => out,
                 None => {
                     let ctx = RunContext::new(&plan, &self.device, self.kernel)?;
                     let mut x = x;
                     let mut h_n = Vec::with_capacity(cfg.num_layers);
-                    for (k, layer) in self.layers.iter().enumerate() {
+                    for (k, layer) in layers.iter().enumerate() {
                         let h0_k = h0
                             .as_ref()
                             .map(|h0| h0.narrow(0, k * n_dirs, n_dirs))

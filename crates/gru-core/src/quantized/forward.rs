@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use super::dynamic::Linear;
+use super::input::InputQuant;
 use super::weights::QuantizedGruWeights;
 use crate::packing::LengthPlan;
 
@@ -60,22 +61,38 @@ impl Prepared {
         let bh = batch * hidden;
         let mut h_n = vec![0.0f32; self.layers.len() * n_dirs * bh];
         let mut input: Vec<f32> = x.to_vec();
-        let valid = |t: usize, b: usize| plan.lengths[b] > t;
         let width = n_dirs * hidden;
+        // Rows in PyTorch's packed order: time-major, and within a step the running sequences
+        // longest first (`plan.perm[..plan.active[t]]`). The int8 products do not depend on a
+        // row's position; the fp16 ones do (fbgemm's kernel for a row depends on it).
+        let order = |t: usize| &plan.perm[..plan.active[t]];
+        // xs[starts[t]..starts[t + 1]]: the rows of step t.
+        let mut starts = Vec::with_capacity(t_len + 1);
+        starts.push(0);
+        for t in 0..t_len {
+            starts.push(starts[t] + plan.active[t]);
+        }
         for (k, dirs) in self.layers.iter().enumerate() {
             let in_k = input.len() / (t_len * batch).max(1);
-            let steps: Vec<(usize, usize)> = (0..t_len)
-                .flat_map(|t| (0..batch).map(move |b| (t, b)))
-                .filter(|&(t, b)| valid(t, b))
+            let xs: Vec<&[f32]> = (0..t_len)
+                .flat_map(|t| order(t).iter().map(move |&b| (t, b)))
+                .map(|(t, b)| &input[(t * batch + b) * in_k..][..in_k])
                 .collect();
-            let xs: Vec<&[f32]> = steps
-                .iter()
-                .map(|&(t, b)| &input[(t * batch + b) * in_k..][..in_k])
-                .collect();
+            // One input quantization for both directions (PyTorch quantizes the same input
+            // twice, to the same parameters); the fp16 kind has none.
+            let q_in = match dirs.first() {
+                Some((ih, _)) if !ih.is_fp16() => Linear::input_quant(&xs, self.reduce_range),
+                _ => InputQuant::UNUSED,
+            };
             let run = |d: usize| -> (Vec<f32>, Vec<f32>) {
                 let (ih, hh) = &dirs[d];
                 let h0 = h0.map(|h0| &h0[(k * n_dirs + d) * bh..][..bh]);
-                self.direction(ih, hh, &xs, h0, (t_len, batch), d == 1, plan)
+                let input = Input {
+                    xs: &xs,
+                    starts: &starts,
+                    q: q_in,
+                };
+                self.direction(ih, hh, &input, h0, (t_len, batch), d == 1, plan)
             };
             let results = if n_dirs == 2 && crate::cpu::cpu_threads() > 1 {
                 let (f, b) = rayon::join(|| run(0), || run(1));
@@ -99,14 +116,14 @@ impl Prepared {
 }
 
 impl Prepared {
-    /// One direction of one layer over the valid steps `xs` (in time-major order): its output
+    /// One direction of one layer over the valid rows of `input` (in packed order): its output
     /// `(T, B, H)` (zero past each length) and last state `(B, H)`.
     #[allow(clippy::too_many_arguments)]
     fn direction(
         &self,
         ih: &Linear,
         hh: &Linear,
-        xs: &[&[f32]],
+        input: &Input<'_>,
         h0: Option<&[f32]>,
         (t_len, batch): (usize, usize),
         reverse: bool,
@@ -115,23 +132,16 @@ impl Prepared {
         let hidden = self.hidden;
         let g = 3 * hidden;
         let valid = |t: usize, b: usize| plan.lengths[b] > t;
+        let order = |t: usize| &plan.perm[..plan.active[t]];
         // The input projections of a block of steps just ahead of the steps that read them
-        // (`TB` steps: the block stays in cache), quantized as PyTorch's one call over the
-        // whole sequence quantizes them: with the parameters of all of `xs`.
-        let q_in = Linear::input_quant(xs, self.reduce_range);
+        // (`tb` steps: the block stays in cache), quantized as PyTorch's one call over the
+        // whole sequence quantizes them: with the parameters of all of it (`input.q`).
         // (The fp16 kind's sums depend on how many rows one call has: one block.)
         let tb = if ih.is_fp16() || t_len * batch * g <= GI_WHOLE {
             t_len.max(1)
         } else {
             (GI_BLOCK / (batch * g).max(1)).clamp(1, t_len.max(1))
         };
-        // xs[starts[t]..starts[t + 1]]: the valid rows of step t.
-        let mut starts = Vec::with_capacity(t_len + 1);
-        starts.push(0);
-        for t in 0..t_len {
-            let n = (0..batch).filter(|&b| valid(t, b)).count();
-            starts.push(starts[t] + n);
-        }
         let mut gi = vec![0.0f32; tb * batch * g];
         let mut h: Vec<f32> = match h0 {
             Some(h0) => h0.to_vec(),
@@ -141,31 +151,23 @@ impl Prepared {
         let mut gh = vec![0.0f32; batch * g];
         let mut h_new = vec![0.0f32; hidden];
         let zeros = vec![0.0f32; hidden];
-        let mut active = Vec::with_capacity(batch);
         let threads = crate::cpu::cpu_threads();
         for s in 0..t_len {
             let t = if reverse { t_len - 1 - s } else { s };
             // The block holding step t: steps t0..t0 + tb, projected when first reached.
             let t0 = t / tb * tb;
-            if s == 0
-                || (if reverse {
-                    t + 1 == (t0 + tb).min(t_len)
-                } else {
-                    t == t0
-                })
-            {
+            let first = if reverse {
+                t + 1 == (t0 + tb).min(t_len)
+            } else {
+                t == t0
+            };
+            if first {
                 let t1 = (t0 + tb).min(t_len);
-                let mut ys: Vec<&mut [f32]> = gi
-                    .chunks_mut(g)
-                    .enumerate()
-                    .take((t1 - t0) * batch)
-                    .filter(|(i, _)| valid(t0 + i / batch, i % batch))
-                    .map(|(_, c)| c)
-                    .collect();
-                ih.run_with(&xs[starts[t0]..starts[t1]], q_in, &mut ys);
+                let mut ys = rows_in_order(&mut gi, g, batch, t0..t1, &order);
+                let xs = &input.xs[input.starts[t0]..input.starts[t1]];
+                ih.run_with(xs, input.q, &mut ys);
             }
-            active.clear();
-            active.extend((0..batch).filter(|&b| valid(t, b)));
+            let active = order(t);
             if active.is_empty() {
                 continue;
             }
@@ -174,12 +176,7 @@ impl Prepared {
                     .iter()
                     .map(|&b| &h[b * hidden..(b + 1) * hidden])
                     .collect();
-                let mut ys: Vec<&mut [f32]> = gh
-                    .chunks_mut(g)
-                    .enumerate()
-                    .filter(|(b, _)| valid(t, *b))
-                    .map(|(_, c)| c)
-                    .collect();
+                let mut ys = rows_in_order(&mut gh, g, batch, t..t + 1, &|_| active);
                 hh.run(&hs, self.reduce_range, &mut ys);
             }
             let gi_t = &gi[(t - t0) * batch * g..(t - t0 + 1) * batch * g];
@@ -213,6 +210,40 @@ impl Prepared {
         }
         (out, h)
     }
+}
+
+/// A layer's input: its valid rows in packed order, where each step's start
+/// (`xs[starts[t]..starts[t + 1]]`), and their quantization.
+struct Input<'a> {
+    xs: &'a [&'a [f32]],
+    starts: &'a [usize],
+    q: InputQuant,
+}
+
+/// The rows of `buf` (`(steps.len() * batch, width)`, row `(t - steps.start) * batch + b`)
+/// of the sequences `order(t)` runs at each step, in that order.
+fn rows_in_order<'a, 'o>(
+    buf: &'a mut [f32],
+    width: usize,
+    batch: usize,
+    steps: std::ops::Range<usize>,
+    order: &dyn Fn(usize) -> &'o [usize],
+) -> Vec<&'a mut [f32]> {
+    let t0 = steps.start;
+    let mut slots: Vec<Option<&mut [f32]>> = buf
+        .chunks_mut(width)
+        .take(steps.len() * batch)
+        .map(Some)
+        .collect();
+    let mut rows = Vec::new();
+    for t in steps {
+        for &b in order(t) {
+            if let Some(r) = slots[(t - t0) * batch + b].take() {
+                rows.push(r);
+            }
+        }
+    }
+    rows
 }
 
 /// GRUCell's gates for one row, vectorized where the CPU allows (the CPU kernel's gate pass,

@@ -275,7 +275,7 @@ impl Block<'_> {
         let a = self.a;
         let kb = a.len();
         let mut acc = [[0.0f32; STRIP]; SETS];
-        let w0 = self.row(0, col, width);
+        let w0 = self.row(0, col);
         let mut c0 = [0.0f32; STRIP];
         c0[..width].copy_from_slice(c);
         for j in 0..STRIP {
@@ -287,19 +287,19 @@ impl Block<'_> {
         }
         if SETS == 1 {
             for k in 1..kb {
-                fma_row(&mut acc[0], a[k], self.row(k, col, width));
+                fma_row(&mut acc[0], a[k], self.row(k, col));
             }
         } else {
             let (mut k, mut r) = (1, kb - 1);
             while r > 4 {
                 for u in 0..4 {
-                    fma_row(&mut acc[u % SETS], a[k], self.row(k, col, width));
+                    fma_row(&mut acc[u % SETS], a[k], self.row(k, col));
                     k += 1;
                 }
                 r -= 4;
             }
             while r > 0 {
-                fma_row(&mut acc[0], a[k], self.row(k, col, width));
+                fma_row(&mut acc[0], a[k], self.row(k, col));
                 k += 1;
                 r -= 1;
             }
@@ -316,7 +316,7 @@ impl Block<'_> {
     /// Weights of input `k` (of this block) for the strip starting at column `col` (a multiple
     /// of `STRIP`), zero past the last column.
     #[inline(always)]
-    fn row(&self, k: usize, col: usize, _width: usize) -> &[f32; STRIP] {
+    fn row(&self, k: usize, col: usize) -> &[f32; STRIP] {
         let start = ((col / STRIP) * self.k + self.k0 + k) * STRIP;
         self.strips[start..start + STRIP]
             .try_into()

@@ -10,6 +10,14 @@ pub(crate) struct InputQuant {
     pub zero_point: i32,
 }
 
+impl InputQuant {
+    /// For the fp16 kind, whose inputs are not quantized.
+    pub const UNUSED: Self = Self {
+        scale: 1.0,
+        zero_point: 0,
+    };
+}
+
 /// `quant_utils::ChooseQuantizationParams(min, max, 0, 255, preserve_sparsity=false,
 /// force_scale_power_of_two=false, reduce_range)`.
 pub(crate) fn choose_qparams(min: f32, max: f32, reduce_range: bool) -> InputQuant {

@@ -3,6 +3,7 @@
 
 use crate::config::GruConfig;
 use crate::error::{GruError, Result};
+use crate::params::ParamNames;
 
 /// How an int8 weight's values map to reals: `scale * (q - zero_point)`, for the whole tensor
 /// or per output row (`torch.per_channel_affine` on axis 0).
@@ -49,6 +50,10 @@ impl QuantizedLinear {
         match self {
             Self::Int8 { input, .. } | Self::Float16 { input, .. } => *input,
         }
+    }
+
+    pub fn is_fp16(&self) -> bool {
+        matches!(self, Self::Float16 { .. })
     }
 
     pub fn bias(&self) -> Option<&[f32]> {
@@ -205,6 +210,11 @@ impl QuantizedGruWeights {
             ));
         }
         let kind = self.kind();
+        let first_fp16 = self
+            .layers
+            .first()
+            .and_then(|d| d.first())
+            .is_some_and(|(ih, _)| ih.is_fp16());
         for (k, dirs) in self.layers.iter().enumerate() {
             if dirs.len() != config.num_directions() {
                 return Err(GruError::arg(
@@ -217,19 +227,14 @@ impl QuantizedGruWeights {
                 ));
             }
             for (d, (ih, hh)) in dirs.iter().enumerate() {
-                let sfx = if d == 1 { "_reverse" } else { "" };
+                let names = ParamNames::gru(k, d);
                 for (name, lin, input) in [
-                    (
-                        format!("weight_ih_l{k}{sfx}"),
-                        ih,
-                        config.layer_input_size(k),
-                    ),
-                    (format!("weight_hh_l{k}{sfx}"), hh, h),
+                    (names.w_ih, ih, config.layer_input_size(k)),
+                    (names.w_hh, hh, h),
                 ] {
                     lin.check(&name, g, input)?;
-                    if lin.kind() != kind
-                        && !(lin.kind().starts_with("qint8") && kind.starts_with("qint8"))
-                    {
+                    // int8 schemes may differ between linears; int8 and fp16 may not mix.
+                    if lin.is_fp16() != first_fp16 {
                         return Err(GruError::arg(
                             &name,
                             format!("is {}, layer 0 is {kind}", lin.kind()),

@@ -142,13 +142,14 @@ impl WeightFile {
         self.container.state_dict_of(name)
     }
 
-    /// When the file holds quantized weights (a model after `torch.ao.quantization`, whose
-    /// quantized tensors and packed parameters are not listed among its tensors): what marks
-    /// them, and why they are not read.
+    /// The dynamically quantized RNN cells and packed linears read from the file.
     pub(crate) fn packed_rnns(&self) -> &PackedRnns {
         self.container.packed_rnns()
     }
 
+    /// When the file holds quantized weights (a model after `torch.ao.quantization`): what marks
+    /// them. Dynamically quantized GRUs and GRUCells are read (`packed_rnns`); the note says
+    /// why a module that is not found was not read.
     pub fn quantized_note(&self) -> Option<String> {
         self.container.quantized_note()
     }

@@ -260,32 +260,7 @@ impl WeightFile {
             }
             tensors.insert(key.clone(), converted);
         }
-        let prefix_dot = if info.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}.", info.prefix)
-        };
-        // The stored tensors a computed weight (weight norm, spectral norm) was made from are
-        // used too.
-        let sources: HashSet<&str> = info.keys.iter().flat_map(|k| self.sources_of(k)).collect();
-        let keys: HashSet<&str> = info.keys.iter().map(String::as_str).collect();
-        let unused_under_prefix: Vec<String> = self
-            .tensors()
-            .iter()
-            .filter(|t| t.name.starts_with(&prefix_dot) && !keys.contains(t.name.as_str()))
-            .filter(|t| !sources.contains(t.name.as_str()))
-            .filter(|t| info.prefix.is_empty() || !t.name[prefix_dot.len()..].contains('.'))
-            .map(|t| t.name.clone())
-            .collect();
-        let unused: HashSet<&str> = unused_under_prefix.iter().map(String::as_str).collect();
-        // Stored tensors only: a computed weight elsewhere is not counted beside its sources.
-        let other_tensors = self
-            .tensors()
-            .iter()
-            .map(|t| t.name.as_str())
-            .filter(|n| !keys.contains(n) && !sources.contains(n) && !unused.contains(n))
-            .filter(|n| self.computed_from(n).is_none() && self.shared_with(n).is_none())
-            .count();
+        let (unused_under_prefix, other_tensors) = self.usage(info);
         let report = LoadReport {
             prefix: info.prefix.clone(),
             kind: info.kind,
@@ -367,15 +342,40 @@ impl WeightFile {
         Ok(())
     }
 
-    fn quantized_report(&self, info: &GruInfo, kind: &str) -> LoadReport {
-        let under = format!("{}.", info.prefix);
-        let applied: std::collections::HashSet<&String> = info.keys.iter().collect();
-        let unused_under_prefix = self
+    /// What a load of `info` leaves: the tensors directly under its prefix it does not use,
+    /// and how many stored tensors belong elsewhere.
+    fn usage(&self, info: &GruInfo) -> (Vec<String>, usize) {
+        let prefix_dot = if info.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", info.prefix)
+        };
+        // The stored tensors a computed weight (weight norm, spectral norm) was made from are
+        // used too.
+        let sources: HashSet<&str> = info.keys.iter().flat_map(|k| self.sources_of(k)).collect();
+        let keys: HashSet<&str> = info.keys.iter().map(String::as_str).collect();
+        let unused_under_prefix: Vec<String> = self
             .tensors()
             .iter()
-            .filter(|t| t.name.starts_with(&under) && !applied.contains(&t.name))
+            .filter(|t| t.name.starts_with(&prefix_dot) && !keys.contains(t.name.as_str()))
+            .filter(|t| !sources.contains(t.name.as_str()))
+            .filter(|t| info.prefix.is_empty() || !t.name[prefix_dot.len()..].contains('.'))
             .map(|t| t.name.clone())
             .collect();
+        let unused: HashSet<&str> = unused_under_prefix.iter().map(String::as_str).collect();
+        // Stored tensors only: a computed weight elsewhere is not counted beside its sources.
+        let other_tensors = self
+            .tensors()
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|n| !keys.contains(n) && !sources.contains(n) && !unused.contains(n))
+            .filter(|n| self.computed_from(n).is_none() && self.shared_with(n).is_none())
+            .count();
+        (unused_under_prefix, other_tensors)
+    }
+
+    fn quantized_report(&self, info: &GruInfo, kind: &str) -> LoadReport {
+        let (unused_under_prefix, other_tensors) = self.usage(info);
         LoadReport {
             prefix: info.prefix.clone(),
             kind: info.kind,
@@ -384,7 +384,7 @@ impl WeightFile {
             dtype: DType::F32,
             applied: info.keys.clone(),
             unused_under_prefix,
-            other_tensors: self.tensors().len().saturating_sub(info.keys.len()),
+            other_tensors,
             quantized: Some(kind.to_string()),
         }
     }

@@ -13,7 +13,7 @@ use gru_core::{GruConfig, QuantizedGruWeights, QuantizedLinear, WeightScheme};
 
 use crate::error::{Result, WeightsError};
 use crate::file::WeightFile;
-use crate::formats::container::TensorInfo;
+use crate::formats::container::{join, TensorInfo};
 use crate::model::discover::{GruInfo, ModuleKind};
 use crate::pickle::quantized::{PackedRnns, QuantizedCell, QuantizedLinearRef, RnnAttrs, Scheme};
 
@@ -29,14 +29,6 @@ fn split_cell_path(path: &str) -> Option<(&str, usize)> {
         p => p.strip_suffix('.')?,
     };
     Some((prefix, k))
-}
-
-fn join(a: &str, b: &str) -> String {
-    if a.is_empty() {
-        b.to_string()
-    } else {
-        format!("{a}.{b}")
-    }
 }
 
 /// Whether `name` is one of the tensors listed for a quantized cell (the float discovery skips
@@ -128,30 +120,16 @@ pub(crate) fn discover_quantized_cells(
             }
             let mut keys = Vec::new();
             for l in [ih, hh] {
-                keys.push(join(&l.path, "weight"));
-                if l.bias {
-                    keys.push(join(&l.path, "bias"));
-                }
-                if matches!(l.scheme, Scheme::PerChannel { .. }) {
-                    keys.push(join(&l.path, "weight.scales"));
-                    keys.push(join(&l.path, "weight.zero_points"));
-                }
+                linear_keys(
+                    &mut keys,
+                    &l.path,
+                    "weight",
+                    l.bias.then_some("bias"),
+                    &l.scheme,
+                );
             }
-            let per_channel = [ih, hh]
-                .iter()
-                .any(|l| matches!(l.scheme, Scheme::PerChannel { .. }));
-            let kind = if fp16 {
-                "float16".to_string()
-            } else {
-                format!(
-                    "qint8 {}, reduce_range",
-                    if per_channel {
-                        "per-channel"
-                    } else {
-                        "per-tensor"
-                    }
-                )
-            };
+            // PyTorch's quantized GRUCell always quantizes its inputs to 7 bits.
+            let kind = kind_label(fp16, [&ih.scheme, &hh.scheme], true);
             Ok(GruInfo {
                 prefix: prefix.to_string(),
                 state_dict: String::new(),
@@ -169,6 +147,38 @@ pub(crate) fn discover_quantized_cells(
         }
     }
     (found, rejected)
+}
+
+/// The listed names of one packed linear under `path`: its weight, bias and per-channel
+/// parameters.
+fn linear_keys(keys: &mut Vec<String>, path: &str, weight: &str, bias: Option<&str>, s: &Scheme) {
+    keys.push(join(path, weight));
+    if let Some(b) = bias {
+        keys.push(join(path, b));
+    }
+    if matches!(s, Scheme::PerChannel { .. }) {
+        keys.push(join(path, &format!("{weight}.scales")));
+        keys.push(join(path, &format!("{weight}.zero_points")));
+    }
+}
+
+/// `float16`, or `qint8 per-tensor|per-channel[, reduce_range]`, as `gru inspect` shows it.
+fn kind_label<'a>(fp16: bool, schemes: impl IntoIterator<Item = &'a Scheme>, rr: bool) -> String {
+    if fp16 {
+        return "float16".to_string();
+    }
+    let per_channel = schemes
+        .into_iter()
+        .any(|s| matches!(s, Scheme::PerChannel { .. }));
+    format!(
+        "qint8 {}{}",
+        if per_channel {
+            "per-channel"
+        } else {
+            "per-tensor"
+        },
+        if rr { ", reduce_range" } else { "" }
+    )
 }
 
 /// `prefix` of `{prefix}.{name}` (or `""` for `name` itself).
@@ -292,39 +302,14 @@ fn infer<'a>(
     config.validate().map_err(|e| bad(e.to_string()))?;
     let mut keys = Vec::new();
     for c in cells.values() {
-        for w in ["ih", "hh"] {
-            keys.push(join(&c.path, &format!("weight_{w}")));
-            if bias {
-                keys.push(join(&c.path, &format!("bias_{w}")));
-            }
-        }
-        for (w, s) in [("ih", &c.ih), ("hh", &c.hh)] {
-            if matches!(s, Scheme::PerChannel { .. }) {
-                keys.push(join(&c.path, &format!("weight_{w}.scales")));
-                keys.push(join(&c.path, &format!("weight_{w}.zero_points")));
-            }
+        for (w, scheme) in [("ih", &c.ih), ("hh", &c.hh)] {
+            let bias_name = format!("bias_{w}");
+            let b = bias.then_some(bias_name.as_str());
+            linear_keys(&mut keys, &c.path, &format!("weight_{w}"), b, scheme);
         }
     }
-    let per_channel = cells.values().any(|c| {
-        matches!(c.ih, Scheme::PerChannel { .. }) || matches!(c.hh, Scheme::PerChannel { .. })
-    });
-    let kind = if first.fp16 {
-        "float16".to_string()
-    } else {
-        format!(
-            "qint8 {}{}",
-            if per_channel {
-                "per-channel"
-            } else {
-                "per-tensor"
-            },
-            if first.reduce_range {
-                ", reduce_range"
-            } else {
-                ""
-            }
-        )
-    };
+    let schemes = cells.values().flat_map(|c| [&c.ih, &c.hh]);
+    let kind = kind_label(first.fp16, schemes, first.reduce_range);
     let num_parameters = (0..config.num_layers)
         .map(|k| {
             config.num_directions()

@@ -101,6 +101,12 @@ pub(crate) enum Packed {
     Linear(Box<PackedLinear>),
 }
 
+/// Whether `id` is a `CellParamsBase` or a `LinearPackedParamsBase` (not parsed: `packed`
+/// parses it, and says what is wrong with it).
+pub(crate) fn is_packed(p: &Pickle, id: Id) -> bool {
+    script_state(p, id, CELL).is_some() || script_state(p, id, LINEAR).is_some()
+}
+
 /// `Ok(Some(..))` when `id` is a `CellParamsBase` or a `LinearPackedParamsBase`, `Err` when it
 /// is one that is malformed. Boxed: the recursive walk that finds it keeps its frames small.
 pub(crate) fn packed(p: &Pickle, id: Id) -> Result<Option<Packed>, String> {

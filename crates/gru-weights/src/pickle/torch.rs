@@ -257,7 +257,7 @@ impl<'a> Walk<'a> {
                 entries.extend(
                     attrs
                         .iter()
-                        .filter(|(_, v)| matches!(quantized::packed(p, *v), Ok(Some(_))))
+                        .filter(|(_, v)| quantized::is_packed(p, *v))
                         .cloned(),
                 );
                 for part in parts {

@@ -77,9 +77,10 @@ pub(crate) struct Checkpoint {
 /// Why a quantized model is not read, for messages.
 pub(crate) fn quantized_hint(what: &str) -> String {
     format!(
-        "it holds {what}: a model quantized with torch.ao.quantization (quantize_dynamic, \
-         convert) runs PyTorch's int8 kernels, which candle-gru does not reproduce; save the \
-         float model's state_dict (before quantizing) instead"
+        "it holds {what}: a model quantized with torch.ao.quantization; candle-gru runs GRUs \
+         and GRUCells after quantize_dynamic (int8, float16), not other quantized modules \
+         (LSTMs, statically quantized models with quantized activations): for those, save the \
+         float model's state_dict (before quantizing)"
     )
 }
 
