@@ -77,6 +77,10 @@ CASES = [
     # 7 sequences of unsorted lengths: fbgemm's fp16 kernel for a row depends on its position
     # in the packed (longest-first) order, which a batch of 4 does not show.
     ("fp16_varlen_b7", (5, 24, 2, False, False), torch.float16, False, "state_dict", (12, 7), False, True),
+    # Large enough (12 x 3 x 72^2 multiply-adds a step, 24 steps) that on two threads or more a
+    # team splits each direction's units (gru-core's quantized/team.rs); 72 units split off a
+    # block boundary.
+    ("int8_team_varlen", (16, 72, 2, False, False), torch.qint8, True, "state_dict", (24, 12), True, True),
 ]
 
 

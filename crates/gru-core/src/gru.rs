@@ -311,14 +311,16 @@ impl Gru {
             .map(|h| h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
             .transpose()?;
         let run = || q.forward(&xs, (t_len, batch), h0.as_deref(), plan);
-        // A unidirectional stack whose per-step products are split across threads forks and
+        // A unidirectional fp16 stack whose per-step products are split across threads forks and
         // joins the pool several times per step: from inside the pool that is cheap, from
         // outside each fork wakes a worker (large config, Zen 3, 2 threads: 451 -> 399 ms). A
         // bidirectional layer already runs its directions on the two threads (wrapped: medium
         // 59 -> 77 ms), and a small model pays the one hand-off per call (streaming 16/32: 0.4
-        // -> 7 ms for 200 frames): those run from here.
+        // -> 7 ms for 200 frames), and the int8 kind runs its steps in teams of its own threads:
+        // those run from here.
         let step_work = batch * 3 * cfg.hidden_size * cfg.hidden_size;
         let (out, h_n) = if cfg.bidirectional
+            || !q.steps_use_pool()
             || crate::cpu::cpu_threads() == 1
             || step_work < crate::quantized::PAR_STEP_WORK
         {

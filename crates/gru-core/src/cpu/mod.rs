@@ -21,7 +21,7 @@ mod gemm;
 mod microkernel;
 mod panels;
 pub(crate) mod simd;
-mod team;
+pub(crate) mod team;
 mod time_loop;
 
 pub(crate) use gates::gate_update;

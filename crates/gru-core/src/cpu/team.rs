@@ -151,7 +151,7 @@ impl<T> SharedMut<T> {
 /// (a wake-up through the OS costs more than a step of a small GRU), then yields so that an
 /// oversubscribed machine still makes progress. A member that panics poisons it, and the others
 /// panic instead of waiting forever.
-pub(super) struct SpinBarrier {
+pub(crate) struct SpinBarrier {
     n: usize,
     count: std::sync::atomic::AtomicUsize,
     generation: std::sync::atomic::AtomicUsize,

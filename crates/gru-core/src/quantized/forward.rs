@@ -8,8 +8,11 @@
 use rayon::prelude::*;
 
 use super::dynamic::Linear;
-use super::input::InputQuant;
+use super::gates::gates;
+use super::input::{quantize_row, InputQuant};
+use super::team::{self, LayerOut, QuantizedRows};
 use super::weights::QuantizedGruWeights;
+use crate::cpu::team::SharedMut;
 use crate::packing::LengthPlan;
 
 /// Floats of input projections (32 MB) up to which a whole sequence's are computed in one call
@@ -47,6 +50,12 @@ impl Prepared {
         }
     }
 
+    /// Whether the steps fork and join the thread pool (the fp16 kind's products split by
+    /// columns per step); the int8 kind's steps run in teams of their own threads.
+    pub fn steps_use_pool(&self) -> bool {
+        self.layers.iter().flatten().any(|(ih, _)| ih.is_fp16())
+    }
+
     /// `x` `(T, B, I)` time-major, `h0` `(L * D, B, H)` (zeros when `None`). Returns `output`
     /// `(T, B, D * H)` (zero past each length) and `h_n` `(L * D, B, H)`.
     pub fn forward(
@@ -60,7 +69,8 @@ impl Prepared {
         let n_dirs = self.layers.first().map_or(1, Vec::len);
         let bh = batch * hidden;
         let mut h_n = vec![0.0f32; self.layers.len() * n_dirs * bh];
-        let mut input: Vec<f32> = x.to_vec();
+        // The output of the layer below (the model's input for the first).
+        let mut below: Vec<f32> = Vec::new();
         let width = n_dirs * hidden;
         // Rows in PyTorch's packed order: time-major, and within a step the running sequences
         // longest first (`plan.perm[..plan.active[t]]`). The int8 products do not depend on a
@@ -73,6 +83,7 @@ impl Prepared {
             starts.push(starts[t] + plan.active[t]);
         }
         for (k, dirs) in self.layers.iter().enumerate() {
+            let input: &[f32] = if k == 0 { x } else { &below };
             let in_k = input.len() / (t_len * batch).max(1);
             let xs: Vec<&[f32]> = (0..t_len)
                 .flat_map(|t| order(t).iter().map(move |&b| (t, b)))
@@ -84,34 +95,70 @@ impl Prepared {
                 Some((ih, _)) if !ih.is_fp16() => Linear::input_quant(&xs, self.reduce_range),
                 _ => InputQuant::UNUSED,
             };
-            let run = |d: usize| -> (Vec<f32>, Vec<f32>) {
+            // The int8 kind: the layer's input quantized once, each direction's steps run by a
+            // team of threads (or one), both directions at once when there are threads for both.
+            let threads = crate::cpu::cpu_threads();
+            let per_dir = if n_dirs == 2 { threads / 2 } else { threads }.max(1);
+            let quantized = match dirs.first() {
+                Some((Linear::Int8(ih), _)) => Some(quantize_rows(&xs, ih.k_padded(), q_in)),
+                _ => None,
+            };
+            let mut out = vec![0.0f32; t_len * batch * width];
+            let out_ptr = SharedMut(out.as_mut_ptr());
+            // Each direction's output, unless written into `out` already, and last state.
+            let run = |d: usize| -> (Option<Vec<f32>>, Vec<f32>) {
                 let (ih, hh) = &dirs[d];
                 let h0 = h0.map(|h0| &h0[(k * n_dirs + d) * bh..][..bh]);
+                if let (Linear::Int8(ih), Linear::Int8(hh), Some((qa, sums))) = (ih, hh, &quantized)
+                {
+                    let rows = QuantizedRows {
+                        qa,
+                        sums,
+                        starts: &starts,
+                        q: q_in,
+                    };
+                    let dir = team::Direction {
+                        ih,
+                        hh,
+                        hidden,
+                        reduce_range: self.reduce_range,
+                        reverse: d == 1,
+                    };
+                    let members = team::members(hidden, batch, t_len, per_dir);
+                    let out = LayerOut {
+                        ptr: out_ptr,
+                        width,
+                        offset: d * hidden,
+                    };
+                    return (None, dir.run(&rows, h0, (t_len, batch), plan, members, out));
+                }
                 let input = Input {
                     xs: &xs,
                     starts: &starts,
                     q: q_in,
                 };
-                self.direction(ih, hh, &input, h0, (t_len, batch), d == 1, plan)
+                let (o, h) = self.direction(ih, hh, &input, h0, (t_len, batch), d == 1, plan);
+                (Some(o), h)
             };
-            let results = if n_dirs == 2 && crate::cpu::cpu_threads() > 1 {
+            let results = if n_dirs == 2 && threads > 1 {
                 let (f, b) = rayon::join(|| run(0), || run(1));
                 vec![f, b]
             } else {
                 (0..n_dirs).map(run).collect()
             };
             // Directions side by side in each row of the layer's output, as PyTorch lays them.
-            let mut out = vec![0.0f32; t_len * batch * width];
             for (d, (o, h)) in results.into_iter().enumerate() {
-                for (dst, src) in out.chunks_mut(width).zip(o.chunks(hidden)) {
-                    dst[d * hidden..(d + 1) * hidden].copy_from_slice(src);
+                if let Some(o) = o {
+                    for (dst, src) in out.chunks_mut(width).zip(o.chunks(hidden)) {
+                        dst[d * hidden..(d + 1) * hidden].copy_from_slice(src);
+                    }
                 }
                 let slot = k * n_dirs + d;
                 h_n[slot * bh..(slot + 1) * bh].copy_from_slice(&h);
             }
-            input = out;
+            below = out;
         }
-        (input, h_n)
+        (below, h_n)
     }
 }
 
@@ -189,6 +236,8 @@ impl Prepared {
                         gates(
                             &gi_t[b * g..][..g],
                             &gh[b * g..][..g],
+                            hidden,
+                            0..hidden,
                             &zeros,
                             hr,
                             h_new,
@@ -246,53 +295,31 @@ fn rows_in_order<'a, 'o>(
     rows
 }
 
-/// GRUCell's gates for one row, vectorized where the CPU allows (the CPU kernel's gate pass,
-/// with `b_hn` zero: it is inside `gh` here).
-fn gates(gi: &[f32], gh: &[f32], zeros: &[f32], h: &[f32], h_out: &mut [f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::features::avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            unsafe { gates_avx2(gi, gh, zeros, h, h_out, out) };
-            return;
+/// Quantizes every row of `xs` as `q` (in `kp`-byte rows, zero past each row's length), and
+/// returns them with their sums; rows split across the CPU's threads.
+fn quantize_rows(xs: &[&[f32]], kp: usize, q: InputQuant) -> (Vec<u8>, Vec<i32>) {
+    use rayon::prelude::*;
+    const ROWS_PER_TASK: usize = 256;
+    let inv = 1.0 / q.scale;
+    let mut qa = vec![0u8; xs.len() * kp];
+    let mut sums = vec![0i32; xs.len()];
+    type Part<'a, 'b> = ((&'a [&'b [f32]], &'a mut [u8]), &'a mut [i32]);
+    let run = |((xs, qa), sums): Part<'_, '_>| {
+        for ((x, dst), sum) in xs.iter().zip(qa.chunks_mut(kp)).zip(sums) {
+            *sum = quantize_row(x, inv, q.zero_point, dst);
         }
+    };
+    const N: usize = ROWS_PER_TASK;
+    if xs.len() > N && crate::cpu::cpu_threads() > 1 {
+        xs.par_chunks(N)
+            .zip(qa.par_chunks_mut(N * kp))
+            .zip(sums.par_chunks_mut(N))
+            .for_each(run);
+    } else {
+        xs.chunks(N)
+            .zip(qa.chunks_mut(N * kp))
+            .zip(sums.chunks_mut(N))
+            .for_each(run);
     }
-    gates_any::<false>(gi, gh, zeros, h, h_out, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gates_avx2(
-    gi: &[f32],
-    gh: &[f32],
-    zeros: &[f32],
-    h: &[f32],
-    h_out: &mut [f32],
-    out: &mut [f32],
-) {
-    gates_any::<true>(gi, gh, zeros, h, h_out, out);
-}
-
-#[inline(always)]
-fn gates_any<const FMA: bool>(
-    gi: &[f32],
-    gh: &[f32],
-    zeros: &[f32],
-    h: &[f32],
-    h_out: &mut [f32],
-    out: &mut [f32],
-) {
-    let hs = h.len();
-    crate::cpu::gate_update::<f32, FMA>(
-        &gi[..hs],
-        &gi[hs..2 * hs],
-        &gi[2 * hs..3 * hs],
-        &gh[..hs],
-        &gh[hs..2 * hs],
-        &gh[2 * hs..3 * hs],
-        zeros,
-        h,
-        h_out,
-        out,
-    );
+    (qa, sums)
 }

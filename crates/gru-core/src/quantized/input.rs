@@ -91,7 +91,7 @@ pub(crate) fn min_max<'a>(rows: impl Iterator<Item = &'a [f32]>) -> (f32, f32) {
 }
 
 /// Min and max of one row (NaN ignored), in 8 lanes the compiler vectorizes.
-fn row_min_max(r: &[f32]) -> (f32, f32) {
+pub(crate) fn row_min_max(r: &[f32]) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     {
         if super::features::avx2_fma() {

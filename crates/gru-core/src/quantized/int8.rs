@@ -17,8 +17,41 @@ use super::weights::WeightScheme;
 const PAR_WORK: usize = 1 << 20;
 
 /// Output columns per block and inputs per group.
-const NC: usize = 8;
+pub(crate) const NC: usize = 8;
 const KG: usize = 4;
+
+/// Where a call writes its output rows: row `i`'s slice starts at the first column of the call's
+/// first block.
+pub(crate) trait RowsOut {
+    fn rows(&self) -> usize;
+    fn row(&mut self, i: usize) -> &mut [f32];
+}
+
+impl RowsOut for [&mut [f32]] {
+    fn rows(&self) -> usize {
+        self.len()
+    }
+    fn row(&mut self, i: usize) -> &mut [f32] {
+        &mut *self[i]
+    }
+}
+
+/// `rows` rows of one buffer, `stride` apart, each from column `offset`.
+pub(crate) struct Strided<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl RowsOut for Strided<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn row(&mut self, i: usize) -> &mut [f32] {
+        &mut self.data[i * self.stride + self.offset..(i + 1) * self.stride]
+    }
+}
 
 /// One int8 linear, packed.
 #[derive(Debug, Clone)]
@@ -108,13 +141,19 @@ impl PackedInt8 {
         });
     }
 
-    /// Column blocks `blocks` of every row; `y`'s rows start at column `blocks.start * NC`.
-    fn run_blocks(
+    /// The column blocks that hold columns `cols`.
+    pub fn blocks_of(cols: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        cols.start / NC..cols.end.div_ceil(NC)
+    }
+
+    /// Column blocks `blocks` of every row, on this thread; `y`'s rows start at column
+    /// `blocks.start * NC`.
+    pub fn run_blocks<Y: RowsOut + ?Sized>(
         &self,
         qa: &[u8],
         row_sums: &[i32],
         q: InputQuant,
-        y: &mut [&mut [f32]],
+        y: &mut Y,
         blocks: std::ops::Range<usize>,
     ) {
         #[cfg(target_arch = "x86_64")]
@@ -130,18 +169,19 @@ impl PackedInt8 {
 
     /// The same sums and epilogue as plain loops (and the reference the SIMD path is tested
     /// against).
-    fn run_portable(
+    fn run_portable<Y: RowsOut + ?Sized>(
         &self,
         qa: &[u8],
         row_sums: &[i32],
         q: InputQuant,
-        y: &mut [&mut [f32]],
+        y: &mut Y,
         blocks: std::ops::Range<usize>,
     ) {
         let groups = self.kp / KG;
         let base = blocks.start * NC;
         let end = (blocks.end * NC).min(self.n);
-        for (i, yr) in y.iter_mut().enumerate() {
+        for i in 0..y.rows() {
+            let yr = y.row(i);
             let a = &qa[i * self.kp..(i + 1) * self.kp];
             for (j, yj) in (base..end).zip(yr.iter_mut()) {
                 let (blk, c) = (j / NC, j % NC);
@@ -177,7 +217,7 @@ impl PackedInt8 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{InputQuant, PackedInt8, KG, NC};
+    use super::{InputQuant, PackedInt8, RowsOut, KG, NC};
 
     /// Rows per tile.
     const MR: usize = 4;
@@ -189,15 +229,15 @@ mod avx2 {
     /// # Safety
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn run(
+    pub(super) unsafe fn run<Y: RowsOut + ?Sized>(
         p: &PackedInt8,
         qa: &[u8],
         row_sums: &[i32],
         q: InputQuant,
-        y: &mut [&mut [f32]],
+        y: &mut Y,
         blocks: std::ops::Range<usize>,
     ) {
-        let rows = y.len();
+        let rows = y.rows();
         let groups = p.kp / KG;
         let nblocks = p.data.len() / (groups * NC * KG).max(1);
         assert!(qa.len() >= rows * p.kp && row_sums.len() >= rows && blocks.end <= nblocks);
@@ -218,14 +258,14 @@ mod avx2 {
                     // nblocks).
                     unsafe {
                         match (mr, nb) {
-                            (4, 2) => tile::<4, 2>(p, qa, row_sums, q, y, i0, b0, base),
-                            (3, 2) => tile::<3, 2>(p, qa, row_sums, q, y, i0, b0, base),
-                            (2, 2) => tile::<2, 2>(p, qa, row_sums, q, y, i0, b0, base),
-                            (1, 2) => tile::<1, 2>(p, qa, row_sums, q, y, i0, b0, base),
-                            (4, _) => tile::<4, 1>(p, qa, row_sums, q, y, i0, b0, base),
-                            (3, _) => tile::<3, 1>(p, qa, row_sums, q, y, i0, b0, base),
-                            (2, _) => tile::<2, 1>(p, qa, row_sums, q, y, i0, b0, base),
-                            _ => tile::<1, 1>(p, qa, row_sums, q, y, i0, b0, base),
+                            (4, 2) => tile::<4, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                            (3, 2) => tile::<3, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                            (2, 2) => tile::<2, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                            (1, 2) => tile::<1, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                            (4, _) => tile::<4, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                            (3, _) => tile::<3, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                            (2, _) => tile::<2, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                            _ => tile::<1, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
                         }
                     }
                     i0 += mr;
@@ -242,12 +282,12 @@ mod avx2 {
     /// AVX2 and FMA; the rows and blocks exist.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn tile<const R: usize, const B: usize>(
+    unsafe fn tile<const R: usize, const B: usize, Y: RowsOut + ?Sized>(
         p: &PackedInt8,
         qa: &[u8],
         row_sums: &[i32],
         q: InputQuant,
-        y: &mut [&mut [f32]],
+        y: &mut Y,
         i0: usize,
         b0: usize,
         base: usize,
@@ -295,7 +335,7 @@ mod avx2 {
                         }
                         None => _mm256_mul_ps(rawf, mult),
                     };
-                    let yr = &mut *y[i];
+                    let yr = y.row(i);
                     let y0 = j0 - base * NC;
                     if j0 + NC <= p.n {
                         _mm256_storeu_ps(yr[y0..y0 + NC].as_mut_ptr(), out);
@@ -366,7 +406,7 @@ mod tests {
                     &qa,
                     &sums,
                     q,
-                    &mut bb.iter_mut().map(|r| &mut r[..]).collect::<Vec<_>>(),
+                    &mut bb.iter_mut().map(|r| &mut r[..]).collect::<Vec<_>>()[..],
                     0..n.div_ceil(NC),
                 );
                 let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> {
@@ -405,7 +445,7 @@ mod speed {
         let t0 = std::time::Instant::now();
         for _ in 0..reps {
             let mut ys: Vec<&mut [f32]> = y.iter_mut().map(|r| &mut r[..]).collect();
-            p.run_blocks(&qa, &sums, q, &mut ys, 0..n / NC);
+            p.run_blocks(&qa, &sums, q, &mut ys[..], 0..n / NC);
         }
         let s = t0.elapsed().as_secs_f64();
         let macs = (rows * n * k * reps) as f64;

@@ -14,8 +14,10 @@ pub(crate) mod dynamic;
 mod features;
 pub(crate) mod forward;
 mod fp16;
+mod gates;
 mod input;
 mod int8;
+mod team;
 mod weights;
 
 pub use weights::{QuantizedGruWeights, QuantizedLinear, WeightScheme};
