@@ -58,8 +58,27 @@ pub(crate) fn gate_update<T: Real, const FMA: bool>(
     out: &mut [T],
 ) {
     let w = h.len();
-    for u in (0..w).step_by(NR) {
-        let e = (u + NR).min(w);
+    // Whole chunks of `NR` units with their length known to the compiler (no `memcpy` calls
+    // for the copies, no remainder loops), then the rest.
+    let whole = w / NR * NR;
+    for u in (0..whole).step_by(NR) {
+        let at = |v: &[T]| -> [T; NR] { v[u..u + NR].try_into().expect("NR values") };
+        let (mut r, mut z) = (at(gh_r), at(gh_z));
+        sigmoid_gates::<T, FMA>(&gi_r[u..u + NR], &mut r);
+        sigmoid_gates::<T, FMA>(&gi_z[u..u + NR], &mut z);
+        candidate_update::<T, FMA>(
+            &r,
+            &z,
+            &gi_n[u..u + NR],
+            &gh_n[u..u + NR],
+            &b_hn[u..u + NR],
+            &h[u..u + NR],
+            &mut h_out[u..u + NR],
+            &mut out[u..u + NR],
+        );
+    }
+    if whole < w {
+        let (u, e) = (whole, w);
         let (mut r, mut z) = ([T::zero(); NR], [T::zero(); NR]);
         let (r, z) = (&mut r[..e - u], &mut z[..e - u]);
         r.copy_from_slice(&gh_r[u..e]);

@@ -58,3 +58,31 @@ fn gates_any<const FMA: bool>(
         gi[0], gi[1], gi[2], gh[0], gh[1], gh[2], zeros, h, h_out, out,
     );
 }
+
+#[cfg(test)]
+mod speed {
+    /// `cargo test --release -p gru-core --lib gates::speed -- --ignored --nocapture`: ns per
+    /// unit of the gate pass (a yardstick, not a check).
+    #[test]
+    #[ignore]
+    fn gate_rate() {
+        let hidden = 256;
+        let gi: Vec<f32> = (0..3 * hidden)
+            .map(|i| (i % 17) as f32 * 0.1 - 0.8)
+            .collect();
+        let gh: Vec<f32> = (0..3 * hidden)
+            .map(|i| (i % 13) as f32 * 0.1 - 0.6)
+            .collect();
+        let zeros = vec![0.0f32; hidden];
+        let mut h = vec![0.1f32; hidden];
+        let (mut h2, mut o) = (vec![0.0f32; hidden], vec![0.0f32; hidden]);
+        let reps = 200_000;
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            super::gates(&gi, &gh, hidden, 0..hidden, &zeros, &h, &mut h2, &mut o);
+            std::mem::swap(&mut h, &mut h2);
+        }
+        let ns = t0.elapsed().as_secs_f64() * 1e9 / (reps * hidden) as f64;
+        println!("{ns:.2} ns per unit ({})", h[0]);
+    }
+}

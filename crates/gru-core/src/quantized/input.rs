@@ -110,7 +110,10 @@ pub(crate) fn row_min_max(r: &[f32]) -> (f32, f32) {
 unsafe fn row_min_max_avx2(r: &[f32]) -> (f32, f32) {
     use std::arch::x86_64::*;
     let mut chunks = r.chunks_exact(8);
-    let (mut lo, mut hi) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
+    let (mut lo, mut hi) = (
+        _mm256_set1_ps(f32::INFINITY),
+        _mm256_set1_ps(f32::NEG_INFINITY),
+    );
     for c in &mut chunks {
         // SAFETY: `c` holds 8 floats.
         let x = unsafe { _mm256_loadu_ps(c.as_ptr()) };
@@ -260,7 +263,9 @@ mod tests {
         let vals = [0.5, -0.0, 0.0, f32::NAN, -3.25, 7.0, f32::INFINITY, -1e-30];
         for len in 0..40 {
             for shift in 0..vals.len() {
-                let r: Vec<f32> = (0..len).map(|i| vals[(i * 5 + shift) % vals.len()]).collect();
+                let r: Vec<f32> = (0..len)
+                    .map(|i| vals[(i * 5 + shift) % vals.len()])
+                    .collect();
                 let bits = |(l, h): (f32, f32)| (l.to_bits(), h.to_bits());
                 assert_eq!(bits(row_min_max(&r)), bits(row_min_max_any(&r)), "{r:?}");
             }
