@@ -29,5 +29,7 @@ for level in scalar baseline; do
   GRU_CPU_LEVEL=$level cargo test --release --target "$TARGET" --test cpu_levels -- \
     level_child_runs_the_cases_and_the_sweep --exact --ignored
 done
-# Quantized GRUs: the portable int8 and fp16 paths against PyTorch's (x86) numbers.
+# Quantized GRUs against PyTorch's (x86) numbers: the int8 dot-product tiles (`sdot`: qemu's CPU
+# has them) and the NEON fp16 loop, then the portable loops.
 cargo test --release --target "$TARGET" --test quantized
+GRU_CPU_LEVEL=scalar cargo test --release --target "$TARGET" --test quantized

@@ -13,8 +13,10 @@ Checks (x86-64):
     FMAs, AVX2 ymm FMAs (and no zmm), SSE2 xmm multiplies and adds (no AVX, no FMA); none calls
     anything but the panics of failed bounds checks (its tile, register rows and intrinsics
     must be inlined whole);
-  - the gate pass of a step (`time_loop::advance`) is vectorized at each level's width.
-Checks (aarch64): the NEON entries hold `fmla v.4s` (f32) and `fmla v.2d` (f64).
+  - the gate pass of a step (`time_loop::advance`) is vectorized at each level's width;
+  - the quantized int8 tiles hold `vpmaddubsw ymm`, the min/max of their inputs `vminps ymm`.
+Checks (aarch64): the NEON entries hold `fmla v.4s` (f32) and `fmla v.2d` (f64), the quantized
+int8 tiles `sdot v.4s`.
 Exits 1 with one line per failure.
 """
 import argparse
@@ -85,6 +87,9 @@ def check_x86(funcs: dict) -> list:
         # The gate pass (sigmoid, tanh: a polynomial exp) of one step, in each level's build.
         ("gru_core::cpu::time_loop::advance::avx512", r"vfmadd\d+ps\s.*zmm", None),
         ("gru_core::cpu::time_loop::advance::avx2", r"vfmadd\d+ps\s.*ymm", r"zmm"),
+        # The quantized int8 tiles and the min and max of their inputs.
+        ("gru_core::quantized::int8::avx2::run", r"vpmaddubsw\s.*ymm", r"zmm"),
+        ("gru_core::quantized::input::row_min_max_avx2", r"vminps\s.*ymm", None),
     ]
     errors += check_entries(funcs, wants)
     return errors
@@ -149,6 +154,7 @@ def main() -> None:
         errors = check_entries(funcs, [
             ("aarch64_neon::run_f32", r"\bfmla\s+v\d+\.4s", None),
             ("aarch64_neon::run_f64", r"\bfmla\s+v\d+\.2d", None),
+            ("gru_core::quantized::int8::sdot::run", r"\bsdot\s+v\d+\.4s", None),
         ])
     for e in errors:
         print(f"codegen: {e}")

@@ -9,6 +9,9 @@
 //! and FMA the same sums run as plain loops (`run_portable`, the reference the tiles are tested
 //! against).
 
+#[cfg(target_arch = "aarch64")]
+mod sdot;
+
 use super::columns;
 use super::input::InputQuant;
 use super::weights::WeightScheme;
@@ -161,6 +164,14 @@ impl PackedInt8 {
             if super::features::avx2_fma() {
                 // SAFETY: the CPU has AVX2 and FMA (checked above).
                 unsafe { avx2::run(self, qa, row_sums, q, y, blocks) };
+                return;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if super::features::neon_dotprod() && sdot::inputs_fit(&qa[..y.rows() * self.kp]) {
+                // SAFETY: the CPU has the dot-product instructions; the inputs fit (checked).
+                unsafe { sdot::run(self, qa, row_sums, q, y, blocks) };
                 return;
             }
         }
@@ -355,8 +366,8 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// The packed SIMD path gives the portable loops' numbers bit for bit, saturation and zero
-    /// points included, for sizes that leave partial blocks and tiles.
+    /// The packed SIMD paths give the portable loops' numbers bit for bit, saturation and zero
+    /// points included, for sizes that leave partial blocks and tiles and half blocks.
     #[test]
     fn simd_matches_the_portable_sums() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -371,6 +382,7 @@ mod tests {
             (5, 19, 13, 0),
             (9, 40, 37, 3),
             (3, 8, 4, -7),
+            (6, 13, 64, 0),
         ] {
             let w: Vec<i8> = (0..n * k).map(|_| next() as i8).collect();
             let scheme = WeightScheme::PerChannel {
@@ -378,12 +390,14 @@ mod tests {
                 zero_points: vec![zp_w; n],
             };
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 1.0).collect();
-            for b in [Some(&bias[..]), None] {
+            // Full bytes (saturating pairs) and 7-bit inputs (`reduce_range`'s, which the
+            // aarch64 dot-product tiles take).
+            for (b, mask) in [(Some(&bias[..]), 0xff), (None, 0xff), (Some(&bias[..]), 0x7f)] {
                 let p = PackedInt8::new(&w, n, k, &scheme, b);
                 let mut qa = vec![0u8; rows * p.k_padded()];
                 for i in 0..rows {
                     for kk in 0..k {
-                        qa[i * p.k_padded() + kk] = next() as u8;
+                        qa[i * p.k_padded() + kk] = next() as u8 & mask;
                     }
                 }
                 let sums: Vec<i32> = qa

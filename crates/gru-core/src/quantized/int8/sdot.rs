@@ -1,0 +1,161 @@
+//! The int8 tiles on aarch64's dot-product instruction (`sdot`, FEAT_DotProd: Cortex-A76 and
+//! later, Apple M1 and later, Graviton 2 and later): each i32 lane gains the exact sum of four
+//! i8 x i8 products. fbgemm's x86 numbers saturate each pair of u8 x i8 products at i16, which
+//! inputs of at most 127 (the 7-bit inputs of `reduce_range`, every dynamic GRU's) can never
+//! reach: for them the sums are the same, and the u8 inputs are the same signed bytes. A call
+//! with larger inputs runs the portable loops. Same tiles and epilogue as the AVX2 path: 4 rows
+//! x 16 columns of accumulators in registers, then `fma(f32(raw), scale_in * scale_w, bias)`.
+
+use std::arch::aarch64::*;
+
+use super::{InputQuant, PackedInt8, RowsOut, KG, NC};
+
+/// Rows per tile; column blocks per tile.
+const MR: usize = 4;
+const NB: usize = 2;
+/// Bytes of quantized inputs one pass over the column blocks works on.
+const L2_BYTES: usize = 128 << 10;
+
+/// Whether every input is a byte `sdot` reads as the same value (so no pair of products could
+/// have saturated in fbgemm's kernel either).
+pub(super) fn inputs_fit(qa: &[u8]) -> bool {
+    qa.iter().fold(0u8, |m, &v| m | v) < 128
+}
+
+/// # Safety
+/// The CPU must have the dot-product instructions; every input of `qa` below 128.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) unsafe fn run<Y: RowsOut + ?Sized>(
+    p: &PackedInt8,
+    qa: &[u8],
+    row_sums: &[i32],
+    q: InputQuant,
+    y: &mut Y,
+    blocks: std::ops::Range<usize>,
+) {
+    let rows = y.rows();
+    let groups = p.kp / KG;
+    let nblocks = p.data.len() / (groups * NC * KG).max(1);
+    assert!(qa.len() >= rows * p.kp && row_sums.len() >= rows && blocks.end <= nblocks);
+    let base = blocks.start;
+    let mc = (L2_BYTES / p.kp.max(1)).clamp(MR, 4096) / MR * MR;
+    for c0 in (0..rows).step_by(mc) {
+        let c1 = (c0 + mc).min(rows);
+        let mut b0 = blocks.start;
+        while b0 < blocks.end {
+            let nb = NB.min(blocks.end - b0);
+            let mut i0 = c0;
+            while i0 < c1 {
+                let mr = MR.min(c1 - i0);
+                // SAFETY: the dot-product instructions (this function's contract); the tile
+                // reads rows i0..i0 + mr of qa and blocks b0..b0 + nb, all inside (asserted).
+                unsafe {
+                    match (mr, nb) {
+                        (4, 2) => tile::<4, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                        (3, 2) => tile::<3, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                        (2, 2) => tile::<2, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                        (1, 2) => tile::<1, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                        (4, _) => tile::<4, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                        (3, _) => tile::<3, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                        (2, _) => tile::<2, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                        _ => tile::<1, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
+                    }
+                }
+                i0 += mr;
+            }
+            b0 += nb;
+        }
+    }
+}
+
+/// `acc + w · a` per i32 lane over its four bytes (stable Rust has no `sdot` intrinsic yet).
+#[inline(always)]
+unsafe fn sdot(mut acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    // SAFETY: registers only; the caller has the dot-product instructions.
+    unsafe {
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {w:v}.16b, {a:v}.16b",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            a = in(vreg) a,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// Rows `i0..i0 + R` x column blocks `b0..b0 + B` (two vectors of 4 columns each).
+///
+/// # Safety
+/// The dot-product instructions; the rows and blocks exist.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize, const B: usize, Y: RowsOut + ?Sized>(
+    p: &PackedInt8,
+    qa: &[u8],
+    row_sums: &[i32],
+    q: InputQuant,
+    y: &mut Y,
+    i0: usize,
+    b0: usize,
+    base: usize,
+) {
+    // SAFETY: the caller's contract: the instructions, and the rows and blocks exist.
+    unsafe {
+        let groups = p.kp / KG;
+        let mut acc = [[[vdupq_n_s32(0); 2]; B]; R];
+        let a0 = qa.as_ptr().add(i0 * p.kp);
+        let w0 = p.data.as_ptr().add(b0 * groups * NC * KG);
+        for g in 0..groups {
+            let mut w = [[vdupq_n_s8(0); 2]; B];
+            for (b, wb) in w.iter_mut().enumerate() {
+                let ptr = w0.add((b * groups + g) * NC * KG);
+                *wb = [vld1q_s8(ptr), vld1q_s8(ptr.add(16))];
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let a = vld1q_dup_s32(a0.add(r * p.kp + g * KG) as *const i32);
+                let a = vreinterpretq_s8_s32(a);
+                for b in 0..B {
+                    acc_r[b][0] = sdot(acc_r[b][0], w[b][0], a);
+                    acc_r[b][1] = sdot(acc_r[b][1], w[b][1], a);
+                }
+            }
+        }
+        let a_zp = vdupq_n_s32(q.zero_point);
+        let a_scale = vdupq_n_f32(q.scale);
+        for (r, acc_r) in acc.iter().enumerate() {
+            let i = i0 + r;
+            let row_sum = vdupq_n_s32(row_sums[i]);
+            for (b, halves) in acc_r.iter().enumerate() {
+                for (h, &acc) in halves.iter().enumerate() {
+                    let j0 = (b0 + b) * NC + h * 4;
+                    if j0 >= p.n {
+                        continue;
+                    }
+                    let ld = |v: &[i32]| vld1q_s32(v[j0..j0 + 4].as_ptr());
+                    let raw = vsubq_s32(
+                        vsubq_s32(acc, vmulq_s32(a_zp, ld(&p.col_offsets))),
+                        vmulq_s32(row_sum, ld(&p.zero_points)),
+                    );
+                    let mult = vmulq_f32(a_scale, vld1q_f32(p.scales[j0..j0 + 4].as_ptr()));
+                    let rawf = vcvtq_f32_s32(raw);
+                    let out = match &p.bias {
+                        Some(bias) => vfmaq_f32(vld1q_f32(bias[j0..j0 + 4].as_ptr()), rawf, mult),
+                        None => vmulq_f32(rawf, mult),
+                    };
+                    let yr = y.row(i);
+                    let y0 = j0 - base * NC;
+                    if j0 + 4 <= p.n {
+                        vst1q_f32(yr[y0..y0 + 4].as_mut_ptr(), out);
+                    } else {
+                        let mut tmp = [0f32; 4];
+                        vst1q_f32(tmp.as_mut_ptr(), out);
+                        let e = p.n - j0;
+                        yr[y0..y0 + e].copy_from_slice(&tmp[..e]);
+                    }
+                }
+            }
+        }
+    }
+}
