@@ -392,7 +392,11 @@ mod tests {
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 1.0).collect();
             // Full bytes (saturating pairs) and 7-bit inputs (`reduce_range`'s, which the
             // aarch64 dot-product tiles take).
-            for (b, mask) in [(Some(&bias[..]), 0xff), (None, 0xff), (Some(&bias[..]), 0x7f)] {
+            for (b, mask) in [
+                (Some(&bias[..]), 0xff),
+                (None, 0xff),
+                (Some(&bias[..]), 0x7f),
+            ] {
                 let p = PackedInt8::new(&w, n, k, &scheme, b);
                 let mut qa = vec![0u8; rows * p.k_padded()];
                 for i in 0..rows {
