@@ -310,24 +310,9 @@ impl Gru {
         let h0 = h0
             .map(|h| h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
             .transpose()?;
-        let run = || q.forward(&xs, (t_len, batch), h0.as_deref(), plan);
-        // A unidirectional fp16 stack whose per-step products are split across threads forks and
-        // joins the pool several times per step: from inside the pool that is cheap, from
-        // outside each fork wakes a worker (large config, Zen 3, 2 threads: 451 -> 399 ms). A
-        // bidirectional layer already runs its directions on the two threads (wrapped: medium
-        // 59 -> 77 ms), and a small model pays the one hand-off per call (streaming 16/32: 0.4
-        // -> 7 ms for 200 frames), and the int8 kind runs its steps in teams of its own threads:
-        // those run from here.
-        let step_work = batch * 3 * cfg.hidden_size * cfg.hidden_size;
-        let (out, h_n) = if cfg.bidirectional
-            || !q.steps_use_pool()
-            || crate::cpu::cpu_threads() == 1
-            || step_work < crate::quantized::PAR_STEP_WORK
-        {
-            run()
-        } else {
-            rayon::scope(|_| run())
-        };
+        // (Run from here, not inside the pool: each direction's steps run in a team of its own
+        // threads, and a small model would pay a hand-off to the pool per call.)
+        let (out, h_n) = q.forward(&xs, (t_len, batch), h0.as_deref(), plan);
         let n_dirs = cfg.num_directions();
         Ok((
             Tensor::from_vec(out, (t_len, batch, n_dirs * cfg.hidden_size), &dev)?,

@@ -135,7 +135,8 @@ pub(super) fn chunks<T: Real>(
 /// A pointer shared by the threads of one step, each writing a disjoint range through it.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut<T>(pub *mut T);
-// SAFETY: only used to write disjoint element ranges from different threads (see `advance`).
+// SAFETY: only used to write disjoint element ranges from different threads, and to read what
+// other threads wrote before a barrier they all passed (see `advance`, `quantized::team`).
 unsafe impl<T: Send> Send for SharedMut<T> {}
 unsafe impl<T: Send> Sync for SharedMut<T> {}
 

@@ -223,6 +223,9 @@ pub(super) unsafe fn run_stack<T: SimdFloat>(
     } else {
         let member = &member;
         std::thread::scope(|scope| {
+            // Held while spawning: a thread that cannot start must not leave those already
+            // started waiting at the barrier.
+            let _poison = barrier.poison_on_panic();
             let (first, rest) = chunks.split_first_mut().expect("at least one chunk");
             for (i, c) in rest.iter_mut().enumerate() {
                 scope.spawn(move || member(i + 1, c));

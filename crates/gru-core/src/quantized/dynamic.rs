@@ -4,9 +4,10 @@
 //! `reduce_range`), the input is quantized (`fbgemm::Quantize`), the int8 products are summed
 //! in i32 (exact: no overflow for the sizes checked), and each sum becomes f32 as fbgemm's
 //! `ReQuantizeForFloat` does. The fp16 kind: f32 products of the f16 weights, then the bias.
+//! (`team` runs the calls of a recurrence, column ranges at a time.)
 
 use super::fp16::PackedF16;
-use super::input::{choose_qparams, min_max, quantize_row, InputQuant};
+use super::input::{choose_qparams, min_max, InputQuant};
 use super::int8::PackedInt8;
 use super::weights::QuantizedLinear;
 
@@ -43,13 +44,6 @@ impl Linear {
         }
     }
 
-    /// `y[i]` = the linear of `x[i]`, with one input quantization over all of `x` (PyTorch
-    /// quantizes each call's whole input).
-    pub fn run(&self, x: &[&[f32]], reduce_range: bool, y: &mut [&mut [f32]]) {
-        let q = Self::input_quant(x, reduce_range);
-        self.run_with(x, q, y);
-    }
-
     pub fn is_fp16(&self) -> bool {
         matches!(self, Self::Float16(_))
     }
@@ -59,34 +53,17 @@ impl Linear {
         let (lo, hi) = min_max(x.iter().copied());
         choose_qparams(lo, hi, reduce_range)
     }
-
-    /// `run` with the input's quantization given (a part of one call's input, computed in
-    /// pieces; unused by the fp16 kind).
-    pub fn run_with(&self, x: &[&[f32]], q: InputQuant, y: &mut [&mut [f32]]) {
-        match self {
-            Self::Float16(p) => p.run(x, y),
-            Self::Int8(p) => {
-                let kp = p.k_padded();
-                let inv = 1.0 / q.scale;
-                let mut qa = vec![0u8; x.len() * kp];
-                let mut sums = vec![0i32; x.len()];
-                for ((row, dst), sum) in x.iter().zip(qa.chunks_mut(kp)).zip(&mut sums) {
-                    *sum = quantize_row(row, inv, q.zero_point, dst);
-                }
-                p.run(&qa, &sums, q, y);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quantized::input::quantize_row;
 
     /// Without `reduce_range` fbgemm's AVX2 pair sums saturate at i16: PyTorch's numbers do too.
     #[test]
     fn pair_sums_saturate_as_fbgemm_s() {
-        let lin = Linear::new(&QuantizedLinear::Int8 {
+        let Linear::Int8(p) = Linear::new(&QuantizedLinear::Int8 {
             weight: vec![127, 127],
             out: 1,
             input: 2,
@@ -95,11 +72,19 @@ mod tests {
                 zero_point: 0,
             },
             bias: None,
-        });
+        }) else {
+            unreachable!()
+        };
         // [0, 255] quantizes to [0, 255] with scale 1: 255 * 127 * 2 = 64770 saturates to
         // 32767; the input's zero point is 0.
+        let q = InputQuant {
+            scale: 1.0,
+            zero_point: 0,
+        };
+        let mut qa = vec![0u8; p.k_padded()];
+        let sum = quantize_row(&[255.0, 255.0], 1.0, 0, &mut qa);
         let mut y = [0.0f32];
-        lin.run(&[&[255.0, 255.0]], false, &mut [&mut y[..]]);
+        p.run_blocks(&qa, &[sum], q, &mut [&mut y[..]][..], 0..1);
         assert_eq!(y[0], 32767.0);
     }
 }

@@ -4,8 +4,6 @@
 //! the products are summed (1 row: 4 interleaved sums, 2 rows: 2, more: one chain of fused
 //! multiply-adds); the last `N % 16` columns of later blocks are summed apart and added.
 
-use super::columns;
-
 /// Rows of a group of `m` (1..=120) as fbgemm's AVX2 partition gives them to kernels: each
 /// row's kernel height.
 fn kernel_rows(m: usize) -> Vec<usize> {
@@ -83,25 +81,9 @@ impl PackedF16 {
         }
     }
 
-    /// `y` `(rows, n)` = `x W^T` then `+ bias`; large calls split their strips of columns
-    /// across the CPU's threads (each element's sums are the same whoever computes them).
-    pub fn run(&self, x: &[&[f32]], y: &mut [&mut [f32]]) {
-        let strips = self.n.div_ceil(STRIP);
-        let threads = if x.len() * self.n * self.k >= PAR_WORK {
-            crate::cpu::cpu_threads().min(strips)
-        } else {
-            1
-        };
-        if threads <= 1 {
-            self.run_cols(x, y, 0..self.n);
-            return;
-        }
-        let bounds = columns::bounds(self.n, STRIP, threads);
-        columns::for_each_part(y, &bounds, |part, cols| self.run_cols(x, part, cols));
-    }
-
-    /// Columns `cols` (starting at a strip) of every row; `y`'s rows hold just those.
-    fn run_cols(&self, x: &[&[f32]], y: &mut [&mut [f32]], cols: std::ops::Range<usize>) {
+    /// Columns `cols` (starting at a strip; the columns past the last whole strip only with
+    /// all of them) of every row, on this thread; `y`'s rows hold just those.
+    pub fn run_cols(&self, x: &[&[f32]], y: &mut [&mut [f32]], cols: std::ops::Range<usize>) {
         #[cfg(target_arch = "x86_64")]
         {
             if super::features::avx2_fma() {
@@ -231,11 +213,8 @@ impl PackedF16 {
     }
 }
 
-/// Multiply-adds of one call from which its columns are split across the CPU's threads.
-const PAR_WORK: usize = 1 << 20;
-
 /// Columns whose sums one pass keeps in registers (per interleaved sum: two AVX2 vectors).
-const STRIP: usize = 16;
+pub(crate) const STRIP: usize = 16;
 
 /// One row's products over one block of the inner dimension (`a`, from input `k0`), for a
 /// kernel of `nrows` rows.
@@ -482,7 +461,7 @@ mod tests {
             {
                 let xs: Vec<&[f32]> = x.iter().map(|r| &r[..]).collect();
                 let mut ys: Vec<&mut [f32]> = y.iter_mut().map(|r| &mut r[..]).collect();
-                p.run(&xs, &mut ys);
+                p.run_cols(&xs, &mut ys, 0..n);
             }
             let rows = kernel_rows(m.min(120));
             for i in 0..m.min(120) {

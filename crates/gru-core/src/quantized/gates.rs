@@ -1,26 +1,16 @@
 //! GRUCell's gates for one row of a quantized GRU, in f32, vectorized where the CPU allows (the
 //! CPU kernel's gate pass, with `b_hn` zero: it is inside `gh` here).
 
-use std::ops::Range;
-
-/// Units `u` of one row: `gi` and `gh` hold the row's `3 * hidden` projections (r, z, n), `h`,
-/// `h_out` and `out` the units' slices. `zeros`: at least `u.len()` zeros.
-#[allow(clippy::too_many_arguments)]
+/// One row's units: `gi` and `gh` hold their r, z and n projections, `h`, `h_out` and `out`
+/// their state, next state and output. `zeros`: at least as many zeros.
 pub(crate) fn gates(
-    gi: &[f32],
-    gh: &[f32],
-    hidden: usize,
-    u: Range<usize>,
+    gi: [&[f32]; 3],
+    gh: [&[f32]; 3],
     zeros: &[f32],
     h: &[f32],
     h_out: &mut [f32],
     out: &mut [f32],
 ) {
-    fn at<'a>(v: &'a [f32], gate: usize, hidden: usize, u: &Range<usize>) -> &'a [f32] {
-        &v[gate * hidden + u.start..gate * hidden + u.end]
-    }
-    let gi = [0, 1, 2].map(|k| at(gi, k, hidden, &u));
-    let gh = [0, 1, 2].map(|k| at(gh, k, hidden, &u));
     #[cfg(target_arch = "x86_64")]
     {
         if super::features::avx2_fma() {
@@ -79,7 +69,15 @@ mod speed {
         let reps = 200_000;
         let t0 = std::time::Instant::now();
         for _ in 0..reps {
-            super::gates(&gi, &gh, hidden, 0..hidden, &zeros, &h, &mut h2, &mut o);
+            let (gi, gh) = (&gi[..], &gh[..]);
+            super::gates(
+                [&gi[..hidden], &gi[hidden..2 * hidden], &gi[2 * hidden..]],
+                [&gh[..hidden], &gh[hidden..2 * hidden], &gh[2 * hidden..]],
+                &zeros,
+                &h,
+                &mut h2,
+                &mut o,
+            );
             std::mem::swap(&mut h, &mut h2);
         }
         let ns = t0.elapsed().as_secs_f64() * 1e9 / (reps * hidden) as f64;

@@ -90,7 +90,7 @@ pub(crate) fn min_max<'a>(rows: impl Iterator<Item = &'a [f32]>) -> (f32, f32) {
     }
 }
 
-/// Min and max of one row (NaN ignored), in 8 lanes the compiler vectorizes.
+/// Min and max of one row (NaN ignored): 8 lanes, in AVX2 where the CPU has it.
 pub(crate) fn row_min_max(r: &[f32]) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -253,9 +253,6 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// `torch._choose_qparams_per_tensor(torch.tensor([min, max]), reduce_range)` (PyTorch
-    /// 2.15): the scale's f32 bits and the zero point, including the all-zero input (scale
-    /// 0.1) and the tiny range widened to PyTorch's smallest scale.
     /// The AVX2 min and max are the portable loop's, NaN ignored and the first of equal zeros
     /// kept, for every length around the 8-lane chunks.
     #[test]
@@ -272,6 +269,9 @@ mod tests {
         }
     }
 
+    /// `torch._choose_qparams_per_tensor(torch.tensor([min, max]), reduce_range)` (PyTorch
+    /// 2.15): the scale's f32 bits and the zero point, including the all-zero input (scale
+    /// 0.1) and the tiny range widened to PyTorch's smallest scale.
     #[test]
     fn input_qparams_are_pytorch_s() {
         for (lo, hi, rr, bits, zp) in [

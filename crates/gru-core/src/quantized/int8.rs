@@ -5,19 +5,15 @@
 //! subtracted in i32, then `fma(f32(raw), f32(scale_in * scale_w), bias)`.
 //!
 //! Weights are packed in blocks of 8 output columns x 4 inputs (32 bytes: column c's 4 values
-//! at bytes 4c..4c + 4), so that one broadcast of 4 input bytes meets 8 columns. Without AVX2
-//! and FMA the same sums run as plain loops (`run_portable`, the reference the tiles are tested
-//! against).
+//! at bytes 4c..4c + 4), so that one broadcast of 4 input bytes meets 8 columns. On aarch64 with
+//! the dot-product instructions the same blocks go through `sdot` (`int8/sdot.rs`). Elsewhere the
+//! same sums run as plain loops (`run_portable`, the reference the tiles are tested against).
 
-#[cfg(target_arch = "aarch64")]
+#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
 mod sdot;
 
-use super::columns;
 use super::input::InputQuant;
 use super::weights::WeightScheme;
-
-/// Multiply-adds of one call from which its columns are split across the CPU's threads.
-const PAR_WORK: usize = 1 << 20;
 
 /// Output columns per block and inputs per group.
 pub(crate) const NC: usize = 8;
@@ -67,6 +63,9 @@ pub(crate) struct PackedInt8 {
     /// Per column (padded): `sum_k W[j, k] - zp_W[j] * k` (fbgemm's column offsets), the
     /// weight's zero point and scale, the bias (0 when none).
     col_offsets: Vec<i32>,
+    /// Per column: `sum_k W[j, k]` (the aarch64 tiles' correction for inputs offset by 128).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    col_sums: Vec<i32>,
     zero_points: Vec<i32>,
     scales: Vec<f32>,
     bias: Option<Vec<f32>>,
@@ -92,12 +91,14 @@ impl PackedInt8 {
             }
         }
         let mut col_offsets = vec![0i32; np];
+        let mut col_sums = vec![0i32; np];
         let mut zero_points = vec![0i32; np];
         let mut scales = vec![0f32; np];
         for j in 0..n {
             let (s, z) = scheme.of_row(j);
             let sum: i32 = weight[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum();
             col_offsets[j] = sum.wrapping_sub(z.wrapping_mul(k as i32));
+            col_sums[j] = sum;
             zero_points[j] = z;
             scales[j] = s;
         }
@@ -111,6 +112,7 @@ impl PackedInt8 {
             kp,
             data,
             col_offsets,
+            col_sums,
             zero_points,
             scales,
             bias,
@@ -119,29 +121,6 @@ impl PackedInt8 {
 
     pub fn k_padded(&self) -> usize {
         self.kp
-    }
-
-    /// `y[i]` = the linear of row `i` of `qa` (`rows` rows of `kp` u8 values, zero past `k`,
-    /// quantized as `q`; `row_sums[i]` their sum).
-    pub fn run(&self, qa: &[u8], row_sums: &[i32], q: InputQuant, y: &mut [&mut [f32]]) {
-        debug_assert_eq!(qa.len(), row_sums.len() * self.kp);
-        let nblocks = self.scales.len() / NC;
-        let work = y.len() * nblocks * NC * self.kp;
-        let threads = if work >= PAR_WORK {
-            crate::cpu::cpu_threads().min(nblocks)
-        } else {
-            1
-        };
-        if threads <= 1 {
-            self.run_blocks(qa, row_sums, q, y, 0..nblocks);
-            return;
-        }
-        // Each thread its own blocks of columns of every row.
-        let bounds = columns::bounds(self.n, NC, threads);
-        columns::for_each_part(y, &bounds, |part, cols| {
-            let blocks = cols.start / NC..cols.end.div_ceil(NC);
-            self.run_blocks(qa, row_sums, q, part, blocks);
-        });
     }
 
     /// The column blocks that hold columns `cols`.
@@ -167,7 +146,7 @@ impl PackedInt8 {
                 return;
             }
         }
-        #[cfg(target_arch = "aarch64")]
+        #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
         {
             if super::features::neon_dotprod() && sdot::inputs_fit(&qa[..y.rows() * self.kp]) {
                 // SAFETY: the CPU has the dot-product instructions; the inputs fit (checked).
@@ -390,19 +369,17 @@ mod tests {
                 zero_points: vec![zp_w; n],
             };
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 1.0).collect();
-            // Full bytes (saturating pairs) and 7-bit inputs (`reduce_range`'s, which the
-            // aarch64 dot-product tiles take).
-            for (b, mask) in [
-                (Some(&bias[..]), 0xff),
-                (None, 0xff),
-                (Some(&bias[..]), 0x7f),
-            ] {
+            // Full bytes (saturating pairs) and inputs of at most 128 (`reduce_range`'s, which
+            // the aarch64 dot-product tiles take).
+            for (b, top) in [(Some(&bias[..]), 255), (None, 255), (Some(&bias[..]), 128)] {
                 let p = PackedInt8::new(&w, n, k, &scheme, b);
                 let mut qa = vec![0u8; rows * p.k_padded()];
                 for i in 0..rows {
                     for kk in 0..k {
-                        qa[i * p.k_padded() + kk] = next() as u8 & mask;
+                        qa[i * p.k_padded() + kk] = (next() % (top + 1)) as u8;
                     }
+                    // The largest input somewhere in every row.
+                    qa[i * p.k_padded() + i % k] = top as u8;
                 }
                 let sums: Vec<i32> = qa
                     .chunks(p.k_padded())
@@ -414,11 +391,12 @@ mod tests {
                 };
                 let mut a = vec![vec![0f32; n]; rows];
                 let mut bb = vec![vec![0f32; n]; rows];
-                p.run(
+                p.run_blocks(
                     &qa,
                     &sums,
                     q,
-                    &mut a.iter_mut().map(|r| &mut r[..]).collect::<Vec<_>>(),
+                    &mut a.iter_mut().map(|r| &mut r[..]).collect::<Vec<_>>()[..],
+                    0..n.div_ceil(NC),
                 );
                 p.run_portable(
                     &qa,
@@ -430,7 +408,7 @@ mod tests {
                 let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> {
                     v.iter().flatten().map(|x| x.to_bits()).collect()
                 };
-                assert_eq!(bits(&a), bits(&bb), "rows {rows} n {n} k {k}");
+                assert_eq!(bits(&a), bits(&bb), "rows {rows} n {n} k {k} top {top}");
             }
         }
     }

@@ -9,7 +9,6 @@
 //! - [`dynamic`]: one linear call (input quantization, product, requantization).
 //! - [`forward`]: the recurrence over layers, directions and variable lengths.
 
-mod columns;
 pub(crate) mod dynamic;
 mod features;
 pub(crate) mod forward;
@@ -21,7 +20,3 @@ mod team;
 mod weights;
 
 pub use weights::{QuantizedGruWeights, QuantizedLinear, WeightScheme};
-
-/// Multiply-adds of one step's `W_hh h` from which a unidirectional stack runs inside the
-/// thread pool (`Gru::run_quantized`): where its products are split across threads.
-pub(crate) const PAR_STEP_WORK: usize = 1 << 20;

@@ -1,13 +1,14 @@
-//! The steps of one int8 direction of one layer, its hidden units split across a team of threads.
-//! Each member computes its units' columns of the input projections (a block of steps at a time,
-//! just ahead of the steps that read them) and of `W_hh h` at each step, runs their gates and
-//! writes their part of the next state. A step's `W_hh h` quantizes the whole state over its min
-//! and max, so each member leaves the min and max of its part in a slot, and the members meet at
-//! a spin barrier after each step. A lone member runs the same loop without meeting anyone.
-//! Nothing is allocated inside the loop.
+//! The steps of one direction of one layer of a quantized GRU, its hidden units split across a
+//! team of threads. Each member computes its units' columns of the input projections and of
+//! `W_hh h` at each step, runs their gates and writes their part of the next state; the members
+//! meet at a spin barrier after each step (every member reads the whole state). The int8 kind's
+//! `W_hh h` quantizes the whole state over its min and max, so each member also leaves the min
+//! and max of its part in a slot. A lone member runs the same loop without meeting anyone.
+//! Only the fp16 kind's product calls allocate inside the loop (their row lists).
 
 use std::ops::Range;
 
+use super::fp16::{PackedF16, STRIP};
 use super::gates::gates;
 use super::input::{choose_qparams, quantize_row, row_min_max, InputQuant};
 use super::int8::{PackedInt8, Strided, NC};
@@ -17,49 +18,95 @@ use crate::packing::LengthPlan;
 /// Multiply-adds of one step's `W_hh h` below which one thread runs a direction: splitting would
 /// cost more at the barrier than it saves.
 const SPLIT_WORK: usize = 1 << 17;
-/// Fewest steps worth a team (it costs a thread start per call).
-const MIN_SPLIT_STEPS: usize = 16;
+/// Fewest multiply-adds of `W_hh h` over a call worth a team (it costs a thread start per
+/// call, some tens of microseconds).
+const MIN_TEAM_WORK: usize = 1 << 22;
 /// Most members, and fewest units each.
 const MAX_TEAM: usize = 8;
 const MIN_UNITS: usize = 32;
-/// Floats of projected inputs in one member's block of steps: the block stays in cache until
-/// its steps read it.
+/// Floats of projected inputs in one member's block of steps (int8): the block stays in cache
+/// until its steps read it.
 const GI_BLOCK: usize = 1 << 17;
 
-/// A layer's input, quantized once for every direction: its valid rows in PyTorch's packed order
-/// (step `t`'s at rows `starts[t]..starts[t + 1]`, the running sequences longest first), the
-/// projection's padded row length of bytes each, their sums, and the quantization of them all.
+/// A layer's input, quantized once for every direction: its valid rows in PyTorch's packed order,
+/// the projection's padded row length of bytes each, their sums, and the quantization of them all.
 pub(crate) struct QuantizedRows<'a> {
     pub qa: &'a [u8],
     pub sums: &'a [i32],
-    pub starts: &'a [usize],
     pub q: InputQuant,
+}
+
+/// A direction's two linears and the layer's input as they read it.
+pub(crate) enum Linears<'a> {
+    Int8 {
+        ih: &'a PackedInt8,
+        hh: &'a PackedInt8,
+        x: QuantizedRows<'a>,
+        reduce_range: bool,
+    },
+    /// The fp16 kind: f32 inputs, its sums depending on a row's position in the call (so the
+    /// whole sequence is projected in one call, and each step's rows all go to every member).
+    Float16 {
+        ih: &'a PackedF16,
+        hh: &'a PackedF16,
+        x: &'a [&'a [f32]],
+    },
+}
+
+impl Linears<'_> {
+    /// The columns a member computes to have columns `c` of `3 * hidden`: whole blocks (int8)
+    /// or strips (fp16, the columns past the last whole strip always together).
+    fn span(&self, c: Range<usize>, n: usize) -> Range<usize> {
+        match self {
+            Self::Int8 { .. } => {
+                let b = PackedInt8::blocks_of(c);
+                b.start * NC..(b.end * NC).min(n)
+            }
+            Self::Float16 { .. } => {
+                let last = n / STRIP * STRIP;
+                let end = if c.end > last {
+                    n
+                } else {
+                    c.end.div_ceil(STRIP) * STRIP
+                };
+                c.start / STRIP * STRIP..end
+            }
+        }
+    }
+
+    /// The width at which a member's units start: its spans then never overlap another's.
+    fn unit(&self) -> usize {
+        match self {
+            Self::Int8 { .. } => NC,
+            Self::Float16 { .. } => STRIP,
+        }
+    }
 }
 
 /// How many members split a direction when `threads` threads are at hand for it.
 pub(crate) fn members(hidden: usize, batch: usize, t_len: usize, threads: usize) -> usize {
     let work = batch * 3 * hidden * hidden;
-    if threads < 2 || work < SPLIT_WORK || t_len < MIN_SPLIT_STEPS {
+    if threads < 2 || work < SPLIT_WORK || work.saturating_mul(t_len) < MIN_TEAM_WORK {
         return 1;
     }
     threads.min(hidden / MIN_UNITS).clamp(1, MAX_TEAM)
 }
 
-/// One direction's packed linears and what its steps need to know.
+/// One direction's linears and what its steps need to know.
 pub(crate) struct Direction<'a> {
-    pub ih: &'a PackedInt8,
-    pub hh: &'a PackedInt8,
+    pub lin: Linears<'a>,
+    /// The layer input's rows of step `t`: `starts[t]..starts[t + 1]` (the running sequences,
+    /// longest first: `plan.perm[..plan.active[t]]`).
+    pub starts: &'a [usize],
     pub hidden: usize,
-    pub reduce_range: bool,
     pub reverse: bool,
 }
 
 impl Direction<'_> {
-    /// Runs the direction over `x` with `members` threads, writing its output into `out` and
-    /// returning its last state `(B, H)`.
+    /// Runs the direction over the layer's input with `members` threads, writing its output
+    /// into `out` and returning its last state `(B, H)`.
     pub fn run(
         &self,
-        x: &QuantizedRows<'_>,
         h0: Option<&[f32]>,
         (t_len, batch): (usize, usize),
         plan: &LengthPlan,
@@ -75,14 +122,15 @@ impl Direction<'_> {
             states[..bh].copy_from_slice(h0);
             states[bh..].copy_from_slice(h0);
         }
-        let members = members.clamp(1, (hidden / NC).max(1));
-        // Units split at whole column blocks.
+        let unit = self.lin.unit();
+        let members = members.clamp(1, (hidden / unit).max(1));
+        // Units split at whole blocks or strips.
         let bounds: Vec<usize> = (0..=members)
             .map(|i| {
                 if i == members {
                     hidden
                 } else {
-                    hidden * i / members / NC * NC
+                    hidden * i / members / unit * unit
                 }
             })
             .collect();
@@ -104,13 +152,16 @@ impl Direction<'_> {
                 barrier: &barrier,
                 shared,
             };
-            self.member(x, (t_len, batch), plan, units, &team)
+            self.member((t_len, batch), plan, units, &team)
         };
         let cur = if members == 1 {
             member(0)
         } else {
             let member = &member;
             std::thread::scope(|scope| {
+                // Held while spawning: a thread that cannot start must not leave those already
+                // started waiting at the barrier.
+                let _poison = barrier.poison_on_panic();
                 for id in 1..members {
                     scope.spawn(move || member(id));
                 }
@@ -126,7 +177,6 @@ impl Direction<'_> {
     /// the last state.
     fn member(
         &self,
-        x: &QuantizedRows<'_>,
         (t_len, batch): (usize, usize),
         plan: &LengthPlan,
         units: Range<usize>,
@@ -134,22 +184,41 @@ impl Direction<'_> {
     ) -> usize {
         let hidden = self.hidden;
         let bh = batch * hidden;
-        let g = 3 * hidden;
-        // Rows of whole column blocks; this member's blocks of each gate.
-        let gw = g.div_ceil(NC) * NC;
-        let blocks: [Range<usize>; 3] = std::array::from_fn(|k| {
-            PackedInt8::blocks_of(k * hidden + units.start..k * hidden + units.end)
+        let n = 3 * hidden;
+        let w = units.len();
+        // This member's columns of each gate, side by side in its rows of projections.
+        let spans: [Range<usize>; 3] = std::array::from_fn(|k| {
+            self.lin
+                .span(k * hidden + units.start..k * hidden + units.end, n)
         });
-        let tb = (GI_BLOCK / (batch * gw).max(1)).clamp(1, t_len.max(1));
-        let mut gi = vec![0.0f32; tb * batch * gw];
-        let mut gh = vec![0.0f32; batch * gw];
-        let (kx, kh) = (self.ih.k_padded(), self.hh.k_padded());
+        let width = spans.iter().map(|s| s.len()).max().unwrap_or(0);
+        let stride = 3 * width;
+        // Where unit `units.start` of gate k lies in a member's row.
+        let at: [usize; 3] =
+            std::array::from_fn(|k| k * width + k * hidden + units.start - spans[k].start);
+        // Steps per block of projections: the whole sequence for fp16 (one call, PyTorch's).
+        let tb = match self.lin {
+            Linears::Int8 { .. } => (GI_BLOCK / (batch * stride).max(1)).clamp(1, t_len.max(1)),
+            Linears::Float16 { .. } => t_len.max(1),
+        };
+        let block_rows = (0..t_len.max(1))
+            .step_by(tb)
+            .map(|t0| self.starts[(t0 + tb).min(t_len)] - self.starts[t0])
+            .max()
+            .unwrap_or(0);
+        let mut gi = vec![0.0f32; block_rows * stride];
+        let mut gh = vec![0.0f32; batch * stride];
+        let kh = match self.lin {
+            Linears::Int8 { hh, .. } => hh.k_padded(),
+            Linears::Float16 { .. } => 0,
+        };
         let mut qh = vec![0u8; batch * kh];
         let mut qh_sums = vec![0i32; batch];
-        let zeros = vec![0.0f32; units.len()];
+        let zeros = vec![0.0f32; w];
         let order = |t: usize| &plan.perm[..plan.active[t]];
         let time = |s: usize| if self.reverse { t_len - 1 - s } else { s };
         let Shared { states, out, slots } = team.shared;
+        let int8 = matches!(self.lin, Linears::Int8 { .. });
         // SAFETY (every access through the shared pointers below): during a step members read
         // the whole of buffer `cur` and write only their own units of buffer `1 - cur`, of `out`
         // and their own slot of the next step's parity; the barrier at the top of each step
@@ -160,9 +229,7 @@ impl Direction<'_> {
         let leave_min_max = |buf: usize, t: usize, parity: usize| {
             let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
             for &b in order(t) {
-                let r = unsafe {
-                    std::slice::from_raw_parts(state(buf, b).add(units.start), units.len())
-                };
+                let r = unsafe { std::slice::from_raw_parts(state(buf, b).add(units.start), w) };
                 let (l, h) = row_min_max(r);
                 lo = lo.min(l);
                 hi = hi.max(h);
@@ -173,28 +240,20 @@ impl Direction<'_> {
             return 0;
         }
         let mut cur = 0;
-        leave_min_max(cur, time(0), 0);
+        if int8 {
+            leave_min_max(cur, time(0), 0);
+        }
         let mut prev_m = plan.active[time(0)];
         for s in 0..t_len {
             let t = time(s);
             team.barrier.wait();
-            // The block holding step t (steps t0..t0 + tb), projected when first reached, with
-            // the quantization of the whole sequence's input (PyTorch's one call).
+            // The block holding step t (steps t0..t0 + tb), projected when first reached (int8:
+            // with the quantization of the whole sequence's input, PyTorch's one call).
             let t0 = t / tb * tb;
             let t1 = (t0 + tb).min(t_len);
             if (self.reverse && t + 1 == t1) || (!self.reverse && t == t0) {
-                let (r0, r1) = (x.starts[t0], x.starts[t1]);
-                for b in &blocks {
-                    let mut y = Strided {
-                        data: &mut gi,
-                        rows: r1 - r0,
-                        stride: gw,
-                        offset: b.start * NC,
-                    };
-                    let qa = &x.qa[r0 * kx..r1 * kx];
-                    self.ih
-                        .run_blocks(qa, &x.sums[r0..r1], x.q, &mut y, b.clone());
-                }
+                let rows = self.starts[t0]..self.starts[t1];
+                self.project(rows, &spans, width, &mut gi);
             }
             let m = plan.active[t];
             // Sequences that just ended keep their last state in both buffers.
@@ -203,40 +262,57 @@ impl Direction<'_> {
                     std::ptr::copy_nonoverlapping(
                         state(cur, b).add(units.start),
                         state(1 - cur, b).add(units.start),
-                        units.len(),
+                        w,
                     );
                 }
             }
             prev_m = m;
             if m > 0 {
-                // The running states quantized together, over the min and max of all parts.
-                let parts = unsafe {
-                    std::slice::from_raw_parts(slots.ptr().add(s % 2 * team.members), team.members)
-                };
-                let (lo, hi) = parts
-                    .iter()
-                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &(l, h)| {
-                        (lo.min(l), hi.max(h))
-                    });
-                let q = choose_qparams(lo, hi, self.reduce_range);
-                let inv = 1.0 / q.scale;
-                for (p, &b) in order(t).iter().enumerate() {
-                    let h = unsafe { std::slice::from_raw_parts(state(cur, b), hidden) };
-                    qh_sums[p] = quantize_row(h, inv, q.zero_point, &mut qh[p * kh..(p + 1) * kh]);
+                let h_of = |b: usize| unsafe { std::slice::from_raw_parts(state(cur, b), hidden) };
+                match self.lin {
+                    Linears::Int8 {
+                        hh, reduce_range, ..
+                    } => {
+                        // The running states quantized together, over the min and max of all
+                        // the parts.
+                        let parts = unsafe {
+                            std::slice::from_raw_parts(
+                                slots.ptr().add(s % 2 * team.members),
+                                team.members,
+                            )
+                        };
+                        let (lo, hi) = parts
+                            .iter()
+                            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &(l, h)| {
+                                (lo.min(l), hi.max(h))
+                            });
+                        let q = choose_qparams(lo, hi, reduce_range);
+                        let inv = 1.0 / q.scale;
+                        for (p, &b) in order(t).iter().enumerate() {
+                            let dst = &mut qh[p * kh..(p + 1) * kh];
+                            qh_sums[p] = quantize_row(h_of(b), inv, q.zero_point, dst);
+                        }
+                        for (k, span) in spans.iter().enumerate() {
+                            let mut y = Strided {
+                                data: &mut gh,
+                                rows: m,
+                                stride,
+                                offset: k * width,
+                            };
+                            let blocks = PackedInt8::blocks_of(span.clone());
+                            hh.run_blocks(&qh[..m * kh], &qh_sums[..m], q, &mut y, blocks);
+                        }
+                    }
+                    Linears::Float16 { hh, .. } => {
+                        let hs: Vec<&[f32]> = order(t).iter().map(|&b| h_of(b)).collect();
+                        for (k, span) in spans.iter().enumerate() {
+                            let mut ys = rows_of(&mut gh, stride, m, k * width, span.len());
+                            hh.run_cols(&hs, &mut ys, span.clone());
+                        }
+                    }
                 }
-                for b in &blocks {
-                    let mut y = Strided {
-                        data: &mut gh,
-                        rows: m,
-                        stride: gw,
-                        offset: b.start * NC,
-                    };
-                    self.hh
-                        .run_blocks(&qh[..m * kh], &qh_sums[..m], q, &mut y, b.clone());
-                }
-                let base = x.starts[t] - x.starts[t0];
+                let base = self.starts[t] - self.starts[t0];
                 for (p, &b) in order(t).iter().enumerate() {
-                    let w = units.len();
                     let (h, h_out, o) = unsafe {
                         (
                             std::slice::from_raw_parts(state(cur, b).add(units.start), w),
@@ -247,18 +323,66 @@ impl Direction<'_> {
                             ),
                         )
                     };
-                    let gi_row = &gi[(base + p) * gw..][..g];
-                    let gh_row = &gh[p * gw..][..g];
-                    gates(gi_row, gh_row, hidden, units.clone(), &zeros, h, h_out, o);
+                    let gi_row = &gi[(base + p) * stride..][..stride];
+                    let gh_row = &gh[p * stride..][..stride];
+                    let gate = |row| by_gate(row, &at, w);
+                    gates(gate(gi_row), gate(gh_row), &zeros, h, h_out, o);
                 }
             }
             cur = 1 - cur;
-            if s + 1 < t_len {
+            if int8 && s + 1 < t_len {
                 leave_min_max(cur, time(s + 1), (s + 1) % 2);
             }
         }
         cur
     }
+
+    /// The member's columns (`spans`, side by side `width` apart in each row of `gi`) of the
+    /// input projections of the layer input's rows `rows`.
+    fn project(&self, rows: Range<usize>, spans: &[Range<usize>; 3], width: usize, gi: &mut [f32]) {
+        let stride = 3 * width;
+        match &self.lin {
+            Linears::Int8 { ih, x, .. } => {
+                let kx = ih.k_padded();
+                let qa = &x.qa[rows.start * kx..rows.end * kx];
+                for (k, span) in spans.iter().enumerate() {
+                    let mut y = Strided {
+                        data: gi,
+                        rows: rows.len(),
+                        stride,
+                        offset: k * width,
+                    };
+                    let blocks = PackedInt8::blocks_of(span.clone());
+                    ih.run_blocks(qa, &x.sums[rows.clone()], x.q, &mut y, blocks);
+                }
+            }
+            Linears::Float16 { ih, x, .. } => {
+                for (k, span) in spans.iter().enumerate() {
+                    let mut ys = rows_of(gi, stride, rows.len(), k * width, span.len());
+                    ih.run_cols(&x[rows.clone()], &mut ys, span.clone());
+                }
+            }
+        }
+    }
+}
+
+/// A member's `w` values of each gate in one of its rows (from `at[k]`).
+fn by_gate<'a>(row: &'a [f32], at: &[usize; 3], w: usize) -> [&'a [f32]; 3] {
+    std::array::from_fn(|k| &row[at[k]..at[k] + w])
+}
+
+/// The first `rows` rows of `buf` (`stride` apart), each cut to `len` values from `offset`.
+fn rows_of(
+    buf: &mut [f32],
+    stride: usize,
+    rows: usize,
+    offset: usize,
+    len: usize,
+) -> Vec<&mut [f32]> {
+    buf.chunks_mut(stride)
+        .take(rows)
+        .map(|r| &mut r[offset..offset + len])
+        .collect()
 }
 
 /// Where a direction writes its output: the layer's `(T, B, width)` output (zero past each
@@ -301,9 +425,11 @@ mod tests {
     use crate::quantized::input::min_max;
     use crate::quantized::WeightScheme;
 
-    /// A team of any size gives the lone member's numbers bit for bit: every unit's products
-    /// and gates are the same operations wherever its column lands, and the quantization of the
-    /// state sees the same min and max. Sizes leave partial column blocks; lengths vary.
+    /// A team of any size gives the lone member's numbers bit for bit, for both kinds: every
+    /// unit's products and gates are the same operations wherever its column lands, the int8
+    /// state's quantization sees the same min and max, and the fp16 rows keep their positions.
+    /// Sizes leave partial blocks and strips; lengths vary, some cases have every sequence
+    /// shorter than T, some no h0.
     #[test]
     fn teams_give_the_lone_member_s_numbers() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -313,30 +439,41 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for (input, hidden, lengths) in [
-            (7, 44, vec![20, 7, 13, 1, 20]),
-            (16, 64, vec![18, 18, 18]),
-            (5, 72, vec![3, 25, 25, 9, 14, 25, 2, 11, 25]),
+        for (input, hidden, lengths, t_len, with_h0) in [
+            (7, 44, vec![20, 7, 13, 1, 20], 20, true),
+            (16, 64, vec![18, 18, 18], 18, false),
+            (5, 72, vec![3, 25, 25, 9, 14, 25, 2, 11, 25], 25, true),
+            (9, 50, vec![6, 11, 2, 11], 15, false),
         ] {
-            let (batch, t_len) = (lengths.len(), *lengths.iter().max().unwrap());
+            let batch = lengths.len();
             let plan = LengthPlan::new(&lengths, batch, t_len).unwrap();
             let g = 3 * hidden;
-            let mut linear = |k: usize| {
-                let w: Vec<i8> = (0..g * k).map(|_| next() as i8).collect();
+            let mut weights = |k: usize| -> (Vec<i8>, Vec<f32>) {
+                let w = (0..g * k).map(|_| next() as i8).collect();
+                let bias = (0..g).map(|j| (j % 11) as f32 * 0.05 - 0.25).collect();
+                (w, bias)
+            };
+            let (wi, wh) = (weights(input), weights(hidden));
+            let int8 = |(w, bias): &(Vec<i8>, Vec<f32>), k: usize| {
                 let scheme = WeightScheme::PerChannel {
                     scales: (0..g).map(|j| 0.002 + (j % 7) as f32 * 1e-4).collect(),
                     zero_points: vec![0; g],
                 };
-                let bias: Vec<f32> = (0..g).map(|j| (j % 11) as f32 * 0.05 - 0.25).collect();
-                PackedInt8::new(&w, g, k, &scheme, Some(&bias))
+                PackedInt8::new(w, g, k, &scheme, Some(bias))
             };
-            let (ih, hh) = (linear(input), linear(hidden));
+            let fp16 = |(w, bias): &(Vec<i8>, Vec<f32>), k: usize| {
+                let w: Vec<f32> = w.iter().map(|&v| v as f32 / 256.0).collect();
+                PackedF16::new(&w, g, k, Some(bias))
+            };
+            let (ih8, hh8) = (int8(&wi, input), int8(&wh, hidden));
+            let (ih16, hh16) = (fp16(&wi, input), fp16(&wh, hidden));
             let x: Vec<f32> = (0..t_len * batch * input)
                 .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
                 .collect();
             let h0: Vec<f32> = (0..batch * hidden)
                 .map(|_| (next() % 2001) as f32 / 2000.0 - 0.5)
                 .collect();
+            let h0 = with_h0.then_some(&h0[..]);
             // The valid rows in packed order, quantized over all of them.
             let mut starts = vec![0];
             let mut xs = Vec::new();
@@ -348,54 +485,65 @@ mod tests {
             }
             let (lo, hi) = min_max(xs.iter().copied());
             let q = choose_qparams(lo, hi, true);
-            let kp = ih.k_padded();
+            let kp = ih8.k_padded();
             let mut qa = vec![0u8; xs.len() * kp];
             let sums: Vec<i32> = xs
                 .iter()
                 .zip(qa.chunks_mut(kp))
                 .map(|(r, dst)| quantize_row(r, 1.0 / q.scale, q.zero_point, dst))
                 .collect();
-            let rows = QuantizedRows {
-                qa: &qa,
-                sums: &sums,
-                starts: &starts,
-                q,
-            };
-            for reverse in [false, true] {
-                let dir = Direction {
-                    ih: &ih,
-                    hh: &hh,
-                    hidden,
-                    reduce_range: true,
-                    reverse,
-                };
-                let run = |members: usize| {
-                    let mut out = vec![0.0f32; t_len * batch * hidden];
-                    let h = dir.run(
-                        &rows,
-                        Some(&h0),
-                        (t_len, batch),
-                        &plan,
-                        members,
-                        LayerOut {
-                            ptr: SharedMut(out.as_mut_ptr()),
-                            width: hidden,
-                            offset: 0,
+            for kind in ["int8", "fp16"] {
+                for reverse in [false, true] {
+                    let lin = || match kind {
+                        "int8" => Linears::Int8 {
+                            ih: &ih8,
+                            hh: &hh8,
+                            x: QuantizedRows {
+                                qa: &qa,
+                                sums: &sums,
+                                q,
+                            },
+                            reduce_range: true,
                         },
-                    );
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    (bits(&out), bits(&h))
-                };
-                let alone = run(1);
-                assert!(
-                    alone.0.iter().any(|&b| b != 0),
-                    "the output is not all zero"
-                );
-                for members in [2, 3, 4] {
+                        _ => Linears::Float16 {
+                            ih: &ih16,
+                            hh: &hh16,
+                            x: &xs,
+                        },
+                    };
+                    let run = |members: usize| {
+                        let dir = Direction {
+                            lin: lin(),
+                            starts: &starts,
+                            hidden,
+                            reverse,
+                        };
+                        let mut out = vec![0.0f32; t_len * batch * hidden];
+                        let h = dir.run(
+                            h0,
+                            (t_len, batch),
+                            &plan,
+                            members,
+                            LayerOut {
+                                ptr: SharedMut(out.as_mut_ptr()),
+                                width: hidden,
+                                offset: 0,
+                            },
+                        );
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        (bits(&out), bits(&h))
+                    };
+                    let alone = run(1);
                     assert!(
-                        run(members) == alone,
-                        "{members} members, hidden {hidden}, reverse {reverse}"
+                        alone.0.iter().any(|&b| b != 0),
+                        "the output is not all zero"
                     );
+                    for members in [2, 3, 4] {
+                        assert!(
+                            run(members) == alone,
+                            "{kind}: {members} members, hidden {hidden}, reverse {reverse}"
+                        );
+                    }
                 }
             }
         }

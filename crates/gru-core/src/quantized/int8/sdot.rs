@@ -1,10 +1,11 @@
 //! The int8 tiles on aarch64's dot-product instruction (`sdot`, FEAT_DotProd: Cortex-A76 and
 //! later, Apple M1 and later, Graviton 2 and later): each i32 lane gains the exact sum of four
-//! i8 x i8 products. fbgemm's x86 numbers saturate each pair of u8 x i8 products at i16, which
-//! inputs of at most 127 (the 7-bit inputs of `reduce_range`, every dynamic GRU's) can never
-//! reach: for them the sums are the same, and the u8 inputs are the same signed bytes. A call
-//! with larger inputs runs the portable loops. Same tiles and epilogue as the AVX2 path: 4 rows
-//! x 16 columns of accumulators in registers, then `fma(f32(raw), scale_in * scale_w, bias)`.
+//! i8 x i8 products. The u8 inputs enter as `a - 128` (a signed byte) and each column's sum gets
+//! `128 * sum_k W[j, k]` back. fbgemm's x86 numbers saturate each pair of u8 x i8 products at
+//! i16, which inputs of at most 128 never reach (`reduce_range` quantizes to 0..128, 128 where
+//! the range is symmetric): for them the exact sums are fbgemm's. A call with a larger input
+//! runs the portable loops. Same tiles and epilogue as the AVX2 path: 4 rows x 16 columns of
+//! accumulators in registers, then `fma(f32(raw), scale_in * scale_w, bias)`.
 
 use std::arch::aarch64::*;
 
@@ -16,14 +17,14 @@ const NB: usize = 2;
 /// Bytes of quantized inputs one pass over the column blocks works on.
 const L2_BYTES: usize = 128 << 10;
 
-/// Whether every input is a byte `sdot` reads as the same value (so no pair of products could
-/// have saturated in fbgemm's kernel either).
+/// Whether no input exceeds 128 (so no pair of products could have saturated in fbgemm's
+/// kernel: 2 * 128 * -128 = -32768 and 2 * 128 * 127 = 32512 fit an i16).
 pub(super) fn inputs_fit(qa: &[u8]) -> bool {
-    qa.iter().fold(0u8, |m, &v| m | v) < 128
+    qa.iter().fold(0u8, |m, &v| m.max(v)) <= 128
 }
 
 /// # Safety
-/// The CPU must have the dot-product instructions; every input of `qa` below 128.
+/// The CPU must have the dot-product instructions; no input of `qa` above 128.
 #[target_feature(enable = "neon,dotprod")]
 pub(super) unsafe fn run<Y: RowsOut + ?Sized>(
     p: &PackedInt8,
@@ -114,8 +115,9 @@ unsafe fn tile<const R: usize, const B: usize, Y: RowsOut + ?Sized>(
                 *wb = [vld1q_s8(ptr), vld1q_s8(ptr.add(16))];
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let a = vld1q_dup_s32(a0.add(r * p.kp + g * KG) as *const i32);
-                let a = vreinterpretq_s8_s32(a);
+                let a = (a0.add(r * p.kp + g * KG) as *const i32).read_unaligned();
+                // a - 128 as a signed byte: the top bit flipped.
+                let a = veorq_s8(vreinterpretq_s8_s32(vdupq_n_s32(a)), vdupq_n_s8(i8::MIN));
                 for b in 0..B {
                     acc_r[b][0] = sdot(acc_r[b][0], w[b][0], a);
                     acc_r[b][1] = sdot(acc_r[b][1], w[b][1], a);
@@ -134,6 +136,9 @@ unsafe fn tile<const R: usize, const B: usize, Y: RowsOut + ?Sized>(
                         continue;
                     }
                     let ld = |v: &[i32]| vld1q_s32(v[j0..j0 + 4].as_ptr());
+                    // The sum of the u8 inputs' products, then fbgemm's offsets (wrapping as
+                    // the portable loop's i32 arithmetic does).
+                    let acc = vaddq_s32(acc, vshlq_n_s32::<7>(ld(&p.col_sums)));
                     let raw = vsubq_s32(
                         vsubq_s32(acc, vmulq_s32(a_zp, ld(&p.col_offsets))),
                         vmulq_s32(row_sum, ld(&p.zero_points)),
