@@ -126,16 +126,7 @@ unsafe fn row_min_max_avx2(r: &[f32]) -> (f32, f32) {
         _mm256_storeu_ps(l8.as_mut_ptr(), lo);
         _mm256_storeu_ps(h8.as_mut_ptr(), hi);
     }
-    let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
-    for i in 0..8 {
-        l = l.min(l8[i]);
-        h = h.max(h8[i]);
-    }
-    for &v in chunks.remainder() {
-        l = l.min(v);
-        h = h.max(v);
-    }
-    (l, h)
+    lanes_and_rest((l8, h8), chunks.remainder())
 }
 
 #[inline(always)]
@@ -152,12 +143,18 @@ fn row_min_max_any(r: &[f32]) -> (f32, f32) {
             }
         }
     }
+    lanes_and_rest((lo, hi), chunks.remainder())
+}
+
+/// The min and max of 8 lanes' mins and maxes and of the values past the last whole 8.
+#[inline(always)]
+fn lanes_and_rest((lo, hi): ([f32; 8], [f32; 8]), rest: &[f32]) -> (f32, f32) {
     let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
     for i in 0..8 {
         l = l.min(lo[i]);
         h = h.max(hi[i]);
     }
-    for &v in chunks.remainder() {
+    for &v in rest {
         l = l.min(v);
         h = h.max(v);
     }

@@ -9,15 +9,67 @@
 //! the dot-product instructions the same blocks go through `sdot` (`int8/sdot.rs`). Elsewhere the
 //! same sums run as plain loops (`run_portable`, the reference the tiles are tested against).
 
-#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
-mod sdot;
-
 use super::input::InputQuant;
 use super::weights::WeightScheme;
 
 /// Output columns per block and inputs per group.
 pub(crate) const NC: usize = 8;
 const KG: usize = 4;
+
+/// Rows and column blocks per tile of the SIMD paths (`sized_tile!` has an arm for each size).
+const MR: usize = 4;
+const NB: usize = 2;
+/// Bytes of quantized inputs one pass over the column blocks works on.
+const L2_BYTES: usize = 128 << 10;
+
+/// The tiles of one call of `rows` rows over column blocks `blocks`, in the SIMD paths' order:
+/// rows in chunks whose inputs stay in L2 while every column block passes over them; within a
+/// chunk, pairs of column blocks whose weights stay in L1 over their row tiles.
+/// `tile(i0, mr, b0, nb)`: rows `i0..i0 + mr`, blocks `b0..b0 + nb`, all checked to exist.
+fn for_each_tile(
+    p: &PackedInt8,
+    (qa_len, sums_len, rows): (usize, usize, usize),
+    blocks: std::ops::Range<usize>,
+    mut tile: impl FnMut(usize, usize, usize, usize),
+) {
+    let groups = p.kp / KG;
+    let nblocks = p.data.len() / (groups * NC * KG).max(1);
+    assert!(qa_len >= rows * p.kp && sums_len >= rows && blocks.end <= nblocks);
+    let mc = (L2_BYTES / p.kp.max(1)).clamp(MR, 4096) / MR * MR;
+    for c0 in (0..rows).step_by(mc) {
+        let c1 = (c0 + mc).min(rows);
+        let mut b0 = blocks.start;
+        while b0 < blocks.end {
+            let nb = NB.min(blocks.end - b0);
+            let mut i0 = c0;
+            while i0 < c1 {
+                let mr = MR.min(c1 - i0);
+                tile(i0, mr, b0, nb);
+                i0 += mr;
+            }
+            b0 += nb;
+        }
+    }
+}
+
+/// `$tile::<R, B, $Y>(args)` for a tile of `$mr` rows (1 to `MR`) and `$nb` blocks (1 to `NB`).
+macro_rules! sized_tile {
+    ($tile:ident::<$Y:ty>($mr:expr, $nb:expr; $($arg:expr),*)) => {
+        match ($mr, $nb) {
+            (4, 2) => $tile::<4, 2, $Y>($($arg),*),
+            (3, 2) => $tile::<3, 2, $Y>($($arg),*),
+            (2, 2) => $tile::<2, 2, $Y>($($arg),*),
+            (1, 2) => $tile::<1, 2, $Y>($($arg),*),
+            (4, _) => $tile::<4, 1, $Y>($($arg),*),
+            (3, _) => $tile::<3, 1, $Y>($($arg),*),
+            (2, _) => $tile::<2, 1, $Y>($($arg),*),
+            _ => $tile::<1, 1, $Y>($($arg),*),
+        }
+    };
+}
+
+#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+mod sdot;
 
 /// Where a call writes its output rows: row `i`'s slice starts at the first column of the call's
 /// first block.
@@ -209,13 +261,6 @@ mod avx2 {
 
     use super::{InputQuant, PackedInt8, RowsOut, KG, NC};
 
-    /// Rows per tile.
-    const MR: usize = 4;
-    /// Bytes of quantized inputs one pass over the column blocks works on.
-    const L2_BYTES: usize = 128 << 10;
-    /// Column blocks per tile.
-    const NB: usize = 2;
-
     /// # Safety
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
@@ -227,42 +272,13 @@ mod avx2 {
         y: &mut Y,
         blocks: std::ops::Range<usize>,
     ) {
-        let rows = y.rows();
-        let groups = p.kp / KG;
-        let nblocks = p.data.len() / (groups * NC * KG).max(1);
-        assert!(qa.len() >= rows * p.kp && row_sums.len() >= rows && blocks.end <= nblocks);
         let base = blocks.start;
-        // Rows in chunks whose inputs stay in L2 (`MC` rows) while every column block passes
-        // over them; within a chunk, a column pair's weights stay in L1 over its row tiles.
-        let mc = (L2_BYTES / p.kp.max(1)).clamp(MR, 4096) / MR * MR;
-        for c0 in (0..rows).step_by(mc) {
-            let c1 = (c0 + mc).min(rows);
-            let mut b0 = blocks.start;
-            while b0 < blocks.end {
-                let nb = NB.min(blocks.end - b0);
-                let mut i0 = c0;
-                while i0 < c1 {
-                    let mr = MR.min(c1 - i0);
-                    // SAFETY: AVX2 and FMA (this function's contract); the tile reads rows
-                    // i0..i0 + mr of qa and blocks b0..b0 + nb, all inside (asserted above and by
-                    // nblocks).
-                    unsafe {
-                        match (mr, nb) {
-                            (4, 2) => tile::<4, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                            (3, 2) => tile::<3, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                            (2, 2) => tile::<2, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                            (1, 2) => tile::<1, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                            (4, _) => tile::<4, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                            (3, _) => tile::<3, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                            (2, _) => tile::<2, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                            _ => tile::<1, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                        }
-                    }
-                    i0 += mr;
-                }
-                b0 += nb;
-            }
-        }
+        let sizes = (qa.len(), row_sums.len(), y.rows());
+        super::for_each_tile(p, sizes, blocks, |i0, mr, b0, nb| {
+            // SAFETY: AVX2 and FMA (this function's contract); the tile's rows and blocks exist
+            // (checked by `for_each_tile`).
+            unsafe { sized_tile!(tile::<Y>(mr, nb; p, qa, row_sums, q, y, i0, b0, base)) }
+        });
     }
 
     /// Rows `i0..i0 + R` x column blocks `b0..b0 + B`: the accumulators stay in registers

@@ -11,12 +11,6 @@ use std::arch::aarch64::*;
 
 use super::{InputQuant, PackedInt8, RowsOut, KG, NC};
 
-/// Rows per tile; column blocks per tile.
-const MR: usize = 4;
-const NB: usize = 2;
-/// Bytes of quantized inputs one pass over the column blocks works on.
-const L2_BYTES: usize = 128 << 10;
-
 /// Whether no input exceeds 128 (so no pair of products could have saturated in fbgemm's
 /// kernel: 2 * 128 * -128 = -32768 and 2 * 128 * 127 = 32512 fit an i16).
 pub(super) fn inputs_fit(qa: &[u8]) -> bool {
@@ -34,39 +28,13 @@ pub(super) unsafe fn run<Y: RowsOut + ?Sized>(
     y: &mut Y,
     blocks: std::ops::Range<usize>,
 ) {
-    let rows = y.rows();
-    let groups = p.kp / KG;
-    let nblocks = p.data.len() / (groups * NC * KG).max(1);
-    assert!(qa.len() >= rows * p.kp && row_sums.len() >= rows && blocks.end <= nblocks);
     let base = blocks.start;
-    let mc = (L2_BYTES / p.kp.max(1)).clamp(MR, 4096) / MR * MR;
-    for c0 in (0..rows).step_by(mc) {
-        let c1 = (c0 + mc).min(rows);
-        let mut b0 = blocks.start;
-        while b0 < blocks.end {
-            let nb = NB.min(blocks.end - b0);
-            let mut i0 = c0;
-            while i0 < c1 {
-                let mr = MR.min(c1 - i0);
-                // SAFETY: the dot-product instructions (this function's contract); the tile
-                // reads rows i0..i0 + mr of qa and blocks b0..b0 + nb, all inside (asserted).
-                unsafe {
-                    match (mr, nb) {
-                        (4, 2) => tile::<4, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                        (3, 2) => tile::<3, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                        (2, 2) => tile::<2, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                        (1, 2) => tile::<1, 2, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                        (4, _) => tile::<4, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                        (3, _) => tile::<3, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                        (2, _) => tile::<2, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                        _ => tile::<1, 1, Y>(p, qa, row_sums, q, y, i0, b0, base),
-                    }
-                }
-                i0 += mr;
-            }
-            b0 += nb;
-        }
-    }
+    let sizes = (qa.len(), row_sums.len(), y.rows());
+    super::for_each_tile(p, sizes, blocks, |i0, mr, b0, nb| {
+        // SAFETY: the dot-product instructions (this function's contract); the tile's rows and
+        // blocks exist (checked by `for_each_tile`).
+        unsafe { sized_tile!(tile::<Y>(mr, nb; p, qa, row_sums, q, y, i0, b0, base)) }
+    });
 }
 
 /// `acc + w · a` per i32 lane over its four bytes (stable Rust has no `sdot` intrinsic yet).
