@@ -77,7 +77,9 @@ impl GruState {
 impl Gru {
     /// Runs one chunk (`(T_chunk, B, I)`, batch-first or unbatched as configured) continuing
     /// from `state`, updates the state, and returns the chunk's output. Only unidirectional
-    /// GRUs can stream: a reverse direction needs the whole sequence.
+    /// GRUs can stream: a reverse direction needs the whole sequence. A dynamically quantized
+    /// GRU quantizes each call's input over that call: chunks give what PyTorch's quantized
+    /// GRU gives for the same chunks, not one call's numbers over the whole sequence.
     pub fn forward_chunk(&self, chunk: &Tensor, state: &mut GruState) -> Result<Tensor> {
         if self.config().bidirectional {
             return Err(GruError::arg(

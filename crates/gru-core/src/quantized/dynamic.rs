@@ -1,10 +1,10 @@
 //! One dynamically quantized linear, `y = x W^T + b`, as PyTorch's fbgemm path computes it
 //! (`PackedLinearWeight::apply_dynamic`): the input's min and max over the whole call choose a
 //! u8 scale and zero point (`quant_utils::ChooseQuantizationParams`, 7 bits with
-//! `reduce_range`), the input is quantized (`fbgemm::Quantize`), the int8 products are summed
-//! in i32 (exact: no overflow for the sizes checked), and each sum becomes f32 as fbgemm's
-//! `ReQuantizeForFloat` does. The fp16 kind: f32 products of the f16 weights, then the bias.
-//! (`team` runs the calls of a recurrence, column ranges at a time.)
+//! `reduce_range`; `Linear::input_quant`), the input is quantized (`fbgemm::Quantize`), the int8
+//! products are summed in i32, and each sum becomes f32 as fbgemm's `ReQuantizeForFloat` does
+//! (`int8`). The fp16 kind: f32 products of the f16 weights, then the bias (`fp16`). Here: a
+//! linear's packed weights of either kind; `team` runs the calls of a recurrence.
 
 use super::fp16::PackedF16;
 use super::input::{choose_qparams, min_max, InputQuant};

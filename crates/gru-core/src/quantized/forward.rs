@@ -4,8 +4,8 @@
 //! `W_hh h` over the sequences still running (one quantization over their states), and the
 //! gates of `GRUCell`: r = σ(gh_r + gi_r), z = σ(gh_z + gi_z), n = tanh(gi_n + gh_n r),
 //! h' = (h - n) z + n, in f32 (both biases are inside the linears' outputs). Each direction's
-//! steps run in `team` (its units split across threads when the steps are large enough); both
-//! directions of a layer at once when there are threads for both.
+//! steps run in `team` (its units split across threads when the call's work is large enough);
+//! both directions of a layer at once when there are threads for both.
 
 use super::dynamic::Linear;
 use super::input::{quantize_row, InputQuant};

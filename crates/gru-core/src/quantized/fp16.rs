@@ -248,7 +248,7 @@ impl Block<'_> {
     /// `width` (<= STRIP) columns from `col`, summed in `SETS` interleaved sums: the first
     /// product into sum 0 (onto `c` with `beta`), then while more than 4 remain, 4 products at
     /// a time into sums 0, 1, 2, 3 (two sums: 0, 1, 0, 1), the last ones into sum 0; the sums
-    /// added in order. (No closures: they would not inherit the caller's target features.)
+    /// added in order.
     #[inline(always)]
     fn strip<const SETS: usize>(&self, col: usize, width: usize, beta: bool, c: &mut [f32]) {
         let a = self.a;
@@ -446,7 +446,7 @@ mod tests {
             (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
         // Row counts that give kernels of 1, 2 and 3-6 rows; k past one block of 512; n with a
-        // fringe; one call large enough to split its columns across threads.
+        // fringe.
         for (m, n, k) in [
             (1, 40, 20),
             (2, 23, 600),
@@ -474,6 +474,40 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A call over a strip-aligned span of the columns (what a team member runs) gives the
+    /// whole call's numbers bit for bit: past one block of 512 inputs (the fringe summed across
+    /// blocks, `beta`), spans inside, at the end and wholly in the fringe.
+    #[test]
+    fn column_spans_give_the_whole_call_s_numbers() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let (m, n, k) = (9, 150, 600);
+        let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+        let b: Vec<f32> = (0..n).map(|_| next()).collect();
+        let x: Vec<Vec<f32>> = (0..m).map(|_| (0..k).map(|_| next()).collect()).collect();
+        let xs: Vec<&[f32]> = x.iter().map(|r| &r[..]).collect();
+        let p = PackedF16::new(&w, n, k, Some(&b));
+        let run = |cols: std::ops::Range<usize>| -> Vec<u32> {
+            let mut y = vec![vec![0.0f32; cols.len()]; m];
+            let mut ys: Vec<&mut [f32]> = y.iter_mut().map(|r| &mut r[..]).collect();
+            p.run_cols(&xs, &mut ys, cols);
+            y.iter().flatten().map(|v| v.to_bits()).collect()
+        };
+        let whole = run(0..n);
+        for cols in [0..144, 32..96, 128..150, 144..150] {
+            let part = run(cols.clone());
+            let want: Vec<u32> = (0..m)
+                .flat_map(|i| whole[i * n + cols.start..i * n + cols.end].to_vec())
+                .collect();
+            assert_eq!(part, want, "columns {cols:?}");
         }
     }
 }

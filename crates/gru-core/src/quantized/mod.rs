@@ -5,9 +5,11 @@
 //!
 //! - [`weights`]: the packed weights, checked.
 //! - [`input`]: a call's input quantized as fbgemm quantizes it.
-//! - [`int8`], [`fp16`]: the packed products (AVX2 kernels, portable loops elsewhere).
-//! - [`dynamic`]: one linear call (input quantization, product, requantization).
+//! - [`int8`], [`fp16`]: the packed products (AVX2 kernels, aarch64 `sdot` tiles for int8,
+//!   portable loops elsewhere).
+//! - [`dynamic`]: a linear's packed weights of either kind, and its input's quantization.
 //! - [`forward`]: the recurrence over layers, directions and variable lengths.
+//! - [`team`]: one direction's steps, its units split across threads; [`gates`]: a row's gates.
 
 pub(crate) mod dynamic;
 mod features;

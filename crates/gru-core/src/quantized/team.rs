@@ -74,7 +74,9 @@ impl Linears<'_> {
         }
     }
 
-    /// The width at which a member's units start: its spans then never overlap another's.
+    /// The width at which members' units start: their spans of the first gate never overlap
+    /// (those of the others may, where `hidden` is not a multiple: shared columns are computed
+    /// twice, each into its member's own rows).
     fn unit(&self) -> usize {
         match self {
             Self::Int8 { .. } => NC,
@@ -186,16 +188,26 @@ impl Direction<'_> {
         let bh = batch * hidden;
         let n = 3 * hidden;
         let w = units.len();
-        // This member's columns of each gate, side by side in its rows of projections.
-        let spans: [Range<usize>; 3] = std::array::from_fn(|k| {
-            self.lin
-                .span(k * hidden + units.start..k * hidden + units.end, n)
-        });
+        // This member's columns of each gate, side by side in its rows of projections (a lone
+        // member: all of them, in one span).
+        let lone = units.len() == hidden;
+        let spans: Vec<Range<usize>> = if lone {
+            std::iter::once(0..n).collect()
+        } else {
+            (0..3)
+                .map(|k| {
+                    self.lin
+                        .span(k * hidden + units.start..k * hidden + units.end, n)
+                })
+                .collect()
+        };
         let width = spans.iter().map(|s| s.len()).max().unwrap_or(0);
-        let stride = 3 * width;
+        let stride = spans.len() * width;
         // Where unit `units.start` of gate k lies in a member's row.
-        let at: [usize; 3] =
-            std::array::from_fn(|k| k * width + k * hidden + units.start - spans[k].start);
+        let at: [usize; 3] = std::array::from_fn(|k| match lone {
+            true => k * hidden,
+            false => k * width + k * hidden + units.start - spans[k].start,
+        });
         // Steps per block of projections: the whole sequence for fp16 (one call, PyTorch's).
         let tb = match self.lin {
             Linears::Int8 { .. } => (GI_BLOCK / (batch * stride).max(1)).clamp(1, t_len.max(1)),
@@ -339,8 +351,8 @@ impl Direction<'_> {
 
     /// The member's columns (`spans`, side by side `width` apart in each row of `gi`) of the
     /// input projections of the layer input's rows `rows`.
-    fn project(&self, rows: Range<usize>, spans: &[Range<usize>; 3], width: usize, gi: &mut [f32]) {
-        let stride = 3 * width;
+    fn project(&self, rows: Range<usize>, spans: &[Range<usize>], width: usize, gi: &mut [f32]) {
+        let stride = spans.len() * width;
         match &self.lin {
             Linears::Int8 { ih, x, .. } => {
                 let kx = ih.k_padded();
