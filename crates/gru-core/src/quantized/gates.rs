@@ -1,52 +1,29 @@
-//! GRUCell's gates for one row of a quantized GRU, in f32, vectorized where the CPU allows (the
-//! CPU kernel's gate pass, with `b_hn` zero: it is inside `gh` here).
+//! GRUCell's gates for one row of a quantized GRU, in f32: the CPU kernel's gate pass (with
+//! `b_hn` zero: it is inside `gh` here), built for the kernel's SIMD level and fused
+//! multiply-adds where the level has them, as the float kernel's.
 
-/// One row's units: `gi` and `gh` hold their r, z and n projections, `h`, `h_out` and `out`
-/// their state, next state and output. `zeros`: at least as many zeros.
-pub(crate) fn gates(
-    gi: [&[f32]; 3],
-    gh: [&[f32]; 3],
-    zeros: &[f32],
-    h: &[f32],
-    h_out: &mut [f32],
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::features::avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            unsafe { gates_avx2(gi, gh, zeros, h, h_out, out) };
-            return;
+use crate::activation::Real;
+use crate::cpu::simd::multiversion;
+
+multiversion! {
+    /// One row's units: `gi` and `gh` hold their r, z and n projections, `h`, `h_out` and `out`
+    /// their state, next state and output. `zeros`: at least as many zeros.
+    pub(crate) fn gates<T: Real>(
+        gi: [&[T]; 3],
+        gh: [&[T]; 3],
+        zeros: &[T],
+        h: &[T],
+        h_out: &mut [T],
+        out: &mut [T],
+    ) {
+        let [gi_r, gi_z, gi_n] = gi;
+        let [gh_r, gh_z, gh_n] = gh;
+        if crate::cpu::simd::level().has_fma() {
+            crate::cpu::gate_update::<T, true>(gi_r, gi_z, gi_n, gh_r, gh_z, gh_n, zeros, h, h_out, out);
+        } else {
+            crate::cpu::gate_update::<T, false>(gi_r, gi_z, gi_n, gh_r, gh_z, gh_n, zeros, h, h_out, out);
         }
     }
-    gates_any::<false>(gi, gh, zeros, h, h_out, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gates_avx2(
-    gi: [&[f32]; 3],
-    gh: [&[f32]; 3],
-    zeros: &[f32],
-    h: &[f32],
-    h_out: &mut [f32],
-    out: &mut [f32],
-) {
-    gates_any::<true>(gi, gh, zeros, h, h_out, out);
-}
-
-#[inline(always)]
-fn gates_any<const FMA: bool>(
-    gi: [&[f32]; 3],
-    gh: [&[f32]; 3],
-    zeros: &[f32],
-    h: &[f32],
-    h_out: &mut [f32],
-    out: &mut [f32],
-) {
-    crate::cpu::gate_update::<f32, FMA>(
-        gi[0], gi[1], gi[2], gh[0], gh[1], gh[2], zeros, h, h_out, out,
-    );
 }
 
 #[cfg(test)]
@@ -70,7 +47,7 @@ mod speed {
         let t0 = std::time::Instant::now();
         for _ in 0..reps {
             let (gi, gh) = (&gi[..], &gh[..]);
-            super::gates(
+            super::gates::<f32>(
                 [&gi[..hidden], &gi[hidden..2 * hidden], &gi[2 * hidden..]],
                 [&gh[..hidden], &gh[hidden..2 * hidden], &gh[2 * hidden..]],
                 &zeros,

@@ -226,6 +226,8 @@ impl Direction<'_> {
         };
         let mut qh = vec![0u8; batch * kh];
         let mut qh_sums = vec![0i32; batch];
+        // The fp16 kind's running states, in order (its product takes rows as slices).
+        let mut hs: Vec<&[f32]> = Vec::with_capacity(batch);
         let zeros = vec![0.0f32; w];
         let order = |t: usize| &plan.perm[..plan.active[t]];
         let time = |s: usize| if self.reverse { t_len - 1 - s } else { s };
@@ -304,23 +306,13 @@ impl Direction<'_> {
                             let dst = &mut qh[p * kh..(p + 1) * kh];
                             qh_sums[p] = quantize_row(h_of(b), inv, q.zero_point, dst);
                         }
-                        for (k, span) in spans.iter().enumerate() {
-                            let mut y = Strided {
-                                data: &mut gh,
-                                rows: m,
-                                stride,
-                                offset: k * width,
-                            };
-                            let blocks = PackedInt8::blocks_of(span.clone());
-                            hh.run_blocks(&qh[..m * kh], &qh_sums[..m], q, &mut y, blocks);
-                        }
+                        let rows = (&qh[..m * kh], &qh_sums[..m], q);
+                        int8_spans(hh, rows, &spans, width, &mut gh);
                     }
                     Linears::Float16 { hh, .. } => {
-                        let hs: Vec<&[f32]> = order(t).iter().map(|&b| h_of(b)).collect();
-                        for (k, span) in spans.iter().enumerate() {
-                            let mut ys = rows_of(&mut gh, stride, m, k * width, span.len());
-                            hh.run_cols(&hs, &mut ys, span.clone());
-                        }
+                        hs.clear();
+                        hs.extend(order(t).iter().map(|&b| h_of(b)));
+                        fp16_spans(hh, &hs, &spans, width, &mut gh);
                     }
                 }
                 let base = self.starts[t] - self.starts[t0];
@@ -352,49 +344,52 @@ impl Direction<'_> {
     /// The member's columns (`spans`, side by side `width` apart in each row of `gi`) of the
     /// input projections of the layer input's rows `rows`.
     fn project(&self, rows: Range<usize>, spans: &[Range<usize>], width: usize, gi: &mut [f32]) {
-        let stride = spans.len() * width;
         match &self.lin {
             Linears::Int8 { ih, x, .. } => {
                 let kx = ih.k_padded();
                 let qa = &x.qa[rows.start * kx..rows.end * kx];
-                for (k, span) in spans.iter().enumerate() {
-                    let mut y = Strided {
-                        data: gi,
-                        rows: rows.len(),
-                        stride,
-                        offset: k * width,
-                    };
-                    let blocks = PackedInt8::blocks_of(span.clone());
-                    ih.run_blocks(qa, &x.sums[rows.clone()], x.q, &mut y, blocks);
-                }
+                int8_spans(ih, (qa, &x.sums[rows], x.q), spans, width, gi);
             }
-            Linears::Float16 { ih, x, .. } => {
-                for (k, span) in spans.iter().enumerate() {
-                    let mut ys = rows_of(gi, stride, rows.len(), k * width, span.len());
-                    ih.run_cols(&x[rows.clone()], &mut ys, span.clone());
-                }
-            }
+            Linears::Float16 { ih, x, .. } => fp16_spans(ih, &x[rows], spans, width, gi),
         }
+    }
+}
+
+/// Columns `spans` of an int8 linear of the quantized rows `qa` (their sums, their
+/// quantization), side by side `width` apart in each row of `y`.
+fn int8_spans(
+    p: &PackedInt8,
+    (qa, sums, q): (&[u8], &[i32], InputQuant),
+    spans: &[Range<usize>],
+    width: usize,
+    y: &mut [f32],
+) {
+    for (k, span) in spans.iter().enumerate() {
+        let mut rows = Strided {
+            data: y,
+            rows: sums.len(),
+            stride: spans.len() * width,
+            offset: k * width,
+        };
+        p.run_blocks(qa, sums, q, &mut rows, PackedInt8::blocks_of(span.clone()));
+    }
+}
+
+/// Columns `spans` of an fp16 linear of the rows `x`, as `int8_spans` lays them out.
+fn fp16_spans(p: &PackedF16, x: &[&[f32]], spans: &[Range<usize>], width: usize, y: &mut [f32]) {
+    for (k, span) in spans.iter().enumerate() {
+        let mut rows: Vec<&mut [f32]> = y
+            .chunks_mut(spans.len() * width)
+            .take(x.len())
+            .map(|r| &mut r[k * width..k * width + span.len()])
+            .collect();
+        p.run_cols(x, &mut rows, span.clone());
     }
 }
 
 /// A member's `w` values of each gate in one of its rows (from `at[k]`).
 fn by_gate<'a>(row: &'a [f32], at: &[usize; 3], w: usize) -> [&'a [f32]; 3] {
     std::array::from_fn(|k| &row[at[k]..at[k] + w])
-}
-
-/// The first `rows` rows of `buf` (`stride` apart), each cut to `len` values from `offset`.
-fn rows_of(
-    buf: &mut [f32],
-    stride: usize,
-    rows: usize,
-    offset: usize,
-    len: usize,
-) -> Vec<&mut [f32]> {
-    buf.chunks_mut(stride)
-        .take(rows)
-        .map(|r| &mut r[offset..offset + len])
-        .collect()
 }
 
 /// Where a direction writes its output: the layer's `(T, B, width)` output (zero past each
