@@ -13,10 +13,11 @@ Checks (x86-64):
     FMAs, AVX2 ymm FMAs (and no zmm), SSE2 xmm multiplies and adds (no AVX, no FMA); none calls
     anything but the panics of failed bounds checks (its tile, register rows and intrinsics
     must be inlined whole);
-  - the gate pass of a step (`time_loop::advance`) is vectorized at each level's width;
+  - the gate pass of a step (`time_loop::advance`) is vectorized at each level's width, f32 and
+    f64 (no libm `exp`/`tanh` per value);
   - the quantized int8 tiles hold `vpmaddubsw ymm`, the min/max of their inputs `vminps ymm`.
-Checks (aarch64): the NEON entries hold `fmla v.4s` (f32) and `fmla v.2d` (f64), the quantized
-int8 tiles `sdot v.4s`.
+Checks (aarch64): the NEON entries hold `fmla v.4s` (f32) and `fmla v.2d` (f64), the gate pass
+`fdiv v.4s` (f32) and `fdiv v.2d` (f64), the quantized int8 tiles `sdot v.4s`.
 Exits 1 with one line per failure.
 """
 import argparse
@@ -87,6 +88,14 @@ def check_x86(funcs: dict) -> list:
         # The gate pass (sigmoid, tanh: a polynomial exp) of one step, in each level's build.
         ("gru_core::cpu::time_loop::advance::avx512", r"vfmadd\d+ps\s.*zmm", None),
         ("gru_core::cpu::time_loop::advance::avx2", r"vfmadd\d+ps\s.*ymm", r"zmm"),
+        # Its f64 copy (f64 models, an f32 model's wide steps): the exp polynomial's FMAs and
+        # the gates' divisions at the level's width (libm's exp and tanh, one call per value,
+        # leave no packed f64 FMA: calls through the GOT show no name to check).
+        ("gru_core::cpu::time_loop::advance::avx512", r"vfmadd\d+pd\s.*zmm", None),
+        ("gru_core::cpu::time_loop::advance::avx512", r"vdivpd\s.*zmm", None),
+        ("gru_core::cpu::time_loop::advance::avx2", r"vfmadd\d+pd\s.*ymm", r"zmm"),
+        ("gru_core::cpu::time_loop::advance::avx2", r"vdivpd\s.*ymm", r"zmm"),
+        ("gru_core::cpu::time_loop::advance", r"\bdivpd\s", None),
         # The quantized int8 tiles and the min and max of their inputs.
         ("gru_core::quantized::int8::avx2::run", r"vpmaddubsw\s.*ymm", r"zmm"),
         ("gru_core::quantized::input::row_min_max_avx2", r"vminps\s.*ymm", None),
@@ -156,6 +165,9 @@ def main() -> None:
         errors = check_entries(funcs, [
             ("aarch64_neon::run_f32", r"\bfmla\s+v\d+\.4s", None),
             ("aarch64_neon::run_f64", r"\bfmla\s+v\d+\.2d", None),
+            # The gate pass, f32 and f64 (inlined into the time loop's member closure here).
+            ("gru_core::cpu::time_loop::run_stack", r"\bfdiv\s+v\d+\.4s", None),
+            ("gru_core::cpu::time_loop::run_stack", r"\bfdiv\s+v\d+\.2d", None),
             ("gru_core::quantized::int8::sdot::run", r"\bsdot\s+v\d+\.4s", None),
         ])
     for e in errors:

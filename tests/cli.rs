@@ -688,3 +688,35 @@ fn convert_writes_weight_norm_as_plain_weights() {
         "{out}"
     );
 }
+
+/// `gru run --f32-steps` runs a small f32 model's steps in f32: both ways land within PyTorch's
+/// tolerance of its reference, and closer to the exact answer with wide steps (the default).
+#[test]
+fn run_with_and_without_wide_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = "models/accuracy/trained_like_small.case.safetensors";
+    let weights = "models/accuracy/trained_like_small.safetensors";
+    let c = gru_verify::Case::load(root().join(case)).unwrap();
+    let exact = c.exact.as_ref().unwrap();
+    let mut errors = Vec::new();
+    for flag in [None, Some("--f32-steps")] {
+        let out = dir.path().join(format!("y{}.safetensors", flag.is_some()));
+        let mut args = vec!["run", "--weights", weights, "--input", case];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(flag);
+        let (code, _, err) = gru(&args);
+        assert_eq!(code, 0, "{err}");
+        let y = WeightFile::open(&out)
+            .unwrap()
+            .load("output", &Device::Cpu)
+            .unwrap();
+        assert!(max_diff(&y, &c.output) < 1e-5, "{flag:?}");
+        errors.push(gru_verify::distance(&y, &exact.output).unwrap());
+    }
+    assert!(
+        errors[0] < 0.5 * errors[1],
+        "wide {} vs f32 steps {}",
+        errors[0],
+        errors[1]
+    );
+}

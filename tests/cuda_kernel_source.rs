@@ -17,11 +17,26 @@ use gru_core::kernel_source::{
 use gru_verify::{compare, distance, find_cases, Case, CaseKind, Tolerance};
 use gru_weights::WeightFile;
 
+/// The compiler flag that lets contracted multiply-adds be fused instructions on this CPU.
+fn host_fma() -> Vec<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") {
+        return vec!["-mfma"];
+    }
+    // aarch64 always has fused multiply-adds; elsewhere they stay separate roundings.
+    Vec::new()
+}
+
 /// Builds the kernels and the launcher into a shared library in a fresh folder.
 fn build_host_kernels() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("gru_kernels.cpp");
-    std::fs::write(&src, CUDA_SOURCE).unwrap();
+    // `GRU_KERNEL_SOURCE=FILE` compiles another version of the source instead (an A/B of a
+    // kernel change's accuracy, e.g. `git show REV:crates/gru-core/src/cuda/gru.cu`).
+    match std::env::var_os("GRU_KERNEL_SOURCE") {
+        Some(other) => std::fs::copy(&other, &src).map(|_| ()).unwrap(),
+        None => std::fs::write(&src, CUDA_SOURCE).unwrap(),
+    }
     let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kernel_host");
     let lib = dir.path().join("libgru_host_kernels.so");
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
@@ -37,7 +52,11 @@ fn build_host_kernels() -> (tempfile::TempDir, PathBuf) {
             // The kernels read floats through float4 / double2, as CUDA code does.
             "-fno-strict-aliasing",
             "-Wno-unknown-pragmas",
+            // `a += w * h` as one fused multiply-add, as nvcc compiles it (its default), so that
+            // the harness's rounding, and its accuracy figures, are the GPU's.
+            "-ffp-contract=fast",
         ])
+        .args(host_fma())
         .arg("-I")
         .arg(&host)
         .args(["-include", "shim.h"])
@@ -167,14 +186,26 @@ fn project<T: Elem>(
     let (t_len, batch, input) = dims;
     let d_n = w.w_ih.len();
     let g = d_n * 3 * h;
+    // On a GPU this matmul is cuBLAS's, whose order of summation is its own: one chain over
+    // `input` here, or chains of `GRU_PROJECT_CHAIN` columns (each added to the sum before it),
+    // to tell the projection's share of a case's error from the kernels'.
+    let chain = std::env::var("GRU_PROJECT_CHAIN")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&c| c > 0)
+        .unwrap_or(usize::MAX);
     let mut gi = vec![T::default(); t_len * batch * g];
     for row in 0..t_len * batch {
         let xr = &x[row * input..(row + 1) * input];
         for d in 0..d_n {
             for o in 0..3 * h {
                 let mut acc = T::default();
-                for (k, &xv) in xr.iter().enumerate() {
-                    acc += xv * w.w_ih[d][o * input + k];
+                for k0 in (0..input).step_by(chain) {
+                    let mut c = T::default();
+                    for k in k0..(k0 + chain).min(input) {
+                        c += xr[k] * w.w_ih[d][o * input + k];
+                    }
+                    acc += c;
                 }
                 if let Some(b) = bias {
                     acc += b[d * 3 * h + o];
@@ -517,6 +548,11 @@ fn run_case<T: Elem>(lib: &libloading::Library, case: &Case, mode: Mode) -> Opti
     }
     // (The f64 kernels' extra runs on f32 cases are not the f32 kernels' accuracy.)
     if let (Some((ours, torch)), true) = (exact, T::DTYPE == dtype) {
+        eprintln!(
+            "{:<28} {mode:?}: error vs exact {:.2} of PyTorch's",
+            case.name,
+            ours / torch
+        );
         ACCURACY.with(|a| a.borrow_mut().push((format!("{mode:?}"), ours / torch)));
     }
     Some(worst)
@@ -611,10 +647,24 @@ fn cuda_kernel_source_matches_pytorch_on_every_reference_case() {
             },
         },
     ];
+    // `GRU_KERNEL_MODES=0,1` runs only those launch modes (by index above): the emulated
+    // threads make a sweep over large cases slow.
+    let picked: Vec<Mode> = match std::env::var("GRU_KERNEL_MODES") {
+        Ok(list) => list
+            .split(',')
+            .map(|i| {
+                modes[i
+                    .trim()
+                    .parse::<usize>()
+                    .expect("GRU_KERNEL_MODES: indices")]
+            })
+            .collect(),
+        Err(_) => modes.to_vec(),
+    };
     let mut ran = 0;
     for path in &cases {
         let case = Case::load(path).unwrap();
-        for mode in modes {
+        for &mode in &picked {
             let worst = match case.input.dtype() {
                 DType::F64 => run_case::<f64>(&lib, &case, mode),
                 _ => run_case::<f32>(&lib, &case, mode),
@@ -632,14 +682,14 @@ fn cuda_kernel_source_matches_pytorch_on_every_reference_case() {
         // The f64 kernels on the other cases' batch sizes too (the f64 cases have only batches
         // of 2 and 3; the exchange copies 4 at a time when B is a multiple of 4): computed in
         // f64, they meet the f32 references' tolerance.
-        if case.input.dtype() != DType::F64 {
+        if case.input.dtype() != DType::F64 && picked.len() == modes.len() {
             let mode = modes[2];
             if let Some(worst) = run_case::<f64>(&lib, &case, mode) {
                 eprintln!("{:<28} f64 {mode:?}: max |diff| {worst:.2e}", case.name);
             }
         }
     }
-    assert_eq!(ran, cases.len() * modes.len());
+    assert_eq!(ran, cases.len() * picked.len());
     // The kernels' accuracy against the exact answer (cases from `scripts/accuracy.py
     // --cases-out DIR`, run with GRU_KERNEL_CASES=DIR): the ratio to PyTorch's own error.
     ACCURACY.with(|a| {

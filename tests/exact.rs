@@ -111,3 +111,81 @@ fn an_exact_answer_that_is_not_the_cases_is_refused() {
     // The case itself loads.
     load("same", &[]).unwrap();
 }
+
+/// A small trained-like GRU (2 layers, 16 -> 64, 100 steps, batch 4; `trained_like_small`):
+/// every kernel's wide steps (f64 inside each step, the state rounded to f32) land several times
+/// closer to the exact answer than PyTorch's f32; the same model in f32 steps lands about as far
+/// as PyTorch's. Streaming it in chunks gives the whole sequence's numbers exactly.
+#[test]
+fn small_layers_wide_steps_are_closer_to_the_exact_answer_than_pytorch() {
+    use candle_gru::{Gru, GruState, Kernel};
+    let case =
+        Case::load(models_dir().join("accuracy/trained_like_small.case.safetensors")).unwrap();
+    let exact = case.exact.clone().unwrap();
+    let file = WeightFile::open(&case.weights).unwrap();
+    let (gru, _) = file
+        .gru(case.prefix.as_deref(), None, &Device::Cpu)
+        .unwrap();
+    let error = |g: &Gru| {
+        let (out, h_n) = g.forward(&case.input, None).unwrap();
+        let e = gru_verify::distance(&out, &exact.output).unwrap();
+        e.max(gru_verify::distance(&h_n, exact.h_n.as_ref().unwrap()).unwrap())
+    };
+    let torch = gru_verify::distance(&case.output, &exact.output)
+        .unwrap()
+        .max(
+            gru_verify::distance(case.h_n.as_ref().unwrap(), exact.h_n.as_ref().unwrap()).unwrap(),
+        );
+    for kernel in [Kernel::Auto, Kernel::FusedStep, Kernel::CandleOps] {
+        let wide = error(&gru.clone().with_kernel(kernel));
+        let narrow = error(
+            &gru.clone()
+                .with_kernel(kernel)
+                .with_wide_steps(false)
+                .unwrap(),
+        );
+        eprintln!(
+            "{kernel:?}: wide {:.2}, f32 steps {:.2} of PyTorch's error {torch:.2e}",
+            wide / torch,
+            narrow / torch
+        );
+        assert!(
+            wide < 0.5 * torch,
+            "{kernel:?}: wide {wide:.2e} vs PyTorch {torch:.2e}"
+        );
+        assert!(
+            wide < 0.5 * narrow,
+            "{kernel:?}: wide {wide:.2e} vs f32 steps {narrow:.2e}"
+        );
+    }
+    // One step per call, the state carried in f32 between calls: the whole sequence's numbers.
+    let (whole, _) = gru.forward(&case.input, None).unwrap();
+    let mut state = GruState::new();
+    let mut steps = Vec::new();
+    for t in 0..case.input.dim(0).unwrap() {
+        let frame = case.input.narrow(0, t, 1).unwrap();
+        steps.push(gru.forward_chunk(&frame, &mut state).unwrap());
+    }
+    let streamed = Tensor::cat(&steps, 0).unwrap();
+    assert_eq!(gru_verify::distance(&streamed, &whole).unwrap(), 0.0);
+}
+
+/// Past 512 batch rows x hidden units a call runs f32 steps (the products would dominate): the
+/// same numbers as `with_wide_steps(false)`; below it, not.
+#[test]
+fn large_batches_run_f32_steps() {
+    let case =
+        Case::load(models_dir().join("accuracy/trained_like_small.case.safetensors")).unwrap();
+    let file = WeightFile::open(&case.weights).unwrap();
+    let (gru, _) = file
+        .gru(case.prefix.as_deref(), None, &Device::Cpu)
+        .unwrap();
+    let f32_steps = gru.clone().with_wide_steps(false).unwrap();
+    // (T, B, 16): 4 rows (4 x 64 <= 512) and 12 rows (768 > 512).
+    let x4 = case.input.clone();
+    let x12 = Tensor::cat(&[&x4, &x4, &x4], 1).unwrap();
+    let run = |g: &candle_gru::Gru, x: &Tensor| g.forward(x, None).unwrap().0;
+    let d = |a: &Tensor, b: &Tensor| gru_verify::distance(a, b).unwrap();
+    assert_eq!(d(&run(&gru, &x12), &run(&f32_steps, &x12)), 0.0);
+    assert!(d(&run(&gru, &x4), &run(&f32_steps, &x4)) > 0.0);
+}

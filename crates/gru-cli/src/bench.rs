@@ -60,6 +60,10 @@ pub struct Args {
     /// real-time service does); reports the time per frame too.
     #[arg(long)]
     stream: bool,
+    /// Small f32 layers (hidden up to 128, batch x hidden up to 512) compute their steps in f32,
+    /// not in f64 rounded to f32 per step (`Gru::with_wide_steps(false)`): to time both.
+    #[arg(long)]
+    f32_steps: bool,
     /// cpu, cuda, cuda:N, metal, metal:N or auto.
     #[arg(long, default_value = "cpu", value_parser = crate::device_arg)]
     device: gru_core::DeviceSpec,
@@ -303,7 +307,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                     Impl::OursPersistent => Kernel::Persistent,
                     _ => Kernel::CandleOps,
                 };
-                Gru::new(config, vb)?.with_kernel(kernel)
+                Gru::new(config, vb)?
+                    .with_kernel(kernel)
+                    .with_wide_steps(!a.f32_steps)?
             };
             let lengths = lengths.clone();
             if a.stream {
@@ -405,7 +411,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 "input_size": a.input_size, "hidden_size": a.hidden_size,
                 "num_layers": a.num_layers, "bidirectional": a.bidirectional,
                 "seq_len": a.seq_len, "batch": a.batch, "varlen": a.varlen, "stream": a.stream,
-                "frame_us": frame_us, "cpu_level": level,
+                "f32_steps": a.f32_steps, "frame_us": frame_us, "cpu_level": level,
                 "device": gru_core::device_name(&device), "dtype": dtype_name, "threads": threads,
                 "iters": a.iters,
                 "median_ms": median, "min_ms": times[0], "max_ms": times[times.len() - 1],

@@ -46,6 +46,11 @@ pub struct Args {
     /// Recurrence implementation.
     #[arg(long, value_enum, default_value_t = crate::KernelArg::Auto)]
     kernel: crate::KernelArg,
+    /// Small f32 layers (hidden size up to 128, batch x hidden up to 512) compute their steps in
+    /// f32 on the CPU, not in f64 rounded to f32 per step (faster, about as far from the exact
+    /// answer as PyTorch).
+    #[arg(long)]
+    f32_steps: bool,
 }
 
 /// Reads one tensor from a .npy file or a safetensors file (by `name`, or its only tensor), told
@@ -210,14 +215,18 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let prefix = a.source.prefix.as_deref();
     let (module, report) = if a.cell {
         let (cell, report) = file.gru_cell(prefix, dtype, &device)?;
-        (Module::Cell(cell.with_kernel(a.kernel.into())), report)
+        let cell = cell
+            .with_kernel(a.kernel.into())
+            .with_wide_steps(!a.f32_steps)?;
+        (Module::Cell(cell), report)
     } else {
         let (gru, report) = file
             .gru(prefix, dtype, &device)
             .map_err(|e| cell_hint(&file, prefix).unwrap_or_else(|| e.into()))?;
         let gru = gru
             .with_batch_first(a.batch_first)
-            .with_kernel(a.kernel.into());
+            .with_kernel(a.kernel.into())
+            .with_wide_steps(!a.f32_steps)?;
         (Module::Gru(gru), report)
     };
     if !report.unused_under_prefix.is_empty() {

@@ -1,6 +1,6 @@
-//! The scalar math of the gate update, `Real` (f32 and f64), with a branch-free f32 `exp` that the
-//! compiler vectorizes: libm's `expf`/`tanhf` are calls the gate loop cannot vectorize, and they
-//! would cost more than the recurrent matmul for small hidden sizes.
+//! The scalar math of the gate update, `Real` (f32 and f64), with branch-free `exp`s that the
+//! compiler vectorizes: libm's `expf`/`tanhf` (`exp`/`tanh`) are calls the gate loop cannot
+//! vectorize, and they would cost more than the recurrent matmul for small hidden sizes.
 
 use candle_core::WithDType;
 
@@ -9,6 +9,9 @@ use candle_core::WithDType;
 pub(crate) trait Real: WithDType + Copy + Default + Send + Sync + 'static {
     fn sigmoid<const FMA: bool>(self) -> Self;
     fn tanh<const FMA: bool>(self) -> Self;
+    /// This value rounded to f32's precision: the state an f32 model carries, when its steps
+    /// compute in f64 (see `cpu::DirPack::narrow`).
+    fn narrow(self) -> Self;
 }
 
 /// `a * b + c`, fused when `FMA` (shorter dependency chains in the polynomial).
@@ -22,6 +25,11 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 }
 
 impl Real for f32 {
+    #[inline(always)]
+    fn narrow(self) -> Self {
+        self
+    }
+
     #[inline(always)]
     fn sigmoid<const FMA: bool>(self) -> Self {
         let e = exp_f32::<FMA>(-self);
@@ -67,18 +75,83 @@ impl Real for f32 {
 
 impl Real for f64 {
     #[inline(always)]
-    fn sigmoid<const FMA: bool>(self) -> Self {
-        1.0 / (1.0 + (-self).exp())
+    fn narrow(self) -> Self {
+        self as f32 as f64
     }
 
     #[inline(always)]
+    fn sigmoid<const FMA: bool>(self) -> Self {
+        // e^{-x} = 2^n (1 + expm1(r))
+        let (p, scale) = exp_parts::<FMA>(-self);
+        1.0 / (1.0 + madd64::<FMA>(scale, p, scale))
+    }
+
+    /// `expm1(2|x|) / (expm1(2|x|) + 2)` with the sign of `x`: one polynomial and one division
+    /// for every `x`, accurate near 0 too (no cancellation: `expm1`, not `e^x - 1`).
+    #[inline(always)]
     fn tanh<const FMA: bool>(self) -> Self {
-        f64::tanh(self)
+        let (p, scale) = exp_parts::<FMA>(2.0 * self.abs());
+        let em = madd64::<FMA>(scale, p, scale - 1.0);
+        (em / (em + 2.0)).copysign(self)
     }
 }
 
-/// `e^x` for f32 with Cephes' `expf` polynomial (max error ~2 ulp), written without branches or
-/// libm calls so loops over it vectorize. NaN propagates: the clamps compare false on NaN.
+/// `a * b + c`, fused when `FMA`.
+#[inline(always)]
+fn madd64<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `e^x` as `2^n (1 + p)`: returns `(p, 2^n)` with `p = expm1(r)`, `x = n ln 2 + r`,
+/// `|r| <= ln 2 / 2`, so that `e^x = 2^n + 2^n p` and `expm1(x) = (2^n - 1) + 2^n p` are both
+/// accurate (about 1 ulp). Branch-free and without division, so that the gate loop vectorizes
+/// (libm's `exp`/`tanh` are a call per value and cost more than a small layer's matmul). `x` is
+/// clamped to [-708, 709], where `2^n` is a normal number: past it `e^x` is below 1e-307 or
+/// above 8e307, and the gates (`1 / (1 + e)`, `e / (e + 2)`) come out within 1.3e-308 of their
+/// values (sigmoid below -708 is about 1.2e-308, not smaller or 0).
+#[inline(always)]
+pub(crate) fn exp_parts<const FMA: bool>(x: f64) -> (f64, f64) {
+    const HI: f64 = 709.0;
+    const LO: f64 = -708.0;
+    let x = if x > HI { HI } else { x };
+    let x = if x < LO { LO } else { x };
+    // n = round(x / ln 2), by the 1.5 * 2^52 trick (no conversion instruction).
+    const ROUND: f64 = 6_755_399_441_055_744.0;
+    let n = madd64::<FMA>(x, std::f64::consts::LOG2_E, ROUND) - ROUND;
+    // ln 2 in two parts (Cephes'): n * LN2_HI is exact for |n| < 2^11.
+    let r = madd64::<FMA>(n, -6.931_457_519_531_25e-1, x);
+    let r = madd64::<FMA>(n, -1.428_606_820_309_417_3e-6, r);
+    // expm1(r) = r + r^2 / 2! + ... + r^13 / 13! (the next term is below 4e-18 here).
+    const C: [f64; 12] = [
+        1.0 / 6_227_020_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+    ];
+    let mut q = C[0];
+    for &c in &C[1..] {
+        q = madd64::<FMA>(q, r, c);
+    }
+    let p = madd64::<FMA>(q, r * r, r);
+    // 2^n from its bits: n is an integer in [-1021, 1023] here.
+    let biased = (n + (ROUND + 1023.0))
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits());
+    (p, f64::from_bits(biased << 52))
+}
+
 #[inline(always)]
 pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
     const HI: f32 = 88.376_26;
@@ -157,6 +230,41 @@ mod tests {
         assert_eq!(Real::tanh::<FMA>(-1e4f32), -1.0);
         assert!(f32::NAN.sigmoid::<FMA>().is_nan());
         assert!(Real::tanh::<FMA>(f32::NAN).is_nan());
+    }
+
+    fn check_f64<const FMA: bool>() {
+        // Relative error in units of f64's epsilon, worst over a dense sweep.
+        let ulps = |got: f64, want: f64| ((got - want) / want).abs() / f64::EPSILON;
+        let (mut e_exp, mut e_sig, mut e_tanh) = (0.0f64, 0.0f64, 0.0f64);
+        let mut x = -700.0f64;
+        while x < 700.0 {
+            let (p, scale) = exp_parts::<FMA>(x);
+            e_exp = e_exp.max(ulps(scale.mul_add(p, scale), x.exp()));
+            x += 0.003_7;
+        }
+        for i in -400_000..=400_000 {
+            let x = i as f64 * 1e-4 + 1e-9;
+            e_sig = e_sig.max(ulps(x.sigmoid::<FMA>(), 1.0 / (1.0 + (-x).exp())));
+            e_tanh = e_tanh.max(ulps(Real::tanh::<FMA>(x), x.tanh()));
+        }
+        assert!(e_exp < 2.0, "exp (fma {FMA}): {e_exp} ulp");
+        assert!(e_sig < 4.0, "sigmoid (fma {FMA}): {e_sig} ulp");
+        assert!(e_tanh < 4.0, "tanh (fma {FMA}): {e_tanh} ulp");
+        // Saturation and special values.
+        assert_eq!(1e4f64.sigmoid::<FMA>(), 1.0);
+        assert!((-1e4f64).sigmoid::<FMA>() < 1e-300);
+        assert_eq!(Real::tanh::<FMA>(f64::INFINITY), 1.0);
+        assert_eq!(Real::tanh::<FMA>(-1e4f64), -1.0);
+        assert!(f64::NAN.sigmoid::<FMA>().is_nan());
+        assert!(Real::tanh::<FMA>(f64::NAN).is_nan());
+        assert!(exp_parts::<FMA>(f64::NAN).0.is_nan());
+        assert!(Real::tanh::<FMA>(-0.0f64).is_sign_negative());
+    }
+
+    #[test]
+    fn f64_activations_are_within_a_few_ulp_of_libm() {
+        check_f64::<false>();
+        check_f64::<true>();
     }
 
     #[test]

@@ -131,6 +131,14 @@ impl GruCell {
         self
     }
 
+    /// As [`Gru::with_wide_steps`]: `false` computes a small f32 cell's step in f32.
+    pub fn with_wide_steps(mut self, allowed: bool) -> Result<Self> {
+        if let Body::Float(layer) = self.body {
+            self.body = Body::Float(layer.with_wide_steps(allowed)?);
+        }
+        Ok(self)
+    }
+
     /// The parameters under `nn.GRUCell`'s names, in the model's dtype.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         match &self.body {

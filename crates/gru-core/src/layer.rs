@@ -136,7 +136,8 @@ pub(crate) fn compute_dtype(dtype: DType) -> DType {
 #[derive(Debug, Clone)]
 struct Derived {
     /// Empty on the CPU until a kernel that reads them (`CandleOps`, `FusedStep`) first runs,
-    /// so that a CPU model keeps its weights twice (loaded and packed), not thrice.
+    /// so that a CPU model keeps its weights twice (loaded and packed; a layer with wide steps
+    /// packed twice, in f32 and f64), not once more.
     tensors: std::sync::OnceLock<DerivedTensors>,
     /// On CUDA only.
     persist: Option<PersistWeights>,
@@ -157,15 +158,49 @@ struct DerivedTensors {
     b_hn: Vec<Tensor>,
 }
 
+/// Hidden sizes up to which an f32 layer's steps may compute in f64 on the CPU ("wide steps"):
+/// the products, biases and gates of a step in f64, its new state (and output) rounded to f32.
+/// For small states f32 arithmetic leaves our answer no closer to the exact one than PyTorch's
+/// f32, and on some inputs 2-3x further (a few roundings decide a chaotic trajectory, and the
+/// maximum over few outputs is set by one of them: issue 28, BENCHMARKS.md "Accuracy"); one
+/// rounding per step brings it well under PyTorch's error. Streaming is unchanged: the carried
+/// state is f32, as every step's state is.
+pub(crate) const WIDE_MAX_HIDDEN: usize = 128;
+
+/// The largest `batch * hidden` a call runs with wide steps: f64 products cost about twice f32
+/// ones, which a step this small hides behind its fixed costs (measured: 1.6-3x f32 steps, still
+/// under PyTorch's time); past it the products dominate (hidden 128, batch 32: 2.3x f32 steps,
+/// 1.5x PyTorch) and the maximum error over many rows is no longer one trajectory's.
+pub(crate) const WIDE_MAX_STATE: usize = 512;
+
+/// Whether an f32 layer may have wide steps (see [`WIDE_MAX_HIDDEN`]); `allowed`: the model's
+/// choice (`Gru::with_wide_steps`).
+fn wide_steps(params: &[DirectionParams], hidden: usize, allowed: bool) -> bool {
+    allowed && params[0].w_ih.dtype() == DType::F32 && hidden <= WIDE_MAX_HIDDEN
+}
+
+/// Whether a call of `batch` rows runs a wide layer's steps in f64 (see [`WIDE_MAX_STATE`]).
+fn wide_call(batch: usize, hidden: usize) -> bool {
+    batch * hidden <= WIDE_MAX_STATE
+}
+
 /// The CPU kernel's packed weights of a layer, per direction, in the compute dtype.
 #[derive(Debug, Clone)]
 enum CpuPack {
     F32(Vec<DirPack<f32>>),
     F64(Vec<DirPack<f64>>),
+    /// An f32 layer with wide steps (see [`WIDE_MAX_HIDDEN`]): its weights in f32, for calls
+    /// of many rows, and in f64, each direction narrowing its state to f32 after every step.
+    Wide(Vec<DirPack<f32>>, Vec<DirPack<f64>>),
 }
 
 impl CpuPack {
-    fn new(params: &[DirectionParams], hidden: usize, dtype: DType) -> Result<Option<Self>> {
+    fn new(
+        params: &[DirectionParams],
+        hidden: usize,
+        dtype: DType,
+        wide: bool,
+    ) -> Result<Option<Self>> {
         fn pack<T: Real>(
             params: &[DirectionParams],
             hidden: usize,
@@ -193,18 +228,34 @@ impl CpuPack {
                 .collect()
         }
         Ok(match dtype {
+            DType::F32 if wide => {
+                let mut dirs = pack::<f64>(params, hidden, DType::F64)?;
+                for d in &mut dirs {
+                    d.narrow = true;
+                }
+                Some(Self::Wide(pack(params, hidden, dtype)?, dirs))
+            }
             DType::F32 => Some(Self::F32(pack(params, hidden, dtype)?)),
             DType::F64 => Some(Self::F64(pack(params, hidden, dtype)?)),
             _ => None,
         })
     }
 
-    fn dirs<T: Real>(&self) -> Option<&[DirPack<T>]> {
-        let any: &dyn std::any::Any = match self {
-            Self::F32(d) => d,
-            Self::F64(d) => d,
+    /// The weights a call computes with: `wide`, a wide layer's f64 weights (which narrow the
+    /// state to f32 each step); otherwise the weights of the layer's own dtype. `None` when `T`
+    /// is not that dtype.
+    fn dirs<T: Real>(&self, wide: bool) -> Option<&[DirPack<T>]> {
+        let any: &dyn std::any::Any = match (self, wide) {
+            (Self::Wide(_, f64s), true) => f64s,
+            (_, true) => return None,
+            (Self::F32(d) | Self::Wide(d, _), false) => d,
+            (Self::F64(d), false) => d,
         };
         any.downcast_ref::<Vec<DirPack<T>>>().map(Vec::as_slice)
+    }
+
+    fn is_wide(&self) -> bool {
+        matches!(self, Self::Wide(..))
     }
 }
 
@@ -248,12 +299,18 @@ impl Derived {
     /// `for_kernels`: also the kernels' own layouts (packed on the CPU, the persistent kernel's
     /// stacked weights on CUDA); tracked (`Var`) layers only ever run the candle-ops recurrence
     /// and skip them.
-    fn new(params: &[DirectionParams], hidden: usize, for_kernels: bool) -> Result<Self> {
+    /// `wide`: an f32 layer with wide steps (packed in f64).
+    fn new(
+        params: &[DirectionParams],
+        hidden: usize,
+        for_kernels: bool,
+        wide: bool,
+    ) -> Result<Self> {
         let first = &params[0].w_ih;
         let dtype = compute_dtype(first.dtype());
         let device = first.device();
         if for_kernels && device.is_cpu() {
-            if let Some(cpu) = CpuPack::new(params, hidden, dtype)? {
+            if let Some(cpu) = CpuPack::new(params, hidden, dtype, wide)? {
                 return Ok(Self {
                     tensors: std::sync::OnceLock::new(),
                     persist: None,
@@ -301,27 +358,52 @@ pub(crate) struct Layer {
     /// gradients, so each forward derives afresh, inside the autograd graph.
     derived: Option<Derived>,
     hidden: usize,
+    /// Wide steps allowed (the default; see [`WIDE_MAX_HIDDEN`]).
+    wide_allowed: bool,
 }
 
 impl Layer {
     pub fn new(params: Vec<DirectionParams>, hidden: usize) -> Result<Self> {
+        Self::build(params, hidden, true)
+    }
+
+    fn build(params: Vec<DirectionParams>, hidden: usize, wide_allowed: bool) -> Result<Self> {
         let variable = params.iter().any(DirectionParams::is_variable);
+        let wide = wide_steps(&params, hidden, wide_allowed);
         let derived = if variable {
             None
         } else {
-            Some(Derived::new(&params, hidden, true)?)
+            Some(Derived::new(&params, hidden, true, wide)?)
         };
         Ok(Self {
             params,
             derived,
             hidden,
+            wide_allowed,
         })
+    }
+
+    /// This layer with wide steps allowed or not (packed anew when that changes them).
+    pub fn with_wide_steps(self, allowed: bool) -> Result<Self> {
+        if wide_steps(&self.params, self.hidden, allowed) == self.is_wide() {
+            // Nothing to pack anew (another dtype, a larger layer, the same choice).
+            return Ok(Self {
+                wide_allowed: allowed,
+                ..self
+            });
+        }
+        Self::build(self.params, self.hidden, allowed)
     }
 
     fn derived(&self) -> Result<std::borrow::Cow<'_, Derived>> {
         Ok(match &self.derived {
             Some(d) => std::borrow::Cow::Borrowed(d),
-            None => std::borrow::Cow::Owned(Derived::new(&self.params, self.hidden, false)?),
+            None => std::borrow::Cow::Owned(Derived::new(
+                &self.params,
+                self.hidden,
+                false,
+                self.is_wide(),
+            )?),
         })
     }
 
@@ -360,9 +442,14 @@ impl Layer {
         let n_dirs = self.num_directions();
         if kernel == Kernel::Auto && x.device().is_cpu() {
             let h0 = state_or_zeros(h0, n_dirs, x, self.hidden)?;
+            let wide =
+                d.cpu.as_ref().is_some_and(CpuPack::is_wide) && wide_call(x.dim(1)?, self.hidden);
             return match x.dtype() {
-                DType::F32 => self.forward_cpu::<f32>(d, x, &h0, plan),
-                DType::F64 => self.forward_cpu::<f64>(d, x, &h0, plan),
+                DType::F32 if wide => widened(x, &h0, |x, h0| {
+                    self.forward_cpu::<f64>(d, x, h0, plan, true)
+                }),
+                DType::F32 => self.forward_cpu::<f32>(d, x, &h0, plan, false),
+                DType::F64 => self.forward_cpu::<f64>(d, x, &h0, plan, false),
                 other => Err(GruError::Internal(format!("no CPU kernel for {other:?}"))),
             };
         }
@@ -380,13 +467,42 @@ impl Layer {
             }),
             _ => None,
         };
+        // On the CPU a small f32 layer's call of few rows computes its steps in f64, as the CPU
+        // kernel does (the same f64 arithmetic, up to f64's last bits: order of sums, FMA,
+        // activations).
+        if x.device().is_cpu() && self.is_wide() && wide_call(x.dim(1)?, self.hidden) {
+            let f64 = |t: &Tensor| t.to_dtype(DType::F64);
+            let w_hh_t = t
+                .w_hh_t
+                .iter()
+                .map(f64)
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let b_hn = t
+                .b_hn
+                .iter()
+                .map(f64)
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let dirs: Vec<DirTensors<'_>> = w_hh_t
+                .iter()
+                .zip(&b_hn)
+                .map(|(w_hh_t, b_hn)| DirTensors { w_hh_t, b_hn })
+                .collect();
+            let (w_ih_t, bias) = (f64(&t.w_ih_t)?, f64(&t.bias)?);
+            return widened(x, &h0, |x, h0| {
+                stepwise::layer_forward(x, &w_ih_t, &bias, &dirs, h0, plan, fused, true)
+            });
+        }
         let dirs: Vec<DirTensors<'_>> = t
             .w_hh_t
             .iter()
             .zip(&t.b_hn)
             .map(|(w_hh_t, b_hn)| DirTensors { w_hh_t, b_hn })
             .collect();
-        stepwise::layer_forward(x, &t.w_ih_t, &t.bias, &dirs, &h0, plan, fused)
+        stepwise::layer_forward(x, &t.w_ih_t, &t.bias, &dirs, &h0, plan, fused, false)
+    }
+
+    fn is_wide(&self) -> bool {
+        wide_steps(&self.params, self.hidden, self.wide_allowed)
     }
 
     /// The persistent kernel when it applies: `Some` output, or `None` for the per-step path
@@ -507,24 +623,38 @@ impl Layer {
         }
         let h0 = state_or_zeros(h0, layers.len(), x, layers[0].hidden)?;
         let h0 = h0.as_ref();
+        let wide = wide_call(x.dim(1)?, layers[0].hidden)
+            && layers.iter().all(|l| {
+                let pack = l.derived.as_ref().and_then(|d| d.cpu.as_ref());
+                pack.is_some_and(CpuPack::is_wide)
+            });
         match x.dtype() {
-            DType::F32 => Self::stack_cpu::<f32>(layers, x, h0, plan),
-            DType::F64 => Self::stack_cpu::<f64>(layers, x, h0, plan),
+            DType::F32 if wide => {
+                let out = widened(x, h0, |x, h0| {
+                    Self::stack_cpu::<f64>(layers, x, h0, plan, true)?
+                        .ok_or_else(|| GruError::Internal("no wide CPU weights".into()))
+                })?;
+                Ok(Some(out))
+            }
+            DType::F32 => Self::stack_cpu::<f32>(layers, x, h0, plan, false),
+            DType::F64 => Self::stack_cpu::<f64>(layers, x, h0, plan, false),
             _ => Ok(None),
         }
     }
 
+    /// `wide`: the layers' wide (f64, narrowing) weights; see [`CpuPack::dirs`].
     fn stack_cpu<T: cpu::SimdFloat>(
         layers: &[Layer],
         x: &Tensor,
         h0: &Tensor,
         plan: &LengthPlan,
+        wide: bool,
     ) -> Result<Option<(Tensor, Tensor)>> {
         let mut dirs = Vec::with_capacity(layers.len());
         for layer in layers {
             // Tracked layers (no derived weights) run the candle-ops recurrence instead.
             let packed = layer.derived.as_ref().and_then(|d| d.cpu.as_ref());
-            match packed.and_then(CpuPack::dirs::<T>) {
+            match packed.and_then(|p| p.dirs::<T>(wide)) {
                 Some([dir]) => dirs.push(dir),
                 _ => return Ok(None),
             }
@@ -542,17 +672,29 @@ impl Layer {
         x: &Tensor,
         h0: &Tensor,
         plan: &LengthPlan,
+        wide: bool,
     ) -> Result<(Tensor, Tensor)> {
         let dirs = d
             .cpu
             .as_ref()
-            .and_then(CpuPack::dirs::<T>)
+            .and_then(|p| p.dirs::<T>(wide))
             .ok_or_else(|| GruError::Internal("no packed CPU weights for this layer".into()))?;
         let n = self.num_directions();
         run_cpu_kernel(x, h0, self.hidden, n, n, |x, dims, h0, threads| {
             cpu::layer_forward(x, dims, dirs, h0, plan, threads)
         })
     }
+}
+
+/// Runs `f` on `x` and `h0` (f32) in f64 and returns its output and state in f32: exactly its
+/// values, since a layer with wide steps rounds them to f32 already.
+fn widened(
+    x: &Tensor,
+    h0: &Tensor,
+    f: impl FnOnce(&Tensor, &Tensor) -> Result<(Tensor, Tensor)>,
+) -> Result<(Tensor, Tensor)> {
+    let (out, hn) = f(&x.to_dtype(DType::F64)?, &h0.to_dtype(DType::F64)?)?;
+    Ok((out.to_dtype(DType::F32)?, hn.to_dtype(DType::F32)?))
 }
 
 /// `h0` as given, or the zero state `(n, B, H)` for `x` `(T, B, in)`, in its dtype and device.

@@ -67,6 +67,10 @@ pub(crate) struct DirPack<T> {
     pub bias: Vec<T>,
     /// `b_hn` `(H)`: the part of `bias_hh` that PyTorch applies inside the reset gate.
     pub b_hn: Vec<T>,
+    /// The weights of an f32 model computed in f64 ("wide steps", see `layer::WIDE_MAX_HIDDEN`):
+    /// each step's state and output are rounded to f32, so that a step starts from the state an
+    /// f32 model carries (between streamed chunks too) and the next layer reads f32 values.
+    pub narrow: bool,
 }
 
 impl<T: Real> DirPack<T> {
@@ -100,6 +104,7 @@ impl<T: Real> DirPack<T> {
             w_hh: GatePanels::pack(w_hh, hidden, hidden),
             bias,
             b_hn,
+            narrow: false,
         }
     }
 }

@@ -147,9 +147,14 @@ impl<T> SharedMut<T> {
     }
 }
 
+/// Spins of a barrier wait before it yields (see [`SpinBarrier`]): a few microseconds. When the
+/// OS runs two members on one CPU (seen on a 2-vCPU VM, in about half the runs of some shapes),
+/// each wait lasts until the spinner yields: 20 000 spins made a 2-layer H128 B4 forward 15-20x
+/// slower than on one thread; 300 keep it within about 2x (BENCHMARKS.md, 2026-12-08).
+const SPINS: u32 = 300;
+
 /// A barrier for the few threads of one direction split by units, waited on after each step: it
-/// spins
-/// (a wake-up through the OS costs more than a step of a small GRU), then yields so that an
+/// spins (a wake-up through the OS costs more than a step of a small GRU), then yields so that an
 /// oversubscribed machine still makes progress. A member that panics poisons it, and the others
 /// panic instead of waiting forever.
 pub(crate) struct SpinBarrier {
@@ -185,7 +190,7 @@ impl SpinBarrier {
             if self.poisoned.load(Relaxed) {
                 panic!("a GRU kernel thread panicked");
             }
-            if spins < 20_000 {
+            if spins < SPINS {
                 std::hint::spin_loop();
                 spins += 1;
             } else {

@@ -428,6 +428,15 @@ fn gate_pass<T: SimdFloat, const FMA: bool>(s: &Step<'_, T>, c: &mut Chunk<T>, m
             } else {
                 candidate_update::<T, FMA>(r, z, gi_n, gh_n, b_hn, h, h_dst, o_dst);
             }
+            if s.dir.narrow {
+                // Two plain loops (vectorized; a chained iterator is not).
+                for v in h_dst.iter_mut() {
+                    *v = v.narrow();
+                }
+                for v in o_dst.iter_mut() {
+                    *v = v.narrow();
+                }
+            }
         }
     }
 }

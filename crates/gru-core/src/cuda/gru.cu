@@ -225,6 +225,32 @@ __device__ __forceinline__ Four<double> ldcg4(const double* p) {
     return Four<double>{{a.x, a.y, b.x, b.y}};
 }
 
+// Columns of W_hh h summed in one chain of fused multiply-adds (a multiple of 4: the loads'
+// width), as the CPU kernel's `CHAIN`.
+#define GRU_CHAIN 64
+
+// a0..a3 += the products of row `wr` and h of 4 batch rows (`hk`, columns of stride Bp) over
+// columns k_lo .. k_hi (multiples of 4), one chain of fused multiply-adds per batch row.
+template <typename T>
+__device__ __forceinline__ void row_sums(const T* wr, const T* hk, int Bp, int k_lo, int k_hi, T& a0,
+                                         T& a1, T& a2, T& a3) {
+    for (int k = k_lo; k < k_hi; k += 4) {
+        // Every load of the 4 columns first, then the arithmetic: the loads' latencies overlap
+        // instead of adding up (a block has few warps to hide them behind).
+        Four<T> w = load4(wr + k);
+        Four<T> h[4];
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) h[kk] = load4(hk + (long long)(k + kk) * Bp);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            a0 += w.v[kk] * h[kk].v[0];
+            a1 += w.v[kk] * h[kk].v[1];
+            a2 += w.v[kk] * h[kk].v[2];
+            a3 += w.v[kk] * h[kk].v[3];
+        }
+    }
+}
+
 template <typename T, bool CLUSTER>
 __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias, const T* h0,
                         const unsigned int* lengths, T* buf, int T_len, int B, int H, int D, int U,
@@ -367,20 +393,21 @@ __device__ void persist(const T* gi, const T* w_hh, const T* b_hn, const T* bias
             const T* wr = Ws + (long long)mr * S;
             const T* hk = hcur + mg * 4;
             T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-            for (int k = k_lo; k < k_hi; k += 4) {
-                // Every load of the 4 columns first, then the arithmetic: the loads' latencies
-                // overlap instead of adding up (a block has few warps to hide them behind).
-                Four<T> w = load4(wr + k);
-                Four<T> h[4];
-#pragma unroll
-                for (int kk = 0; kk < 4; ++kk) h[kk] = load4(hk + (long long)(k + kk) * Bp);
-#pragma unroll
-                for (int kk = 0; kk < 4; ++kk) {
-                    a0 += w.v[kk] * h[kk].v[0];
-                    a1 += w.v[kk] * h[kk].v[1];
-                    a2 += w.v[kk] * h[kk].v[2];
-                    a3 += w.v[kk] * h[kk].v[3];
+            if (sizeof(T) == 4) {
+                // f32: chains of GRU_CHAIN columns, each chain's sums added to the sums before
+                // it, as the CPU kernel sums: one chain of H fused multiply-adds carries about
+                // sqrt(H) roundings and left wide layers twice as far from the exact answer as
+                // PyTorch (issue 28). The adds cost 4 per 64 columns.
+                for (int c = k_lo; c < k_hi; c += GRU_CHAIN) {
+                    const int c_hi = c + GRU_CHAIN < k_hi ? c + GRU_CHAIN : k_hi;
+                    T c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+                    row_sums(wr, hk, Bp, c, c_hi, c0, c1, c2, c3);
+                    a0 += c0; a1 += c1; a2 += c2; a3 += c3;
                 }
+            } else {
+                // f64 needs no chains (the f32 answer is its rounding) and, in one, keeps its
+                // registers (96 on sm_80, not 128).
+                row_sums(wr, hk, Bp, k_lo, k_hi, a0, a1, a2, a3);
             }
             // gs[mk][b][row]: consecutive rows (threads) at consecutive addresses, here and in
             // the gate reads below.

@@ -24,6 +24,9 @@ pub(crate) struct GateStep<'a> {
     pub lengths: Option<&'a Tensor>,
     /// Which state row of the buffer holds the current state (0: row T, 1: row T + 1).
     pub parity: usize,
+    /// Round the new state and output to f32 (an f32 layer's wide steps, computed in f64: see
+    /// `layer::WIDE_MAX_HIDDEN`).
+    pub narrow: bool,
 }
 
 fn cpu_slice<'s, T: WithDType>(storage: &'s Storage, layout: &Layout) -> Result<&'s [T]> {
@@ -96,8 +99,13 @@ impl GateStep<'_> {
                     b_hn,
                     &h_in[r.clone()],
                     &mut h_out[r.clone()],
-                    &mut out[r],
+                    &mut out[r.clone()],
                 );
+                if self.narrow {
+                    for v in h_out[r.clone()].iter_mut().chain(&mut out[r]) {
+                        *v = v.narrow();
+                    }
+                }
             } else {
                 h_out[r.clone()].copy_from_slice(&h_in[r]);
             }

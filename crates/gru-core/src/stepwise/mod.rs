@@ -6,7 +6,7 @@
 //! default; both variants here stay tested on the CPU. On CUDA a layer that fits on chip runs as
 //! one persistent launch instead (`cuda::persistent`).
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use crate::cuda::per_step::DirectionLoop;
 use crate::cuda::{check_kernel_sizes, DeviceKernels};
@@ -25,6 +25,8 @@ pub(crate) struct DirTensors<'a> {
 }
 
 /// One layer: `x` `(T, B, in)`, `h0` `(D, B, H)` -> `output` `(T, B, D * H)`, `h_n` `(D, B, H)`.
+/// `narrow`: the tensors are an f32 layer's in f64 (its wide steps, `layer::WIDE_MAX_HIDDEN`),
+/// and each step's state is rounded to f32.
 pub(crate) fn layer_forward(
     x: &Tensor,
     w_ih_t: &Tensor,
@@ -33,6 +35,7 @@ pub(crate) fn layer_forward(
     h0: &Tensor,
     plan: &LengthPlan,
     fused: Option<Fused<'_>>,
+    narrow: bool,
 ) -> Result<(Tensor, Tensor)> {
     let g3 = 3 * h0.dim(D::Minus1)?;
     let gi = input_projection(x, w_ih_t, bias, dirs.len() * g3)?;
@@ -41,9 +44,10 @@ pub(crate) fn layer_forward(
     for (d, dir) in dirs.iter().enumerate() {
         let h0_d = h0.get(d)?;
         let (out, hn) = if let Some(f) = &fused {
-            fused_direction(&gi, d * g3, dir, &h0_d, f, d == 1)?
+            fused_direction(&gi, d * g3, dir, &h0_d, f, d == 1, narrow)?
         } else {
-            composite_direction(&gi.narrow(2, d * g3, g3)?, dir, &h0_d, plan, d == 1)?
+            let gi_d = gi.narrow(2, d * g3, g3)?;
+            composite_direction(&gi_d, dir, &h0_d, plan, d == 1, narrow)?
         };
         outs.push(out);
         hns.push(hn);
@@ -103,6 +107,7 @@ fn fused_direction(
     h0: &Tensor,
     fused: &Fused<'_>,
     reverse: bool,
+    narrow: bool,
 ) -> Result<(Tensor, Tensor)> {
     let (t_len, batch, g) = gi.dims3()?;
     let hidden = h0.dim(D::Minus1)?;
@@ -136,6 +141,7 @@ fn fused_direction(
             b_hn: dir.b_hn,
             lengths: fused.lengths,
             parity,
+            narrow,
         };
         buf.inplace_op2(&gh, &step)?;
         parity = 1 - parity;
@@ -151,6 +157,7 @@ fn composite_direction(
     h0: &Tensor,
     plan: &LengthPlan,
     reverse: bool,
+    narrow: bool,
 ) -> Result<(Tensor, Tensor)> {
     let (t_len, batch, _) = gi.dims3()?;
     let hidden = h0.dim(D::Minus1)?;
@@ -165,7 +172,11 @@ fn composite_direction(
     for s in 0..t_len {
         let t = if reverse { t_len - 1 - s } else { s };
         let gh = matmul_in_chains(&h, dir.w_hh_t)?;
-        let h_new = gate_update(&gi.get(t)?, &gh, dir.b_hn, &h)?;
+        let mut h_new = gate_update(&gi.get(t)?, &gh, dir.b_hn, &h)?;
+        if narrow {
+            // The state an f32 layer carries (differentiable: a cast each way).
+            h_new = h_new.to_dtype(DType::F32)?.to_dtype(DType::F64)?;
+        }
         let out_t = match &mask {
             // where_cond, not a multiply: NaN computed from padding must not leak.
             Some(m) => {
