@@ -176,7 +176,8 @@ pub(crate) const WIDE_MAX_STATE: usize = 512;
 /// Whether an f32 layer may have wide steps (see [`WIDE_MAX_HIDDEN`]); `allowed`: the model's
 /// choice (`Gru::with_wide_steps`).
 fn wide_steps(params: &[DirectionParams], hidden: usize, allowed: bool) -> bool {
-    allowed && params[0].w_ih.dtype() == DType::F32 && hidden <= WIDE_MAX_HIDDEN
+    let w = &params[0].w_ih;
+    allowed && w.device().is_cpu() && w.dtype() == DType::F32 && hidden <= WIDE_MAX_HIDDEN
 }
 
 /// Whether a call of `batch` rows runs a wide layer's steps in f64 (see [`WIDE_MAX_STATE`]).

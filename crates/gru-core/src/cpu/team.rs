@@ -149,7 +149,7 @@ impl<T> SharedMut<T> {
 
 /// Spins of a barrier wait before it yields (see [`SpinBarrier`]): a few microseconds. When the
 /// OS runs two members on one CPU (seen on a 2-vCPU VM, in about half the runs of some shapes),
-/// each wait lasts until the spinner yields: 20 000 spins made a 2-layer H128 B4 forward 15-20x
+/// each wait lasts until the spinner yields: 20 000 spins made a 2-layer H128 B4 forward 11-15x
 /// slower than on one thread; 300 keep it within about 2x (BENCHMARKS.md, 2026-12-08).
 const SPINS: u32 = 300;
 
