@@ -26,7 +26,7 @@ pub struct GruCell {
 /// A float cell's layer, or a quantized cell's one-step quantized GRU.
 #[derive(Debug, Clone)]
 enum Body {
-    Float(Layer),
+    Float(Box<Layer>),
     Quantized(Box<Gru>),
 }
 
@@ -71,7 +71,7 @@ impl GruCell {
         Ok(Self {
             input_size,
             hidden_size,
-            body: Body::Float(Layer::new(vec![params], hidden_size)?),
+            body: Body::Float(Box::new(Layer::new(vec![params], hidden_size)?)),
             dtype: vb.dtype(),
             device: vb.device().clone(),
             kernel: Kernel::Auto,
@@ -134,7 +134,7 @@ impl GruCell {
     /// As [`Gru::with_wide_steps`]: `false` computes a small f32 cell's step in f32.
     pub fn with_wide_steps(mut self, allowed: bool) -> Result<Self> {
         if let Body::Float(layer) = self.body {
-            self.body = Body::Float(layer.with_wide_steps(allowed)?);
+            self.body = Body::Float(Box::new(layer.with_wide_steps(allowed)?));
         }
         Ok(self)
     }

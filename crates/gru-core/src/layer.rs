@@ -139,6 +139,8 @@ struct Derived {
     /// so that a CPU model keeps its weights twice (loaded and packed; a layer with wide steps
     /// packed twice, in f32 and f64), not once more.
     tensors: std::sync::OnceLock<DerivedTensors>,
+    /// The same in f64, for a wide layer's per-step and candle-ops paths (built on first use).
+    wide_tensors: std::sync::OnceLock<DerivedTensors>,
     /// On CUDA only.
     persist: Option<PersistWeights>,
     /// On the CPU only (f32, f64): every direction's weights packed for the CPU kernel.
@@ -261,10 +263,9 @@ impl CpuPack {
 }
 
 impl DerivedTensors {
-    fn new(params: &[DirectionParams], hidden: usize) -> Result<Self> {
-        let first = &params[0].w_ih;
-        let dtype = compute_dtype(first.dtype());
-        let device = first.device().clone();
+    /// In `dtype` (the compute dtype, or f64 for a layer's wide steps).
+    fn new(params: &[DirectionParams], hidden: usize, dtype: DType) -> Result<Self> {
+        let device = params[0].w_ih.device().clone();
         let zeros_h = Tensor::zeros(hidden, dtype, &device)?;
         let mut w_ih_t = Vec::with_capacity(params.len());
         let mut bias = Vec::with_capacity(params.len());
@@ -314,12 +315,13 @@ impl Derived {
             if let Some(cpu) = CpuPack::new(params, hidden, dtype, wide)? {
                 return Ok(Self {
                     tensors: std::sync::OnceLock::new(),
+                    wide_tensors: std::sync::OnceLock::new(),
                     persist: None,
                     cpu: Some(cpu),
                 });
             }
         }
-        let tensors = DerivedTensors::new(params, hidden)?;
+        let tensors = DerivedTensors::new(params, hidden, dtype)?;
         let persist = if for_kernels && device.is_cuda() {
             let w_hh = params
                 .iter()
@@ -334,19 +336,35 @@ impl Derived {
         };
         Ok(Self {
             tensors: tensors.into(),
+            wide_tensors: std::sync::OnceLock::new(),
             persist,
             cpu: None,
         })
     }
 
-    /// The transposed and folded tensors, built on first use.
+    /// The transposed and folded tensors in the compute dtype, built on first use.
     fn tensors(&self, params: &[DirectionParams], hidden: usize) -> Result<&DerivedTensors> {
-        if let Some(t) = self.tensors.get() {
+        let dtype = compute_dtype(params[0].w_ih.dtype());
+        Self::built(&self.tensors, params, hidden, dtype)
+    }
+
+    /// The same in f64 (biases folded in f64, as the CPU kernel's wide packs fold them).
+    fn wide_tensors(&self, params: &[DirectionParams], hidden: usize) -> Result<&DerivedTensors> {
+        Self::built(&self.wide_tensors, params, hidden, DType::F64)
+    }
+
+    fn built<'a>(
+        cell: &'a std::sync::OnceLock<DerivedTensors>,
+        params: &[DirectionParams],
+        hidden: usize,
+        dtype: DType,
+    ) -> Result<&'a DerivedTensors> {
+        if let Some(t) = cell.get() {
             return Ok(t);
         }
-        let t = DerivedTensors::new(params, hidden)?;
+        let t = DerivedTensors::new(params, hidden, dtype)?;
         // Another thread may have built them meanwhile: either copy serves.
-        Ok(self.tensors.get_or_init(|| t))
+        Ok(cell.get_or_init(|| t))
     }
 }
 
@@ -471,35 +489,26 @@ impl Layer {
         // On the CPU a small f32 layer's call of few rows computes its steps in f64, as the CPU
         // kernel does (the same f64 arithmetic, up to f64's last bits: order of sums, FMA,
         // activations).
-        if x.device().is_cpu() && self.is_wide() && wide_call(x.dim(1)?, self.hidden) {
-            let f64 = |t: &Tensor| t.to_dtype(DType::F64);
-            let w_hh_t = t
-                .w_hh_t
-                .iter()
-                .map(f64)
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let b_hn = t
-                .b_hn
-                .iter()
-                .map(f64)
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let dirs: Vec<DirTensors<'_>> = w_hh_t
-                .iter()
-                .zip(&b_hn)
-                .map(|(w_hh_t, b_hn)| DirTensors { w_hh_t, b_hn })
-                .collect();
-            let (w_ih_t, bias) = (f64(&t.w_ih_t)?, f64(&t.bias)?);
-            return widened(x, &h0, |x, h0| {
-                stepwise::layer_forward(x, &w_ih_t, &bias, &dirs, h0, plan, fused, true)
-            });
-        }
+        let wide = x.device().is_cpu() && self.is_wide() && wide_call(x.dim(1)?, self.hidden);
+        let t = if wide {
+            d.wide_tensors(&self.params, self.hidden)?
+        } else {
+            t
+        };
         let dirs: Vec<DirTensors<'_>> = t
             .w_hh_t
             .iter()
             .zip(&t.b_hn)
             .map(|(w_hh_t, b_hn)| DirTensors { w_hh_t, b_hn })
             .collect();
-        stepwise::layer_forward(x, &t.w_ih_t, &t.bias, &dirs, &h0, plan, fused, false)
+        let run = |x: &Tensor, h0: &Tensor| {
+            stepwise::layer_forward(x, &t.w_ih_t, &t.bias, &dirs, h0, plan, fused, wide)
+        };
+        if wide {
+            widened(x, &h0, run)
+        } else {
+            run(x, &h0)
+        }
     }
 
     fn is_wide(&self) -> bool {

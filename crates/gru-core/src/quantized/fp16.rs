@@ -438,13 +438,8 @@ mod tests {
 
     #[test]
     fn every_path_sums_in_fbgemm_s_order() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut rng = crate::quantized::test_rng::XorShift::new(0x9e37_79b9_7f4a_7c15u64);
+        let mut next = move || rng.next_f32();
         // Row counts that give kernels of 1, 2 and 3-6 rows; k past one block of 512; n with a
         // fringe.
         for (m, n, k) in [
@@ -482,13 +477,8 @@ mod tests {
     /// blocks, `beta`), spans inside, at the end and wholly in the fringe.
     #[test]
     fn column_spans_give_the_whole_call_s_numbers() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut rng = crate::quantized::test_rng::XorShift::new(0x2545_f491_4f6c_dd1du64);
+        let mut next = move || rng.next_f32();
         let (m, n, k) = (9, 150, 600);
         let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
         let b: Vec<f32> = (0..n).map(|_| next()).collect();

@@ -365,13 +365,8 @@ mod tests {
     /// points included, for sizes that leave partial blocks and tiles and half blocks.
     #[test]
     fn simd_matches_the_portable_sums() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::quantized::test_rng::XorShift::new(0x2545_f491_4f6c_dd1du64);
+        let mut next = move || rng.next_u64();
         for (rows, n, k, zp_w) in [
             (1, 24, 16, 0),
             (5, 19, 13, 0),

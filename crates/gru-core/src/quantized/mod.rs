@@ -19,6 +19,8 @@ mod gates;
 mod input;
 mod int8;
 mod team;
+#[cfg(test)]
+mod test_rng;
 mod weights;
 
 pub use weights::{QuantizedGruWeights, QuantizedLinear, WeightScheme};

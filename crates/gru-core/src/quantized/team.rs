@@ -439,13 +439,8 @@ mod tests {
     /// shorter than T, some no h0.
     #[test]
     fn teams_give_the_lone_member_s_numbers() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::quantized::test_rng::XorShift::new(0x9e37_79b9_7f4a_7c15u64);
+        let mut next = move || rng.next_u64();
         for (input, hidden, lengths, t_len, with_h0) in [
             (7, 44, vec![20, 7, 13, 1, 20], 20, true),
             (16, 64, vec![18, 18, 18], 18, false),
